@@ -1,0 +1,169 @@
+"""The `ftray` command: parse arguments, load the spec, call a stage, print the result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ftray.errors import UserError
+from ftray.progress import Progress
+
+STAGES = {
+    "prepare": "read, check, split and tokenize the data into a versioned dataset",
+    "train": "train the adapter on Ray Train (prepares the data first if needed)",
+    "eval": "evaluate base vs tuned on held-out examples (trains first if needed)",
+    "serve": "register the model, serve it on Ray Serve and answer one request",
+    "run": "the whole pipeline: prepare → train → evaluate → register → serve",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ftray", description="LLM fine-tuning pipelines on Ray.")
+    parser.add_argument("--version", action="version", version=_version())
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    for verb, help_text in STAGES.items():
+        sub = verbs.add_parser(verb, help=help_text, description=help_text)
+        _job_args(sub)
+        sub.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+        if verb in ("serve", "run"):
+            sub.add_argument(
+                "--keep-serving", action="store_true", help="keep serving until Ctrl-C"
+            )
+        sub.set_defaults(handler=_run_stage)
+
+    validate = verbs.add_parser("validate", help="check a job spec and print it resolved")
+    _job_args(validate)
+    validate.set_defaults(handler=_validate)
+
+    schema = verbs.add_parser("schema", help="print the job spec's JSON Schema (for editors)")
+    schema.set_defaults(handler=_schema)
+
+    models = verbs.add_parser("models", help="the model registry")
+    actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="list registered models")
+    _job_args(listing)
+    listing.set_defaults(handler=_models_list)
+    show = actions.add_parser("show", help="print one model card")
+    _job_args(show)
+    show.add_argument("model_id")
+    show.set_defaults(handler=_models_show)
+    return parser
+
+
+def _job_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="path of the job spec YAML")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec value, e.g. --set train.lr=1e-4 (repeatable)",
+    )
+
+
+def _load(args):
+    from ftray.specload import load_spec
+
+    return load_spec(args.job, args.overrides)
+
+
+def _run_stage(args) -> int:
+    from ftray.pipeline import Pipeline
+    from ftray.runtime import ray_session
+
+    spec = _load(args)
+    progress = Progress()
+    with ray_session(spec.ray, args.address):
+        pipeline = Pipeline(spec, progress)
+        if args.verb == "prepare":
+            pipeline.dataset
+        elif args.verb == "train":
+            pipeline.run
+        elif args.verb == "eval":
+            pipeline.evaluation
+        else:
+            pipeline.serve(keep_serving=args.keep_serving)
+    if args.verb == "run":
+        _summary(pipeline, progress)
+    return 0
+
+
+def _summary(pipeline, progress: Progress) -> None:
+    card = pipeline.model_card
+    m = pipeline.evaluation.metrics
+    counts = pipeline.dataset.manifest["counts"]
+    run = pipeline.run.manifest
+    lines = [
+        f"records kept {counts['train'] + counts['eval']}, quarantined {counts['quarantine']}",
+        f"training loss {run['loss_first']} → {run['loss_last']}",
+        f"held-out exact match: base {m['base']['exact_match']:.1%}, "
+        f"tuned {m['tuned']['exact_match']:.1%} ({m['examples']} examples)",
+        f"model id {card['model_id']}",
+        "stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in progress.timings.items()),
+    ]
+    progress.console.print("[bold]summary[/]")
+    for line in lines:
+        progress.note(line)
+
+
+def _validate(args) -> int:
+    spec = _load(args)
+    print(json.dumps(spec.model_dump(mode="json"), indent=2))
+    print(f"{args.job}: valid", file=sys.stderr)
+    return 0
+
+
+def _schema(args) -> int:
+    from ftray.spec import JobSpec
+
+    print(json.dumps(JobSpec.model_json_schema(), indent=2))
+    return 0
+
+
+def _models_list(args) -> int:
+    from ftray.registry import list_models
+    from ftray.store import Store
+
+    spec = _load(args)
+    cards = list_models(Store(spec.storage, spec.project))
+    if not cards:
+        print("no registered models yet; `ftray run JOB.yaml` registers one")
+    for card in cards:
+        tuned = card["metrics"].get("tuned", {}).get("exact_match")
+        print(f"{card['model_id']}  {card['stage']:<10}  exact_match={tuned}  {card['created_at']}")
+    return 0
+
+
+def _models_show(args) -> int:
+    from ftray.registry import get_model
+    from ftray.store import Store
+
+    spec = _load(args)
+    print(json.dumps(get_model(Store(spec.storage, spec.project), args.model_id), indent=2))
+    return 0
+
+
+def _version() -> str:
+    from ftray import __version__
+
+    return f"ftray {__version__}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

