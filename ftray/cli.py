@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     for verb, help_text in STAGES.items():
         sub = verbs.add_parser(verb, help=help_text, description=help_text)
         _job_args(sub)
-        sub.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+        sub.add_argument(
+            "--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)"
+        )
         if verb in ("serve", "run"):
             sub.add_argument(
                 "--keep-serving", action="store_true", help="keep serving until Ctrl-C"
@@ -83,6 +85,9 @@ def _load(args):
     return load_spec(args.job, args.overrides)
 
 
+_ARTIFACT_OF = {"prepare": "dataset", "train": "run", "eval": "evaluation"}
+
+
 def _run_stage(args) -> int:
     from ftray.pipeline import Pipeline
     from ftray.runtime import ray_session
@@ -91,12 +96,8 @@ def _run_stage(args) -> int:
     progress = Progress()
     with ray_session(spec.ray, args.address):
         pipeline = Pipeline(spec, progress)
-        if args.verb == "prepare":
-            pipeline.dataset
-        elif args.verb == "train":
-            pipeline.run
-        elif args.verb == "eval":
-            pipeline.evaluation
+        if args.verb in _ARTIFACT_OF:
+            getattr(pipeline, _ARTIFACT_OF[args.verb])  # builds it and the stages before it
         else:
             pipeline.serve(keep_serving=args.keep_serving)
     if args.verb == "run":

@@ -70,7 +70,6 @@ def load_tokenizer(model_dir: str):
 
 def load_model(model_dir: str, dtype: str = "auto"):
     """The base causal LM in the requested dtype ('auto': bf16 on capable GPUs, else fp32)."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     try:

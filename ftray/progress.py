@@ -23,13 +23,15 @@ class Progress:
         try:
             yield
         except BaseException:
-            self.console.print(f"[bold red]✗ {name} failed after {time.perf_counter() - start:.1f} s[/]")
+            self.console.print(
+                f"[bold red]✗ {name} failed after {time.perf_counter() - start:.1f} s[/]"
+            )
             raise
         self.timings[name] = time.perf_counter() - start
         self.console.print(f"[bold green]✓ {name}[/] ({self.timings[name]:.1f} s)")
 
     def note(self, message: str) -> None:
-        self.console.print(f"  {message}")
+        self.console.print(f"  {message}", soft_wrap=True)
 
     def artifact(self, what: str, where: str) -> None:
-        self.console.print(f"  {what}: [underline]{where}[/]")
+        self.console.print(f"  {what}: [underline]{where}[/]", soft_wrap=True)

@@ -31,7 +31,10 @@ def register(
     store.fs.makedirs(target, exist_ok=True)
     for path in fs_src.find(src):
         relative = path[len(src.rstrip("/")) :].lstrip("/")
-        with fs_src.open(path, "rb") as reader, store.fs.open(f"{target}/{relative}", "wb") as writer:
+        with (
+            fs_src.open(path, "rb") as reader,
+            store.fs.open(f"{target}/{relative}", "wb") as writer,
+        ):
             writer.write(reader.read())
     card = {
         "model_id": model_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -12,7 +13,13 @@ from ftray.spec import RaySpec
 WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    # Workers' progress bars reach the driver as interleaved log lines: ftray prints its own.
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
 }
+
+# Ray's CPU count is a scheduling token, not a core. An embedded Ray declares at least this
+# many, so Ray Data's readers can run beside two training workers on a 2-core laptop.
+MIN_LOCAL_CPUS = 4
 
 
 def local_ray_env() -> dict[str, str]:
@@ -48,13 +55,17 @@ def ray_session(spec: RaySpec, address: str | None = None) -> Iterator[None]:
         return
     Config.initialize("")
     env = dict(WORKER_ENV)
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     if target:
         ray.init(address=target, runtime_env={"env_vars": env}, log_to_driver=True)
     else:
         ray.init(
-            num_cpus=spec.num_cpus,
+            num_cpus=spec.num_cpus or max(os.cpu_count() or 1, MIN_LOCAL_CPUS),
             _node_ip_address="127.0.0.1",
-            include_dashboard=False,
+            # The dashboard (on loopback) serves the State API Ray Train polls, and the Jobs API.
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
             runtime_env={"env_vars": env},
             configure_logging=True,
             logging_level="WARNING",

@@ -41,7 +41,9 @@ class ModelSpec(_Section):
 class SourceSpec(_Section):
     """One input file or glob."""
 
-    path: str = Field(description="File path, glob or URI, relative to the job spec's folder.")
+    path: str = Field(
+        description="File path, glob or URI, relative to the directory ftray runs in."
+    )
     format: Literal["auto", "jsonl", "json", "csv", "parquet"] = Field(
         default="auto", description="File format; 'auto' infers it from the extension."
     )
@@ -175,7 +177,10 @@ class RaySpec(_Section):
         "$RAY_ADDRESS, else an embedded local Ray bound to 127.0.0.1.",
     )
     num_cpus: int | None = Field(
-        default=None, ge=1, description="CPUs for an embedded local Ray (default: all)."
+        default=None,
+        ge=1,
+        description="CPUs an embedded local Ray declares (default: the machine's cores, at "
+        "least 4, so data readers run beside two training workers).",
     )
 
 
@@ -189,8 +194,8 @@ class JobSpec(_Section):
     )
     storage: str = Field(
         default="./ftray-store",
-        description="Root of all artifacts: a local path (relative to the job spec's folder) or "
-        "a URI that fsspec opens (s3://, gs://, abfs://).",
+        description="Root of all artifacts: a local path (relative to the directory ftray runs "
+        "in) or a URI that fsspec opens (s3://, gs://, abfs://).",
     )
     model: ModelSpec = Field(description="The base model.")
     data: DataSpec = Field(description="Data preparation.")

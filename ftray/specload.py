@@ -97,7 +97,9 @@ def spec_hash(spec: BaseModel) -> str:
 def _apply_override(data: dict, item: str) -> list[Problem]:
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
-        return [Problem(f"--set {item}", item, "an override is KEY=VALUE", "e.g. --set train.lr=1e-4")]
+        return [
+            Problem(f"--set {item}", item, "an override is KEY=VALUE", "e.g. --set train.lr=1e-4")
+        ]
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
@@ -108,7 +110,9 @@ def _apply_override(data: dict, item: str) -> list[Problem]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             where = ".".join(parts[: depth + 1])
-            return [Problem(where, child, f"--set {key} needs {where} to be a mapping", "fix the key")]
+            return [
+                Problem(where, child, f"--set {key} needs {where} to be a mapping", "fix the key")
+            ]
         node = child
     node[parts[-1]] = value
     return []

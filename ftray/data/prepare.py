@@ -39,13 +39,18 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
 
     files = expand_sources(data.sources)
     model_dir = resolve_model(model, store)
-    digests = [{"path": f.path, "format": f.format, "sha256": file_digest(*_fs_path(f))} for f in files]
+    digests = [
+        {"path": f.path, "format": f.format, "sha256": file_digest(*_fs_path(f))} for f in files
+    ]
     dataset_id = content_id(
         "ds", digests, data.model_dump(mode="json"), model.model_dump(mode="json"), PREPARE_VERSION
     )
     if store.is_complete("datasets", dataset_id):
         return DatasetRef(
-            dataset_id, store.uri("datasets", dataset_id), store.manifest("datasets", dataset_id), True
+            dataset_id,
+            store.uri("datasets", dataset_id),
+            store.manifest("datasets", dataset_id),
+            True,
         )
 
     progress.note(f"reading {len(files)} file(s) with Ray Data")
@@ -57,7 +62,7 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
         fn_constructor_kwargs={"data": data.model_dump(mode="json"), "model_dir": model_dir},
         batch_format="pandas",
         batch_size=256,
-        concurrency=1,
+        compute=ray.data.ActorPoolStrategy(size=1),
     ).materialize()
 
     counts = _counts(checked)
@@ -181,7 +186,10 @@ class _CheckAndTokenize:
         if record["error"]:
             return "malformed", record["error"]
         fields = json.loads(record["fields"])
-        for role, name in (("prompt", self.spec.prompt_field), ("completion", self.spec.completion_field)):
+        for role, name in (
+            ("prompt", self.spec.prompt_field),
+            ("completion", self.spec.completion_field),
+        ):
             value = fields.get(name)
             if value is None:
                 return "missing_field", f"no {role} field {name!r} (has: {sorted(fields)})"

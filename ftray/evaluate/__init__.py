@@ -59,7 +59,7 @@ def evaluate(
         },
         batch_size=spec.batch_size,
         batch_format="pandas",
-        concurrency=spec.num_workers,
+        compute=ray.data.ActorPoolStrategy(size=spec.num_workers),
         num_cpus=spec.cpus_per_worker,
     ).materialize()
     scored.write_parquet(store.uri("evals", eval_id, "outputs"))

@@ -27,9 +27,16 @@ def serve_model(
     url = f"http://{host}:{spec.serve.port}"
     serve.start(http_options={"host": spec.serve.host, "port": spec.serve.port})
     try:
-        serve.run(deployment_for(spec, store, resolve_model(spec.model, store)), name="ftray", route_prefix="/")
+        serve.run(
+            deployment_for(spec, store, resolve_model(spec.model, store)),
+            name="ftray",
+            route_prefix="/",
+        )
         progress.artifact("OpenAI-compatible API", f"{url}/v1")
-        request = {"model": model_id, "messages": [{"role": "user", "content": spec.serve.example_prompt}]}
+        request = {
+            "model": model_id,
+            "messages": [{"role": "user", "content": spec.serve.example_prompt}],
+        }
         response = httpx.post(f"{url}/v1/chat/completions", json=request, timeout=600)
         if response.status_code != 200:
             raise UserError(f"the served model answered {response.status_code}: {response.text}")

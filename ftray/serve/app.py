@@ -3,9 +3,10 @@
 The OpenAI `model` field picks the adapter: a registered model id, or the base model's name.
 Adapters load on demand through `@serve.multiplexed` (LRU per replica), and only from the
 registry, never from a path in a request.
-"""
 
-from __future__ import annotations
+No `from __future__ import annotations` here: FastAPI reads the handlers' annotations at
+runtime inside the replica, where string annotations would not resolve.
+"""
 
 import asyncio
 import tempfile
@@ -40,7 +41,7 @@ class ChatRequest(BaseModel):
 class _Adapter:
     """A loaded adapter; Serve drops it from the LRU by deleting it, which unloads it."""
 
-    def __init__(self, owner: ChatModel, name: str, system_prompt: str | None):
+    def __init__(self, owner: "ChatModel", name: str, system_prompt: str | None):
         self.owner, self.name, self.system_prompt = owner, name, system_prompt
 
     def __del__(self):
@@ -83,7 +84,11 @@ class ChatModel:
         return _Adapter(self, model_id, card.get("system_prompt"))
 
     def unload(self, name: str) -> None:
-        if self.peft is not None and name in self.peft.peft_config and len(self.peft.peft_config) > 1:
+        if (
+            self.peft is not None
+            and name in self.peft.peft_config
+            and len(self.peft.peft_config) > 1
+        ):
             self.peft.delete_adapter(name)
         folder = self._folders.pop(name, None)
         if folder is not None:
@@ -103,7 +108,9 @@ class ChatModel:
 
     @api.post("/v1/chat/completions")
     async def chat(self, request: ChatRequest) -> dict:
-        adapter = None if request.model == BASE_MODEL_NAME else await self.get_adapter(request.model)
+        adapter = (
+            None if request.model == BASE_MODEL_NAME else await self.get_adapter(request.model)
+        )
         system_prompt = adapter.system_prompt if adapter else self.base_system_prompt
         messages = [m.model_dump() for m in request.messages]
         if system_prompt and messages[0]["role"] != "system":
@@ -143,7 +150,9 @@ class ChatModel:
 
     def _registered(self) -> list[str]:
         return [
-            name for name in self.store.list_dirs("models") if self.store.is_complete("models", name)
+            name
+            for name in self.store.list_dirs("models")
+            if self.store.is_complete("models", name)
         ]
 
 
@@ -167,4 +176,6 @@ def deployment_for(spec, store: Store, model_dir: str):
         "max_new_tokens": spec.serve.max_new_tokens,
         "system_prompt": spec.data.system_prompt,
     }
-    return ChatModel.options(ray_actor_options={"num_cpus": spec.serve.cpus_per_replica}).bind(config)
+    return ChatModel.options(ray_actor_options={"num_cpus": spec.serve.cpus_per_replica}).bind(
+        config
+    )

@@ -70,7 +70,10 @@ def train_loop(config: dict, ctx: WorkerContext) -> dict:
                 history.append([step, round(mean_loss, 5)])
                 if ctx.rank == 0:
                     rate = step / (time.perf_counter() - started)
-                    print(f"  step {step}/{total}  loss {mean_loss:.4f}  ({rate:.2f} steps/s)", flush=True)
+                    print(
+                        f"  step {step}/{total}  loss {mean_loss:.4f}  ({rate:.2f} steps/s)",
+                        flush=True,
+                    )
         eval_loss = evaluate_loss(model, ctx, per_worker)
         metrics = {
             "step": step,
@@ -110,7 +113,7 @@ def collate(batch: dict[str, np.ndarray], pad_id: int = 0) -> dict:
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     label_ids = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (ids, lab) in enumerate(zip(rows, labels)):
+    for i, (ids, lab) in enumerate(zip(rows, labels, strict=True)):
         input_ids[i, : len(ids)] = torch.tensor(ids)
         label_ids[i, : len(lab)] = torch.tensor(lab)
         attention[i, : len(ids)] = 1
@@ -127,7 +130,8 @@ class LocalContext:
         import pyarrow.parquet as pq
 
         self.tables = {
-            split: pq.read_table(Path(dataset_dir, split)).to_pydict() for split in ("train", "eval")
+            split: pq.read_table(Path(dataset_dir, split)).to_pydict()
+            for split in ("train", "eval")
         }
         self.checkpoint_root = Path(checkpoint_root)
         self.seed = seed

@@ -119,7 +119,11 @@ class _RayContext:
         import ray.train.torch
 
         shard = ray.train.get_dataset_shard(split)
-        shuffle = {"local_shuffle_buffer_size": 1024, "local_shuffle_seed": epoch} if split == "train" else {}
+        shuffle = (
+            {"local_shuffle_buffer_size": 1024, "local_shuffle_seed": epoch}
+            if split == "train"
+            else {}
+        )
         device = ray.train.torch.get_device()
         for batch in shard.iter_torch_batches(
             batch_size=batch_size, collate_fn=collate, drop_last=split == "train", **shuffle

