@@ -15,6 +15,8 @@ WORKER_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     # Workers' progress bars reach the driver as interleaved log lines: ftray prints its own.
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    # Ray Train would also copy every print into its log stream, so each line showed twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 
 # Ray's CPU count is a scheduling token, not a core. An embedded Ray declares at least this

@@ -195,7 +195,8 @@ class JobSpec(_Section):
     storage: str = Field(
         default="./ftray-store",
         description="Root of all artifacts: a local path (relative to the directory ftray runs "
-        "in) or a URI that fsspec opens (s3://, gs://, abfs://).",
+        "in) or a URI that fsspec opens (s3://, gs://, abfs://). Unset: $FTRAY_STORAGE if set "
+        "(the Helm chart sets it to the cluster's shared volume), else ./ftray-store.",
     )
     model: ModelSpec = Field(description="The base model.")
     data: DataSpec = Field(description="Data preparation.")

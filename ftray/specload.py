@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ from pydantic import BaseModel, ValidationError
 
 from ftray.errors import UserError
 from ftray.spec import JobSpec
+
+# Where a cluster's shared storage is mounted; used when a job spec sets no `storage`.
+STORAGE_ENV = "FTRAY_STORAGE"
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ def validate_spec(raw: Any, overrides: list[str], source: str = "<spec>") -> Job
             [Problem("", raw, "a job spec is a YAML mapping", "start from jobs/quickstart.yaml")],
         )
     data = json.loads(json.dumps(raw, default=str))  # a deep copy the overrides may change
+    if "storage" not in data and os.environ.get(STORAGE_ENV):
+        data["storage"] = os.environ[STORAGE_ENV]  # the cluster's shared storage (Helm chart)
     problems = [p for item in overrides for p in _apply_override(data, item)]
     try:
         spec = JobSpec.model_validate(data)

@@ -39,10 +39,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_address() -> str:
-    """A local Ray head for the whole session, on loopback only; stopped at the end."""
+def ray_cluster() -> dict[str, str]:
+    """A local Ray head for the whole session, on loopback only; stopped at the end.
+
+    Returns its GCS `address` and its `dashboard` URL (the Jobs API).
+    """
     Path(ENV["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port, dashboard = free_port(), free_port()
     subprocess.run(
         [
             str(BIN / "ray"),
@@ -51,7 +54,7 @@ def ray_address() -> str:
             f"--port={port}",
             "--node-ip-address=127.0.0.1",
             "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={free_port()}",
+            f"--dashboard-port={dashboard}",
             "--num-cpus=4",
             "--disable-usage-stats",
             f"--temp-dir={ENV['RAY_TMPDIR']}",
@@ -60,27 +63,33 @@ def ray_address() -> str:
         env=os.environ,
         capture_output=True,
     )
-    yield f"127.0.0.1:{port}"
+    yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}"}
     subprocess.run([str(BIN / "ray"), "stop", "--force"], env=os.environ, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_cluster) -> str:
+    return ray_cluster["address"]
+
+
+def cli(ray_address: str, *args: str, check: bool = True, timeout: float = 900):
+    """Run the `ftray` command against a Ray cluster; returns the CompletedProcess."""
+    done = subprocess.run(
+        [str(BIN / "ftray"), *args],
+        cwd=ROOT,
+        env={**os.environ, "RAY_ADDRESS": ray_address},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"ftray {' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
+        )
+    return done
 
 
 @pytest.fixture
 def run_cli(ray_address):
-    """Run the `ftray` command against the session's Ray; returns the CompletedProcess."""
-
-    def run(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-        done = subprocess.run(
-            [str(BIN / "ftray"), *args],
-            cwd=ROOT,
-            env={**os.environ, "RAY_ADDRESS": ray_address},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(
-                f"ftray {' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
-            )
-        return done
-
-    return run
+    """`cli` bound to the session's Ray."""
+    return lambda *args, **kwargs: cli(ray_address, *args, **kwargs)

@@ -36,6 +36,7 @@ class DatasetRef:
 def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) -> DatasetRef:
     """Read, check, split and tokenize the job's data into a versioned dataset."""
     import ray
+    from ray.data.expressions import col
 
     files = expand_sources(data.sources)
     model_dir = resolve_model(model, store)
@@ -72,7 +73,7 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
     )
     tokens = {}
     for split in SPLITS:
-        part = checked.filter(lambda row, split=split: row["split"] == split)
+        part = checked.filter(expr=col("split") == split)
         if split == "train" and counts["train"]:
             total = int(part.sum("num_tokens"))
             tokens = {

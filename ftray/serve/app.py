@@ -157,11 +157,19 @@ class ChatModel:
 
 
 def build_app(args: dict):
-    """Serve config entry point: `serve run ftray.serve.app:build_app spec=jobs/x.yaml`."""
+    """Serve config entry point (RayService `serveConfigV2`, or `serve run`).
+
+    args: `job_spec` (path of the job spec, relative to the working dir), optional `set` (a
+    list of KEY=VALUE overrides). E.g. `serve run ftray.serve.app:build_app
+    job_spec=jobs/quickstart.yaml`. Requests pick a registered model by its id.
+    """
+    from ftray.errors import UserError
     from ftray.models import resolve_model
     from ftray.specload import load_spec
 
-    spec = load_spec(args["spec"], list(args.get("set", [])))
+    if not args.get("job_spec"):
+        raise UserError("build_app needs the arg `job_spec`: the path of a job spec YAML")
+    spec = load_spec(args["job_spec"], list(args.get("set") or []))
     store = Store(spec.storage, spec.project)
     return deployment_for(spec, store, resolve_model(spec.model, store))
 

@@ -36,7 +36,7 @@ workerGroups:
     resources: {requests: {cpu: "32", memory: 400Gi}, limits: {cpu: "32", memory: 400Gi}}
 rayService:
   enabled: true
-  args: {job_spec: jobs/support.yaml, model_id: m-42}
+  args: {job_spec: jobs/support.yaml}
   workerGroups:
     - name: serve-gpu
       minReplicas: 1
@@ -187,7 +187,6 @@ def test_default_values_render_a_valid_cpu_cluster(chart):
     assert f"svc/{cluster['metadata']['name']}-head-svc 8265:8265" in notes
     submit = "ray job submit --address http://127.0.0.1:8265 --working-dir . -- ftray run"
     assert f"{submit} jobs/quickstart.yaml" in notes
-    assert "ftray submit jobs/quickstart.yaml --address http://127.0.0.1:8265" in notes
 
 
 def test_gpu_groups_and_rayservice_render_valid(chart):
@@ -208,7 +207,7 @@ def test_gpu_groups_and_rayservice_render_valid(chart):
     service = only(docs, "RayService")
     (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
     assert app["import_path"] == "ftray.serve.app:build_app"
-    assert app["args"] == {"job_spec": "jobs/support.yaml", "model_id": "m-42"}
+    assert app["args"] == {"job_spec": "jobs/support.yaml"}
     assert f"svc/{service['metadata']['name']}-serve-svc" in notes
 
 

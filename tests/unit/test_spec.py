@@ -161,3 +161,11 @@ def test_cli_validate_and_schema_succeed(tmp_path, capsys):
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert "train" in schema["properties"] and schema["additionalProperties"] is False
+
+
+def test_storage_comes_from_the_cluster_env_when_unset(monkeypatch):
+    monkeypatch.setenv("FTRAY_STORAGE", "s3://bucket/ftray")
+    assert validate_spec(GOOD, []).storage == "s3://bucket/ftray"
+    assert validate_spec({**GOOD, "storage": "/data"}, []).storage == "/data"
+    monkeypatch.delenv("FTRAY_STORAGE")
+    assert validate_spec(GOOD, []).storage == "./ftray-store"

@@ -1,0 +1,116 @@
+"""`ftray run jobs/tiny.yaml` on the session's local Ray: every stage, every artifact."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import cli, free_port
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, ray_address):
+    """One full pipeline run of the tiny job into a fresh store; shared by this module."""
+    store = tmp_path_factory.mktemp("store")
+    port = free_port()
+    args = ["run", "jobs/tiny.yaml", "--set", f"storage={store}", "--set", f"serve.port={port}"]
+    done = cli(ray_address, *args)
+    return store / "tiny", done.stdout, args
+
+
+def _one(folder):
+    entries = [p for p in folder.iterdir() if p.is_dir()]
+    assert len(entries) == 1, entries
+    return entries[0]
+
+
+def test_run_prints_every_stage_and_the_summary(tiny_run):
+    _, out, _ = tiny_run
+    for stage in ("prepare", "train", "evaluate", "register", "serve"):
+        assert f"✓ {stage}" in out
+    assert "summary" in out
+    assert re.search(r"held-out exact match: base \d+\.\d%, tuned \d+\.\d%", out)
+    assert re.search(r"answer from model-[0-9a-f]{12}:", out)
+
+
+def test_dataset_accounts_for_every_record(tiny_run):
+    root, _, _ = tiny_run
+    dataset = _one(root / "datasets")
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts["input"] == 360  # rows of data/banking77/quickstart.csv
+    assert counts["input"] == counts["train"] + counts["eval"] + counts["quarantine"]
+    for split in ("train", "eval", "quarantine"):
+        rows = pq.read_table(dataset / split).num_rows if counts[split] else 0
+        assert rows == counts[split], split
+    train = pq.read_table(dataset / "train").to_pylist()[0]
+    assert len(train["input_ids"]) == len(train["labels"])
+    assert train["labels"][0] == -100, "prompt tokens are masked out of the loss"
+    assert any(label != -100 for label in train["labels"])
+    if counts["quarantine"]:
+        bad = pq.read_table(dataset / "quarantine").to_pylist()[0]
+        assert bad["rule"] and bad["reason"] and bad["row"] >= 2
+
+
+def test_run_checkpoint_and_model_card(tiny_run):
+    root, _, _ = tiny_run
+    run = json.loads((_one(root / "runs") / "manifest.json").read_text())
+    assert run["loss_first"] is not None and run["loss_last"] is not None
+    adapter = run["adapter_uri"]
+    assert adapter.startswith(str(root / "runs"))
+    model_dir = _one(root / "models")
+    card = json.loads((model_dir / "manifest.json").read_text())
+    dataset_id = _one(root / "datasets").name
+    assert card["dataset_id"] == dataset_id
+    assert card["run_id"] == run["run_id"]
+    assert card["eval_id"] == _one(root / "evals").name
+    assert len(card["spec_hash"]) == 64
+    assert card["code_version"]
+    assert (model_dir / "adapter" / "adapter_config.json").is_file()
+    assert (model_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_evaluation_outputs_and_metrics(tiny_run):
+    root, _, _ = tiny_run
+    evaluation = _one(root / "evals")
+    metrics = json.loads((evaluation / "manifest.json").read_text())["metrics"]
+    outputs = pq.read_table(evaluation / "outputs").to_pylist()
+    assert len(outputs) == metrics["examples"] == 8
+    assert {"prompt", "completion", "base_output", "tuned_output"} <= set(outputs[0])
+    for name in ("base", "tuned"):
+        assert 0.0 <= metrics[name]["exact_match"] <= 1.0
+
+
+def test_rerun_reuses_every_artifact(tiny_run, run_cli):
+    root, _, args = tiny_run
+    before = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    out = run_cli("eval", *args[1:]).stdout
+    for what in ("dataset", "run", "evaluation"):
+        assert f"reused {what}" in out
+    after = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    assert after == before, "a reused stage writes nothing"
+
+
+def test_changed_input_makes_a_new_dataset_beside_the_old(tiny_run, run_cli):
+    root, _, args = tiny_run
+    old = _one(root / "datasets")
+    old_manifest = (old / "manifest.json").read_text()
+    out = run_cli("prepare", *args[1:], "--set", "data.eval_fraction=0.3").stdout
+    assert "new dataset" in out
+    assert len([p for p in (root / "datasets").iterdir()]) == 2
+    assert (old / "manifest.json").read_text() == old_manifest
+
+
+def test_models_list_and_show(tiny_run, run_cli):
+    _, _, args = tiny_run
+    storage = args[3]
+    job = ("jobs/tiny.yaml", "--set", storage)
+    listed = run_cli("models", "list", *job).stdout
+    model_id = re.search(r"model-[0-9a-f]{12}", listed).group(0)
+    card = json.loads(run_cli("models", "show", *job, model_id).stdout)
+    assert card["model_id"] == model_id
+    missing = run_cli("models", "show", *job, "model-nope", check=False)
+    assert missing.returncode == 2 and "registered:" in missing.stderr
