@@ -48,11 +48,16 @@ def _parser() -> argparse.ArgumentParser:
             )
         sub.set_defaults(handler=_run_stage)
 
+    _submit_parsers(verbs)
+
     validate = verbs.add_parser("validate", help="check a job spec and print it resolved")
     _job_args(validate)
     validate.set_defaults(handler=_validate)
 
     schema = verbs.add_parser("schema", help="print the job spec's JSON Schema (for editors)")
+    schema.add_argument(
+        "--markdown", action="store_true", help="print the spec reference as Markdown instead"
+    )
     schema.set_defaults(handler=_schema)
 
     models = verbs.add_parser("models", help="the model registry")
@@ -65,6 +70,64 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("model_id")
     show.set_defaults(handler=_models_show)
     return parser
+
+
+def _submit_parsers(verbs) -> None:
+    from ftray.submit import STAGES as SUBMIT_STAGES
+
+    submit = verbs.add_parser(
+        "submit",
+        help="run a job on a Ray cluster through the Ray Jobs API (or as a KubeRay RayJob)",
+        description="Upload the working directory and run `ftray STAGE JOB.yaml` on a cluster; "
+        "streams its logs and exits with the job's result.",
+    )
+    _job_args(submit)
+    submit.add_argument("--address", help="Ray dashboard URL, e.g. http://127.0.0.1:8265")
+    submit.add_argument("--stage", choices=SUBMIT_STAGES, default="run", help="verb to run")
+    submit.add_argument("--working-dir", default=".", help="folder uploaded as working_dir")
+    submit.add_argument(
+        "--exclude", action="append", default=[], metavar="PATTERN", help="also leave out"
+    )
+    submit.add_argument("--requirements", help="pip requirements file to install for the job")
+    submit.add_argument("--no-follow", action="store_true", help="return once submitted")
+    submit.add_argument("--k8s", action="store_true", help="create a KubeRay RayJob instead")
+    submit.add_argument("--namespace", default="default", help="--k8s: Kubernetes namespace")
+    submit.add_argument("--cluster", help="--k8s: run on this existing RayCluster")
+    submit.add_argument("--image", help="--k8s: ftray image for an ephemeral cluster")
+    submit.add_argument("--dry-run", action="store_true", help="--k8s: print the RayJob only")
+    submit.set_defaults(handler=_submit)
+
+    jobs = verbs.add_parser("jobs", help="jobs on a Ray cluster: list, status, logs, stop")
+    jobs.add_argument("action", choices=("list", "status", "logs", "stop"))
+    jobs.add_argument("job_id", nargs="?", help="submission id printed by `ftray submit`")
+    jobs.add_argument("--address", help="Ray dashboard URL (default: $RAY_ADDRESS)")
+    jobs.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
+    jobs.set_defaults(handler=_jobs)
+
+
+def _submit(args) -> int:
+    if args.k8s:
+        from ftray.k8s import submit_rayjob
+
+        return submit_rayjob(args, Progress())
+    from ftray.submit import build_submission, jobs_address, submit
+
+    address = jobs_address(args.address)
+    submission = build_submission(
+        args.job,
+        args.overrides,
+        stage=args.stage,
+        working_dir=args.working_dir,
+        excludes=args.exclude,
+        requirements=args.requirements,
+    )
+    return submit(submission, address, Progress(), follow=not args.no_follow)
+
+
+def _jobs(args) -> int:
+    from ftray.submit import job_command, jobs_address
+
+    return job_command(args.action, jobs_address(args.address), args.job_id, args.follow)
 
 
 def _job_args(parser: argparse.ArgumentParser) -> None:
@@ -133,6 +196,11 @@ def _validate(args) -> int:
 def _schema(args) -> int:
     from ftray.spec import JobSpec
 
+    if args.markdown:
+        from ftray.specdoc import spec_reference
+
+        print(spec_reference(), end="")
+        return 0
     print(json.dumps(JobSpec.model_json_schema(), indent=2))
     return 0
 
