@@ -100,6 +100,11 @@ class ScalingSpec(_Section):
     num_workers: int = Field(default=2, ge=1, description="Data-parallel training workers.")
     use_gpu: bool = Field(default=False, description="Give each worker one GPU.")
     cpus_per_worker: float = Field(default=1, gt=0, description="CPUs reserved per worker.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK",
+        description="How workers are placed on nodes: 'PACK' fills nodes first (fast "
+        "collectives), 'SPREAD' spreads when it can, 'STRICT_SPREAD' one worker per node.",
+    )
 
 
 class TrainSpec(_Section):

@@ -25,6 +25,7 @@ class WorkerContext(Protocol):
 
     rank: int
     world_size: int
+    node_id: str
 
     def batches(self, split: str, batch_size: int, epoch: int) -> Iterable[dict]: ...
 
@@ -51,6 +52,7 @@ def train_loop(config: dict, ctx: WorkerContext) -> dict:
     total = min(spec.max_steps or math.inf, steps_per_epoch * spec.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, spec.warmup_ratio))
     per_worker = spec.batch_size // ctx.world_size
+    nodes = _gather(ctx.node_id)  # where each rank ran, for the run's manifest
 
     step, history, started = 0, [], time.perf_counter()
     for epoch in range(spec.epochs):
@@ -81,6 +83,7 @@ def train_loop(config: dict, ctx: WorkerContext) -> dict:
             "loss": history[-1][1] if history else None,
             "eval_loss": eval_loss,
             "loss_history": history,
+            "worker_nodes": nodes,
         }
         _report_with_adapter(model, ctx, metrics)
         if step >= total:
@@ -125,6 +128,7 @@ class LocalContext:
 
     rank = 0
     world_size = 1
+    node_id = "local"
 
     def __init__(self, dataset_dir: str, checkpoint_root: str, seed: int = 0):
         import pyarrow.parquet as pq
@@ -187,6 +191,17 @@ def _sum_across_workers(value):
         value = value.clone()
         dist.all_reduce(value)
     return value
+
+
+def _gather(value) -> list:
+    """`value` from every rank, in rank order (just `[value]` without torch.distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 def _mean_across_workers(value) -> float:

@@ -72,6 +72,7 @@ def train(
             num_workers=workers,
             use_gpu=spec.scaling.use_gpu,
             resources_per_worker={"CPU": spec.scaling.cpus_per_worker},
+            placement_strategy=spec.scaling.placement_strategy,
         ),
         torch_config=TorchConfig(backend="nccl" if spec.scaling.use_gpu else "gloo"),
         datasets={
@@ -86,6 +87,7 @@ def train(
     result = trainer.fit()
     metrics = dict(result.metrics)
     history = metrics.pop("loss_history", [])
+    nodes = metrics.pop("worker_nodes", [])
     manifest = store.finish(
         {
             "run_id": run_id,
@@ -96,6 +98,7 @@ def train(
             "loss_first": history[0][1] if history else None,
             "loss_last": history[-1][1] if history else None,
             "loss_history": history,
+            "worker_nodes": nodes,
             "spec": spec.model_dump(mode="json"),
         },
         "runs",
@@ -108,11 +111,13 @@ class _RayContext:
     """`WorkerContext` over Ray Train: rank, dataset shards, DDP, checkpoint reports."""
 
     def __init__(self):
+        import ray
         import ray.train
 
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def batches(self, split: str, batch_size: int, epoch: int) -> Iterator[dict]:
         import ray.train
