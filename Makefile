@@ -19,7 +19,7 @@ export DS_ACCELERATOR ?= cpu
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install quickstart test test-all test-fast lint bench clean
+.PHONY: install quickstart test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -44,7 +44,7 @@ lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench.prepare
 
 clean:
 	rm -rf ftray-store .ray-tmp .cache .pytest_cache

@@ -11,10 +11,11 @@ from ftray.progress import Progress
 
 STAGES = {
     "prepare": "read, check, split and tokenize the data into a versioned dataset",
+    "assess": "go/no-go: enough data? does the base model already do the job? cost per method",
     "train": "train the adapter on Ray Train (prepares the data first if needed)",
     "eval": "evaluate base vs tuned on held-out examples (trains first if needed)",
     "serve": "register the model, serve it on Ray Serve and answer one request",
-    "run": "the whole pipeline: prepare → train → evaluate → register → serve",
+    "run": "the whole pipeline: prepare → assess → train → evaluate → register → serve",
 }
 
 
@@ -46,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--keep-serving", action="store_true", help="keep serving until Ctrl-C"
             )
+        if verb == "run":
+            sub.add_argument(
+                "--force", action="store_true", help="train even when assess says not to"
+            )
         sub.set_defaults(handler=_run_stage)
 
     _submit_parsers(verbs)
@@ -59,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
         "--markdown", action="store_true", help="print the spec reference as Markdown instead"
     )
     schema.set_defaults(handler=_schema)
+
+    data = verbs.add_parser("data", help="datasets: list, show one, diff two versions")
+    data.add_argument("action", choices=("list", "show", "diff"))
+    data.add_argument("dataset_ids", nargs="*", metavar="DATASET_ID", help="show: 1, diff: 2")
+    data.add_argument("--job", required=True, help="job spec naming the project and storage")
+    data.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    data.set_defaults(handler=_data)
 
     models = verbs.add_parser("models", help="the model registry")
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -148,7 +160,14 @@ def _load(args):
     return load_spec(args.job, args.overrides)
 
 
-_ARTIFACT_OF = {"prepare": "dataset", "train": "run", "eval": "evaluation"}
+_ARTIFACT_OF = {
+    "prepare": "dataset",
+    "assess": "assessment",
+    "train": "run",
+    "eval": "evaluation",
+}
+# `ftray run` exits with this when assess stops it (not an error: a decision).
+EXIT_ASSESS_STOP = 3
 
 
 def _run_stage(args) -> int:
@@ -161,8 +180,16 @@ def _run_stage(args) -> int:
         pipeline = Pipeline(spec, progress)
         if args.verb in _ARTIFACT_OF:
             getattr(pipeline, _ARTIFACT_OF[args.verb])  # builds it and the stages before it
-        else:
-            pipeline.serve(keep_serving=args.keep_serving)
+            return 0
+        if args.verb == "run" and spec.assess.enabled:
+            from ftray.assess import DONT, FINE_TUNE
+
+            decision = pipeline.assessment.decision
+            if decision != FINE_TUNE and not (decision == DONT and args.force):
+                hint = "`ftray run --force` trains anyway." if decision == DONT else ""
+                progress.note(f"stopped: assess says {decision!r}. {hint}")
+                return EXIT_ASSESS_STOP
+        pipeline.serve(keep_serving=args.keep_serving)
     if args.verb == "run":
         _summary(pipeline, progress)
     return 0
@@ -175,6 +202,17 @@ def _summary(pipeline, progress: Progress) -> None:
     run = pipeline.run.manifest
     lines = [
         f"records kept {counts['train'] + counts['eval']}, quarantined {counts['quarantine']}",
+    ]
+    if "assessment" in vars(pipeline):
+        verdict = pipeline.assessment.manifest
+        base = (verdict["baseline"] or {}).get("exact_match")
+        lines.append(
+            f"assess: {verdict['decision']} (base model {base:.1%} prompted; "
+            f"recommended method {verdict['recommended_method']})"
+            if base is not None
+            else f"assess: {verdict['decision']}"
+        )
+    lines += [
         f"training loss {run['loss_first']} → {run['loss_last']}",
         f"held-out exact match: base {m['base']['exact_match']:.1%}, "
         f"tuned {m['tuned']['exact_match']:.1%} ({m['examples']} examples)",
@@ -202,6 +240,30 @@ def _schema(args) -> int:
         print(spec_reference(), end="")
         return 0
     print(json.dumps(JobSpec.model_json_schema(), indent=2))
+    return 0
+
+
+def _data(args) -> int:
+    from ftray.data import inspect
+    from ftray.specload import load_spec
+    from ftray.store import Store
+
+    spec = load_spec(args.job, args.overrides)
+    store = Store(spec.storage, spec.project)
+    wanted = {"list": 0, "show": 1, "diff": 2}[args.action]
+    if len(args.dataset_ids) != wanted:
+        raise UserError(f"`ftray data {args.action}` takes {wanted} DATASET_ID(s)")
+    if args.action == "list":
+        for manifest in inspect.list_datasets(store):
+            counts = manifest["counts"]
+            print(
+                f"{manifest['dataset_id']}  {manifest['created_at']}  train {counts['train']}  "
+                f"eval {counts['eval']}  quarantined {counts['quarantine']}"
+            )
+    elif args.action == "show":
+        print(inspect.format_show(inspect.show(store, args.dataset_ids[0])))
+    else:
+        print(json.dumps(inspect.diff(store, *args.dataset_ids), indent=2))
     return 0
 
 

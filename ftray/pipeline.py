@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from ftray.assess import AssessRef, assess
 from ftray.data.prepare import DatasetRef, prepare
 from ftray.evaluate import EvalRef, evaluate
 from ftray.progress import Progress
@@ -35,6 +36,27 @@ class Pipeline:
                 f"{counts['quarantine_by_rule'] or ''}"
             )
             self.progress.artifact("dataset", ref.uri)
+        return ref
+
+    @cached_property
+    def assessment(self) -> AssessRef:
+        dataset = self.dataset
+        with self.progress.stage("assess"):
+            ref = assess(self.spec, dataset, self.store, self.progress)
+            self._said(ref.reused, "assessment", ref.assess_id)
+            manifest = ref.manifest
+            self.progress.note(f"verdict: {ref.decision}")
+            for reason in manifest["reasons"]:
+                self.progress.note(f"  - {reason}")
+            for row in manifest["estimates"]:
+                self.progress.note(
+                    f"  {row['method']:<5} {row['memory_gib_per_gpu']:>7.1f} GiB/GPU "
+                    f"{'fits' if row['fits'] else 'does not fit':<12} {row['hours']:.2f} h  "
+                    f"${row['cost_usd']:.2f}  on {self.spec.assess.num_gpus} × "
+                    f"{self.spec.assess.gpu}"
+                )
+            self.progress.note(f"recommended method: {manifest['recommended_method']}")
+            self.progress.artifact("assessment", self.store.uri("assessments", ref.assess_id))
         return ref
 
     @cached_property

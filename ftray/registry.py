@@ -54,12 +54,7 @@ def register(
 
 def list_models(store: Store) -> list[dict]:
     """Every registered model card, oldest first."""
-    cards = [
-        store.manifest("models", name)
-        for name in store.list_dirs("models")
-        if store.is_complete("models", name)
-    ]
-    return sorted(cards, key=lambda card: card["created_at"])
+    return store.manifests("models")
 
 
 def get_model(store: Store, model_id: str) -> dict:

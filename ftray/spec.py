@@ -44,42 +44,116 @@ class SourceSpec(_Section):
     path: str = Field(
         description="File path, glob or URI, relative to the directory ftray runs in."
     )
-    format: Literal["auto", "jsonl", "json", "csv", "parquet"] = Field(
-        default="auto", description="File format; 'auto' infers it from the extension."
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "hf"] = Field(
+        default="auto",
+        description="File format; 'auto' infers it from the extension, and takes a folder "
+        "written by `datasets.Dataset.save_to_disk` as 'hf'.",
+    )
+
+
+class DedupSpec(_Section):
+    """Duplicate removal: exact (normalised text) and near (MinHash + LSH), both distributed."""
+
+    exact: bool = Field(default=True, description="Drop records whose normalised text repeats.")
+    near: bool = Field(default=True, description="Drop near-duplicates (MinHash + LSH).")
+    threshold: float = Field(
+        default=0.8,
+        gt=0,
+        lt=1,
+        description="Estimated Jaccard similarity of character shingles at or above which two "
+        "records are near-duplicates.",
+    )
+    num_perm: int = Field(default=128, ge=16, le=1024, description="MinHash permutations.")
+    shingle: int = Field(default=5, ge=2, le=20, description="Characters per shingle.")
+
+
+class PiiSpec(_Section):
+    """Emails, phone numbers and payment card numbers in prompts and completions."""
+
+    action: Literal["redact", "drop", "keep"] = Field(
+        default="redact",
+        description="'redact' replaces each match with [EMAIL], [PHONE] or [CARD_NUMBER]; "
+        "'drop' quarantines the record (rule 'pii'); 'keep' leaves it.",
+    )
+
+
+class ToxicitySpec(_Section):
+    """Toxic records are quarantined (rule 'toxic'); no network is used."""
+
+    enabled: bool = Field(default=True, description="Check prompts and completions.")
+    word_list: str | None = Field(
+        default=None,
+        description="File of words (one per line) to reject; unset: a short built-in list.",
+    )
+    hook: str | None = Field(
+        default=None,
+        description="'module:function' taking a text and returning a reason (str) to reject "
+        "it or None; replaces the word list (e.g. a local classifier).",
     )
 
 
 class DataSpec(_Section):
-    """The prepare stage: sources → normalised chat records → train/eval parquet."""
+    """The prepare stage: sources → checked, deduplicated chat records → train/eval parquet."""
 
     sources: list[SourceSpec] = Field(min_length=1, description="Input files, read in order.")
+    eval_sources: list[SourceSpec] | None = Field(
+        default=None,
+        description="An explicit held-out set; unset: `eval_fraction` of `sources` is held "
+        "out. Eval records that (near-)duplicate training records are removed (rule "
+        "'leakage').",
+    )
     prompt_field: str = Field(
         default="prompt", description="Column holding the user's input (the prompt)."
     )
     completion_field: str = Field(
         default="completion", description="Column holding the wanted output (the completion)."
     )
+    messages_field: str | None = Field(
+        default=None,
+        description="Column holding a chat: a list of {role, content} with roles system, user, "
+        "assistant, ending with the assistant's answer (the completion; earlier turns are "
+        "the prompt). When set, prompt_field and completion_field are not used.",
+    )
     system_prompt: str | None = Field(
         default=None,
-        description="System prompt put before every example, as the production API will send it.",
+        description="System prompt put before every example, as the production API will send "
+        "it (a chat's own system message wins).",
     )
     labels: list[str] | None = Field(
         default=None,
         description="For classification: the allowed completions. A record whose completion is "
         "not one of them is quarantined (rule 'label_not_allowed').",
     )
+    output_schema: dict | None = Field(
+        default=None,
+        description="For JSON outputs: a JSON Schema every completion must satisfy; others are "
+        "quarantined (rule 'bad_output').",
+    )
     eval_fraction: float = Field(
         default=0.1,
         gt=0,
         lt=1,
-        description="Share of records held out for evaluation, chosen by a hash of the prompt.",
+        description="Share of records held out for evaluation, chosen by a hash of the prompt "
+        "(within each label when `labels` is set).",
     )
     max_seq_len: int = Field(
         default=256,
         ge=8,
-        description="Token limit for prompt + completion; longer records are quarantined.",
+        description="Token limit for prompt + completion, chat template included.",
+    )
+    truncation: Literal["quarantine", "prompt_start"] = Field(
+        default="quarantine",
+        description="Over max_seq_len: 'quarantine' the record (rule 'too_long'), or "
+        "'prompt_start': drop words from the start of the last user message until it fits "
+        "(the completion is never cut).",
     )
     seed: int = Field(default=0, description="Salt of the held-out split hash.")
+    num_workers: int = Field(
+        default=2, ge=1, description="Most Ray Data actors checking and tokenizing records."
+    )
+    dedup: DedupSpec = Field(default_factory=DedupSpec, description="Duplicate removal.")
+    pii: PiiSpec = Field(default_factory=PiiSpec, description="PII handling.")
+    toxicity: ToxicitySpec = Field(default_factory=ToxicitySpec, description="Toxicity filter.")
 
 
 class LoraSpec(_Section):
@@ -128,6 +202,12 @@ class TrainSpec(_Section):
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     log_every: int = Field(default=5, ge=1, description="Log the loss every N steps.")
     seed: int = Field(default=0, description="Seed for weights init and data order.")
+    packing: bool = Field(
+        default=False,
+        description="Pack each batch's examples end to end into rows of up to data.max_seq_len "
+        "tokens (position ids restart per example; no attention across examples): same loss, "
+        "far less padding when examples are short.",
+    )
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings.")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Ray Train scaling.")
 
@@ -158,6 +238,39 @@ class EvalSpec(_Section):
         description="Metrics to compute. 'exact_match': the output equals the reference after "
         "trimming whitespace and case.",
     )
+
+
+class AssessSpec(_Section):
+    """The go/no-go before training: enough data? does the base model already do the job?"""
+
+    enabled: bool = Field(default=True, description="`ftray run` assesses before training.")
+    min_examples: int = Field(
+        default=50, ge=1, description="Refuse to train with fewer usable training examples."
+    )
+    warn_examples: int = Field(
+        default=300, ge=1, description="Warn below this many usable training examples."
+    )
+    target: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="Exact match the base model must reach, prompted, for the verdict "
+        "'don't fine-tune'.",
+    )
+    max_examples: int = Field(
+        default=50, ge=1, description="Held-out examples the base model is scored on."
+    )
+    few_shot: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="Solved training examples shown before each query (distinct answers "
+        "first), to judge the base model at its best.",
+    )
+    gpu: Literal["T4-16GB", "L4-24GB", "A10G-24GB", "A100-40GB", "A100-80GB", "H100-80GB"] = Field(
+        default="A100-80GB", description="GPU type the estimates are for."
+    )
+    num_gpus: int = Field(default=1, ge=1, description="GPUs the estimates are for.")
 
 
 class ServeSpec(_Section):
@@ -206,6 +319,7 @@ class JobSpec(_Section):
     model: ModelSpec = Field(description="The base model.")
     data: DataSpec = Field(description="Data preparation.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training.")
+    assess: AssessSpec = Field(default_factory=AssessSpec, description="Go/no-go assessment.")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation.")
     serve: ServeSpec = Field(default_factory=ServeSpec, description="Serving.")
     ray: RaySpec = Field(default_factory=RaySpec, description="Ray cluster connection.")

@@ -152,3 +152,10 @@ class Store:
             for entry in self.fs.ls(path, detail=True)
             if entry["type"] == "directory"
         )
+
+    def manifests(self, kind: str) -> list[dict]:
+        """Manifests of every finished artifact under `kind` (e.g. 'models'), oldest first."""
+        found = [
+            self.manifest(kind, name) for name in self.list_dirs(kind) if self.is_complete(kind, name)
+        ]
+        return sorted(found, key=lambda manifest: manifest["created_at"])

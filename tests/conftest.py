@@ -30,6 +30,9 @@ ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 os.environ.update(ENV)
+# Ray processes started from the tests (job entrypoints `ftray ...`, `ray` itself) find this
+# environment's commands even when the venv is not activated, as under `make test`.
+os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 def free_port() -> int:

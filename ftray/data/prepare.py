@@ -1,26 +1,34 @@
-"""The prepare stage on Ray Data: sources → checked, tokenized train/eval/quarantine parquet.
+"""The prepare stage on Ray Data: sources → checked, deduplicated, split, tokenized parquet.
 
-Every input record ends in exactly one of train, eval or quarantine (with its rule and reason);
-the manifest's counts add up, and the dataset id is a hash of the sources' bytes, the rules
-and the tokenizer, so the same inputs give the same dataset.
+  read (one task per file) → CheckRecords actors (normalise, contract, toxicity, PII,
+  tokenize, fingerprint) → exact and near-duplicate groupbys → held-out split → parquet
+
+Every input record ends in exactly one of train, eval or quarantine (with its rule, reason
+and source location); the manifest's counts add up or the stage fails. The dataset id is a
+hash of the sources' bytes, the data spec, the model (its tokenizer) and PREPARE_VERSION, so
+the same inputs give the same dataset and reuse it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from ftray.data.sources import SourceFile, expand_sources, read_records
-from ftray.data.tokenize import messages_for, tokenize_example
-from ftray.models import load_tokenizer, resolve_model
+from ftray.data.dedup import find_duplicates
+from ftray.data.records import CheckRecords
+from ftray.data.report import build_report
+from ftray.data.sources import SourceFile, expand_sources, number_files, read_records
+from ftray.models import resolve_model
 from ftray.progress import Progress
 from ftray.spec import DataSpec, ModelSpec
 from ftray.store import Store, content_id, file_digest
 
-# Bump when the rules below change what a dataset holds, so old ids are not reused.
-PREPARE_VERSION = 1
+# Bump when the rules change what a dataset holds, so old ids are not reused.
+PREPARE_VERSION = 2
 SPLITS = ("train", "eval", "quarantine")
+EXAMPLE_COLUMNS = ["source", "row", "prompt", "completion", "messages", "input_ids", "labels"]
+EXAMPLE_COLUMNS += ["num_tokens"]
+QUARANTINE_COLUMNS = ["source", "row", "prompt", "completion", "fields", "rule", "reason"]
 
 
 @dataclass(frozen=True)
@@ -34,57 +42,64 @@ class DatasetRef:
 
 
 def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) -> DatasetRef:
-    """Read, check, split and tokenize the job's data into a versioned dataset."""
+    """Read, check, deduplicate, split and tokenize the job's data into a versioned dataset."""
     import ray
     from ray.data.expressions import col
 
-    files = expand_sources(data.sources)
+    evals = (
+        expand_sources(data.eval_sources, "eval", "data.eval_sources") if data.eval_sources else []
+    )
+    files = number_files(expand_sources(data.sources), evals)
     model_dir = resolve_model(model, store)
-    digests = [
-        {"path": f.path, "format": f.format, "sha256": file_digest(*_fs_path(f))} for f in files
-    ]
+    digests = [{"path": f.path, "format": f.format, "sha256": _digest(f)} for f in files]
     dataset_id = content_id(
         "ds", digests, data.model_dump(mode="json"), model.model_dump(mode="json"), PREPARE_VERSION
     )
     if store.is_complete("datasets", dataset_id):
-        return DatasetRef(
-            dataset_id,
-            store.uri("datasets", dataset_id),
-            store.manifest("datasets", dataset_id),
-            True,
-        )
+        manifest = store.manifest("datasets", dataset_id)
+        return DatasetRef(dataset_id, store.uri("datasets", dataset_id), manifest, True)
 
-    progress.note(f"reading {len(files)} file(s) with Ray Data")
-    records = ray.data.from_items([{"path": f.path, "format": f.format} for f in files]).flat_map(
-        lambda item: read_records(SourceFile(item["path"], item["format"]))
+    progress.note(f"checking {len(files)} file(s) with Ray Data ({data.num_workers} actor(s))")
+    records = ray.data.from_items([asdict(f) for f in files]).flat_map(
+        lambda item: read_records(SourceFile(**item))
     )
     checked = records.map_batches(
-        _CheckAndTokenize,
+        CheckRecords,
         fn_constructor_kwargs={"data": data.model_dump(mode="json"), "model_dir": model_dir},
         batch_format="pandas",
         batch_size=256,
-        compute=ray.data.ActorPoolStrategy(size=1),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=data.num_workers),
     ).materialize()
 
-    counts = _counts(checked)
+    passing = checked.filter(expr=col("rule") == "")
+    drops = find_duplicates(passing, data.dedup) if data.dedup.exact or data.dedup.near else {}
+    progress.note(f"duplicates: {len(drops)} record(s) removed (exact, near, leakage)")
+    eval_orders = None if data.eval_sources else _held_out(passing, drops, data)
+    final = checked.map_batches(
+        _assign,
+        fn_kwargs={"drops": drops, "eval_orders": eval_orders},
+        batch_format="pandas",
+    ).materialize()
+
+    narrow = ["split", "rule", "reason", "source", "row", "num_tokens", "pii_redacted", "truncated"]
+    table = final.select_columns(narrow)
+    table = table.to_pandas()
+    counts = _counts(table)
     progress.note(
         f"{counts['input']} records: {counts['train']} train, {counts['eval']} eval, "
         f"{counts['quarantine']} quarantined"
     )
-    tokens = {}
     for split in SPLITS:
-        part = checked.filter(expr=col("split") == split)
-        if split == "train" and counts["train"]:
-            total = int(part.sum("num_tokens"))
-            tokens = {
-                "train_total": total,
-                "train_mean": round(total / counts["train"], 1),
-                "train_max": int(part.max("num_tokens")),
-            }
+        part = final.filter(expr=col("split") == split)
+        if split == "train":
             part = part.random_shuffle(seed=data.seed)
-        columns = _QUARANTINE_COLUMNS if split == "quarantine" else _EXAMPLE_COLUMNS
+        columns = QUARANTINE_COLUMNS if split == "quarantine" else EXAMPLE_COLUMNS
         part.select_columns(columns).write_parquet(store.uri("datasets", dataset_id, split))
-
+    written = {split: _rows_written(store.uri("datasets", dataset_id, split)) for split in SPLITS}
+    if written != {split: counts[split] for split in SPLITS}:
+        raise RuntimeError(f"parquet holds {written} rows, expected {counts}")
+    report = build_report(table, data)
+    store.write_json(report, "datasets", dataset_id, "report.json")
     manifest = store.finish(
         {
             "dataset_id": dataset_id,
@@ -93,7 +108,7 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
             "model": model.model_dump(mode="json"),
             "model_dir": model_dir,
             "counts": counts,
-            "tokens": tokens,
+            "tokens": report["tokens"],
             "prepare_version": PREPARE_VERSION,
         },
         "datasets",
@@ -102,28 +117,48 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
     return DatasetRef(dataset_id, store.uri("datasets", dataset_id), manifest, False)
 
 
-_EXAMPLE_COLUMNS = [
-    "source",
-    "row",
-    "prompt",
-    "completion",
-    "messages",
-    "input_ids",
-    "labels",
-    "num_tokens",
-]
-_QUARANTINE_COLUMNS = ["source", "row", "prompt", "completion", "fields", "rule", "reason"]
+def _held_out(passing, drops: dict, data: DataSpec) -> set[int]:
+    """Orders of the eval records: per label (or overall), the lowest hash ranks.
+
+    Exact stratification: every label keeps `eval_fraction` of its records for eval
+    (rounded), chosen by a salted hash of the prompt so the choice is stable across runs.
+    """
+    rows = passing.select_columns(["order", "prompt", "completion"]).to_pandas()
+    rows = rows[~rows["order"].isin(list(drops))]
+    rows["bucket"] = [_bucket(data.seed, prompt) for prompt in rows["prompt"]]
+    rows["stratum"] = rows["completion"] if data.labels else ""
+    chosen: set[int] = set()
+    for _, group in rows.groupby("stratum"):
+        take = round(len(group) * data.eval_fraction)
+        chosen.update(int(o) for o in group.nsmallest(take, "bucket")["order"])
+    return chosen
 
 
-def _fs_path(file: SourceFile):
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(file.path)
-    return path, fs
+def _bucket(seed: int, prompt: str) -> int:
+    key = f"{seed}:{' '.join(prompt.lower().split())}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
 
 
-def _counts(checked) -> dict:
-    table = checked.select_columns(["split", "rule"]).to_pandas()
+def _assign(batch, drops: dict, eval_orders: set[int] | None):
+    splits, rules, reasons = [], [], []
+    for order, rule, reason, origin in zip(
+        batch["order"], batch["rule"], batch["reason"], batch["origin"], strict=True
+    ):
+        if not rule and int(order) in drops:
+            rule, reason = drops[int(order)]
+        if rule:
+            splits.append("quarantine")
+        elif eval_orders is None:
+            splits.append(origin)
+        else:
+            splits.append("eval" if int(order) in eval_orders else "train")
+        rules.append(rule)
+        reasons.append(reason)
+    batch["split"], batch["rule"], batch["reason"] = splits, rules, reasons
+    return batch
+
+
+def _counts(table) -> dict:
     by_split = table["split"].value_counts().to_dict()
     counts = {"input": len(table), **{s: int(by_split.get(s, 0)) for s in SPLITS}}
     rules = table.loc[table["split"] == "quarantine", "rule"].value_counts().to_dict()
@@ -133,77 +168,24 @@ def _counts(checked) -> dict:
     return counts
 
 
-class _CheckAndTokenize:
-    """Per actor: load the tokenizer once; per batch: check each record, tokenize the good."""
+def _rows_written(uri: str) -> int:
+    import fsspec
+    import pyarrow.dataset as pds
 
-    def __init__(self, data: dict, model_dir: str):
-        self.spec = DataSpec.model_validate(data)
-        self.tokenizer = load_tokenizer(model_dir)
-        self.labels = set(self.spec.labels or [])
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        return 0  # Ray writes no file for an empty split
+    return pds.dataset(path, filesystem=fs, format="parquet").count_rows()
 
-    def __call__(self, batch):
-        rows = [self._one(record) for record in batch.to_dict("records")]
-        import pandas as pd
 
-        return pd.DataFrame(rows)
+def _digest(file: SourceFile) -> str:
+    """sha256 of a file, or of every file in a saved HF dataset folder."""
+    import fsspec
 
-    def _one(self, record: dict) -> dict:
-        out = {
-            "source": record["source"],
-            "row": int(record["row"]),
-            "fields": record["fields"],
-            "prompt": None,
-            "completion": None,
-            "messages": None,
-            "input_ids": [],
-            "labels": [],
-            "num_tokens": 0,
-            "split": "quarantine",
-            "rule": "",
-            "reason": "",
-        }
-        rule, reason = self._check(record, out)
-        if rule:
-            return {**out, "rule": rule, "reason": reason}
-        messages = messages_for(out["prompt"], self.spec.system_prompt)
-        tokens = tokenize_example(self.tokenizer, messages, out["completion"])
-        if len(tokens["input_ids"]) > self.spec.max_seq_len:
-            return {
-                **out,
-                "rule": "too_long",
-                "reason": f"{len(tokens['input_ids'])} tokens > data.max_seq_len "
-                f"{self.spec.max_seq_len}",
-            }
-        return {
-            **out,
-            "messages": json.dumps(messages),
-            "input_ids": tokens["input_ids"],
-            "labels": tokens["labels"],
-            "num_tokens": len(tokens["input_ids"]),
-            "split": self._split(out["prompt"]),
-        }
-
-    def _check(self, record: dict, out: dict) -> tuple[str, str]:
-        if record["error"]:
-            return "malformed", record["error"]
-        fields = json.loads(record["fields"])
-        for role, name in (
-            ("prompt", self.spec.prompt_field),
-            ("completion", self.spec.completion_field),
-        ):
-            value = fields.get(name)
-            if value is None:
-                return "missing_field", f"no {role} field {name!r} (has: {sorted(fields)})"
-            if not isinstance(value, str):
-                return "wrong_type", f"{role} field {name!r} is {type(value).__name__}, not text"
-            if not value.strip():
-                return "empty_field", f"{role} field {name!r} is empty"
-            out[role] = value.strip()
-        if self.labels and out["completion"] not in self.labels:
-            return "label_not_allowed", f"{out['completion']!r} is not in data.labels"
-        return "", ""
-
-    def _split(self, prompt: str) -> str:
-        key = f"{self.spec.seed}:{' '.join(prompt.lower().split())}"
-        bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
-        return "eval" if bucket < self.spec.eval_fraction else "train"
+    fs, path = fsspec.core.url_to_fs(file.path)
+    if not fs.isdir(path):
+        return file_digest(path, fs)
+    digest = hashlib.sha256()
+    for member in sorted(fs.find(path)):
+        digest.update(f"{member[len(path) :]}:{file_digest(member, fs)}".encode())
+    return digest.hexdigest()

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import tempfile
 from dataclasses import dataclass
 
 from ftray.data.prepare import DatasetRef
-from ftray.data.tokenize import render_prompt
+from ftray.evaluate.generate import generate
 from ftray.evaluate.metrics import exact_match
-from ftray.models import generate_texts, load_model, load_tokenizer, resolve_model
+from ftray.models import resolve_model
 from ftray.progress import Progress
 from ftray.spec import EvalSpec, ModelSpec
-from ftray.store import Store, content_id, download_dir
+from ftray.store import Store, content_id
 from ftray.train.ray_train import RunRef
 
 EVAL_VERSION = 1
@@ -49,19 +47,9 @@ def evaluate(
     )
     examples = examples.limit(spec.max_examples)
     progress.note(f"generating for up to {spec.max_examples} held-out examples, base and tuned")
-    scored = examples.map_batches(
-        _Generate,
-        fn_constructor_kwargs={
-            "model_dir": resolve_model(model, store),
-            "dtype": model.dtype,
-            "adapter_uri": run.adapter_uri,
-            "max_new_tokens": spec.max_new_tokens,
-        },
-        batch_size=spec.batch_size,
-        batch_format="pandas",
-        compute=ray.data.ActorPoolStrategy(size=spec.num_workers),
-        num_cpus=spec.cpus_per_worker,
-    ).materialize()
+    scored = generate(
+        examples, spec, resolve_model(model, store), model.dtype, adapter_uri=run.adapter_uri
+    )
     scored.write_parquet(store.uri("evals", eval_id, "outputs"))
     table = scored.to_pandas()
 
@@ -85,33 +73,3 @@ def evaluate(
         eval_id,
     )
     return EvalRef(eval_id, manifest["metrics"], False)
-
-
-class _Generate:
-    """Per actor: the base model once, with the adapter on top; per batch: both answers."""
-
-    def __init__(self, model_dir: str, dtype: str, adapter_uri: str, max_new_tokens: int):
-        from peft import PeftModel
-
-        self.tokenizer = load_tokenizer(model_dir)
-        self._adapter_dir = _local_copy(adapter_uri)
-        self.model = PeftModel.from_pretrained(load_model(model_dir, dtype), self._adapter_dir.name)
-        self.model.eval()
-        self.max_new_tokens = max_new_tokens
-
-    def __call__(self, batch):
-        prompts = [render_prompt(self.tokenizer, json.loads(m)) for m in batch["messages"]]
-        with self.model.disable_adapter():
-            base = generate_texts(self.model, self.tokenizer, prompts, self.max_new_tokens)
-        tuned = generate_texts(self.model, self.tokenizer, prompts, self.max_new_tokens)
-        for name, results in (("base", base), ("tuned", tuned)):
-            batch[f"{name}_output"] = [r["text"] for r in results]
-            batch[f"{name}_tokens"] = [r["tokens"] for r in results]
-        return batch
-
-
-def _local_copy(uri: str) -> tempfile.TemporaryDirectory:
-    """The adapter folder copied to local disk (kept until the returned object is dropped)."""
-    local = tempfile.TemporaryDirectory(prefix="ftray-adapter-")
-    download_dir(uri, local.name)
-    return local

@@ -26,8 +26,11 @@ class WorkerContext(Protocol):
     rank: int
     world_size: int
     node_id: str
+    device: str
 
-    def batches(self, split: str, batch_size: int, epoch: int) -> Iterable[dict]: ...
+    def batches(self, split: str, batch_size: int, epoch: int) -> Iterable[dict]:
+        """Raw examples: {"input_ids": [[...], ...], "labels": [[...], ...]} per batch."""
+        ...
 
     def wrap_model(self, model): ...
 
@@ -52,15 +55,17 @@ def train_loop(config: dict, ctx: WorkerContext) -> dict:
     total = min(spec.max_steps or math.inf, steps_per_epoch * spec.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, spec.warmup_ratio))
     per_worker = spec.batch_size // ctx.world_size
+    pack = config.get("pack_length") if spec.packing else None
     nodes = _gather(ctx.node_id)  # where each rank ran, for the run's manifest
 
     step, history, started = 0, [], time.perf_counter()
     for epoch in range(spec.epochs):
         model.train()
-        for index, batch in enumerate(ctx.batches("train", per_worker, epoch)):
+        for index, raw in enumerate(ctx.batches("train", per_worker, epoch)):
             if index >= steps_per_epoch or step >= total:
                 break
-            loss = model(**batch).loss
+            batch = collate(raw, pack_length=pack, device=ctx.device)
+            loss = model(**batch, use_cache=False).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
             optimizer.step()
@@ -76,7 +81,7 @@ def train_loop(config: dict, ctx: WorkerContext) -> dict:
                         f"  step {step}/{total}  loss {mean_loss:.4f}  ({rate:.2f} steps/s)",
                         flush=True,
                     )
-        eval_loss = evaluate_loss(model, ctx, per_worker)
+        eval_loss = evaluate_loss(model, ctx, per_worker, pack)
         metrics = {
             "step": step,
             "epoch": epoch + 1,
@@ -91,36 +96,71 @@ def train_loop(config: dict, ctx: WorkerContext) -> dict:
     return metrics
 
 
-def evaluate_loss(model, ctx: WorkerContext, batch_size: int) -> float:
+def evaluate_loss(model, ctx: WorkerContext, batch_size: int, pack: int | None = None) -> float:
     """Mean per-token loss on the eval split, over all workers."""
     import torch
 
     model.eval()
     loss_sum, tokens = torch.zeros(()), torch.zeros(())
     with torch.no_grad():
-        for batch in ctx.batches("eval", batch_size, 0):
+        for raw in ctx.batches("eval", batch_size, 0):
+            batch = collate(raw, pack_length=pack, device=ctx.device)
             count = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
-            loss_sum += model(**batch).loss.float() * count
+            loss_sum += model(**batch, use_cache=False).loss.float() * count
             tokens += count
     total = _sum_across_workers(torch.stack([loss_sum, tokens]))
     return round(float(total[0] / total[1]), 5) if total[1] else float("nan")
 
 
-def collate(batch: dict[str, np.ndarray], pad_id: int = 0) -> dict:
-    """Right-pad a batch of variable-length `input_ids`/`labels` into tensors."""
+def collate(batch: dict, pad_id: int = 0, pack_length: int | None = None, device="cpu") -> dict:
+    """Tensors from a batch of variable-length `input_ids`/`labels`.
+
+    Unpacked: one example per row, right-padded, with an attention mask. Packed
+    (`pack_length`): examples laid end to end in rows of at most `pack_length` tokens, with
+    position ids restarting at 0 for each example and no attention mask, from which
+    transformers builds a block-diagonal causal mask: no token attends across examples, and
+    the loss equals the unpacked loss while padding mostly disappears. Call the model with
+    `use_cache=False`: with a KV cache transformers skips the packed-sequence mask.
+    """
     import torch
 
-    rows = [list(ids) for ids in batch["input_ids"]]
-    labels = [list(lab) for lab in batch["labels"]]
+    rows = [[int(t) for t in ids] for ids in batch["input_ids"]]
+    labels = [[int(t) for t in lab] for lab in batch["labels"]]
+    positions = [list(range(len(r))) for r in rows]
+    if pack_length:
+        rows, labels, positions = _pack(rows, labels, pack_length)
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     label_ids = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.arange(width).repeat(len(rows), 1)  # padding: a segment of its own
     attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (ids, lab) in enumerate(zip(rows, labels, strict=True)):
+    for i, (ids, lab, pos) in enumerate(zip(rows, labels, positions, strict=True)):
         input_ids[i, : len(ids)] = torch.tensor(ids)
         label_ids[i, : len(lab)] = torch.tensor(lab)
+        position_ids[i, : len(pos)] = torch.tensor(pos)
         attention[i, : len(ids)] = 1
-    return {"input_ids": input_ids, "labels": label_ids, "attention_mask": attention}
+    out = {"input_ids": input_ids, "labels": label_ids}
+    if pack_length:
+        out["position_ids"] = position_ids
+    else:
+        out["attention_mask"] = attention
+    return {key: value.to(device) for key, value in out.items()}
+
+
+def _pack(rows: list[list[int]], labels: list[list[int]], limit: int):
+    """First-fit: each example goes into the first row with room for it."""
+    packed: list[tuple[list[int], list[int], list[int]]] = []
+    for ids, lab in zip(rows, labels, strict=True):
+        for row in packed:
+            if len(row[0]) + len(ids) <= limit:
+                break
+        else:
+            row = ([], [], [])
+            packed.append(row)
+        row[0].extend(ids)
+        row[1].extend(lab)
+        row[2].extend(range(len(ids)))
+    return [r[0] for r in packed], [r[1] for r in packed], [r[2] for r in packed]
 
 
 class LocalContext:
@@ -129,6 +169,7 @@ class LocalContext:
     rank = 0
     world_size = 1
     node_id = "local"
+    device = "cpu"
 
     def __init__(self, dataset_dir: str, checkpoint_root: str, seed: int = 0):
         import pyarrow.parquet as pq
@@ -148,7 +189,7 @@ class LocalContext:
             order = np.arange(len(table["input_ids"]))
         for start in range(0, len(order), batch_size):
             picked = order[start : start + batch_size]
-            yield collate({key: [table[key][i] for i in picked] for key in ("input_ids", "labels")})
+            yield {key: [table[key][i] for i in picked] for key in ("input_ids", "labels")}
 
     def wrap_model(self, model):
         return model

@@ -11,7 +11,7 @@ from ftray.models import resolve_model
 from ftray.progress import Progress
 from ftray.spec import ModelSpec, TrainSpec
 from ftray.store import Store, content_id
-from ftray.train.loop import collate, train_loop
+from ftray.train.loop import train_loop
 
 TRAIN_VERSION = 1
 
@@ -58,6 +58,7 @@ def train(
         "model_dir": resolve_model(model, store),
         "dtype": model.dtype,
         "steps_per_epoch": steps_per_epoch,
+        "pack_length": dataset.manifest["spec"]["max_seq_len"],
     }
     store.write_json(config, "runs", run_id, "config.json")
     total = min(spec.max_steps or steps_per_epoch * spec.epochs, steps_per_epoch * spec.epochs)
@@ -76,7 +77,8 @@ def train(
         ),
         torch_config=TorchConfig(backend="nccl" if spec.scaling.use_gpu else "gloo"),
         datasets={
-            split: ray.data.read_parquet(f"{dataset.uri}/{split}") for split in ("train", "eval")
+            split: ray.data.read_parquet(f"{dataset.uri}/{split}", columns=["input_ids", "labels"])
+            for split in ("train", "eval")
         },
         run_config=RunConfig(
             name=run_id,
@@ -113,15 +115,16 @@ class _RayContext:
     def __init__(self):
         import ray
         import ray.train
+        import ray.train.torch
 
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.node_id = ray.get_runtime_context().get_node_id()
+        self.device = ray.train.torch.get_device()
 
     def batches(self, split: str, batch_size: int, epoch: int) -> Iterator[dict]:
         import ray.train
-        import ray.train.torch
 
         shard = ray.train.get_dataset_shard(split)
         shuffle = (
@@ -129,11 +132,9 @@ class _RayContext:
             if split == "train"
             else {}
         )
-        device = ray.train.torch.get_device()
-        for batch in shard.iter_torch_batches(
-            batch_size=batch_size, collate_fn=collate, drop_last=split == "train", **shuffle
-        ):
-            yield {key: value.to(device) for key, value in batch.items()}
+        yield from shard.iter_batches(
+            batch_size=batch_size, batch_format="numpy", drop_last=split == "train", **shuffle
+        )
 
     def wrap_model(self, model):
         import ray.train.torch

@@ -29,10 +29,11 @@ def _one(folder):
 
 def test_run_prints_every_stage_and_the_summary(tiny_run):
     _, out, _ = tiny_run
-    for stage in ("prepare", "train", "evaluate", "register", "serve"):
+    for stage in ("prepare", "assess", "train", "evaluate", "register", "serve"):
         assert f"✓ {stage}" in out
     assert "summary" in out
     assert re.search(r"held-out exact match: base \d+\.\d%, tuned \d+\.\d%", out)
+    assert "assess: fine-tune (base model 0.0% prompted" in out
     assert re.search(r"answer from model-[0-9a-f]{12}:", out)
 
 

@@ -1,51 +1,88 @@
-"""`ftray prepare` on messy input: every bad record quarantined with its rule and location."""
+"""`ftray prepare` on messy input: every rule, duplicates, leakage, stratification, versions."""
 
 from __future__ import annotations
 
+import csv
 import json
+from collections import Counter
+from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
+from tests.conftest import ROOT
 
-def test_bad_records_are_quarantined_not_fatal(tmp_path, run_cli):
-    good = [{"q": f"where is my card number {i}?", "a": "card_arrival"} for i in range(20)]
-    lines = [json.dumps(r) for r in good]
-    lines += [
-        '{"q": "broken json", "a": ',  # line 21
-        json.dumps({"a": "card_arrival"}),  # 22: no prompt field
-        json.dumps({"q": 42, "a": "card_arrival"}),  # 23: wrong type
-        json.dumps({"q": "   ", "a": "card_arrival"}),  # 24: empty
-        json.dumps({"q": "what is a swift code?", "a": "swift"}),  # 25: not an allowed label
-        json.dumps(["not", "an", "object"]),  # 26
-    ]
-    source = tmp_path / "data.jsonl"
-    source.write_text("\n".join(lines) + "\n")
+QUERIES = list(csv.DictReader((ROOT / "data/banking77/quickstart.csv").open()))
+
+
+def _job(tmp_path: Path, data: dict) -> Path:
     job = tmp_path / "job.yaml"
-    job.write_text(
-        yaml.safe_dump(
-            {
-                "project": "messy",
-                "storage": str(tmp_path / "store"),
-                "model": {"base": "tiny"},
-                "data": {
-                    "sources": [{"path": str(source)}],
-                    "prompt_field": "q",
-                    "completion_field": "a",
-                    "labels": ["card_arrival"],
-                    "eval_fraction": 0.2,
-                },
-            }
-        )
-    )
-    out = run_cli("prepare", str(job)).stdout
-    assert "6 quarantined" in out
+    spec = {"project": "messy", "storage": str(tmp_path / "store"), "model": {"base": "tiny"}}
+    job.write_text(yaml.safe_dump({**spec, "data": data}))
+    return job
 
-    dataset = next((tmp_path / "store" / "messy" / "datasets").iterdir())
+
+def _dataset(tmp_path: Path, dataset_id: str | None = None) -> Path:
+    root = tmp_path / "store" / "messy" / "datasets"
+    if dataset_id:
+        return root / dataset_id
+    (only,) = list(root.iterdir())
+    return only
+
+
+def _rows(folder: Path) -> list[dict]:
+    return pq.read_table(folder).to_pylist() if folder.exists() else []
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory, ray_address):
+    """A jsonl with a record for every rule, plus a saved HF dataset of clean queries."""
+    from datasets import Dataset
+
+    from tests.conftest import cli
+
+    tmp = tmp_path_factory.mktemp("messy")
+    card = [q for q in QUERIES if q["category"] == "card_arrival"][:20]
+    rate = [q for q in QUERIES if q["category"] == "exchange_rate"][:20]
+    lines = [json.dumps({"q": q["text"], "a": q["category"]}) for q in card]  # rows 1-20
+    lines += [
+        '{"q": "broken json", "a": ',  # 21 malformed
+        json.dumps({"a": "card_arrival"}),  # 22 missing_field
+        json.dumps({"q": 42, "a": "card_arrival"}),  # 23 wrong_type
+        json.dumps({"q": "   ", "a": "card_arrival"}),  # 24 empty_field
+        json.dumps({"q": "what is a swift code?", "a": "swift"}),  # 25 label_not_allowed
+        json.dumps(["not", "an", "object"]),  # 26 malformed
+        json.dumps({"q": "this bank is bullshit, where is my card", "a": "card_arrival"}),  # 27
+        json.dumps({"q": "email me at jo@example.com about my card", "a": "card_arrival"}),  # 28
+        json.dumps({"q": card[0]["text"].upper() + "!", "a": "card_arrival"}),  # 29 duplicate
+        json.dumps({"q": card[1]["text"] + " please", "a": "card_arrival"}),  # 30 near dup
+    ]
+    (tmp / "data.jsonl").write_text("\n".join(lines) + "\n")
+    Dataset.from_list([{"q": q["text"], "a": q["category"]} for q in rate]).save_to_disk(
+        str(tmp / "hf")
+    )
+    data = {
+        "sources": [{"path": str(tmp / "data.jsonl")}, {"path": str(tmp / "hf")}],
+        "prompt_field": "q",
+        "completion_field": "a",
+        "labels": ["card_arrival", "exchange_rate"],
+        "eval_fraction": 0.25,
+        "pii": {"action": "drop"},
+    }
+    job = _job(tmp, data)
+    out = cli(ray_address, "prepare", str(job)).stdout
+    return tmp, job, out
+
+
+def test_every_rule_quarantined_with_its_location(messy):
+    tmp, _, out = messy
+    assert "10 quarantined" in out
+    dataset = _dataset(tmp)
     counts = json.loads((dataset / "manifest.json").read_text())["counts"]
-    assert counts["input"] == 26
-    assert counts["train"] + counts["eval"] == 20
-    rows = {r["row"]: r for r in pq.read_table(dataset / "quarantine").to_pylist()}
+    assert counts["input"] == 50
+    assert counts["train"] + counts["eval"] + counts["quarantine"] == 50
+    rows = {r["row"]: r for r in _rows(dataset / "quarantine")}
     expected = {
         21: "malformed",
         22: "missing_field",
@@ -53,7 +90,79 @@ def test_bad_records_are_quarantined_not_fatal(tmp_path, run_cli):
         24: "empty_field",
         25: "label_not_allowed",
         26: "malformed",
+        27: "toxic",
+        28: "pii",
+        29: "duplicate",
+        30: "near_duplicate",
     }
     assert {row: r["rule"] for row, r in rows.items()} == expected
-    assert all(r["source"] == str(source) and r["reason"] for r in rows.values())
-    assert "'swift' is not in data.labels" in rows[25]["reason"]
+    assert all(r["source"] == str(tmp / "data.jsonl") and r["reason"] for r in rows.values())
+    assert rows[29]["reason"] == f"same text as {tmp / 'data.jsonl'}:1"
+    assert rows[30]["reason"].startswith(f"near-duplicate of {tmp / 'data.jsonl'}:2")
+    report = json.loads((dataset / "report.json").read_text())
+    assert report["counts_by_rule"]["malformed"] == 2
+    assert report["samples_by_rule"]["toxic"][0]["row"] == 27
+
+
+def test_split_is_stratified_by_label(messy):
+    tmp, _, _ = messy
+    dataset = _dataset(tmp)
+    evals = Counter(r["completion"] for r in _rows(dataset / "eval"))
+    assert evals == {"card_arrival": 5, "exchange_rate": 5}  # 25% of 20 clean per label
+    trains = Counter(r["completion"] for r in _rows(dataset / "train"))
+    assert trains == {"card_arrival": 15, "exchange_rate": 15}
+    hf_rows = [r for r in _rows(dataset / "train") if r["source"].endswith("hf")]
+    assert hf_rows and all(r["row"] >= 1 for r in hf_rows)
+
+
+def test_data_show_and_diff_between_versions(messy, run_cli):
+    tmp, job, _ = messy
+    old = _dataset(tmp).name
+    out = run_cli("prepare", str(job), "--set", "data.dedup.near=false").stdout
+    new = next(p.name for p in (tmp / "store/messy/datasets").iterdir() if p.name != old)
+    assert "new dataset" in out
+    shown = run_cli("data", "show", old, "--job", str(job)).stdout
+    assert "near_duplicate: 1" in shown and "records: 50 in" in shown
+    diff = json.loads(run_cli("data", "diff", old, new, "--job", str(job)).stdout)
+    assert diff["counts"]["added"] == 1 and diff["counts"]["removed"] == 0
+    assert diff["added"][0]["row"] == 30
+    listed = run_cli("data", "list", "--job", str(job)).stdout
+    assert old in listed and new in listed
+    missing = run_cli("data", "show", "ds-nope", "--job", str(job), check=False)
+    assert missing.returncode == 2 and old in missing.stderr
+
+
+def test_explicit_eval_set_leakage_and_json_contract(tmp_path, run_cli):
+    train = [
+        {"prompt": q["text"], "completion": json.dumps({"intent": q["category"]})}
+        for q in QUERIES[:12]
+    ]
+    evals = [
+        {"prompt": QUERIES[0]["text"], "completion": train[0]["completion"]},  # exact leak
+        {"prompt": QUERIES[1]["text"] + " thanks", "completion": train[1]["completion"]},  # near
+        {"prompt": QUERIES[300]["text"], "completion": json.dumps({"intent": "x"})},  # clean
+        {"prompt": QUERIES[301]["text"], "completion": "not json"},  # bad output
+    ]
+    for name, rows in (("train", train), ("eval", evals)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    schema = {
+        "type": "object",
+        "required": ["intent"],
+        "properties": {"intent": {"type": "string"}},
+    }
+    job = _job(
+        tmp_path,
+        {
+            "sources": [{"path": str(tmp_path / "train.jsonl")}],
+            "eval_sources": [{"path": str(tmp_path / "eval.jsonl")}],
+            "output_schema": schema,
+        },
+    )
+    run_cli("prepare", str(job))
+    dataset = _dataset(tmp_path)
+    assert len(_rows(dataset / "train")) == 12, "training data is never dropped for a leak"
+    assert [r["row"] for r in _rows(dataset / "eval")] == [3]
+    rules = {r["row"]: (r["rule"], r["reason"]) for r in _rows(dataset / "quarantine")}
+    assert rules[1][0] == "leakage" and "eval example is a training example" in rules[1][1]
+    assert rules[2][0] == "leakage"
+    assert rules[4][0] == "bad_output" and "not JSON" in rules[4][1]

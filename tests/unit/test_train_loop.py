@@ -45,6 +45,42 @@ def test_collate_pads_right_and_masks():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
+def test_packing_lays_examples_end_to_end_with_positions_restarting():
+    batch = {
+        "input_ids": [[1, 2, 3], [4, 5], [6, 7, 8, 9]],
+        "labels": [[-100, 2, 3], [4, 5], [6, 7, 8, 9]],
+    }
+    packed = collate(batch, pack_length=5)
+    assert packed["input_ids"].tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 0]]
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 2, 3, 4]]
+    assert packed["labels"].tolist()[1][-1] == -100
+    assert "attention_mask" not in packed
+
+
+def test_packed_loss_equals_unpacked_loss(tiny_dir, tmp_path):
+    """No attention crosses examples: packing changes the padding, not the loss."""
+    import torch
+
+    from ftray.models import load_model
+
+    tokenizer = load_tokenizer(tiny_dir)
+    examples = [
+        tokenize_example(tokenizer, messages_for(prompt, "Answer."), answer)
+        for prompt, answer in [("is 3 odd?", "yes"), ("hi", "hello there"), ("2+2?", "4")]
+    ]
+    batch = {key: [e[key] for e in examples] for key in ("input_ids", "labels")}
+    model = load_model(tiny_dir, "float32").eval()
+    with torch.no_grad():
+        plain = model(**collate(batch), use_cache=False).loss
+        packed_batch = collate(batch, pack_length=1000)
+        assert packed_batch["input_ids"].shape[0] == 1, "all three fit one row"
+        packed = model(**packed_batch, use_cache=False).loss
+        # With a KV cache transformers skips the block mask: attention leaks across examples.
+        leaky = model(**packed_batch, use_cache=True).loss
+    assert packed.item() == pytest.approx(plain.item(), rel=1e-5)
+    assert abs(leaky.item() - plain.item()) > 1e-4
+
+
 def test_train_loop_learns_and_checkpoints_an_adapter(tiny_dir, tmp_path):
     _dataset(tmp_path / "ds", load_tokenizer(tiny_dir), 16)
     spec = TrainSpec(

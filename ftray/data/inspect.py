@@ -1,0 +1,100 @@
+"""`ftray data list|show|diff`: read a project's datasets back, and compare two versions."""
+
+from __future__ import annotations
+
+import json
+
+from ftray.data.checks import exact_key
+from ftray.errors import UserError
+from ftray.store import Store
+
+EXAMPLE_SPLITS = ("train", "eval")
+
+
+def list_datasets(store: Store) -> list[dict]:
+    """Manifests of the project's finished datasets, oldest first."""
+    return store.manifests("datasets")
+
+
+def show(store: Store, dataset_id: str) -> dict:
+    """Manifest and report of one dataset."""
+    _require(store, dataset_id)
+    manifest = store.manifest("datasets", dataset_id)
+    report = store.read_json("datasets", dataset_id, "report.json")
+    return {"manifest": manifest, "report": report}
+
+
+def diff(store: Store, old: str, new: str, samples: int = 5) -> dict:
+    """Examples added and removed from `old` to `new`, by normalised prompt + completion."""
+    before, after = _examples(store, old), _examples(store, new)
+    added = [after[key] for key in after.keys() - before.keys()]
+    removed = [before[key] for key in before.keys() - after.keys()]
+    moved = [
+        {**after[key], "from": before[key]["split"]}
+        for key in after.keys() & before.keys()
+        if after[key]["split"] != before[key]["split"]
+    ]
+    return {
+        "old": old,
+        "new": new,
+        "counts": {
+            "old": len(before),
+            "new": len(after),
+            "added": len(added),
+            "removed": len(removed),
+            "changed_split": len(moved),
+            "unchanged": len(before.keys() & after.keys()) - len(moved),
+        },
+        "added": sorted(added, key=_where)[:samples],
+        "removed": sorted(removed, key=_where)[:samples],
+        "changed_split": sorted(moved, key=_where)[:samples],
+    }
+
+
+def format_show(info: dict) -> str:
+    manifest, report = info["manifest"], info["report"]
+    counts = manifest["counts"]
+    lines = [
+        f"{manifest['dataset_id']}  created {manifest['created_at']}",
+        f"  sources: {', '.join(s['path'] for s in manifest['sources'])}",
+        f"  records: {counts['input']} in → {counts['train']} train, {counts['eval']} eval, "
+        f"{counts['quarantine']} quarantined",
+    ]
+    for rule, n in sorted(report["counts_by_rule"].items()):
+        lines.append(f"    {rule}: {n}")
+        for sample in report["samples_by_rule"].get(rule, []):
+            lines.append(f"      {sample['source']}:{sample['row']}  {sample['reason']}")
+    lines.append(f"  PII redacted: {report['pii_redacted']}, truncated: {report['truncated']}")
+    lines.append(f"  tokens: {json.dumps(report['tokens'])}")
+    lines.append(f"  checks: {json.dumps(report['checks'])}")
+    return "\n".join(lines)
+
+
+def _examples(store: Store, dataset_id: str) -> dict[str, dict]:
+    import pyarrow.dataset as pds
+
+    _require(store, dataset_id)
+    found = {}
+    for split in EXAMPLE_SPLITS:
+        path = store.path("datasets", dataset_id, split)
+        if not store.fs.exists(path):
+            continue
+        columns = ["source", "row", "prompt", "completion"]
+        table = pds.dataset(path, filesystem=store.fs, format="parquet").to_table(columns=columns)
+        for row in table.to_pylist():
+            key = exact_key(f"{row['prompt']}\n{row['completion']}")
+            found[key] = {**row, "split": split}
+    return found
+
+
+def _where(example: dict) -> tuple:
+    return (example["source"], example["row"])
+
+
+def _require(store: Store, dataset_id: str) -> None:
+    if not store.is_complete("datasets", dataset_id):
+        known = [m["dataset_id"] for m in list_datasets(store)] or ["(none yet)"]
+        raise UserError(
+            f"no dataset {dataset_id!r} in {store.uri('datasets')}; there are: "
+            f"{', '.join(known)}. `ftray data list --job JOB.yaml` shows them."
+        )

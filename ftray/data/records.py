@@ -1,0 +1,190 @@
+"""One record at a time: normalise to chat messages, check, fingerprint, tokenize.
+
+`CheckRecords` runs inside Ray Data actors (one tokenizer per actor); every record comes out
+as one row, either passing (rule '') or rejected with a named rule and a reason. Rules:
+
+  malformed, missing_field, wrong_type, empty_field   the record itself
+  label_not_allowed, bad_output                       the output contract
+  pii, toxic                                          content filters
+  too_long                                            the token limit (unless truncated)
+"""
+
+from __future__ import annotations
+
+import json
+
+from ftray.data.checks import (
+    band_keys,
+    contract_checker,
+    exact_key,
+    find_pii,
+    lsh_bands,
+    minhash,
+    redact_pii,
+    toxicity_checker,
+)
+from ftray.data.tokenize import messages_for, tokenize_example
+from ftray.models import load_tokenizer
+from ftray.spec import DataSpec
+
+ROLES = ("system", "user", "assistant")
+
+
+class _Reject(Exception):
+    """A record fails a rule; carries the rule's name and the reason."""
+
+    def __init__(self, rule: str, reason: str):
+        super().__init__(reason)
+        self.rule, self.reason = rule, reason
+
+
+class CheckRecords:
+    """Per actor: the tokenizer and checkers once; per batch: one output row per record."""
+
+    def __init__(self, data: dict, model_dir: str):
+        self.spec = DataSpec.model_validate(data)
+        self.tokenizer = load_tokenizer(model_dir)
+        self.contract = contract_checker(self.spec.labels, self.spec.output_schema)
+        tox = self.spec.toxicity
+        self.toxic = toxicity_checker(tox.word_list, tox.hook) if tox.enabled else None
+        self.bands = lsh_bands(self.spec.dedup.num_perm, self.spec.dedup.threshold)
+
+    def __call__(self, batch):
+        import pandas as pd
+
+        return pd.DataFrame([self.one(record) for record in batch.to_dict("records")])
+
+    def one(self, record: dict) -> dict:
+        out = {
+            "source": record["source"],
+            "row": int(record["row"]),
+            "order": int(record["order"]),
+            "origin": record["origin"],
+            "fields": record["fields"],
+            "prompt": None,
+            "completion": None,
+            "messages": None,
+            "input_ids": [],
+            "labels": [],
+            "num_tokens": 0,
+            "pii_redacted": 0,
+            "truncated": False,
+            "exact_key": "",
+            "band_keys": [],
+            "signature": b"",
+            "rule": "",
+            "reason": "",
+        }
+        try:
+            if record["error"]:
+                raise _Reject("malformed", record["error"])
+            messages, completion = self._parse(json.loads(record["fields"]))
+            prompt = "\n".join(m["content"] for m in messages if m["role"] != "system")
+            out.update(prompt=prompt, completion=completion)
+            messages, completion = self._content(messages, completion, out)
+            out["completion"] = completion
+            messages, tokens = self._fit(messages, completion, out)
+        except _Reject as reject:
+            return {**out, "rule": reject.rule, "reason": reject.reason}
+        text = f"{out['prompt']}\n{completion}"
+        dedup = self.spec.dedup
+        signature = minhash(text, dedup.num_perm, dedup.shingle)
+        return {
+            **out,
+            "messages": json.dumps(messages),
+            "input_ids": tokens["input_ids"],
+            "labels": tokens["labels"],
+            "num_tokens": len(tokens["input_ids"]),
+            "exact_key": exact_key(text),
+            "band_keys": band_keys(signature, *self.bands),
+            "signature": signature.tobytes(),  # uint32 × num_perm
+        }
+
+    def _fit(self, messages: list[dict], completion: str, out: dict) -> tuple[list, dict]:
+        """Tokenize; over `max_seq_len`, quarantine or (truncation: prompt_start) drop words
+        from the start of the last user message until it fits. Raises _Reject."""
+        limit = self.spec.max_seq_len
+        tokens = tokenize_example(self.tokenizer, messages, completion)
+        full = len(tokens["input_ids"])
+        if full <= limit:
+            return messages, tokens
+        last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        words = messages[last]["content"].split()
+        if self.spec.truncation == "prompt_start":
+            low, high, best = 1, len(words) - 1, None  # words to drop
+            while low <= high:
+                cut = (low + high) // 2
+                trial = [*messages]
+                trial[last] = {**trial[last], "content": " ".join(words[cut:])}
+                fitted = tokenize_example(self.tokenizer, trial, completion)
+                if len(fitted["input_ids"]) <= limit:
+                    best, high = (trial, fitted), cut - 1
+                else:
+                    low = cut + 1
+            if best is not None:
+                out["truncated"] = True
+                out["prompt"] = "\n".join(m["content"] for m in best[0] if m["role"] != "system")
+                return best
+        raise _Reject("too_long", f"{full} tokens > data.max_seq_len {limit}")
+
+    def _parse(self, fields: dict) -> tuple[list[dict], str]:
+        """(messages before the answer, the answer); raises _Reject."""
+        spec = self.spec
+        if spec.messages_field:
+            return self._parse_chat(fields.get(spec.messages_field), spec.messages_field, fields)
+        values = {}
+        for role, name in (("prompt", spec.prompt_field), ("completion", spec.completion_field)):
+            value = fields.get(name)
+            if value is None:
+                raise _Reject("missing_field", f"no {role} field {name!r} (has: {sorted(fields)})")
+            if not isinstance(value, str):
+                kind = type(value).__name__
+                raise _Reject("wrong_type", f"{role} field {name!r} is {kind}, not text")
+            if not value.strip():
+                raise _Reject("empty_field", f"{role} field {name!r} is empty")
+            values[role] = value.strip()
+        return messages_for(values["prompt"], spec.system_prompt), values["completion"]
+
+    def _parse_chat(self, chat, name: str, fields: dict) -> tuple[list[dict], str]:
+        if chat is None:
+            raise _Reject("missing_field", f"no messages field {name!r} (has: {sorted(fields)})")
+        if not isinstance(chat, list) or not chat:
+            raise _Reject("wrong_type", f"messages field {name!r} is not a non-empty list")
+        for turn, message in enumerate(chat):
+            if not isinstance(message, dict) or message.get("role") not in ROLES:
+                raise _Reject("wrong_type", f"message {turn} needs a role in {list(ROLES)}")
+            if not isinstance(message.get("content"), str) or not message["content"].strip():
+                raise _Reject("empty_field", f"message {turn} ({message['role']}) has no text")
+        if chat[-1]["role"] != "assistant":
+            raise _Reject("wrong_type", "the last message must be the assistant's answer")
+        if not any(m["role"] == "user" for m in chat[:-1]):
+            raise _Reject("wrong_type", "no user message before the answer")
+        messages = [{"role": m["role"], "content": m["content"].strip()} for m in chat[:-1]]
+        if self.spec.system_prompt and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": self.spec.system_prompt})
+        return messages, chat[-1]["content"].strip()
+
+    def _content(self, messages: list[dict], completion: str, out: dict) -> tuple[list, str]:
+        """Contract, toxicity and PII; returns the (redacted) chat, raises _Reject."""
+        problem = self.contract(completion)
+        if problem:
+            raise _Reject("label_not_allowed" if self.spec.labels else "bad_output", problem)
+        texts = [m["content"] for m in messages if m["role"] != "system"] + [completion]
+        if self.toxic is not None:
+            for text in texts:
+                reason = self.toxic(text)
+                if reason:
+                    raise _Reject("toxic", reason)
+        action = self.spec.pii.action
+        found = [kind for text in texts for kind, _ in find_pii(text)] if action != "keep" else []
+        if found and action == "drop":
+            raise _Reject("pii", f"contains {', '.join(sorted(set(found)))}")
+        if found:
+            messages = [
+                m if m["role"] == "system" else {**m, "content": redact_pii(m["content"])}
+                for m in messages
+            ]
+            completion = redact_pii(completion)
+            out["prompt"] = redact_pii(out["prompt"])
+            out["pii_redacted"] = len(found)
+        return messages, completion

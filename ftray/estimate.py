@@ -1,0 +1,116 @@
+"""Memory, time and cost estimates per training method, from the model's config alone.
+
+Rules of thumb, stated so they can be checked:
+
+- full fine-tune with AdamW in mixed precision keeps 16 bytes per parameter (bf16 weights
+  and gradients, fp32 master weights and two moments); DeepSpeed ZeRO-3 shards all of it
+  across the GPUs (ZeRO-2 shards gradients and optimizer state: 2 + 14/n bytes).
+- LoRA keeps the frozen weights in bf16 (2 bytes/param) and 16 bytes per adapter parameter;
+  QLoRA the same with 4-bit NF4 weights (≈ 0.55 bytes/param with double quantization).
+- activations, with gradient checkpointing: about 2 bytes × hidden × tokens × layers × 2,
+  plus the logits of the micro-batch (4 bytes × vocab × tokens).
+- compute: 6 FLOPs per parameter per token for a full fine-tune, 4 for (Q)LoRA (no weight
+  gradients), at 40% of the GPU's bf16 peak (QLoRA's dequantization costs ≈ 30% more).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# name: (memory GiB, dense bf16 TFLOP/s, on-demand USD per GPU-hour, indicative)
+GPUS = {
+    "T4-16GB": (16, 65, 0.53),
+    "L4-24GB": (24, 121, 0.80),
+    "A10G-24GB": (24, 125, 1.01),
+    "A100-40GB": (40, 312, 3.67),
+    "A100-80GB": (80, 312, 4.10),
+    "H100-80GB": (80, 989, 6.98),
+}
+MFU = 0.4
+METHODS = ("full", "lora", "qlora")
+HEADROOM = 0.9  # usable share of GPU memory (CUDA context, fragmentation)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    params: int
+    hidden: int
+    layers: int
+    vocab: int
+
+
+@dataclass(frozen=True)
+class Estimate:
+    method: str
+    memory_gib: float  # per GPU
+    fits: bool
+    hours: float
+    cost_usd: float
+
+    def as_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "memory_gib_per_gpu": round(self.memory_gib, 1),
+            "fits": self.fits,
+            "hours": round(self.hours, 3),
+            "cost_usd": round(self.cost_usd, 2),
+        }
+
+
+def model_shape(model_dir: str) -> ModelShape:
+    """Parameter count and shape, from the config, without loading any weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    params = sum(p.numel() for p in model.parameters())
+    return ModelShape(params, config.hidden_size, config.num_hidden_layers, config.vocab_size)
+
+
+def lora_params(shape: ModelShape, r: int) -> int:
+    """Adapter parameters for all-linear LoRA: ≈ r × (in + out) over 7 projections per layer."""
+    return int(shape.layers * 7 * r * 2 * shape.hidden * 1.5)
+
+
+def estimate(
+    shape: ModelShape,
+    method: str,
+    *,
+    tokens: int,
+    micro_batch_tokens: int,
+    gpu: str,
+    num_gpus: int,
+    lora_r: int = 16,
+    zero_stage: int = 3,
+) -> Estimate:
+    """Per-GPU memory and the wall time and cost of training on `tokens` tokens."""
+    memory_gib, tflops, price = GPUS[gpu]
+    n = shape.params
+    if method == "full":
+        per_param = 16 / num_gpus if zero_stage == 3 else 2 + 14 / num_gpus
+        states = n * per_param
+        flops_per_token, slowdown = 6 * n, 1.0
+    else:
+        weights = n * (2 if method == "lora" else 0.55)
+        states = weights + lora_params(shape, lora_r) * 16
+        flops_per_token, slowdown = 4 * n, (1.0 if method == "lora" else 1.3)
+    activations = 4 * shape.hidden * micro_batch_tokens * shape.layers
+    logits = 4 * shape.vocab * micro_batch_tokens
+    need = (states + activations + logits) / 2**30
+    seconds = tokens * flops_per_token * slowdown / (num_gpus * tflops * 1e12 * MFU)
+    hours = seconds / 3600
+    return Estimate(method, need, need <= memory_gib * HEADROOM, hours, hours * num_gpus * price)
+
+
+def recommend(estimates: list[Estimate]) -> str:
+    """The cheapest method that fits; LoRA over QLoRA when both fit (better quality, faster)."""
+    fitting = [e for e in estimates if e.fits]
+    if not fitting:
+        return "none fits: use more or larger GPUs (ZeRO-3 shards a full fine-tune across them)"
+    for preferred in ("lora", "qlora", "full"):
+        for found in fitting:
+            if found.method == preferred:
+                return preferred
+    return fitting[0].method

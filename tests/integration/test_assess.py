@@ -1,0 +1,61 @@
+"""`ftray assess` and the go/no-go it gives `ftray run`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ftray.cli import EXIT_ASSESS_STOP
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return tmp_path_factory.mktemp("assess")
+
+
+def test_assess_says_fine_tune_with_estimates(store, run_cli):
+    warn = "assess.warn_examples=1000"
+    out = run_cli("assess", "jobs/tiny.yaml", "--set", f"storage={store}", "--set", warn).stdout
+    assert "verdict: fine-tune" in out
+    assert "recommended method: lora" in out
+    (folder,) = (store / "tiny" / "assessments").iterdir()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["decision"] == "fine-tune"
+    (dataset,) = (store / "tiny" / "datasets").iterdir()
+    held_out = json.loads((dataset / "manifest.json").read_text())["counts"]["eval"]
+    assert manifest["baseline"]["examples"] == min(held_out, 50)  # assess.max_examples
+    assert {e["method"] for e in manifest["estimates"]} == {"full", "lora", "qlora"}
+    assert f"only {manifest['usable_examples']} usable training examples (warn below 1000)" in out
+
+
+def test_run_stops_when_the_base_model_meets_the_target(store, run_cli):
+    done = run_cli(
+        "run",
+        "jobs/tiny.yaml",
+        "--set",
+        f"storage={store}",
+        "--set",
+        "assess.target=0.0",
+        check=False,
+    )
+    assert done.returncode == EXIT_ASSESS_STOP, done.stdout + done.stderr
+    assert "verdict: don't fine-tune" in done.stdout
+    assert "ftray run --force" in done.stdout
+    assert "▶ train" not in done.stdout
+    assert not (store / "tiny" / "runs").exists()
+
+
+def test_run_refuses_too_little_data_even_with_force(store, run_cli):
+    done = run_cli(
+        "run",
+        "jobs/tiny.yaml",
+        "--set",
+        f"storage={store}",
+        "--set",
+        "assess.min_examples=100000",
+        "--force",
+        check=False,
+    )
+    assert done.returncode == EXIT_ASSESS_STOP
+    assert "not enough data" in done.stdout and "assess.min_examples" in done.stdout
