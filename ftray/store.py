@@ -155,7 +155,6 @@ class Store:
 
     def manifests(self, kind: str) -> list[dict]:
         """Manifests of every finished artifact under `kind` (e.g. 'models'), oldest first."""
-        found = [
-            self.manifest(kind, name) for name in self.list_dirs(kind) if self.is_complete(kind, name)
-        ]
+        names = [name for name in self.list_dirs(kind) if self.is_complete(kind, name)]
+        found = [self.manifest(kind, name) for name in names]
         return sorted(found, key=lambda manifest: manifest["created_at"])
