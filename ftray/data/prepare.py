@@ -72,7 +72,8 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
     ).materialize()
 
     passing = checked.filter(expr=col("rule") == "")
-    drops = find_duplicates(passing, data.dedup) if data.dedup.exact or data.dedup.near else {}
+    dedup = data.dedup.exact or data.dedup.near
+    drops = find_duplicates(passing, data.dedup, checked.count()) if dedup else {}
     progress.note(f"duplicates: {len(drops)} record(s) removed (exact, near, leakage)")
     eval_orders = None if data.eval_sources else _held_out(passing, drops, data)
     final = checked.map_batches(
