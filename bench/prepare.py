@@ -109,13 +109,19 @@ def run_baseline(path: Path, store: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--baseline", type=int, default=100_000)
+    parser.add_argument(
+        "--baseline", type=int, default=100_000, help="size to also run the baseline on; 0: none"
+    )
     args = parser.parse_args()
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    results = {"machine": f"{os.cpu_count()} CPUs", "runs": []}
+    # Runs of other sizes from earlier invocations are kept, so sizes can be run one at a time.
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": []}
+    results["machine"] = f"{os.cpu_count()} CPUs"
+    wanted = sorted(set(args.sizes) | ({args.baseline} if args.baseline else set()))
+    results["runs"] = [r for r in results["runs"] if r["examples"] not in wanted]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for n in sorted(set(args.sizes) | {args.baseline}):
+        for n in wanted:
             path = make_data(n, folder)
             entry = {"examples": n, "ftray": run_ftray(path, folder / f"store-{n}")}
             entry["ftray"]["examples_per_s"] = round(n / entry["ftray"]["seconds"], 1)
@@ -126,6 +132,7 @@ def main() -> None:
                 entry["speedup"] = round(base["seconds"] / entry["ftray"]["seconds"], 2)
             results["runs"].append(entry)
             print(json.dumps(entry), flush=True)
+    results["runs"].sort(key=lambda r: r["examples"])
     sizes = results["runs"]
     if len(sizes) > 1:
         first, last = sizes[0], sizes[-1]
