@@ -12,7 +12,7 @@ from ftray.progress import Progress
 STAGES = {
     "prepare": "read, check, split and tokenize the data into a versioned dataset",
     "assess": "go/no-go: enough data? does the base model already do the job? cost per method",
-    "train": "train the adapter on Ray Train (prepares the data first if needed)",
+    "train": "train full (DeepSpeed), LoRA or QLoRA on Ray Train (prepares data if needed)",
     "eval": "evaluate base vs tuned on held-out examples (trains first if needed)",
     "serve": "register the model, serve it on Ray Serve and answer one request",
     "run": "the whole pipeline: prepare → assess → train → evaluate → register → serve",

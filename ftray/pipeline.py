@@ -63,13 +63,25 @@ class Pipeline:
     def run(self) -> RunRef:
         dataset = self.dataset
         with self.progress.stage("train"):
-            ref = train(self.spec.train, self.spec.model, dataset, self.store, self.progress)
+            ref = train(
+                self.spec.train,
+                self.spec.model,
+                dataset,
+                self.store,
+                self.progress,
+                wandb=self.spec.wandb,
+                project=self.spec.project,
+            )
             self._said(ref.reused, "run", ref.run_id)
             self.progress.note(
                 f"loss {ref.manifest['loss_first']} → {ref.manifest['loss_last']} "
                 f"(eval loss {ref.manifest['metrics'].get('eval_loss')})"
             )
-            self.progress.artifact("adapter checkpoint", ref.adapter_uri)
+            if ref.manifest.get("stopped_early"):
+                self.progress.note(f"stopped early at step {ref.manifest['metrics']['step']}")
+            if ref.manifest.get("resumed_from"):
+                self.progress.note(f"resumed from step(s) {ref.manifest['resumed_from']}")
+            self.progress.artifact(f"best {ref.kind}", ref.weights_uri)
         return ref
 
     @cached_property
@@ -95,7 +107,8 @@ class Pipeline:
             card = register(
                 self.store,
                 run_id=self.run.run_id,
-                adapter_uri=self.run.adapter_uri,
+                weights_uri=self.run.weights_uri,
+                kind=self.run.kind,
                 dataset_id=self.dataset.dataset_id,
                 eval_id=evaluation.eval_id,
                 metrics=evaluation.metrics,

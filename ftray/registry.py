@@ -10,7 +10,8 @@ def register(
     store: Store,
     *,
     run_id: str,
-    adapter_uri: str,
+    weights_uri: str,
+    kind: str,
     dataset_id: str,
     eval_id: str,
     metrics: dict,
@@ -18,7 +19,8 @@ def register(
     base_model: str,
     system_prompt: str | None,
 ) -> dict:
-    """Copy the run's adapter into `models/<model-id>/adapter` and write its model card.
+    """Copy the run's weights into `models/<model-id>/<kind>` (an adapter, or a full model)
+    and write its model card.
 
     The model id is derived from the run and the evaluation, so registering the same pair
     again returns the existing card.
@@ -26,8 +28,8 @@ def register(
     model_id = content_id("model", run_id, eval_id)
     if store.is_complete("models", model_id):
         return store.manifest("models", model_id)
-    fs_src, src = _fs(adapter_uri)
-    target = store.path("models", model_id, "adapter")
+    fs_src, src = _fs(weights_uri)
+    target = store.path("models", model_id, kind)
     store.fs.makedirs(target, exist_ok=True)
     for path in fs_src.find(src):
         relative = path[len(src.rstrip("/")) :].lstrip("/")
@@ -47,7 +49,8 @@ def register(
         "code_version": code_version(),
         "metrics": metrics,
         "system_prompt": system_prompt,
-        "adapter_uri": store.uri("models", model_id, "adapter"),
+        "kind": kind,
+        f"{kind}_uri": store.uri("models", model_id, kind),
     }
     return store.finish(card, "models", model_id)
 

@@ -168,6 +168,66 @@ class LoraSpec(_Section):
     )
 
 
+class QloraSpec(_Section):
+    """How QLoRA quantizes the frozen base model (bitsandbytes)."""
+
+    bits: Literal[4, 8] = Field(default=4, description="4-bit (NF4/FP4) or 8-bit (LLM.int8).")
+    quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="4-bit data type.")
+    double_quant: bool = Field(
+        default=True, description="Quantize the 4-bit quantization constants too (saves memory)."
+    )
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="Dtype of the matmuls on dequantized weights: 'auto' is bfloat16 on GPUs "
+        "that support it, else float32.",
+    )
+
+
+class DeepSpeedSpec(_Section):
+    """DeepSpeed ZeRO for `method: full`; the config is generated from the spec."""
+
+    stage: Literal[2, 3] = Field(
+        default=2,
+        description="ZeRO stage: 2 shards optimizer state and gradients across workers; 3 "
+        "also shards the parameters.",
+    )
+    offload_optimizer: bool = Field(
+        default=False, description="Keep optimizer state in CPU memory (DeepSpeedCPUAdam)."
+    )
+    offload_params: bool = Field(
+        default=False, description="Keep parameters in CPU memory between uses (stage 3 only)."
+    )
+    config: dict = Field(
+        default_factory=dict,
+        description="Your own DeepSpeed config, merged over the generated one. Batch sizes, "
+        "gradient accumulation, clipping and precision come from the spec: here they must be "
+        "'auto' or equal the spec's values.",
+    )
+
+    @model_validator(mode="after")
+    def _offload_params_needs_stage3(self) -> DeepSpeedSpec:
+        if self.offload_params and self.stage != 3:
+            raise ValueError(
+                "offload_params: parameter offload needs ZeRO stage 3; set "
+                "train.deepspeed.stage: 3 or offload_params: false."
+            )
+        return self
+
+
+class EarlyStoppingSpec(_Section):
+    """Stop when eval loss stops improving."""
+
+    patience: int | None = Field(
+        default=3,
+        ge=1,
+        description="Stop after this many evaluations in a row without improvement; null "
+        "never stops early.",
+    )
+    min_delta: float = Field(
+        default=0.0, ge=0, description="Smallest drop in eval loss that counts as improvement."
+    )
+
+
 class ScalingSpec(_Section):
     """How many Ray Train workers, and what each one gets."""
 
@@ -184,8 +244,11 @@ class ScalingSpec(_Section):
 class TrainSpec(_Section):
     """The train stage (Ray Train)."""
 
-    method: Literal["lora"] = Field(
-        default="lora", description="Fine-tuning method. 'lora' trains a peft LoRA adapter."
+    method: Literal["full", "lora", "qlora"] = Field(
+        default="lora",
+        description="Fine-tuning method: 'full' trains every weight under DeepSpeed ZeRO; "
+        "'lora' trains a peft LoRA adapter; 'qlora' trains a LoRA adapter on a base model "
+        "quantized by bitsandbytes.",
     )
     epochs: int = Field(default=2, ge=1, le=20, description="Passes over the training set.")
     max_steps: int | None = Field(
@@ -194,32 +257,103 @@ class TrainSpec(_Section):
     batch_size: int = Field(
         default=8, ge=1, description="Global batch size: examples per optimizer step."
     )
+    micro_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Examples per worker per forward pass; gradients accumulate over "
+        "batch_size / (num_workers × micro_batch_size) passes. Unset: batch_size / "
+        "num_workers (no accumulation).",
+    )
     lr: float = Field(default=2e-4, gt=0, lt=1, description="Peak learning rate.")
     warmup_ratio: float = Field(
-        default=0.05, ge=0, lt=1, description="Share of steps spent warming up the learning rate."
+        default=0.05,
+        ge=0,
+        lt=1,
+        description="Share of steps spent warming up the learning rate linearly; then it "
+        "follows a cosine down to 0.",
     )
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
-    log_every: int = Field(default=5, ge=1, description="Log the loss every N steps.")
-    seed: int = Field(default=0, description="Seed for weights init and data order.")
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in backward: less memory, ~30% slower."
+    )
+    log_every: int = Field(default=5, ge=1, description="Log training metrics every N steps.")
+    eval_every: int | None = Field(
+        default=None,
+        ge=1,
+        description="Measure eval loss and save a checkpoint every N steps; unset: at the end "
+        "of each epoch.",
+    )
+    early_stopping: EarlyStoppingSpec = Field(
+        default_factory=EarlyStoppingSpec, description="Early stopping on eval loss."
+    )
+    keep_checkpoints: int = Field(
+        default=2,
+        ge=1,
+        description="Checkpoints kept: the best by eval loss (the latest is kept too, to "
+        "resume from). The run's result is the best one.",
+    )
+    max_failures: int = Field(
+        default=2,
+        ge=-1,
+        description="Restarts from the latest checkpoint after a worker dies; -1: no limit.",
+    )
+    seed: int = Field(default=0, description="Seed for weights init, dropout and data order.")
     packing: bool = Field(
         default=False,
         description="Pack each batch's examples end to end into rows of up to data.max_seq_len "
         "tokens (position ids restart per example; no attention across examples): same loss, "
         "far less padding when examples are short.",
     )
-    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings.")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (lora, qlora).")
+    qlora: QloraSpec = Field(default_factory=QloraSpec, description="Quantization (qlora).")
+    deepspeed: DeepSpeedSpec = Field(
+        default_factory=DeepSpeedSpec, description="DeepSpeed ZeRO (full)."
+    )
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Ray Train scaling.")
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainSpec:
-        if self.batch_size % self.scaling.num_workers:
+        workers = self.scaling.num_workers
+        if self.batch_size % workers:
             raise ValueError(
                 f"batch_size: {self.batch_size} is not a multiple of scaling.num_workers "
-                f"{self.scaling.num_workers}; every worker takes an equal share of a batch. "
-                f"Set train.batch_size to a multiple of {self.scaling.num_workers}."
+                f"{workers}; every worker takes an equal share of a batch. "
+                f"Set train.batch_size to a multiple of {workers}."
+            )
+        micro = self.micro_batch_size
+        if micro and self.batch_size % (workers * micro):
+            raise ValueError(
+                f"micro_batch_size: batch_size {self.batch_size} is not a multiple of "
+                f"num_workers × micro_batch_size = {workers * micro}, so no whole number of "
+                "accumulation steps makes a batch. Pick a micro_batch_size that divides "
+                f"{self.batch_size // workers}."
             )
         return self
+
+    @property
+    def per_worker_batch(self) -> int:
+        return self.micro_batch_size or self.batch_size // self.scaling.num_workers
+
+    @property
+    def accumulation(self) -> int:
+        return self.batch_size // (self.scaling.num_workers * self.per_worker_batch)
+
+
+class WandbSpec(_Section):
+    """Weights & Biases tracking of training runs and sweeps."""
+
+    mode: Literal["auto", "online", "offline", "disabled"] = Field(
+        default="auto",
+        description="'auto': online when WANDB_API_KEY is set, else offline (files under the "
+        "run's folder, uploadable later with `wandb sync`); $WANDB_MODE wins when set.",
+    )
+    project: str | None = Field(default=None, description="W&B project; unset: the job's project.")
+    entity: str | None = Field(default=None, description="W&B team or user.")
+    group: str | None = Field(
+        default=None, description="Run group; unset: none for runs, the sweep id for sweeps."
+    )
+    tags: list[str] = Field(default_factory=list, description="Tags on every run.")
 
 
 class EvalSpec(_Section):
@@ -322,4 +456,5 @@ class JobSpec(_Section):
     assess: AssessSpec = Field(default_factory=AssessSpec, description="Go/no-go assessment.")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation.")
     serve: ServeSpec = Field(default_factory=ServeSpec, description="Serving.")
+    wandb: WandbSpec = Field(default_factory=WandbSpec, description="Weights & Biases.")
     ray: RaySpec = Field(default_factory=RaySpec, description="Ray cluster connection.")

@@ -75,12 +75,14 @@ def ray_address(ray_cluster) -> str:
     return ray_cluster["address"]
 
 
-def cli(ray_address: str, *args: str, check: bool = True, timeout: float = 900):
+def cli(
+    ray_address: str, *args: str, check: bool = True, timeout: float = 900, env: dict | None = None
+):
     """Run the `ftray` command against a Ray cluster; returns the CompletedProcess."""
     done = subprocess.run(
         [str(BIN / "ftray"), *args],
         cwd=ROOT,
-        env={**os.environ, "RAY_ADDRESS": ray_address},
+        env={**os.environ, "RAY_ADDRESS": ray_address, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -48,7 +48,12 @@ def evaluate(
     examples = examples.limit(spec.max_examples)
     progress.note(f"generating for up to {spec.max_examples} held-out examples, base and tuned")
     scored = generate(
-        examples, spec, resolve_model(model, store), model.dtype, adapter_uri=run.adapter_uri
+        examples,
+        spec,
+        resolve_model(model, store),
+        model.dtype,
+        adapter_uri=run.adapter_uri,
+        tuned_model_uri=run.weights_uri if run.kind == "model" else None,
     )
     scored.write_parquet(store.uri("evals", eval_id, "outputs"))
     table = scored.to_pandas()

@@ -22,11 +22,13 @@ def generate(
     dtype: str,
     *,
     adapter_uri: str | None = None,
+    tuned_model_uri: str | None = None,
     few_shot: list[dict] | None = None,
     max_new_tokens: int | None = None,
 ):
     """`examples` (with a `messages` column) plus `base_output`/`base_tokens`, and
-    `tuned_output`/`tuned_tokens` when an adapter is given; materialized."""
+    `tuned_output`/`tuned_tokens` when an adapter or a fully tuned model is given;
+    materialized."""
     import ray.data
 
     return examples.map_batches(
@@ -35,6 +37,7 @@ def generate(
             "model_dir": model_dir,
             "dtype": dtype,
             "adapter_uri": adapter_uri,
+            "tuned_model_uri": tuned_model_uri,
             "max_new_tokens": max_new_tokens or spec.max_new_tokens,
             "few_shot": few_shot or [],
         },
@@ -52,19 +55,24 @@ def with_few_shot(messages: list[dict], shots: list[dict]) -> list[dict]:
 
 
 class _Generate:
-    """Per actor: the base model once (with the adapter on top); per batch: the answers."""
+    """Per actor: the base model once (with the adapter on top, or beside the fully tuned
+    model); per batch: the answers."""
 
-    def __init__(self, model_dir, dtype, adapter_uri, max_new_tokens, few_shot):
+    def __init__(self, model_dir, dtype, adapter_uri, tuned_model_uri, max_new_tokens, few_shot):
         self.tokenizer = load_tokenizer(model_dir)
-        self.model = load_model(model_dir, dtype)
+        self.model = load_model(model_dir, dtype).eval()
         self._adapter_dir = None
+        self.tuned = None
         if adapter_uri:
             from peft import PeftModel
 
             self._adapter_dir = tempfile.TemporaryDirectory(prefix="ftray-adapter-")
             download_dir(adapter_uri, self._adapter_dir.name)
-            self.model = PeftModel.from_pretrained(self.model, self._adapter_dir.name)
-        self.model.eval()
+            self.model = PeftModel.from_pretrained(self.model, self._adapter_dir.name).eval()
+        elif tuned_model_uri:
+            with tempfile.TemporaryDirectory(prefix="ftray-model-") as folder:
+                download_dir(tuned_model_uri, folder)
+                self.tuned = load_model(folder, dtype).eval()
         self.max_new_tokens = max_new_tokens
         self.few_shot = few_shot
 
@@ -78,10 +86,12 @@ class _Generate:
             answers["tuned"] = self._run(prompts)
         else:
             answers["base"] = self._run(prompts)
+            if self.tuned is not None:
+                answers["tuned"] = self._run(prompts, self.tuned)
         for name, results in answers.items():
             batch[f"{name}_output"] = [r["text"] for r in results]
             batch[f"{name}_tokens"] = [r["tokens"] for r in results]
         return batch
 
-    def _run(self, prompts: list[str]) -> list[dict]:
-        return generate_texts(self.model, self.tokenizer, prompts, self.max_new_tokens)
+    def _run(self, prompts: list[str], model=None) -> list[dict]:
+        return generate_texts(model or self.model, self.tokenizer, prompts, self.max_new_tokens)

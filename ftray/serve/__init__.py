@@ -23,6 +23,13 @@ def serve_model(
 
     from ftray.serve.app import deployment_for
 
+    card = store.manifest("models", model_id) if store.is_complete("models", model_id) else {}
+    if card.get("kind", "adapter") != "adapter":
+        raise UserError(
+            f"model {model_id} is a full fine-tune ({card['kind']}_uri: {card.get('model_uri')});"
+            " the Serve app routes LoRA adapters on one base model and cannot serve it yet. "
+            "Load the folder with transformers, or train with method 'lora' or 'qlora'."
+        )
     host = "127.0.0.1" if spec.serve.host in ("0.0.0.0", "::") else spec.serve.host
     url = f"http://{host}:{spec.serve.port}"
     serve.start(http_options={"host": spec.serve.host, "port": spec.serve.port})

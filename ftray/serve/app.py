@@ -72,6 +72,8 @@ class ChatModel:
             known = [BASE_MODEL_NAME, *self._registered()]
             raise HTTPException(404, f"model {model_id!r} not found; available: {known}")
         card = self.store.manifest("models", model_id)
+        if card.get("kind", "adapter") != "adapter":
+            raise HTTPException(400, f"model {model_id!r} is a full fine-tune, not an adapter")
         folder = tempfile.TemporaryDirectory(prefix="ftray-serve-")
         download_dir(self.store.uri("models", model_id, "adapter"), folder.name)
         async with self._lock:

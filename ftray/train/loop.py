@@ -1,99 +1,136 @@
-"""The per-worker training loop, shared by every method and runnable without Ray.
+"""The per-worker training loop, one copy for every method, runnable without Ray.
 
-`train_loop` takes a `WorkerContext`: Ray Train provides one (`ftray.train.ray_train`), and
-`LocalContext` runs the same loop in one process (tests, GPU boxes without Ray, torchrun).
+`train_loop(config, ctx)` trains `config["train"]["method"]` through an engine from
+`ftray.train.methods`, on batches from a `WorkerContext` (`ftray.train.context`). It logs
+metrics every `log_every` steps, measures eval loss and saves a checkpoint every `eval_every`
+steps (or per epoch), stops early when eval loss plateaus, and resumes exactly from the
+context's restored checkpoint: step, epoch and position in the epoch's data, optimizer and
+scheduler state, early-stopping state, and the dropout seed (derived from the step).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
-
-import numpy as np
 
 from ftray.data.tokenize import IGNORE_INDEX
-from ftray.models import add_lora, load_model
-from ftray.spec import TrainSpec
+from ftray.spec import EarlyStoppingSpec, TrainSpec
+from ftray.train.collate import collate
+from ftray.train.context import WorkerContext, all_reduce_sum, gather
+from ftray.train.methods import build_engine
+from ftray.train.tracking import Meter, Tracker
+
+STATE_FILE = "trainer_state.json"
 
 
-class WorkerContext(Protocol):
-    """What the loop needs from whoever runs it."""
+@dataclass
+class TrainState:
+    """Everything but the weights and optimizer that a resumed run needs."""
 
-    rank: int
-    world_size: int
-    node_id: str
-    device: str
+    step: int = 0
+    epoch: int = 0
+    micro_index: int = 0  # micro-batches of `epoch` already consumed
+    best_eval_loss: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+    last_checkpoint_step: int | None = None
+    loss_history: list = field(default_factory=list)  # [step, mean loss]
+    eval_history: list = field(default_factory=list)  # [step, eval loss]
+    resumed_from: list = field(default_factory=list)  # steps of the checkpoints resumed
 
-    def batches(self, split: str, batch_size: int, epoch: int) -> Iterable[dict]:
-        """Raw examples: {"input_ids": [[...], ...], "labels": [[...], ...]} per batch."""
-        ...
+    def record_eval(self, eval_loss: float, rule: EarlyStoppingSpec) -> None:
+        self.eval_history.append([self.step, eval_loss])
+        if self.best_eval_loss is None or eval_loss < self.best_eval_loss - rule.min_delta:
+            self.best_eval_loss, self.best_step = eval_loss, self.step
+            self.evals_without_improvement = 0
+        else:
+            self.evals_without_improvement += 1
+        if rule.patience and self.evals_without_improvement >= rule.patience:
+            self.stopped_early = True
 
-    def wrap_model(self, model): ...
+    def save(self, folder: str) -> None:
+        Path(folder, STATE_FILE).write_text(json.dumps(asdict(self)))
 
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None: ...
+    @classmethod
+    def load(cls, folder: str) -> TrainState:
+        return cls(**json.loads(Path(folder, STATE_FILE).read_text()))
 
 
 def train_loop(config: dict, ctx: WorkerContext) -> dict:
-    """Train a LoRA adapter; report metrics every `log_every` steps and a checkpoint per epoch.
+    """Train; return the final metrics (the same on every rank).
 
     `config` is plain data (it crosses the Ray boundary): `train` (a TrainSpec dump),
-    `model_dir`, `dtype` and `steps_per_epoch` (equal on every worker, so none waits on a
-    collective the others never reach).
+    `model_dir`, `dtype`, `steps_per_epoch` and `total_steps` (equal on every worker, so none
+    waits on a collective the others never reach), optional `pack_length`, `wandb` (from
+    `tracking.wandb_settings`) and `fault` ({"step", "rank", "marker"}: a test hook that
+    kills that rank once, right after that step).
     """
     import torch
 
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
     spec = TrainSpec.model_validate(config["train"])
+    total, steps_per_epoch = config["total_steps"], config["steps_per_epoch"]
     torch.manual_seed(spec.seed)
-    model = ctx.wrap_model(add_lora(load_model(config["model_dir"], config["dtype"]), spec.lora))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    steps_per_epoch = config["steps_per_epoch"]
-    total = min(spec.max_steps or math.inf, steps_per_epoch * spec.epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(total, spec.warmup_ratio))
-    per_worker = spec.batch_size // ctx.world_size
+    engine = build_engine(spec, config["model_dir"], config["dtype"], ctx, total)
+    state = TrainState()
+    with ctx.restored() as folder:
+        if folder:
+            engine.load(folder)
+            state = TrainState.load(folder)
+            state.resumed_from.append(state.step)
+    run_config = {"run_id": config.get("run_id"), **spec.model_dump(mode="json")}
+    tracker = Tracker(config.get("wandb"), ctx.rank, run_config)
+    meter = Meter(ctx.device, engine.flops_per_token, ctx.world_size)
+    nodes = gather(ctx.node_id)
+    micro, accumulation = spec.per_worker_batch, spec.accumulation
     pack = config.get("pack_length") if spec.packing else None
-    nodes = _gather(ctx.node_id)  # where each rank ran, for the run's manifest
+    micro_per_epoch = steps_per_epoch * accumulation
+    loss_sum = torch.zeros((), device=ctx.device)
+    if ctx.rank == 0 and state.resumed_from:
+        print(f"  resumed at step {state.step} (epoch {state.epoch + 1})", flush=True)
 
-    step, history, started = 0, [], time.perf_counter()
-    for epoch in range(spec.epochs):
-        model.train()
-        for index, raw in enumerate(ctx.batches("train", per_worker, epoch)):
-            if index >= steps_per_epoch or step >= total:
+    while state.step < total and not state.stopped_early:
+        engine.model.train()
+        batches = ctx.batches("train", micro, state.epoch)
+        for group in _steps(batches, accumulation, state.micro_index, micro_per_epoch):
+            tensors = [collate(raw, pack_length=pack, device=ctx.device) for raw in group]
+            num_items = all_reduce_sum(sum(_label_tokens(t) for t in tensors))
+            for offset, batch in enumerate(tensors):
+                torch.manual_seed(_dropout_seed(spec.seed, ctx.rank, state.step, offset))
+                boundary = offset == len(tensors) - 1
+                loss_sum += engine.micro_step(batch, boundary, num_items, ctx.world_size)
+                meter.add_tokens(sum(len(ids) for ids in group[offset]["input_ids"]))
+            state.micro_index += len(group)
+            state.step += 1
+            meter.step()
+            if state.step % spec.log_every == 0 or state.step in (1, total):
+                _log(state, engine, ctx, meter, tracker, loss_sum, total)
+            loss_sum.zero_()
+            if spec.eval_every and state.step % spec.eval_every == 0:
+                _evaluate_and_save(engine, ctx, state, spec, tracker, pack)
+            _maybe_fail(config.get("fault"), state.step, ctx.rank)
+            if state.step >= total or state.stopped_early:
                 break
-            batch = collate(raw, pack_length=pack, device=ctx.device)
-            loss = model(**batch, use_cache=False).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % spec.log_every == 0 or step in (1, total):
-                mean_loss = _mean_across_workers(loss.detach())
-                history.append([step, round(mean_loss, 5)])
-                if ctx.rank == 0:
-                    rate = step / (time.perf_counter() - started)
-                    print(
-                        f"  step {step}/{total}  loss {mean_loss:.4f}  ({rate:.2f} steps/s)",
-                        flush=True,
-                    )
-        eval_loss = evaluate_loss(model, ctx, per_worker, pack)
-        metrics = {
-            "step": step,
-            "epoch": epoch + 1,
-            "loss": history[-1][1] if history else None,
-            "eval_loss": eval_loss,
-            "loss_history": history,
-            "worker_nodes": nodes,
-        }
-        _report_with_adapter(model, ctx, metrics)
-        if step >= total:
+        else:  # the epoch's data is used up (a short shard may end before the limit)
+            state.micro_index = micro_per_epoch
+        if state.micro_index >= micro_per_epoch:
+            state.epoch, state.micro_index = state.epoch + 1, 0
+            if not spec.eval_every:
+                _evaluate_and_save(engine, ctx, state, spec, tracker, pack)
+        if state.epoch >= spec.epochs:
             break
-    return metrics
+    if state.last_checkpoint_step != state.step:
+        _evaluate_and_save(engine, ctx, state, spec, tracker, pack)
+    final = _summary(state, nodes)
+    tracker.finish(final)
+    return final
 
 
 def evaluate_loss(model, ctx: WorkerContext, batch_size: int, pack: int | None = None) -> float:
@@ -101,152 +138,113 @@ def evaluate_loss(model, ctx: WorkerContext, batch_size: int, pack: int | None =
     import torch
 
     model.eval()
-    loss_sum, tokens = torch.zeros(()), torch.zeros(())
+    loss_sum = torch.zeros((), device=ctx.device)
+    tokens = torch.zeros((), device=ctx.device)
     with torch.no_grad():
         for raw in ctx.batches("eval", batch_size, 0):
             batch = collate(raw, pack_length=pack, device=ctx.device)
             count = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
             loss_sum += model(**batch, use_cache=False).loss.float() * count
             tokens += count
-    total = _sum_across_workers(torch.stack([loss_sum, tokens]))
+    model.train()
+    total = all_reduce_sum(torch.stack([loss_sum, tokens]))
     return round(float(total[0] / total[1]), 5) if total[1] else float("nan")
 
 
-def collate(batch: dict, pad_id: int = 0, pack_length: int | None = None, device="cpu") -> dict:
-    """Tensors from a batch of variable-length `input_ids`/`labels`.
-
-    Unpacked: one example per row, right-padded, with an attention mask. Packed
-    (`pack_length`): examples laid end to end in rows of at most `pack_length` tokens, with
-    position ids restarting at 0 for each example and no attention mask, from which
-    transformers builds a block-diagonal causal mask: no token attends across examples, and
-    the loss equals the unpacked loss while padding mostly disappears. Call the model with
-    `use_cache=False`: with a KV cache transformers skips the packed-sequence mask.
-    """
+def _log(state, engine, ctx, meter, tracker, loss, total) -> None:
     import torch
 
-    rows = [[int(t) for t in ids] for ids in batch["input_ids"]]
-    labels = [[int(t) for t in lab] for lab in batch["labels"]]
-    positions = [list(range(len(r))) for r in rows]
-    if pack_length:
-        rows, labels, positions = _pack(rows, labels, pack_length)
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    label_ids = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    position_ids = torch.arange(width).repeat(len(rows), 1)  # padding: a segment of its own
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (ids, lab, pos) in enumerate(zip(rows, labels, positions, strict=True)):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        label_ids[i, : len(lab)] = torch.tensor(lab)
-        position_ids[i, : len(pos)] = torch.tensor(pos)
-        attention[i, : len(ids)] = 1
-    out = {"input_ids": input_ids, "labels": label_ids}
-    if pack_length:
-        out["position_ids"] = position_ids
-    else:
-        out["attention_mask"] = attention
-    return {key: value.to(device) for key, value in out.items()}
+    tokens = torch.tensor(float(meter.tokens), device=loss.device)
+    both = all_reduce_sum(torch.stack([loss, tokens]))  # the parts of the global mean
+    mean_loss = round(float(both[0]), 5)
+    state.loss_history.append([state.step, mean_loss])
+    rates = meter.read(float(both[1]))
+    tracker.log({"train/loss": mean_loss, "train/lr": engine.lr, **_prefixed(rates)}, state.step)
+    if ctx.rank == 0:
+        print(
+            f"  step {state.step}/{total}  loss {mean_loss:.4f}  lr {engine.lr:.2e}  "
+            f"{rates['tokens_per_s']:.0f} tok/s  {rates['step_time_s']:.2f} s/step",
+            flush=True,
+        )
 
 
-def _pack(rows: list[list[int]], labels: list[list[int]], limit: int):
-    """First-fit: each example goes into the first row with room for it."""
-    packed: list[tuple[list[int], list[int], list[int]]] = []
-    for ids, lab in zip(rows, labels, strict=True):
-        for row in packed:
-            if len(row[0]) + len(ids) <= limit:
-                break
-        else:
-            row = ([], [], [])
-            packed.append(row)
-        row[0].extend(ids)
-        row[1].extend(lab)
-        row[2].extend(range(len(ids)))
-    return [r[0] for r in packed], [r[1] for r in packed], [r[2] for r in packed]
+def _evaluate_and_save(engine, ctx, state: TrainState, spec: TrainSpec, tracker, pack) -> None:
+    eval_loss = evaluate_loss(engine.model, ctx, spec.per_worker_batch, pack)
+    state.record_eval(eval_loss, spec.early_stopping)
+    state.last_checkpoint_step = state.step
+    tracker.log({"eval/loss": eval_loss}, state.step)
+    if ctx.rank == 0:
+        note = "  (stopping early: no improvement)" if state.stopped_early else ""
+        print(f"  eval loss {eval_loss:.4f} at step {state.step}{note}", flush=True)
+    metrics = {
+        "step": state.step,
+        "epoch": state.epoch,
+        "eval_loss": eval_loss if math.isfinite(eval_loss) else 1e30,
+        "loss": state.loss_history[-1][1] if state.loss_history else None,
+    }
+    with tempfile.TemporaryDirectory(prefix="ftray-ckpt-") as folder:
+        wrote = engine.save(folder, ctx.rank)
+        if ctx.rank == 0:
+            state.save(folder)
+        ctx.report(metrics, folder if wrote or ctx.rank == 0 else None)
 
 
-class LocalContext:
-    """Run `train_loop` in this process over a prepared dataset folder; no Ray needed."""
-
-    rank = 0
-    world_size = 1
-    node_id = "local"
-    device = "cpu"
-
-    def __init__(self, dataset_dir: str, checkpoint_root: str, seed: int = 0):
-        import pyarrow.parquet as pq
-
-        self.tables = {
-            split: pq.read_table(Path(dataset_dir, split)).to_pydict()
-            for split in ("train", "eval")
-        }
-        self.checkpoint_root = Path(checkpoint_root)
-        self.seed = seed
-        self.reports: list[dict] = []
-
-    def batches(self, split: str, batch_size: int, epoch: int) -> Iterator[dict]:
-        table = self.tables[split]
-        order = np.random.default_rng(self.seed + epoch).permutation(len(table["input_ids"]))
-        if split == "eval":
-            order = np.arange(len(table["input_ids"]))
-        for start in range(0, len(order), batch_size):
-            picked = order[start : start + batch_size]
-            yield {key: [table[key][i] for i in picked] for key in ("input_ids", "labels")}
-
-    def wrap_model(self, model):
-        return model
-
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        if checkpoint_dir:
-            target = self.checkpoint_root / f"checkpoint_{len(self.reports):06d}"
-            import shutil
-
-            shutil.copytree(checkpoint_dir, target)
-            metrics = {**metrics, "checkpoint": str(target)}
-        self.reports.append(metrics)
+def _summary(state: TrainState, nodes: list) -> dict:
+    return {
+        "step": state.step,
+        "epoch": state.epoch,
+        "loss": state.loss_history[-1][1] if state.loss_history else None,
+        "eval_loss": state.eval_history[-1][1] if state.eval_history else None,
+        "best_eval_loss": state.best_eval_loss,
+        "best_step": state.best_step,
+        "stopped_early": state.stopped_early,
+        "resumed_from": state.resumed_from,
+        "loss_history": state.loss_history,
+        "eval_history": state.eval_history,
+        "worker_nodes": nodes,
+    }
 
 
-def _report_with_adapter(model, ctx: WorkerContext, metrics: dict) -> None:
-    if ctx.rank != 0:
-        ctx.report(metrics, None)
+def _steps(batches, accumulation: int, skip: int, limit: int):
+    """Lists of `accumulation` micro-batches, one per optimizer step, from micro-batch
+    `skip` (those before were consumed by the run being resumed) up to `limit`."""
+    group = []
+    for index, raw in enumerate(batches):
+        if index >= limit:
+            return
+        if index < skip:
+            continue
+        group.append(raw)
+        if len(group) == accumulation:
+            yield group
+            group = []
+
+
+def _label_tokens(batch: dict):
+    """Tokens the loss counts: labels after the causal shift that are not masked out."""
+    return (batch["labels"][:, 1:] != IGNORE_INDEX).sum().float()
+
+
+def _prefixed(rates: dict) -> dict:
+    return {f"train/{key}": value for key, value in rates.items()}
+
+
+def _dropout_seed(seed: int, rank: int, step: int, index: int) -> int:
+    """A seed fixed by position, so a resumed run draws the same dropout masks."""
+    return (seed * 1_000_003 + rank * 7_919 + step * 131 + index) % 2**63
+
+
+def _maybe_fail(fault: dict | None, step: int, rank: int) -> None:
+    """Test hook: kill this worker process once, right after `fault["step"]`."""
+    if not fault or fault["step"] != step or fault["rank"] != rank:
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        getattr(model, "module", model).save_pretrained(tmp)
-        ctx.report(metrics, tmp)
-
-
-def _schedule(total: float, warmup_ratio: float):
-    warmup = max(1, int(total * warmup_ratio)) if warmup_ratio else 0
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
-
-
-def _sum_across_workers(value):
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        value = value.clone()
-        dist.all_reduce(value)
-    return value
-
-
-def _gather(value) -> list:
-    """`value` from every rank, in rank order (just `[value]` without torch.distributed)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return [value]
-    values = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
-    return values
-
-
-def _mean_across_workers(value) -> float:
-    import torch.distributed as dist
-
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    return float(_sum_across_workers(value.float())) / world
+    marker = Path(fault["marker"])
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"worker rank {rank} killed after step {step}\n")
+    print(f"  [fault injection] killing worker rank {rank} after step {step}", flush=True)
+    # Ray Train registers a checkpoint when it next polls the workers (every 2 s); dying
+    # within milliseconds of a report would lose that checkpoint and test an older one.
+    time.sleep(5)
+    os._exit(1)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -9,27 +12,44 @@ from ftray.data.prepare import DatasetRef
 from ftray.errors import UserError
 from ftray.models import resolve_model
 from ftray.progress import Progress
-from ftray.spec import ModelSpec, TrainSpec
+from ftray.spec import ModelSpec, TrainSpec, WandbSpec
 from ftray.store import Store, content_id
 from ftray.train.loop import train_loop
+from ftray.train.methods import consolidate
+from ftray.train.tracking import wandb_settings
 
-TRAIN_VERSION = 1
+TRAIN_VERSION = 2
 
 
 @dataclass(frozen=True)
 class RunRef:
-    """A finished training run: where its adapter is and what it measured."""
+    """A finished training run: its weights (an adapter, or a full model) and metrics."""
 
     run_id: str
-    adapter_uri: str
+    weights_uri: str
+    kind: str  # "adapter" (lora, qlora) or "model" (full)
     manifest: dict
     reused: bool
 
+    @property
+    def adapter_uri(self) -> str | None:
+        return self.weights_uri if self.kind == "adapter" else None
+
 
 def train(
-    spec: TrainSpec, model: ModelSpec, dataset: DatasetRef, store: Store, progress: Progress
+    spec: TrainSpec,
+    model: ModelSpec,
+    dataset: DatasetRef,
+    store: Store,
+    progress: Progress,
+    wandb: WandbSpec | None = None,
+    project: str = "ftray",
 ) -> RunRef:
-    """Train `spec.method` on the dataset's train split; reuse a finished identical run."""
+    """Train `spec.method` on the dataset's train split.
+
+    A finished identical run is reused; an unfinished one (a crash, a stopped job) resumes
+    from its latest checkpoint: Ray Train picks the run up by its name and storage path.
+    """
     run_id = content_id(
         "run",
         dataset.dataset_id,
@@ -39,10 +59,17 @@ def train(
     )
     if store.is_complete("runs", run_id):
         manifest = store.manifest("runs", run_id)
-        return RunRef(run_id, manifest["adapter_uri"], manifest, True)
+        return RunRef(run_id, manifest["weights_uri"], manifest["kind"], manifest, True)
 
     import ray.data
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.data import ExecutionOptions
+    from ray.train import (
+        CheckpointConfig,
+        DataConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchConfig, TorchTrainer
 
     workers = spec.scaling.num_workers
@@ -53,18 +80,23 @@ def train(
             f"train.batch_size: {spec.batch_size} is more than the {n_train} training examples "
             f"of dataset {dataset.dataset_id}; lower train.batch_size or add data."
         )
+    total = min(spec.max_steps or steps_per_epoch * spec.epochs, steps_per_epoch * spec.epochs)
     config = {
+        "run_id": run_id,
         "train": spec.model_dump(mode="json"),
         "model_dir": resolve_model(model, store),
         "dtype": model.dtype,
         "steps_per_epoch": steps_per_epoch,
+        "total_steps": total,
         "pack_length": dataset.manifest["spec"]["max_seq_len"],
+        "wandb": _wandb(wandb, project, run_id, store),
+        "fault": _fault_injection(store, run_id, workers),
     }
     store.write_json(config, "runs", run_id, "config.json")
-    total = min(spec.max_steps or steps_per_epoch * spec.epochs, steps_per_epoch * spec.epochs)
     progress.note(
         f"{spec.method} on {workers} worker(s): {n_train} examples, {total} steps of "
-        f"{spec.batch_size}"
+        f"{spec.batch_size} ({spec.per_worker_batch} per worker × {spec.accumulation} "
+        "accumulated)"
     )
     trainer = TorchTrainer(
         _ray_worker,
@@ -80,33 +112,85 @@ def train(
             split: ray.data.read_parquet(f"{dataset.uri}/{split}", columns=["input_ids", "labels"])
             for split in ("train", "eval")
         },
+        # Same order every epoch on every attempt: a resumed run skips what it consumed.
+        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
         run_config=RunConfig(
             name=run_id,
             storage_path=store.uri("runs"),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=spec.keep_checkpoints,
+                checkpoint_score_attribute="eval_loss",
+                checkpoint_score_order="min",
+            ),
         ),
     )
     result = trainer.fit()
-    metrics = dict(result.metrics)
-    history = metrics.pop("loss_history", [])
-    nodes = metrics.pop("worker_nodes", [])
+    final = result.return_value or {}
+    best = result.get_best_checkpoint("eval_loss", "min") or result.checkpoint
+    if spec.method == "full":
+        kind, weights_uri = "model", _consolidate(best, config["model_dir"], store, run_id)
+    else:
+        kind, weights_uri = "adapter", f"{best.path}/adapter"
+    history = final.get("loss_history", [])
     manifest = store.finish(
         {
             "run_id": run_id,
             "dataset_id": dataset.dataset_id,
             "method": spec.method,
-            "adapter_uri": result.checkpoint.path,
-            "metrics": metrics,
+            "kind": kind,
+            "weights_uri": weights_uri,
+            "best_checkpoint": best.path,
+            "metrics": {
+                key: final.get(key)
+                for key in ("step", "epoch", "loss", "eval_loss", "best_eval_loss", "best_step")
+            },
+            "stopped_early": final.get("stopped_early"),
+            "resumed_from": final.get("resumed_from", []),
             "loss_first": history[0][1] if history else None,
             "loss_last": history[-1][1] if history else None,
             "loss_history": history,
-            "worker_nodes": nodes,
+            "eval_history": final.get("eval_history", []),
+            "worker_nodes": final.get("worker_nodes", []),
+            "wandb": config["wandb"],
             "spec": spec.model_dump(mode="json"),
         },
         "runs",
         run_id,
     )
-    return RunRef(run_id, manifest["adapter_uri"], manifest, False)
+    return RunRef(run_id, weights_uri, kind, manifest, False)
+
+
+def _consolidate(checkpoint, model_dir: str, store: Store, run_id: str) -> str:
+    """The best ZeRO checkpoint → runs/<run-id>/model, on a Ray worker (it needs the memory)."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def job(checkpoint, model_dir: str) -> None:
+        import tempfile
+
+        with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as out:
+            consolidate(folder, model_dir, out)
+            store.put_dir(out, "runs", run_id, "model")
+
+    ray.get(job.remote(checkpoint, model_dir))
+    return store.uri("runs", run_id, "model")
+
+
+def _wandb(spec: WandbSpec | None, project: str, run_id: str, store: Store) -> dict | None:
+    if spec is None:
+        return None
+    folder = store.path("runs", run_id) if store.is_local else tempfile.gettempdir()
+    return wandb_settings(spec, project, run_id, folder)
+
+
+def _fault_injection(store: Store, run_id: str, workers: int) -> dict | None:
+    """$FTRAY_INJECT_FAULT=STEP kills the last worker once, right after STEP (tests)."""
+    step = os.environ.get("FTRAY_INJECT_FAULT")
+    if not step:
+        return None
+    marker = store.path("runs", run_id, "fault-injected.txt")
+    return {"step": int(step), "rank": workers - 1, "marker": marker}
 
 
 class _RayContext:
@@ -136,10 +220,21 @@ class _RayContext:
             batch_size=batch_size, batch_format="numpy", drop_last=split == "train", **shuffle
         )
 
-    def wrap_model(self, model):
+    def wrap_model(self, model, move: bool = True):
         import ray.train.torch
 
-        return ray.train.torch.prepare_model(model)
+        return ray.train.torch.prepare_model(model, move_to_device=move)
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[str | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as folder:
+            yield folder
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         import ray.train
@@ -148,5 +243,5 @@ class _RayContext:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def _ray_worker(config: dict) -> None:
-    train_loop(config, _RayContext())
+def _ray_worker(config: dict) -> dict:
+    return train_loop(config, _RayContext())

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from ftray.data.tokenize import IGNORE_INDEX, messages_for, tokenize_example
 from ftray.models import load_tokenizer, resolve_model
 from ftray.spec import ModelSpec, TrainSpec
 from ftray.store import Store
-from ftray.train.loop import LocalContext, collate, train_loop
+from ftray.train.collate import collate
+from ftray.train.context import LocalContext
+from ftray.train.loop import train_loop
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +65,6 @@ def test_packing_lays_examples_end_to_end_with_positions_restarting():
 
 def test_packed_loss_equals_unpacked_loss(tiny_dir, tmp_path):
     """No attention crosses examples: packing changes the padding, not the loss."""
-    import torch
-
     from ftray.models import load_model
 
     tokenizer = load_tokenizer(tiny_dir)
@@ -81,25 +85,190 @@ def test_packed_loss_equals_unpacked_loss(tiny_dir, tmp_path):
     assert abs(leaky.item() - plain.item()) > 1e-4
 
 
-def test_train_loop_learns_and_checkpoints_an_adapter(tiny_dir, tmp_path):
-    _dataset(tmp_path / "ds", load_tokenizer(tiny_dir), 16)
-    spec = TrainSpec(
-        epochs=3, batch_size=8, lr=1e-2, warmup_ratio=0, log_every=1, scaling={"num_workers": 1}
-    )
-    ctx = LocalContext(str(tmp_path / "ds"), str(tmp_path / "ckpt"))
-    config = {
+def _config(tiny_dir, spec: TrainSpec, steps_per_epoch: int = 2) -> dict:
+    return {
         "train": spec.model_dump(mode="json"),
         "model_dir": tiny_dir,
         "dtype": "float32",
-        "steps_per_epoch": 2,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": min(spec.max_steps or 10**9, steps_per_epoch * spec.epochs),
     }
-    final = train_loop(config, ctx)
+
+
+def _spec(**overrides) -> TrainSpec:
+    settings = {
+        "epochs": 3,
+        "batch_size": 8,
+        "lr": 1e-2,
+        "warmup_ratio": 0,
+        "log_every": 1,
+        "scaling": {"num_workers": 1},
+    }
+    return TrainSpec.model_validate({**settings, **overrides})
+
+
+def test_train_loop_learns_and_checkpoints_an_adapter(tiny_dir, tmp_path):
+    _dataset(tmp_path / "ds", load_tokenizer(tiny_dir), 16)
+    ctx = LocalContext(str(tmp_path / "ds"), str(tmp_path / "ckpt"))
+    final = train_loop(_config(tiny_dir, _spec()), ctx)
     assert final["step"] == 6 and final["epoch"] == 3
     history = final["loss_history"]
     assert history[-1][1] < history[0][1], history
-    assert len(ctx.reports) == 3, "one report per epoch"
-    checkpoint = ctx.reports[-1]["checkpoint"]
-    from pathlib import Path
+    assert len(ctx.reports) == 3, "one eval + checkpoint per epoch"
+    checkpoint = Path(ctx.reports[-1]["checkpoint"])
+    assert (checkpoint / "adapter" / "adapter_model.safetensors").is_file()
+    assert (checkpoint / "optimizer.pt").is_file()
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["step"] == 6
+    assert final["best_eval_loss"] == min(loss for _, loss in final["eval_history"])
 
-    assert (Path(checkpoint) / "adapter_model.safetensors").is_file()
-    assert ctx.reports[-1]["eval_loss"] < ctx.reports[0]["eval_loss"] + 1.0
+
+def test_gradient_accumulation_matches_the_full_batch(tiny_dir, tmp_path):
+    """4 micro-batches of 2 accumulate the gradient of one batch of 8 (token-weighted)."""
+    from ftray.train.loop import _label_tokens
+    from ftray.train.methods import AdapterEngine
+
+    _dataset(tmp_path / "ds", load_tokenizer(tiny_dir), 16)
+    ctx = LocalContext(str(tmp_path / "ds"), str(tmp_path / "ckpt"))
+    raw = next(ctx.batches("train", 8, 0))
+    grads = []
+    for micro in (8, 2):
+        torch.manual_seed(0)
+        spec = _spec(micro_batch_size=micro if micro < 8 else None, lora={"dropout": 0.0})
+        engine = AdapterEngine(spec, tiny_dir, "float32", ctx, total_steps=1)
+        seen = []
+        engine.optimizer.step = lambda seen=seen, e=engine: seen.extend(
+            p.grad.clone() for p in e.params
+        )
+        parts = [collate({k: v[i : i + micro] for k, v in raw.items()}) for i in range(0, 8, micro)]
+        num_items = sum(_label_tokens(part) for part in parts)
+        for i, part in enumerate(parts):
+            engine.micro_step(part, i == len(parts) - 1, num_items, 1)
+        grads.append(seen)
+    assert len(grads[0]) == len(grads[1]) > 0
+    for whole, accumulated in zip(*grads, strict=True):
+        assert torch.allclose(whole, accumulated, atol=1e-7, rtol=1e-4)
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingContext(LocalContext):
+    """Dies (raises) right after its `crash_after`-th checkpoint, like a killed worker."""
+
+    def __init__(self, *args, crash_after: int):
+        super().__init__(*args)
+        self.crash_after = crash_after
+
+    def report(self, metrics, checkpoint_dir):
+        super().report(metrics, checkpoint_dir)
+        if len(self.reports) == self.crash_after:
+            raise _Crash
+
+
+def test_resume_is_exact(tiny_dir, tmp_path):
+    """Killed after step 2's checkpoint and resumed: the same weights as never stopping."""
+    _dataset(tmp_path / "ds", load_tokenizer(tiny_dir), 24)
+    # dropout on, 3 micro-batches per step: RNG and data position must both resume right
+    spec = _spec(epochs=2, eval_every=2, micro_batch_size=4, lora={"dropout": 0.1})
+    config = _config(tiny_dir, spec, steps_per_epoch=3)
+    whole = LocalContext(str(tmp_path / "ds"), str(tmp_path / "whole"))
+    expected = train_loop(config, whole)
+
+    broken = _CrashingContext(str(tmp_path / "ds"), str(tmp_path / "broken"), crash_after=1)
+    with pytest.raises(_Crash):
+        train_loop(config, broken)
+    resumed = LocalContext(str(tmp_path / "ds"), str(tmp_path / "broken"))
+    final = train_loop(config, resumed)
+
+    assert final["resumed_from"] == [2]
+    assert final["step"] == expected["step"] == 6
+    assert final["loss_history"] == expected["loss_history"]
+    assert final["eval_history"] == expected["eval_history"]
+    got, want = _adapter(resumed.checkpoints()[-1]), _adapter(whole.checkpoints()[-1])
+    for key, value in want.items():
+        assert torch.equal(value, got[key]), key
+
+
+def test_early_stopping_fires_on_a_plateau(tiny_dir, tmp_path):
+    _dataset(tmp_path / "ds", load_tokenizer(tiny_dir), 16)
+    ctx = LocalContext(str(tmp_path / "ds"), str(tmp_path / "ckpt"))
+    spec = _spec(epochs=5, lr=1e-9, eval_every=1, early_stopping={"patience": 2, "min_delta": 0.01})
+    final = train_loop(_config(tiny_dir, spec), ctx)
+    assert final["stopped_early"] is True
+    assert final["step"] == 3, "best at step 1, then two evaluations without improvement"
+    assert final["best_step"] == 1
+
+
+def test_qlora_adapter_loads_onto_the_4bit_base(tiny_dir, tmp_path):
+    from peft import PeftModel
+
+    from ftray.models import load_quantized_model
+    from ftray.spec import QloraSpec
+
+    _dataset(tmp_path / "ds", load_tokenizer(tiny_dir), 16)
+    ctx = LocalContext(str(tmp_path / "ds"), str(tmp_path / "ckpt"))
+    final = train_loop(_config(tiny_dir, _spec(method="qlora", lora={"r": 4})), ctx)
+    history = final["loss_history"]
+    assert history[-1][1] < history[0][1], history
+
+    base = load_quantized_model(tiny_dir, QloraSpec())
+    assert type(base.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
+    adapter = Path(ctx.reports[-1]["checkpoint"]) / "adapter"
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    batch = collate(next(ctx.batches("eval", 8, 0)))
+    with torch.no_grad():
+        loss = model(**batch, use_cache=False).loss.item()
+    assert loss == pytest.approx(final["eval_loss"], rel=1e-3)
+
+
+def _adapter(checkpoint) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(checkpoint) / "adapter" / "adapter_model.safetensors"))
+
+
+@pytest.fixture
+def process_group():
+    """A one-process gloo group, as torchrun or Ray Train would set up (DeepSpeed needs one)."""
+    import torch.distributed as dist
+
+    from tests.conftest import free_port
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+    )
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("stage, offload", [(3, True)])
+def test_full_zero3_checkpoint_consolidates_to_a_plain_hf_model(
+    tiny_dir, tmp_path, process_group, stage, offload, monkeypatch
+):
+    """ZeRO-3 with CPU offload trains; its sharded checkpoint becomes one safetensors model
+    that plain transformers loads and that scores the run's own eval loss."""
+    from transformers import AutoModelForCausalLM
+
+    from ftray.train.loop import evaluate_loss
+    from ftray.train.methods import consolidate
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    _dataset(tmp_path / "ds", load_tokenizer(tiny_dir), 16)
+    ctx = LocalContext(str(tmp_path / "ds"), str(tmp_path / "ckpt"))
+    spec = _spec(
+        method="full",
+        lr=1e-3,
+        micro_batch_size=4,
+        deepspeed={"stage": stage, "offload_optimizer": offload, "offload_params": offload},
+    )
+    final = train_loop(_config(tiny_dir, spec), ctx)
+    history = final["loss_history"]
+    assert history[-1][1] < history[0][1], history
+    checkpoint = ctx.reports[-1]["checkpoint"]
+    assert (Path(checkpoint) / "deepspeed" / "state").is_dir()
+
+    consolidate(checkpoint, tiny_dir, str(tmp_path / "model"))
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    assert evaluate_loss(model, ctx, 8) == pytest.approx(final["eval_loss"], rel=1e-4)

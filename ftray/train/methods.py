@@ -1,0 +1,213 @@
+"""The three methods behind one interface, so `train_loop` has a single copy of the loop.
+
+- `AdapterEngine` (lora, qlora): a peft LoRA adapter on a plain or bitsandbytes-quantized
+  base, data-parallel through the worker context (DDP under Ray Train), torch AdamW, gradient
+  accumulation without all-reduce on the non-final micro-steps.
+- `DeepSpeedEngine` (full): every weight trained under DeepSpeed ZeRO-2/3, optional CPU
+  offload, config from `ftray.train.ds_config`; its sharded checkpoints are consolidated into
+  one safetensors model by `consolidate`.
+
+Both run without Ray: give them any `WorkerContext`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+
+from ftray.models import add_lora, load_model, load_quantized_model, torch_dtype
+from ftray.spec import TrainSpec
+from ftray.train.ds_config import deepspeed_config, precision_of
+
+DS_TAG = "state"  # DeepSpeed's checkpoint tag inside each checkpoint's deepspeed/ folder
+
+
+def build_engine(spec: TrainSpec, model_dir: str, dtype: str, ctx, total_steps: int):
+    """The engine for `spec.method` on this worker."""
+    if spec.method == "full":
+        return DeepSpeedEngine(spec, model_dir, dtype, ctx, total_steps)
+    return AdapterEngine(spec, model_dir, dtype, ctx, total_steps)
+
+
+class AdapterEngine:
+    """LoRA or QLoRA: only the adapter trains; checkpoints hold the adapter + optimizer."""
+
+    def __init__(self, spec: TrainSpec, model_dir: str, dtype: str, ctx, total_steps: int):
+        import torch
+
+        if spec.method == "qlora":
+            from peft import prepare_model_for_kbit_training
+
+            base = load_quantized_model(model_dir, spec.qlora, ctx.device)
+            base = prepare_model_for_kbit_training(
+                base,
+                use_gradient_checkpointing=spec.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
+        else:
+            base = load_model(model_dir, dtype)
+            if spec.gradient_checkpointing:
+                base.gradient_checkpointing_enable({"use_reentrant": False})
+                base.enable_input_require_grads()
+        self.module = add_lora(base, spec.lora)
+        self.model = ctx.wrap_model(self.module, move=spec.method != "qlora")
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=spec.lr, weight_decay=spec.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_schedule(total_steps, spec.warmup_ratio)
+        )
+        self.max_grad_norm = spec.max_grad_norm
+        self.flops_per_token = 4 * count_params(self.module)  # frozen base: no weight grads
+        self.precision = precision_of(torch_dtype(dtype))
+
+    def micro_step(self, batch: dict, boundary: bool, num_items, world_size: int):
+        """Forward and backward one micro-batch; step the optimizer on the boundary.
+
+        The loss is this micro-batch's summed token loss over `num_items`, the label tokens
+        of the whole step on all workers, times `world_size` (DDP averages over workers): the
+        step's gradient is that of the mean token loss of the global batch, however it is
+        split into micro-batches. Returns the unscaled part (summed over micro-batches and
+        workers: the global mean).
+        """
+        import torch
+
+        sync = contextlib.nullcontext()
+        if not boundary and hasattr(self.model, "no_sync"):
+            sync = self.model.no_sync()  # all-reduce once per step, not per micro-batch
+        with sync:
+            loss = self.model(**batch, use_cache=False, num_items_in_batch=num_items).loss
+            (loss * world_size).backward()
+        if boundary:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def save(self, folder: str, rank: int) -> bool:
+        """Write this rank's part of a checkpoint; True if it wrote anything (rank 0 only)."""
+        import torch
+
+        if rank != 0:
+            return False
+        self.module.save_pretrained(Path(folder, "adapter"))
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        torch.save(state, Path(folder, "optimizer.pt"))
+        return True
+
+    def load(self, folder: str) -> None:
+        import torch
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = load_file(str(Path(folder, "adapter", "adapter_model.safetensors")))
+        set_peft_model_state_dict(self.module, weights)
+        state = torch.load(Path(folder, "optimizer.pt"), weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+class DeepSpeedEngine:
+    """Full fine-tune under DeepSpeed ZeRO; every rank saves its shard of each checkpoint."""
+
+    def __init__(self, spec: TrainSpec, model_dir: str, dtype: str, ctx, total_steps: int):
+        import deepspeed
+        import torch
+
+        precision = precision_of(torch_dtype(dtype))
+        model = load_model(model_dir, "float32")  # DeepSpeed casts to bf16/fp16 itself
+        if spec.gradient_checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
+        config = deepspeed_config(spec, precision)
+        groups = _decay_groups(model, spec.weight_decay)
+        optimizer = None if "optimizer" in config else torch.optim.AdamW(groups, lr=spec.lr)
+        schedule = lr_schedule(total_steps, spec.warmup_ratio)
+        self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            model_parameters=groups if optimizer is None else None,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+            config=config,
+            dist_init_required=False,
+        )
+        self.config = config
+        self.flops_per_token = 6 * count_params(model)
+        self.precision = precision
+
+    def micro_step(self, batch: dict, boundary: bool, num_items, world_size: int):
+        """As `AdapterEngine.micro_step`; DeepSpeed counts micro-steps itself and steps on its
+        accumulation boundary (its own 1/accumulation scaling is off: `num_items` does it)."""
+        loss = self.model(**batch, use_cache=False, num_items_in_batch=num_items).loss
+        self.model.backward(loss * world_size, scale_wrt_gas=False)
+        if boundary != self.model.is_gradient_accumulation_boundary():
+            raise RuntimeError("DeepSpeed's accumulation boundary disagrees with the loop's")
+        self.model.step()
+        return loss.detach()
+
+    @property
+    def lr(self) -> float:
+        return self.model.get_lr()[0]
+
+    def save(self, folder: str, rank: int) -> bool:
+        self.model.save_checkpoint(str(Path(folder, "deepspeed")), tag=DS_TAG)
+        if rank == 0:
+            Path(folder, "deepspeed_config.json").write_text(json.dumps(self.config, indent=1))
+        return True
+
+    def load(self, folder: str) -> None:
+        path, _ = self.model.load_checkpoint(str(Path(folder, "deepspeed")), tag=DS_TAG)
+        if path is None:
+            raise RuntimeError(f"no DeepSpeed checkpoint in {folder}")
+
+
+def consolidate(checkpoint_dir: str, base_model_dir: str, out_dir: str) -> None:
+    """One safetensors HF model from a full run's sharded ZeRO checkpoint, on CPU.
+
+    Later stages load the result with plain transformers, no DeepSpeed.
+    """
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    state = get_fp32_state_dict_from_zero_checkpoint(
+        str(Path(checkpoint_dir, "deepspeed")), tag=DS_TAG
+    )
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_model_dir))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if unexpected or set(missing) - tied - {"lm_head.weight"}:
+        raise RuntimeError(f"checkpoint does not match the model: {missing=} {unexpected=}")
+    model.tie_weights()
+    model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(base_model_dir).save_pretrained(out_dir)
+
+
+def lr_schedule(total: float, warmup_ratio: float):
+    """Linear warm-up to the peak learning rate, then a cosine down to 0 at `total` steps."""
+    warmup = max(1, int(total * warmup_ratio)) if warmup_ratio else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _decay_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay matrices, not biases or norm weights."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]

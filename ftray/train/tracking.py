@@ -1,0 +1,123 @@
+"""Training metrics: throughput, memory, MFU, and their W&B run (rank 0 only)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+# Dense bf16 peak FLOP/s by GPU name, for the MFU estimate; others: set $FTRAY_PEAK_TFLOPS.
+_PEAK_TFLOPS = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "L4": 121}
+
+
+def wandb_settings(spec, project: str, run_id: str, folder: str, group: str | None = None) -> dict:
+    """Plain-data W&B settings for the rank-0 worker (`spec` is a WandbSpec)."""
+    mode = os.environ.get("WANDB_MODE") or spec.mode
+    if mode == "auto":
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return {
+        "mode": mode,
+        "project": spec.project or project,
+        "entity": spec.entity,
+        "group": spec.group or group,
+        "tags": list(spec.tags),
+        "id": run_id,
+        "dir": folder,
+    }
+
+
+class Tracker:
+    """A W&B run on rank 0; a no-op elsewhere or when disabled.
+
+    The run id is ftray's run id and `resume="allow"`: a run restarted after a worker died,
+    or resubmitted, continues the same W&B run.
+    """
+
+    def __init__(self, settings: dict | None, rank: int, config: dict):
+        self.run = None
+        if rank != 0 or not settings or settings["mode"] == "disabled":
+            return
+        import wandb
+
+        os.makedirs(settings["dir"], exist_ok=True)
+        self.run = wandb.init(
+            project=settings["project"],
+            entity=settings["entity"],
+            group=settings["group"],
+            tags=settings["tags"],
+            id=settings["id"],
+            name=settings["id"],
+            resume="allow",
+            dir=settings["dir"],
+            mode=settings["mode"],
+            config=config,
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        )
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+
+    def finish(self, summary: dict) -> None:
+        if self.run is not None:
+            self.run.summary.update(summary)
+            self.run.finish()
+
+
+class Meter:
+    """Tokens, time and memory between two logging points."""
+
+    def __init__(self, device, flops_per_token: float, world_size: int):
+        self.device = device
+        self.flops_per_token = flops_per_token
+        self.world_size = world_size
+        self.peak = _peak_flops(device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.tokens = 0
+        self.steps = 0
+        self.started = time.perf_counter()
+
+    def add_tokens(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def step(self) -> None:
+        self.steps += 1
+
+    def read(self, global_tokens: float) -> dict:
+        """Rates since the last read; `global_tokens` summed over workers by the caller."""
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        rate = global_tokens / elapsed
+        out = {
+            "tokens_per_s": round(rate, 1),
+            "step_time_s": round(elapsed / max(self.steps, 1), 4),
+            "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+        }
+        if self.peak:
+            out["mfu"] = round(rate * self.flops_per_token / (self.peak * self.world_size), 4)
+        self.reset()
+        return out
+
+
+def peak_memory_mb(device) -> float:
+    """Peak accelerator memory allocated (GPU) or peak resident memory of this process (CPU)."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _peak_flops(device) -> float | None:
+    if os.environ.get("FTRAY_PEAK_TFLOPS"):
+        return float(os.environ["FTRAY_PEAK_TFLOPS"]) * 1e12
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in _PEAK_TFLOPS.items():
+        if key in name:
+            return tflops * 1e12
+    return None

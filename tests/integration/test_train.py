@@ -1,0 +1,80 @@
+"""`ftray train` on the session's local Ray: each method, a worker killed mid-run, a resumed
+job, and the W&B offline run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli
+
+
+def _run_manifest(store: Path) -> dict:
+    runs = [p for p in (store / "tiny" / "runs").iterdir() if (p / "manifest.json").is_file()]
+    assert len(runs) == 1, runs
+    return json.loads((runs[0] / "manifest.json").read_text())
+
+
+def test_killed_worker_resumes_from_the_last_checkpoint(ray_address, tmp_path):
+    """Rank 1 dies after step 3; Ray Train restarts both workers from step 2's checkpoint."""
+    args = ["train", "jobs/tiny.yaml", "--set", f"storage={tmp_path}"]
+    args += ["--set", "train.eval_every=2"]
+    done = cli(ray_address, *args, env={"FTRAY_INJECT_FAULT": "3"})
+    manifest = _run_manifest(tmp_path)
+    run_dir = tmp_path / "tiny" / "runs" / manifest["run_id"]
+    assert (run_dir / "fault-injected.txt").is_file(), "the fault fired"
+    assert manifest["resumed_from"] == [2]
+    assert manifest["metrics"]["step"] == 6
+    assert [step for step, _ in manifest["eval_history"]] == [2, 4, 6]
+    assert "resumed from step(s) [2]" in done.stdout
+    # the best checkpoint by eval loss is the run's result
+    best = min(manifest["eval_history"], key=lambda row: row[1])
+    assert manifest["metrics"]["best_step"] == best[0]
+    state = json.loads((Path(manifest["best_checkpoint"]) / "trainer_state.json").read_text())
+    assert state["step"] == best[0]
+    assert (Path(manifest["weights_uri"]) / "adapter_model.safetensors").is_file()
+
+    # the W&B offline run holds the training and eval metrics
+    assert manifest["wandb"]["mode"] == "offline"
+    runs = list((run_dir / "wandb").glob(f"offline-run-*-{manifest['run_id']}"))
+    assert runs, list(run_dir.glob("wandb/*"))
+    records = b"".join(f.read_bytes() for r in runs for f in r.glob("*.wandb"))
+    for key in (b"train/loss", b"train/tokens_per_s", b"train/lr", b"eval/loss"):
+        assert key in records, key
+
+
+def test_resubmitted_job_resumes_its_run(ray_address, tmp_path):
+    """A QLoRA job that fails (no restarts allowed) continues when submitted again."""
+    args = ["train", "jobs/tiny.yaml", "--set", f"storage={tmp_path}"]
+    args += ["--set", "train.method=qlora", "--set", "train.eval_every=2"]
+    args += ["--set", "train.max_failures=0", "--set", "wandb.mode=disabled"]
+    failed = cli(ray_address, *args, check=False, env={"FTRAY_INJECT_FAULT": "3"})
+    assert failed.returncode != 0, failed.stdout
+    assert not list((tmp_path / "tiny" / "runs").glob("*/manifest.json"))
+
+    done = cli(ray_address, *args)
+    manifest = _run_manifest(tmp_path)
+    assert manifest["method"] == "qlora"
+    assert manifest["resumed_from"] == [2], done.stdout
+    assert manifest["metrics"]["step"] == 6
+
+
+@pytest.mark.slow
+def test_full_finetune_with_zero2_on_two_workers(ray_address, tmp_path):
+    """DeepSpeed ZeRO-2 over 2 gloo workers; the consolidated model is evaluated."""
+    args = ["eval", "jobs/tiny.yaml", "--set", f"storage={tmp_path}"]
+    args += ["--set", "train.method=full", "--set", "train.deepspeed.stage=2"]
+    args += ["--set", "train.micro_batch_size=1", "--set", "wandb.mode=disabled"]
+    done = cli(ray_address, *args)
+    manifest = _run_manifest(tmp_path)
+    assert manifest["kind"] == "model"
+    history = manifest["loss_history"]
+    assert history[-1][1] < history[0][1], history
+    model_dir = Path(manifest["weights_uri"])
+    assert (model_dir / "model.safetensors").is_file()
+    config = json.loads((Path(manifest["best_checkpoint"]) / "deepspeed_config.json").read_text())
+    assert config["train_batch_size"] == 4
+    assert config["gradient_accumulation_steps"] == 2, "4 = 2 workers × 1 × 2"
+    assert "tuned" in done.stdout
