@@ -19,7 +19,7 @@ export DS_ACCELERATOR ?= cpu
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install quickstart test test-fast lint bench clean
+.PHONY: install quickstart test test-fast lint bench bench-train bench-sweep clean
 
 install: $(STAMP)
 
@@ -45,6 +45,12 @@ lint: install
 
 bench: install
 	$(BIN)/python -m bench.prepare
+
+bench-train: install
+	$(BIN)/python -m bench.train
+
+bench-sweep: install
+	$(BIN)/python -m bench.sweep
 
 clean:
 	rm -rf ftray-store .ray-tmp .cache .pytest_cache

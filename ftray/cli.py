@@ -13,6 +13,7 @@ STAGES = {
     "prepare": "read, check, split and tokenize the data into a versioned dataset",
     "assess": "go/no-go: enough data? does the base model already do the job? cost per method",
     "train": "train full (DeepSpeed), LoRA or QLoRA on Ray Train (prepares data if needed)",
+    "sweep": "Ray Tune (ASHA) over training trials; leaderboard and winner (prepares if needed)",
     "eval": "evaluate base vs tuned on held-out examples (trains first if needed)",
     "serve": "register the model, serve it on Ray Serve and answer one request",
     "run": "the whole pipeline: prepare → assess → train → evaluate → register → serve",
@@ -164,6 +165,7 @@ _ARTIFACT_OF = {
     "prepare": "dataset",
     "assess": "assessment",
     "train": "run",
+    "sweep": "sweep",
     "eval": "evaluation",
 }
 # `ftray run` exits with this when assess stops it (not an error: a decision).

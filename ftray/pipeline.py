@@ -6,6 +6,7 @@ from functools import cached_property
 
 from ftray.assess import AssessRef, assess
 from ftray.data.prepare import DatasetRef, prepare
+from ftray.errors import UserError
 from ftray.evaluate import EvalRef, evaluate
 from ftray.progress import Progress
 from ftray.registry import register
@@ -13,6 +14,7 @@ from ftray.serve import serve_model
 from ftray.spec import JobSpec
 from ftray.specload import spec_hash
 from ftray.store import Store
+from ftray.sweep import SweepRef, print_leaderboard, sweep
 from ftray.train.ray_train import RunRef, train
 
 
@@ -60,6 +62,27 @@ class Pipeline:
         return ref
 
     @cached_property
+    def sweep(self) -> SweepRef:
+        dataset = self.dataset
+        if self.spec.sweep is None:
+            raise UserError(
+                "the job spec has no `sweep:` section; add one (see the README's sweep "
+                "section) or use `ftray train`."
+            )
+        with self.progress.stage("sweep"):
+            ref = sweep(self.spec, dataset, self.store, self.progress)
+            self._said(ref.reused, "sweep", ref.sweep_id)
+            print_leaderboard(ref.leaderboard, self.spec.sweep.metric, self.progress)
+            self.progress.note(f"winner: {ref.winner.run_id}")
+            self.progress.artifact("leaderboard", self.store.uri("sweeps", ref.sweep_id))
+        return ref
+
+    @property
+    def trained(self) -> RunRef:
+        """What evaluation gets: the sweep's winner when the spec sweeps, else the run."""
+        return self.sweep.winner if self.spec.sweep is not None else self.run
+
+    @cached_property
     def run(self) -> RunRef:
         dataset = self.dataset
         with self.progress.stage("train"):
@@ -86,7 +109,7 @@ class Pipeline:
 
     @cached_property
     def evaluation(self) -> EvalRef:
-        run = self.run
+        run = self.trained
         with self.progress.stage("evaluate"):
             ref = evaluate(
                 self.spec.eval, self.spec.model, self.dataset, run, self.store, self.progress
@@ -106,9 +129,9 @@ class Pipeline:
         with self.progress.stage("register"):
             card = register(
                 self.store,
-                run_id=self.run.run_id,
-                weights_uri=self.run.weights_uri,
-                kind=self.run.kind,
+                run_id=self.trained.run_id,
+                weights_uri=self.trained.weights_uri,
+                kind=self.trained.kind,
                 dataset_id=self.dataset.dataset_id,
                 eval_id=evaluation.eval_id,
                 metrics=evaluation.metrics,

@@ -436,6 +436,64 @@ class RaySpec(_Section):
     )
 
 
+class SweepParam(_Section):
+    """One dimension of a sweep's search space."""
+
+    type: Literal["choice", "grid", "uniform", "loguniform", "randint"] = Field(
+        description="'choice': one of `values` at random; 'grid': every one of `values` "
+        "(times num_samples); 'uniform' / 'loguniform': a float in [low, high]; 'randint': an "
+        "integer in [low, high)."
+    )
+    values: list | None = Field(default=None, description="For choice and grid.")
+    low: float | None = Field(default=None, description="For uniform, loguniform, randint.")
+    high: float | None = Field(default=None, description="For uniform, loguniform, randint.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> SweepParam:
+        if self.type in ("choice", "grid"):
+            if not self.values:
+                raise ValueError(f"values: a {self.type} needs a non-empty list of values")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"low, high: a {self.type} needs low < high")
+        elif self.type == "loguniform" and self.low <= 0:
+            raise ValueError("low: a loguniform range must be above 0")
+        return self
+
+
+class SweepSpec(_Section):
+    """A Ray Tune search over `train.*` values; each trial is a full training run."""
+
+    parameters: dict[str, SweepParam] = Field(
+        min_length=1,
+        description="Search space: a spec path under `train.` (e.g. 'train.lr', "
+        "'train.lora.r', 'train.method') → its distribution. A trial's values are written "
+        "into the spec, which is validated like any other.",
+    )
+    num_samples: int = Field(
+        default=4, ge=1, description="Trials to run (for grid: repeats of the whole grid)."
+    )
+    metric: str = Field(
+        default="eval_loss", description="Metric the trials are ranked by (reported by train)."
+    )
+    mode: Literal["min", "max"] = Field(default="min", description="Lower or higher is better.")
+    scheduler: Literal["asha", "fifo"] = Field(
+        default="asha",
+        description="'asha' stops trials that trail at each rung of evaluations (set "
+        "train.eval_every so trials evaluate several times); 'fifo' runs every trial out.",
+    )
+    grace_period: int = Field(
+        default=1, ge=1, description="ASHA: evaluations every trial gets before it can stop."
+    )
+    reduction_factor: int = Field(
+        default=2, ge=2, description="ASHA: 1/reduction_factor of trials go on at each rung."
+    )
+    max_concurrent: int = Field(
+        default=1,
+        ge=1,
+        description="Trials running at once; each takes train.scaling.num_workers workers.",
+    )
+
+
 class JobSpec(_Section):
     """One fine-tuning job: data → trained adapter → evaluation → registered model → serving."""
 
@@ -457,4 +515,27 @@ class JobSpec(_Section):
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation.")
     serve: ServeSpec = Field(default_factory=ServeSpec, description="Serving.")
     wandb: WandbSpec = Field(default_factory=WandbSpec, description="Weights & Biases.")
+    sweep: SweepSpec | None = Field(
+        default=None, description="Hyperparameter sweep; `ftray run` sweeps when it is set."
+    )
+
+    @model_validator(mode="after")
+    def _sweep_paths_exist(self) -> JobSpec:
+        for path in self.sweep.parameters if self.sweep else ():
+            section, *rest = path.split(".")
+            model = TrainSpec
+            for name in rest:
+                field = model.model_fields.get(name) if model else None
+                if section != "train" or field is None:
+                    raise ValueError(
+                        f"sweep.parameters: {path!r} is not a train setting; sweep paths look "
+                        "like 'train.lr' or 'train.lora.r' (data changes need a new dataset, "
+                        "not a trial)."
+                    )
+                kind = field.annotation
+                model = kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+            if not rest or model is not None:
+                raise ValueError(f"sweep.parameters: {path!r} names a section, not a value.")
+        return self
+
     ray: RaySpec = Field(default_factory=RaySpec, description="Ray cluster connection.")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ftray.data.checks import similarity
 from ftray.spec import DedupSpec
 
 # A bucket this large means degenerate data (say, thousands of near-empty texts); compare its
@@ -47,40 +46,54 @@ def _by_key(rows, key: str, parts: int, fn):
 
 
 def _near(passing, spec: DedupSpec, dropped: set[int], parts: int) -> dict:
-    """Candidates from shared LSH buckets (a shuffle carrying only ids), then verified.
+    """Candidates from shared LSH buckets, verified where they lie; only matches return.
 
-    Only the candidates' signatures are fetched for the similarity check, so the shuffle
-    moves a few ids per band per record, not the signatures.
+    The bucket shuffle carries ids only (a few per band per record). Each distinct candidate
+    pair is then joined with both records' signatures (two hash joins, distributed like the
+    shuffles) and its similarity computed in the workers, vectorised; the driver receives
+    only the confirmed near-duplicates, the ones it must report anyway.
     """
-    from ray.data.expressions import col
-
     exploded = passing.select_columns(["order", "band_keys"]).flat_map(_explode)
     pairs = _by_key(exploded, "band_key", parts, _pairs_block)
-    candidates = {
-        (int(r["later"]), int(r["earlier"]))
-        for r in pairs.iter_rows()
-        if int(r["later"]) not in dropped
-    }
-    if not candidates:
-        return {}
-    involved = sorted({order for pair in candidates for order in pair})
-    rows = passing.filter(expr=col("order").is_in(involved))
-    rows = rows.select_columns([*_COLUMNS, "signature"]).take_all()
-    info = {int(r["order"]): r for r in rows}
-    best: dict[int, tuple[int, float]] = {}
-    for later, earlier in sorted(candidates):
-        sim = similarity(_signature(info[later]), _signature(info[earlier]))
-        if sim >= spec.threshold and (later not in best or earlier < best[later][0]):
-            best[later] = (earlier, sim)
+    pairs = _by_key(pairs, "later", parts, _distinct_pairs)
+    records = passing.select_columns([*_COLUMNS, "signature"])
+    for side in ("later", "earlier"):
+        renamed = records.rename_columns({c: f"{side}_{c}" for c in [*_COLUMNS, "signature"]})
+        pairs = pairs.join(renamed, "inner", parts, on=(side,), right_on=(f"{side}_order",))
+    matches = pairs.map_batches(
+        _similar_block, fn_kwargs={"threshold": spec.threshold}, batch_format="pandas"
+    )
+    best: dict[int, dict] = {}
+    for row in matches.iter_rows():
+        later = int(row["later"])
+        if later in dropped:
+            continue
+        if later not in best or int(row["earlier"]) < int(best[later]["earlier"]):
+            best[later] = row
     drops = {}
-    for later, (earlier, sim) in best.items():
-        row = {**info[later], **{f"match_{k}": info[earlier][k] for k in _COLUMNS}}
-        drops[later] = _verdict(row, "near-duplicate of", sim)
+    for later, row in best.items():
+        # the join keeps the left key: `later_order` / `earlier_order` are `later` / `earlier`
+        record = {c: row[f"later_{c}"] for c in _COLUMNS if c != "order"}
+        match = {f"match_{c}": row[f"earlier_{c}"] for c in _COLUMNS if c != "order"}
+        record["order"], match["match_order"] = row["later"], row["earlier"]
+        drops[later] = _verdict({**record, **match}, "near-duplicate of", row["similarity"])
     return drops
 
 
-def _signature(row: dict) -> np.ndarray:
-    return np.frombuffer(row["signature"], dtype=np.uint32)
+def _distinct_pairs(block):
+    """A pair found in several buckets is checked once (all of a `later` lie in one block)."""
+    return block.drop_duplicates(["later", "earlier"])
+
+
+def _similar_block(block, threshold: float):
+    """Estimated Jaccard similarity of each pair's MinHash signatures; keep those ≥ threshold."""
+    if block.empty:
+        return block.assign(similarity=[])
+    left = np.stack([np.frombuffer(s, dtype=np.uint32) for s in block["later_signature"]])
+    right = np.stack([np.frombuffer(s, dtype=np.uint32) for s in block["earlier_signature"]])
+    block = block.drop(columns=["later_signature", "earlier_signature"])
+    block["similarity"] = (left == right).mean(axis=1)
+    return block[block["similarity"] >= threshold]
 
 
 def _verdict(row: dict, what: str, sim: float | None) -> tuple[str, str]:

@@ -85,7 +85,8 @@ def train_loop(config: dict, ctx: WorkerContext) -> dict:
             engine.load(folder)
             state = TrainState.load(folder)
             state.resumed_from.append(state.step)
-    run_config = {"run_id": config.get("run_id"), **spec.model_dump(mode="json")}
+    trial = config.get("trial") or {}
+    run_config = {"run_id": config.get("run_id"), **trial, **spec.model_dump(mode="json")}
     tracker = Tracker(config.get("wandb"), ctx.rank, run_config)
     meter = Meter(ctx.device, engine.flops_per_token, ctx.world_size)
     nodes = gather(ctx.node_id)

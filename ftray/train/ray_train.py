@@ -44,11 +44,19 @@ def train(
     progress: Progress,
     wandb: WandbSpec | None = None,
     project: str = "ftray",
+    *,
+    folder: tuple[str, ...] = ("runs",),
+    trial: dict | None = None,
+    callbacks: list | None = None,
+    fault_step: str | None = None,
 ) -> RunRef:
-    """Train `spec.method` on the dataset's train split.
+    """Train `spec.method` on the dataset's train split, into `<folder>/<run-id>/`.
 
     A finished identical run is reused; an unfinished one (a crash, a stopped job) resumes
     from its latest checkpoint: Ray Train picks the run up by its name and storage path.
+    A sweep passes its trial folder, `trial` ({"sweep_id", "trial_id", "params"}: part of
+    the run id, the W&B group and config) and Tune's report callback. `fault_step` (a test
+    hook, default $FTRAY_INJECT_FAULT) kills the last worker once after that step.
     """
     run_id = content_id(
         "run",
@@ -56,9 +64,10 @@ def train(
         model.model_dump(mode="json"),
         spec.model_dump(mode="json"),
         TRAIN_VERSION,
+        trial or {},
     )
-    if store.is_complete("runs", run_id):
-        manifest = store.manifest("runs", run_id)
+    if store.is_complete(*folder, run_id):
+        manifest = store.manifest(*folder, run_id)
         return RunRef(run_id, manifest["weights_uri"], manifest["kind"], manifest, True)
 
     import ray.data
@@ -89,10 +98,11 @@ def train(
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total,
         "pack_length": dataset.manifest["spec"]["max_seq_len"],
-        "wandb": _wandb(wandb, project, run_id, store),
-        "fault": _fault_injection(store, run_id, workers),
+        "wandb": _wandb(wandb, project, store, (*folder, run_id), trial),
+        "fault": _fault_injection(store, (*folder, run_id), workers, fault_step),
+        "trial": trial,
     }
-    store.write_json(config, "runs", run_id, "config.json")
+    store.write_json(config, *folder, run_id, "config.json")
     progress.note(
         f"{spec.method} on {workers} worker(s): {n_train} examples, {total} steps of "
         f"{spec.batch_size} ({spec.per_worker_batch} per worker × {spec.accumulation} "
@@ -116,7 +126,8 @@ def train(
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
         run_config=RunConfig(
             name=run_id,
-            storage_path=store.uri("runs"),
+            storage_path=store.uri(*folder),
+            callbacks=callbacks or [],
             failure_config=FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=spec.keep_checkpoints,
@@ -129,7 +140,10 @@ def train(
     final = result.return_value or {}
     best = result.get_best_checkpoint("eval_loss", "min") or result.checkpoint
     if spec.method == "full":
-        kind, weights_uri = "model", _consolidate(best, config["model_dir"], store, run_id)
+        kind, weights_uri = (
+            "model",
+            _consolidate(best, config["model_dir"], store, (*folder, run_id)),
+        )
     else:
         kind, weights_uri = "adapter", f"{best.path}/adapter"
     history = final.get("loss_history", [])
@@ -153,16 +167,17 @@ def train(
             "eval_history": final.get("eval_history", []),
             "worker_nodes": final.get("worker_nodes", []),
             "wandb": config["wandb"],
+            "trial": trial,
             "spec": spec.model_dump(mode="json"),
         },
-        "runs",
+        *folder,
         run_id,
     )
     return RunRef(run_id, weights_uri, kind, manifest, False)
 
 
-def _consolidate(checkpoint, model_dir: str, store: Store, run_id: str) -> str:
-    """The best ZeRO checkpoint → runs/<run-id>/model, on a Ray worker (it needs the memory)."""
+def _consolidate(checkpoint, model_dir: str, store: Store, run: tuple[str, ...]) -> str:
+    """The best ZeRO checkpoint → <run folder>/model, on a Ray worker (it needs the memory)."""
     import ray
 
     @ray.remote(num_cpus=1)
@@ -171,25 +186,30 @@ def _consolidate(checkpoint, model_dir: str, store: Store, run_id: str) -> str:
 
         with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as out:
             consolidate(folder, model_dir, out)
-            store.put_dir(out, "runs", run_id, "model")
+            store.put_dir(out, *run, "model")
 
     ray.get(job.remote(checkpoint, model_dir))
-    return store.uri("runs", run_id, "model")
+    return store.uri(*run, "model")
 
 
-def _wandb(spec: WandbSpec | None, project: str, run_id: str, store: Store) -> dict | None:
+def _wandb(
+    spec: WandbSpec | None, project: str, store: Store, run: tuple[str, ...], trial: dict | None
+) -> dict | None:
     if spec is None:
         return None
-    folder = store.path("runs", run_id) if store.is_local else tempfile.gettempdir()
-    return wandb_settings(spec, project, run_id, folder)
+    folder = store.path(*run) if store.is_local else tempfile.gettempdir()
+    group = trial["sweep_id"] if trial else None
+    return wandb_settings(spec, project, run[-1], folder, group=group)
 
 
-def _fault_injection(store: Store, run_id: str, workers: int) -> dict | None:
+def _fault_injection(
+    store: Store, run: tuple[str, ...], workers: int, step: str | None
+) -> dict | None:
     """$FTRAY_INJECT_FAULT=STEP kills the last worker once, right after STEP (tests)."""
-    step = os.environ.get("FTRAY_INJECT_FAULT")
+    step = step or os.environ.get("FTRAY_INJECT_FAULT")
     if not step:
         return None
-    marker = store.path("runs", run_id, "fault-injected.txt")
+    marker = store.path(*run, "fault-injected.txt")
     return {"step": int(step), "rank": workers - 1, "marker": marker}
 
 

@@ -65,6 +65,21 @@ BAD_SPECS = [
         "needs ZeRO stage 3",
     ),
     (_with("wandb.mode", "cloud"), "wandb.mode", "one of"),
+    (
+        _with("sweep", {"parameters": {"data.eval_fraction": {"type": "grid", "values": [0.1]}}}),
+        "sweep.parameters",
+        "is not a train setting",
+    ),
+    (
+        _with("sweep", {"parameters": {"train.lora": {"type": "choice", "values": [{}]}}}),
+        "sweep.parameters",
+        "names a section",
+    ),
+    (
+        _with("sweep", {"parameters": {"train.lr": {"type": "loguniform", "low": 0, "high": 1}}}),
+        "sweep.parameters.train.lr.low",
+        "above 0",
+    ),
     (_with("train.scaling.num_workers", 0), "train.scaling.num_workers", "greater than or equal"),
     (_with("train.lora.r", 0), "train.lora.r", "greater than or equal to 1"),
     (_with("train.lora.dropout", 1.0), "train.lora.dropout", "less than 1"),
@@ -177,3 +192,15 @@ def test_storage_comes_from_the_cluster_env_when_unset(monkeypatch):
     assert validate_spec({**GOOD, "storage": "/data"}, []).storage == "/data"
     monkeypatch.delenv("FTRAY_STORAGE")
     assert validate_spec(GOOD, []).storage == "./ftray-store"
+
+
+def test_a_trial_gets_an_ordinary_validated_spec():
+    from ftray.sweep import with_params
+
+    spec = validate_spec(
+        _with("sweep", {"parameters": {"train.lr": {"type": "grid", "values": [0.1]}}}), []
+    )
+    trial = with_params(spec, {"train.lr": 0.01, "train.lora.r": 32})
+    assert trial.train.lr == 0.01 and trial.train.lora.r == 32 and trial.sweep is None
+    with pytest.raises(ValueError, match=r"lora\.r"):
+        with_params(spec, {"train.lora.r": 0})

@@ -1,0 +1,50 @@
+"""`ftray sweep` on the session's local Ray: an interrupted 4-trial ASHA sweep resumes."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import cli
+
+
+def test_interrupted_asha_sweep_resumes_and_ranks_its_trials(ray_address, tmp_path):
+    """Every trial's worker dies after step 3 with no restarts allowed, so the first
+    command ends with errored trials; the second resumes them from their step-2
+    checkpoints instead of starting over, and the leaderboard ranks the finished ones."""
+    args = ["sweep", "jobs/tiny-sweep.yaml", "--set", f"storage={tmp_path}"]
+    first = cli(
+        ray_address,
+        *args,
+        "--set",
+        "train.max_failures=0",
+        check=False,
+        env={"FTRAY_INJECT_FAULT": "3"},
+    )
+    assert first.returncode != 0, first.stdout
+    sweeps = tmp_path / "tiny" / "sweeps"
+    (sweep_dir,) = [p for p in sweeps.iterdir() if p.is_dir()]
+    assert not (sweep_dir / "manifest.json").exists()
+    killed = sorted(p.parent.parent.name for p in sweep_dir.glob("trials/*/*/fault-injected.txt"))
+    assert killed, "at least one trial reached step 3 and was killed"
+
+    # the same sweep again (max_failures only changes how failures are retried)
+    done = cli(ray_address, *args, "--set", "train.max_failures=0")
+    manifest = json.loads((sweep_dir / "manifest.json").read_text())
+    board = manifest["leaderboard"]
+    assert len(board) == 4
+    assert {row["status"] for row in board} <= {"finished", "stopped by ASHA", "error"}
+    finished = [row for row in board if row["run_id"]]
+    assert finished and manifest["winner"] == finished[0]
+    assert [r["metric"] for r in finished] == sorted(r["metric"] for r in finished)
+    assert len({tuple(row["run_folder"]) for row in finished}) == len(finished)
+    for row in finished:
+        run = json.loads(
+            (tmp_path / "tiny" / "/".join(row["run_folder"]) / "manifest.json").read_text()
+        )
+        assert run["trial"]["trial_id"] == row["trial_id"] == row["run_folder"][3]
+        assert run["trial"]["params"] == row["params"]
+        assert run["wandb"]["group"] == sweep_dir.name
+        assert run["spec"]["lr"] == row["params"]["train.lr"]
+        if row["trial_id"] in killed:
+            assert run["resumed_from"] == [2], "resumed, not restarted"
+    assert "winner:" in done.stdout and "1. " in done.stdout
