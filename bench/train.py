@@ -7,9 +7,10 @@ through `LocalContext`, as a GPU box without Ray runs it), on Banking77 queries 
 with the model's chat template, one after another:
 
 - `baseline`: the hand-written PyTorch + peft loop: pad a batch, forward, backward, clip,
-  AdamW step;
-- `ftray`: `train_loop` with the same batches (padding), including what the launcher adds
-  (token-weighted loss, metrics, the final eval on 16 examples and checkpoint);
+  AdamW step (after one untimed warm-up forward/backward);
+- `ftray`: `train_loop` with the same batches (padding), timed from the call, so including
+  model loading, the token-weighted loss, metrics, the final eval on 16 examples and the
+  checkpoint;
 - `ftray_packed`: the same with `train.packing: true`.
 
 Reported: useful (non-pad) tokens/s and the ratios ftray / baseline (launcher overhead) and
@@ -64,6 +65,8 @@ def run_baseline(model_dir: str, data: Path, spec, steps: int) -> dict:
     ctx = LocalContext(str(data), str(data / "unused"))
     batches = list(ctx.batches("train", spec.batch_size, 0))
     model.train()
+    model(**collate(batches[-1]), use_cache=False).loss.backward()  # warm-up, untimed
+    optimizer.zero_grad(set_to_none=True)
     started, tokens = time.perf_counter(), 0
     for raw in batches[:steps]:
         batch = collate(raw)
