@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -60,8 +61,11 @@ def test_run_checkpoint_and_model_card(tiny_run):
     root, _, _ = tiny_run
     run = json.loads((_one(root / "runs") / "manifest.json").read_text())
     assert run["loss_first"] is not None and run["loss_last"] is not None
-    adapter = run["adapter_uri"]
+    assert run["kind"] == "adapter" and run["method"] == "lora"
+    adapter = run["weights_uri"]
     assert adapter.startswith(str(root / "runs"))
+    assert (Path(adapter) / "adapter_model.safetensors").is_file()
+    assert run["metrics"]["best_eval_loss"] == min(loss for _, loss in run["eval_history"])
     model_dir = _one(root / "models")
     card = json.loads((model_dir / "manifest.json").read_text())
     dataset_id = _one(root / "datasets").name
@@ -72,6 +76,7 @@ def test_run_checkpoint_and_model_card(tiny_run):
     assert card["code_version"]
     assert (model_dir / "adapter" / "adapter_config.json").is_file()
     assert (model_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert card["kind"] == "adapter"
 
 
 def test_evaluation_outputs_and_metrics(tiny_run):
