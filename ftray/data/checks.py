@@ -200,6 +200,7 @@ def band_keys(signature: np.ndarray, bands: int, rows: int) -> list[str]:
     return keys
 
 
-def similarity(one: np.ndarray, two: np.ndarray) -> float:
-    """Estimated Jaccard similarity: the share of equal MinHash values."""
-    return float(np.mean(one == two))
+def similarity(one: np.ndarray, two: np.ndarray):
+    """Estimated Jaccard similarity: the share of equal MinHash values (over the last axis,
+    so rows of stacked signatures compare pairwise)."""
+    return np.mean(one == two, axis=-1)

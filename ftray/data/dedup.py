@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ftray.data.checks import similarity
 from ftray.spec import DedupSpec
 
 # A bucket this large means degenerate data (say, thousands of near-empty texts); compare its
@@ -92,7 +93,7 @@ def _similar_block(block, threshold: float):
     left = np.stack([np.frombuffer(s, dtype=np.uint32) for s in block["later_signature"]])
     right = np.stack([np.frombuffer(s, dtype=np.uint32) for s in block["earlier_signature"]])
     block = block.drop(columns=["later_signature", "earlier_signature"])
-    block["similarity"] = (left == right).mean(axis=1)
+    block["similarity"] = similarity(left, right)
     return block[block["similarity"] >= threshold]
 
 

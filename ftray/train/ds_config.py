@@ -19,8 +19,6 @@ _OWNED = (
     "gradient_accumulation_steps",
     "gradient_clipping",
 )
-# Sections whose `enabled` follows the model dtype.
-_PRECISION = {"bfloat16": "bf16", "float16": "fp16"}
 
 
 def deepspeed_config(spec: TrainSpec, dtype: str) -> dict:
@@ -100,4 +98,4 @@ def _deep_merge(base: dict, extra: dict) -> dict:
 def precision_of(dtype) -> str:
     """'bfloat16', 'float16' or 'float32' for a torch dtype."""
     name = str(dtype).removeprefix("torch.")
-    return name if name in _PRECISION else "float32"
+    return name if name in ("bfloat16", "float16") else "float32"

@@ -60,7 +60,6 @@ class AdapterEngine:
         )
         self.max_grad_norm = spec.max_grad_norm
         self.flops_per_token = 4 * count_params(self.module)  # frozen base: no weight grads
-        self.precision = precision_of(torch_dtype(dtype))
 
     def micro_step(self, batch: dict, boundary: bool, num_items, world_size: int):
         """Forward and backward one micro-batch; step the optimizer on the boundary.
@@ -138,7 +137,6 @@ class DeepSpeedEngine:
         )
         self.config = config
         self.flops_per_token = 6 * count_params(model)
-        self.precision = precision
 
     def micro_step(self, batch: dict, boundary: bool, num_items, world_size: int):
         """As `AdapterEngine.micro_step`; DeepSpeed counts micro-steps itself and steps on its
