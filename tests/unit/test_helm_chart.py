@@ -1,5 +1,7 @@
 """The Helm chart (helm/ftray) and the example cluster files (cluster/): rendered, linted and
-validated offline. helm-python-sdk embeds Helm's Go library, so no helm binary or cluster."""
+validated offline. helm-python-sdk embeds Helm's Go library, so no helm binary or cluster.
+Core objects are checked with kubernetes-validate, KubeRay objects with ftray's own schemas of
+the KubeRay v1 API (cluster/crds), then both with ftray's rules (non-root, limits, secrets)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import copy
 import importlib.util
 import json
 import re
+from functools import cache
 from pathlib import Path
 
 import helm_python as helm
@@ -14,10 +17,21 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from referencing import Registry, Resource
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "ftray"
 KUBE_VERSION = "1.30.0"
+# ftray's own JSON Schemas of the KubeRay ray.io/v1 kinds (see cluster/crds/README.md). Their pod
+# templates, Services etc. $ref the Kubernetes definitions kubernetes-validate bundles, taken
+# for the same Kubernetes version (and strictness) the core objects are checked against.
+CRDS = ROOT / "cluster" / "crds"
+K8S_DEFINITIONS = (
+    Path(kubernetes_validate.__file__).parent
+    / "kubernetes-json-schema"
+    / f"v{KUBE_VERSION}-local-strict"
+    / "_definitions.json"
+)
 SECRET_ENV = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 
 GPU_AND_SERVE = yaml.safe_load("""
@@ -66,14 +80,15 @@ def only(docs: list[dict], kind: str) -> dict:
 
 
 def cluster_spec(doc: dict) -> dict:
+    """The RayClusterSpec of a KubeRay object; {} for a RayJob on an existing cluster."""
     key = {"RayCluster": None, "RayJob": "rayClusterSpec", "RayService": "rayClusterConfig"}
-    return doc["spec"] if key[doc["kind"]] is None else doc["spec"][key[doc["kind"]]]
+    return doc["spec"] if key[doc["kind"]] is None else doc["spec"].get(key[doc["kind"]], {})
 
 
 def pod_templates(doc: dict) -> dict[str, dict]:
     """Every pod template in a KubeRay resource, by a readable name."""
     spec = cluster_spec(doc)
-    templates = {"head": spec["headGroupSpec"]["template"]}
+    templates = {"head": spec["headGroupSpec"]["template"]} if spec else {}
     for group in spec.get("workerGroupSpecs") or []:
         templates[f"worker group {group['groupName']}"] = group["template"]
     if doc["kind"] == "RayJob" and "submitterPodTemplate" in doc["spec"]:
@@ -87,6 +102,31 @@ def k8s_problems(doc: dict, where: str) -> list[str]:
     except kubernetes_validate.ValidationError as error:
         return [f"{where}: {error.message} at {list(error.path)}"]
     return []
+
+
+@cache
+def kuberay_schemas() -> tuple[Registry, dict[str, Path]]:
+    """The registry that resolves every schema's $refs, and each kind's schema file."""
+    k8s = Resource.from_contents(json.loads(K8S_DEFINITIONS.read_text()))
+    registry = Registry().with_resource(k8s.id(), k8s)
+    files = {}
+    for path in sorted(CRDS.glob("*.schema.json")):
+        schema = json.loads(path.read_text())
+        # The schemas $ref each other by file name, as an editor opening them from disk would.
+        registry = registry.with_resource(path.name, Resource.from_contents(schema))
+        files[schema["properties"]["kind"]["const"]] = path
+    return registry, files
+
+
+def kuberay_problems(doc: dict) -> list[str]:
+    """Where `doc` breaks ftray's schema of its KubeRay kind: `KIND $.json.path: message`."""
+    registry, files = kuberay_schemas()
+    if doc.get("kind") not in files:
+        return [f"kind {doc.get('kind')!r}: no schema in {CRDS.relative_to(ROOT)}"]
+    schema = registry.contents(files[doc["kind"]].name)
+    validator = jsonschema.Draft202012Validator(schema, registry=registry)
+    errors = sorted(validator.iter_errors(doc), key=lambda error: error.json_path)
+    return [f"{doc['kind']} {error.json_path}: {error.message}" for error in errors]
 
 
 def env_problems(node, where: str) -> list[str]:
@@ -104,22 +144,25 @@ def env_problems(node, where: str) -> list[str]:
 
 
 def ray_problems(doc: dict) -> list[str]:
-    """What kubernetes-validate cannot check on KubeRay CRDs: structure and ftray's rules."""
+    """A KubeRay object against its schema (cluster/crds), then against ftray's own rules.
+
+    The rules read the object's structure, so they run once the schema passes.
+    """
+    schema_problems = kuberay_problems(doc)
+    if schema_problems:
+        return schema_problems
     problems = []
-    if doc.get("apiVersion") != "ray.io/v1":
-        problems.append(f"apiVersion {doc.get('apiVersion')!r}, want ray.io/v1")
     spec = cluster_spec(doc)
     head = spec.get("headGroupSpec", {})
     if head.get("serviceType", "ClusterIP") != "ClusterIP":
         problems.append(f"head serviceType {head['serviceType']}, want ClusterIP")
-    if not isinstance(head.get("rayStartParams"), dict):
-        problems.append("headGroupSpec.rayStartParams missing")
     for group in spec.get("workerGroupSpecs") or []:
-        name = group.get("groupName", "?")
-        for field in ("groupName", "minReplicas", "maxReplicas", "rayStartParams", "template"):
+        name = group["groupName"]
+        # Optional for KubeRay, but its default maxReplicas (2**31 - 1) lets autoscaling run away.
+        for field in ("minReplicas", "maxReplicas"):
             if field not in group:
                 problems.append(f"worker group {name}: {field} missing")
-        low, high = group.get("minReplicas", 0), group.get("maxReplicas", 0)
+        low, high = group.get("minReplicas", 0), group.get("maxReplicas", 2**31 - 1)
         if not low <= group.get("replicas", low) <= high:
             problems.append(f"worker group {name}: replicas outside [{low}, {high}]")
         if "gpu" in name:
@@ -148,9 +191,6 @@ def ray_problems(doc: dict) -> list[str]:
                 problems.append(f"{label}: allowPrivilegeEscalation is not false")
             if "ALL" not in context.get("capabilities", {}).get("drop", []):
                 problems.append(f"{label}: capabilities not dropped")
-        # The pod templates themselves are core Kubernetes objects.
-        pod_template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}}
-        problems += k8s_problems({**pod_template, "template": template}, where)
     return problems + env_problems(doc, doc["kind"])
 
 
@@ -251,29 +291,33 @@ def test_bad_values_fail_the_install_with_a_clear_error(chart, values, expected)
 
 
 BREAKS_REPORTED = (
-    "LoadBalancer",
+    "head serviceType LoadBalancer, want ClusterIP",
     "WANDB_API_KEY has a literal value",
-    "no nvidia.com/gpu in limits",
-    "may run as root",
-    "no cpu and memory limits",
-    "'resourcez' was unexpected",
+    "worker group cpu: maxReplicas missing",
+    "worker group gpu-a100: replicas outside [0, 4]",
+    "worker group gpu-a100: no nvidia.com/gpu in limits",
+    "worker group gpu-a100/ray-worker: may run as root",
+    "head/ray-head: no cpu and memory limits",
 )
 
 
-def test_checks_catch_broken_manifests(chart):
-    """The checks above can fail: each break is reported."""
+def test_ftray_rules_catch_broken_manifests(chart):
+    """ftray's own rules (beyond the schemas) can fail: each break is reported."""
     docs, _ = render(chart, GPU_AND_SERVE)
     cluster = copy.deepcopy(only(docs, "RayCluster"))
     head = cluster["spec"]["headGroupSpec"]
     head["serviceType"] = "LoadBalancer"
-    head["template"]["spec"]["containers"][0]["env"].append(
-        {"name": "WANDB_API_KEY", "value": "hunter2"}
-    )
-    gpu_pod = cluster["spec"]["workerGroupSpecs"][1]["template"]["spec"]
+    head_container = head["template"]["spec"]["containers"][0]
+    head_container["env"].append({"name": "WANDB_API_KEY", "value": "hunter2"})
+    del head_container["resources"]["limits"]
+    cpu, gpu = cluster["spec"]["workerGroupSpecs"]
+    del cpu["maxReplicas"]
+    gpu["replicas"] = 5
+    gpu_pod = gpu["template"]["spec"]
     del gpu_pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
     del gpu_pod["securityContext"]["runAsNonRoot"]
     gpu_pod["containers"][0]["securityContext"]["runAsNonRoot"] = False
-    gpu_pod["containers"][0]["resourcez"] = gpu_pod["containers"][0].pop("resources")
+    assert kuberay_problems(cluster) == []
     problems = "\n".join(ray_problems(cluster))
     for expected in BREAKS_REPORTED:
         assert expected in problems
@@ -302,6 +346,127 @@ def test_kuberay_examples_cover_cluster_job_and_service():
     assert isinstance(job["ttlSecondsAfterFinished"], int)
     serve = yaml.safe_load(kinds["rayservice.yaml"]["spec"]["serveConfigV2"])
     assert serve["applications"][0]["import_path"] == "ftray.serve.app:build_app"
+
+
+def test_kuberay_schemas_are_valid_and_every_ref_resolves():
+    """A $ref to a missing definition would only fail when an object reaches it: look now."""
+    registry, files = kuberay_schemas()
+    assert sorted(files) == ["RayCluster", "RayJob", "RayService"]
+    for path in files.values():
+        schema = json.loads(path.read_text())
+        jsonschema.Draft202012Validator.check_schema(schema)
+        resolver = registry.resolver(base_uri=path.name)
+        for ref in _refs(schema):
+            resolver.lookup(ref)  # raises referencing.exceptions.Unresolvable
+
+
+def _refs(node) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if "$ref" in node else []
+        return own + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def _rename(mapping: dict, old: str, new: str) -> None:
+    mapping[new] = mapping.pop(old)
+
+
+def _head(doc: dict) -> dict:
+    return cluster_spec(doc)["headGroupSpec"]
+
+
+BROKEN_KUBERAY = [
+    pytest.param(
+        "raycluster.yaml",
+        lambda d: _rename(d["spec"], "workerGroupSpecs", "workerGroupSpec"),
+        "$.spec",
+        "Additional properties are not allowed ('workerGroupSpec' was unexpected)",
+        id="misspelled-field",
+    ),
+    pytest.param(
+        "raycluster.yaml",
+        lambda d: d["spec"].pop("headGroupSpec"),
+        "$.spec",
+        "'headGroupSpec' is a required property",
+        id="no-headGroupSpec",
+    ),
+    pytest.param(
+        "raycluster.yaml",
+        lambda d: d["spec"]["autoscalerOptions"].update(upscalingMode="Fast"),
+        "$.spec.autoscalerOptions.upscalingMode",
+        "'Fast' is not one of ['Default', 'Aggressive', 'Conservative']",
+        id="bad-upscalingMode",
+    ),
+    pytest.param(
+        "raycluster.yaml",
+        lambda d: d["spec"]["workerGroupSpecs"][1].pop("groupName"),
+        "$.spec.workerGroupSpecs[1]",
+        "'groupName' is a required property",
+        id="no-groupName",
+    ),
+    pytest.param(
+        "raycluster.yaml",
+        lambda d: _head(d)["rayStartParams"].update({"num-cpus": 0}),
+        "$.spec.headGroupSpec.rayStartParams['num-cpus']",
+        "0 is not of type 'string'",
+        id="rayStartParams-not-string",
+    ),
+    pytest.param(
+        "rayjob.yaml",
+        lambda d: d["spec"].update(submissionMode="K8sJob"),
+        "$.spec.submissionMode",
+        "'K8sJob' is not one of ['K8sJobMode', 'HTTPMode', 'InteractiveMode', 'SidecarMode']",
+        id="bad-submissionMode",
+    ),
+    pytest.param(
+        "rayjob.yaml",
+        lambda d: d["spec"].update(shutdownAfterJobFinishes="yes"),
+        "$.spec.shutdownAfterJobFinishes",
+        "'yes' is not of type 'boolean'",
+        id="string-for-boolean",
+    ),
+    pytest.param(
+        "rayjob.yaml",
+        lambda d: _rename(_head(d)["template"]["spec"]["containers"][0], "resources", "resourcez"),
+        "$.spec.rayClusterSpec.headGroupSpec.template.spec.containers[0]",
+        "Additional properties are not allowed ('resourcez' was unexpected)",
+        id="pod-template-typo",
+    ),
+    pytest.param(
+        "rayjob.yaml",
+        lambda d: d.update(apiVersion="ray.io/v1alpha1"),
+        "$.apiVersion",
+        "'ray.io/v1' was expected",
+        id="old-apiVersion",
+    ),
+    pytest.param(
+        "rayservice.yaml",
+        lambda d: d["spec"].update(serveConfigV2=yaml.safe_load(d["spec"]["serveConfigV2"])),
+        "$.spec.serveConfigV2",
+        "is not of type 'string'",
+        id="serveConfigV2-as-mapping",
+    ),
+    pytest.param(
+        "rayservice.yaml",
+        lambda d: _head(d).update(serviceType="Public"),
+        "$.spec.rayClusterConfig.headGroupSpec.serviceType",
+        "'Public' is not one of ['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName']",
+        id="bad-serviceType",
+    ),
+]
+
+
+@pytest.mark.parametrize(("example", "brk", "path", "message"), BROKEN_KUBERAY)
+def test_kuberay_schemas_reject_a_broken_object_naming_the_path(example, brk, path, message):
+    doc = yaml.safe_load((ROOT / "cluster" / "kuberay" / example).read_text())
+    assert kuberay_problems(doc) == []
+    brk(doc)
+    (problem,) = kuberay_problems(doc)
+    assert problem.startswith(f"{doc['kind']} {path}: ")
+    assert message in problem
+    assert ray_problems(doc) == [problem]
 
 
 LAUNCHER_FILES = sorted((ROOT / "cluster" / "launcher").glob("*.yaml"))

@@ -74,6 +74,7 @@ def test_submit_without_an_address_says_how(workdir, monkeypatch, capsys):
 
 
 def test_rayjob_for_an_ephemeral_cluster_follows_the_rules(workdir):
+    """ray_problems: the RayJob schema in cluster/crds, then ftray's pod rules."""
     spec = load_spec("jobs/demo.yaml", ["train.scaling.use_gpu=true", "train.batch_size=8"])
     body = rayjob_manifest(spec, "jobs/demo.yaml", ["train.batch_size=8"], namespace="ml")
     assert ray_problems(body) == []
@@ -89,6 +90,7 @@ def test_rayjob_for_an_ephemeral_cluster_follows_the_rules(workdir):
 
 def test_rayjob_on_an_existing_cluster_selects_it(workdir):
     body = rayjob_manifest(load_spec("jobs/demo.yaml"), "jobs/demo.yaml", [], cluster="ftray")
+    assert ray_problems(body) == []
     assert body["spec"]["clusterSelector"] == {"ray.io/cluster": "ftray"}
     assert "rayClusterSpec" not in body["spec"]
 
@@ -97,6 +99,7 @@ def test_k8s_dry_run_prints_the_rayjob(workdir, capsys):
     assert main(["submit", "jobs/demo.yaml", "--k8s", "--dry-run", "--namespace", "ml"]) == 0
     body = yaml.safe_load(capsys.readouterr().out)
     assert body["kind"] == "RayJob" and body["metadata"]["namespace"] == "ml"
+    assert ray_problems(body) == []
 
 
 def test_k8s_without_credentials_is_a_clear_error(workdir, monkeypatch, capsys):
