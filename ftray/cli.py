@@ -14,7 +14,8 @@ STAGES = {
     "assess": "go/no-go: enough data? does the base model already do the job? cost per method",
     "train": "train full (DeepSpeed), LoRA or QLoRA on Ray Train (prepares data if needed)",
     "sweep": "Ray Tune (ASHA) over training trials; leaderboard and winner (prepares if needed)",
-    "eval": "evaluate base vs tuned on held-out examples (trains first if needed)",
+    "eval": "evaluate the candidate vs the incumbent, apply the gate, register (trains first if "
+    "needed); exit 4 when the gate rejects it",
     "serve": "register the model, serve it on Ray Serve and answer one request",
     "run": "the whole pipeline: prepare → assess → train → evaluate → register → serve",
 }
@@ -82,6 +83,17 @@ def _parser() -> argparse.ArgumentParser:
     _job_args(show)
     show.add_argument("model_id")
     show.set_defaults(handler=_models_show)
+    promote = actions.add_parser("promote", help="make a model the production model")
+    _job_args(promote)
+    promote.add_argument("model_id")
+    promote.add_argument("--force", action="store_true", help="even if the gate rejected it")
+    promote.add_argument("--reason", default="promoted by hand", help="recorded in the log")
+    promote.set_defaults(handler=_models_promote)
+    rollback = actions.add_parser("rollback", help="restore the previous production model")
+    _job_args(rollback)
+    rollback.add_argument("--to", metavar="MODEL_ID", help="an earlier production model")
+    rollback.add_argument("--reason", default="rolled back by hand", help="recorded in the log")
+    rollback.set_defaults(handler=_models_rollback)
     return parser
 
 
@@ -166,10 +178,10 @@ _ARTIFACT_OF = {
     "assess": "assessment",
     "train": "run",
     "sweep": "sweep",
-    "eval": "evaluation",
 }
-# `ftray run` exits with this when assess stops it (not an error: a decision).
+# Decisions, not errors: `ftray run` stopped by assess; `ftray eval|run` candidate rejected.
 EXIT_ASSESS_STOP = 3
+EXIT_GATE_REJECTED = 4
 
 
 def _run_stage(args) -> int:
@@ -191,6 +203,14 @@ def _run_stage(args) -> int:
                 hint = "`ftray run --force` trains anyway." if decision == DONT else ""
                 progress.note(f"stopped: assess says {decision!r}. {hint}")
                 return EXIT_ASSESS_STOP
+        if not pipeline.model_card["gate"]["passed"]:
+            progress.note(
+                f"stopped: the gate rejected {pipeline.model_card['model_id']}; production "
+                "is unchanged (`ftray models list` shows it)."
+            )
+            return EXIT_GATE_REJECTED
+        if args.verb == "eval":
+            return 0
         pipeline.serve(keep_serving=args.keep_serving)
     if args.verb == "run":
         _summary(pipeline, progress)
@@ -216,9 +236,13 @@ def _summary(pipeline, progress: Progress) -> None:
         )
     lines += [
         f"training loss {run['loss_first']} → {run['loss_last']}",
-        f"held-out exact match: base {m['base']['exact_match']:.1%}, "
-        f"tuned {m['tuned']['exact_match']:.1%} ({m['examples']} examples)",
-        f"model id {card['model_id']}",
+        f"held-out exact match: incumbent {m['incumbent']['exact_match']:.1%}, "
+        f"candidate {m['candidate']['exact_match']:.1%} ({m['examples']} examples; incumbent: "
+        f"{pipeline.evaluation.manifest['incumbent']['label']})",
+        f"{m['primary_metric']}: incumbent {m['incumbent'][m['primary_metric']]:.3f}, candidate "
+        f"{m['candidate'][m['primary_metric']]:.3f}; gate "
+        f"{'passed' if card['gate']['passed'] else 'failed'}",
+        f"model id {card['model_id']} (stage: {card['stage']})",
         "stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in progress.timings.items()),
     ]
     progress.console.print("[bold]summary[/]")
@@ -278,8 +302,14 @@ def _models_list(args) -> int:
     if not cards:
         print("no registered models yet; `ftray run JOB.yaml` registers one")
     for card in cards:
-        tuned = card["metrics"].get("tuned", {}).get("exact_match")
-        print(f"{card['model_id']}  {card['stage']:<10}  exact_match={tuned}  {card['created_at']}")
+        metrics = card["metrics"]
+        primary = metrics.get("primary_metric", "exact_match")
+        value = metrics.get("candidate", {}).get(primary)
+        print(
+            f"{card['model_id']}  {card['stage']:<10}  {primary}={value}  "
+            f"gate={'passed' if card['gate']['passed'] else 'failed'}  run={card['run_id']}  "
+            f"{card['created_at']}"
+        )
     return 0
 
 
@@ -289,6 +319,28 @@ def _models_show(args) -> int:
 
     spec = _load(args)
     print(json.dumps(get_model(Store(spec.storage, spec.project), args.model_id), indent=2))
+    return 0
+
+
+def _models_promote(args) -> int:
+    from ftray.registry import promote
+    from ftray.store import Store
+
+    spec = _load(args)
+    event = promote(
+        Store(spec.storage, spec.project), args.model_id, reason=args.reason, force=args.force
+    )
+    print(f"production: {event['model_id']} (was {event['previous'] or 'none'})")
+    return 0
+
+
+def _models_rollback(args) -> int:
+    from ftray.registry import rollback
+    from ftray.store import Store
+
+    spec = _load(args)
+    event = rollback(Store(spec.storage, spec.project), to=args.to, reason=args.reason)
+    print(f"production: {event['model_id']} (rolled back from {event['previous']})")
     return 0
 
 

@@ -6,6 +6,7 @@ Runs without Ray: Ray workers, Serve replicas and GPU boxes with no Ray all call
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from pathlib import Path
 
@@ -218,29 +219,47 @@ def _build_tiny(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
-    """Greedy completions of already-templated prompts, batched with left padding.
+def generate_texts(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    samples: int = 1,
+) -> list[dict]:
+    """Completions of already-templated prompts, batched with left padding: greedy when
+    `temperature` is 0, else `samples` sampled answers per prompt (prompt-major order).
 
-    Returns one dict per prompt: `text` and `tokens` (completion token count).
+    Returns one dict per answer: `text`, `tokens` (completion token count) and `confidence`,
+    the probability the model gave the answer's tokens (their product, EOS included).
     """
     import torch
 
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     encoded = {key: value.to(model.device) for key, value in encoded.items()}
+    sampling = {"do_sample": True, "temperature": temperature} if temperature else {}
     with torch.no_grad():
         output = model.generate(
             **encoded,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
+            num_return_sequences=samples,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            output_scores=True,
+            return_dict_in_generate=True,
+            **({"do_sample": False} | sampling),
         )
-    new = output[:, encoded["input_ids"].shape[1] :]
+        logprobs = model.compute_transition_scores(
+            output.sequences, output.scores, normalize_logits=True
+        )
+    new = output.sequences[:, encoded["input_ids"].shape[1] :]
     results = []
-    for row in new:
-        ids = [int(t) for t in row if int(t) != tokenizer.pad_token_id]
-        if tokenizer.eos_token_id in ids:
-            ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
-        text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-        results.append({"text": text, "tokens": len(ids)})
+    for row, row_logprobs in zip(new, logprobs, strict=True):
+        ids = [int(t) for t in row]
+        end = ids.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in ids else len(ids)
+        kept = [t for t in ids[:end] if t != tokenizer.pad_token_id or t == tokenizer.eos_token_id]
+        logprob = float(row_logprobs[:end].float().clamp(min=-1e4).sum())
+        text = tokenizer.decode(kept, skip_special_tokens=True).strip()
+        results.append({"text": text, "tokens": len(kept), "confidence": math.exp(logprob)})
     return results

@@ -9,7 +9,7 @@ from ftray.data.prepare import DatasetRef, prepare
 from ftray.errors import UserError
 from ftray.evaluate import EvalRef, evaluate
 from ftray.progress import Progress
-from ftray.registry import register
+from ftray.registry import get_model, promote, register, reject, was_decided
 from ftray.serve import serve_model
 from ftray.spec import JobSpec
 from ftray.specload import spec_hash
@@ -112,19 +112,36 @@ class Pipeline:
         run = self.trained
         with self.progress.stage("evaluate"):
             ref = evaluate(
-                self.spec.eval, self.spec.model, self.dataset, run, self.store, self.progress
+                self.spec.eval,
+                self.spec.model,
+                self.spec.data,
+                self.dataset,
+                run,
+                self.store,
+                self.progress,
             )
             self._said(ref.reused, "evaluation", ref.eval_id)
-            m = ref.metrics
+            manifest, primary = ref.manifest, ref.metrics["primary_metric"]
+            row = manifest["comparison"][primary]
+            low, high = row["difference_interval"]
             self.progress.note(
-                f"exact match on {m['examples']} held-out examples: base "
-                f"{m['base']['exact_match']:.1%} → tuned {m['tuned']['exact_match']:.1%}"
+                f"{primary} on {ref.metrics['examples']} held-out examples: incumbent "
+                f"({manifest['incumbent']['label']}) {row['incumbent']:.3f} → candidate "
+                f"{row['candidate']:.3f} (difference {row['difference']:+.3f}, interval "
+                f"[{low:+.3f}, {high:+.3f}])"
             )
-            self.progress.artifact("evaluation", self.store.uri("evals", ref.eval_id))
+            verdict = "passed" if ref.gate["passed"] else "failed"
+            self.progress.note(f"gate {verdict}")
+            for rule in ref.gate["rules"]:
+                if not rule["passed"]:
+                    self.progress.note(f"  ✗ {rule['rule']}: {rule['detail']}")
+            report = self.store.uri("evals", ref.eval_id, "report.html")
+            self.progress.artifact("evaluation report", report)
         return ref
 
     @cached_property
     def model_card(self) -> dict:
+        """The candidate registered, and the gate's verdict applied to the registry once."""
         evaluation = self.evaluation
         with self.progress.stage("register"):
             card = register(
@@ -135,12 +152,21 @@ class Pipeline:
                 dataset_id=self.dataset.dataset_id,
                 eval_id=evaluation.eval_id,
                 metrics=evaluation.metrics,
+                gate=evaluation.gate,
                 spec_hash=spec_hash(self.spec),
                 base_model=self.spec.model.base,
                 system_prompt=self.spec.data.system_prompt,
             )
-            self.progress.note(f"model id: {card['model_id']} (stage: {card['stage']})")
-            self.progress.artifact("model card", self.store.uri("models", card["model_id"]))
+            model_id = card["model_id"]
+            if not was_decided(self.store, model_id):
+                if not evaluation.gate["passed"]:
+                    failed = [r["rule"] for r in evaluation.gate["rules"] if not r["passed"]]
+                    reject(self.store, model_id, reason="gate failed: " + "; ".join(failed))
+                elif self.spec.eval.gate.promote:
+                    promote(self.store, model_id, reason=f"gate passed in {evaluation.eval_id}")
+            card = get_model(self.store, model_id)
+            self.progress.note(f"model id: {model_id} (stage: {card['stage']})")
+            self.progress.artifact("model card", self.store.uri("models", model_id))
         return card
 
     def serve(self, keep_serving: bool = False) -> str:

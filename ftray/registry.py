@@ -1,6 +1,18 @@
-"""The model registry: model cards linking adapter, dataset, run, spec, code and eval."""
+"""The model registry: model cards linking weights, dataset, run, spec, code and eval, and
+an append-only log of promotions, rejections and rollbacks that says which model is in
+production.
+
+Cards never change once written. A model's stage is read from the log: `production` (the
+current one), `archived` (was production), `rejected` (the gate said no), or `candidate`.
+Events live one per file under `registry/` with time-ordered names, so concurrent writers on
+object storage never overwrite each other.
+"""
 
 from __future__ import annotations
+
+import getpass
+import time
+import uuid
 
 from ftray.errors import UserError
 from ftray.store import Store, code_version, content_id
@@ -15,6 +27,7 @@ def register(
     dataset_id: str,
     eval_id: str,
     metrics: dict,
+    gate: dict,
     spec_hash: str,
     base_model: str,
     system_prompt: str | None,
@@ -40,7 +53,6 @@ def register(
             writer.write(reader.read())
     card = {
         "model_id": model_id,
-        "stage": "candidate",
         "base_model": base_model,
         "dataset_id": dataset_id,
         "run_id": run_id,
@@ -48,6 +60,7 @@ def register(
         "spec_hash": spec_hash,
         "code_version": code_version(),
         "metrics": metrics,
+        "gate": gate,
         "system_prompt": system_prompt,
         "kind": kind,
         f"{kind}_uri": store.uri("models", model_id, kind),
@@ -56,8 +69,12 @@ def register(
 
 
 def list_models(store: Store) -> list[dict]:
-    """Every registered model card, oldest first."""
-    return store.manifests("models")
+    """Every registered model card with its current `stage`, oldest first."""
+    stages = _stages(store)
+    return [
+        {**card, "stage": stages.get(card["model_id"], "candidate")}
+        for card in store.manifests("models")
+    ]
 
 
 def get_model(store: Store, model_id: str) -> dict:
@@ -68,7 +85,119 @@ def get_model(store: Store, model_id: str) -> dict:
             f"no model {model_id!r} in {store.uri('models')}; registered: {', '.join(known)}. "
             "`ftray models list JOB.yaml` shows them."
         )
-    return store.manifest("models", model_id)
+    card = store.manifest("models", model_id)
+    return {**card, "stage": _stages(store).get(model_id, "candidate")}
+
+
+def history(store: Store) -> list[dict]:
+    """Every registry event (promote, reject, rollback), oldest first."""
+    folder = store.path("registry")
+    if not store.fs.exists(folder):
+        return []
+    names = sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(folder, detail=False))
+    return [store.read_json("registry", name) for name in names if name.endswith(".json")]
+
+
+def production(store: Store) -> str | None:
+    """The production model's id, or None before the first promotion."""
+    stack = _production_stack(history(store))
+    return stack[-1] if stack else None
+
+
+def promote(store: Store, model_id: str, *, reason: str, force: bool = False) -> dict:
+    """Make `model_id` the production model; the gate's rejection stands unless `force`."""
+    card = get_model(store, model_id)
+    current = production(store)
+    if current == model_id:
+        raise UserError(f"{model_id} is already the production model.")
+    gate = card.get("gate") or {}
+    if gate and not gate.get("passed") and not force:
+        failed = "; ".join(r["rule"] for r in gate["rules"] if not r["passed"])
+        raise UserError(
+            f"the gate rejected {model_id} (failed: {failed}). Promote it anyway with "
+            "`ftray models promote --force`, after reading its report."
+        )
+    return _record(store, "promote", model_id, previous=current, reason=reason)
+
+
+def reject(store: Store, model_id: str, *, reason: str) -> dict:
+    """Record that the gate turned `model_id` down; production is unchanged."""
+    return _record(store, "reject", model_id, previous=production(store), reason=reason)
+
+
+def rollback(store: Store, *, to: str | None = None, reason: str) -> dict:
+    """Put back the model that was production before the current one (or `to`, any earlier
+    production model still below it), and record it."""
+    stack = _production_stack(history(store))
+    if len(stack) < 2:
+        raise UserError(
+            "nothing to roll back to: "
+            + (
+                f"{stack[0]} is the only model ever promoted."
+                if stack
+                else "no model has been promoted yet."
+            )
+        )
+    target = to or stack[-2]
+    if target not in stack[:-1]:
+        raise UserError(
+            f"{target} was not production before {stack[-1]}; roll back to one of: "
+            + ", ".join(reversed(stack[:-1]))
+        )
+    return _record(store, "rollback", target, previous=stack[-1], reason=reason)
+
+
+def was_decided(store: Store, model_id: str) -> bool:
+    """Whether any registry event names `model_id` (promoted, rejected or rolled back)."""
+    return any(model_id in (e["model_id"], e.get("previous")) for e in history(store))
+
+
+def _record(store: Store, action: str, model_id: str, *, previous, reason: str) -> dict:
+    event = {
+        "action": action,
+        "model_id": model_id,
+        "previous": previous,
+        "reason": reason,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "by": _user(),
+    }
+    store.write_json(event, "registry", f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json")
+    return event
+
+
+def _production_stack(events: list[dict]) -> list[str]:
+    """Replays the log: a promotion pushes, a rollback pops down to its target."""
+    stack: list[str] = []
+    for event in events:
+        if event["action"] == "promote":
+            stack.append(event["model_id"])
+        elif event["action"] == "rollback":
+            while stack and stack[-1] != event["model_id"]:
+                stack.pop()
+    return stack
+
+
+def _stages(store: Store) -> dict[str, str]:
+    events = history(store)
+    stages = {}
+    for event in events:
+        if event["action"] == "reject":
+            stages.setdefault(event["model_id"], "rejected")
+        else:
+            stages[event["model_id"]] = "archived"
+            if event.get("previous"):
+                stages[event["previous"]] = "archived"
+    stack = _production_stack(events)
+    if stack:
+        stages[stack[-1]] = "production"
+    return stages
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def _fs(uri: str):

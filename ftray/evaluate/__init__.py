@@ -1,80 +1,182 @@
-"""The evaluate stage: base model vs tuned adapter on the held-out split, with Ray Data."""
+"""The evaluate stage: the candidate vs the incumbent on held-out examples, with Ray Data.
+
+Both arms answer the same examples (greedy, recorded decoding settings); each answer is
+scored per example, the arms are compared with paired bootstrap intervals (and McNemar's
+test for right/wrong answers), the spec's gate gives its verdict, and `report.md` /
+`report.html` show it all. The verdict is applied to the registry by the pipeline.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ftray.data.prepare import DatasetRef
+from ftray.errors import UserError
 from ftray.evaluate.generate import generate
-from ftray.evaluate.metrics import exact_match
+from ftray.evaluate.score import ARMS, Task, judge
 from ftray.models import resolve_model
 from ftray.progress import Progress
-from ftray.spec import EvalSpec, ModelSpec
+from ftray.registry import get_model, production
+from ftray.spec import DataSpec, EvalSpec, ModelSpec
 from ftray.store import Store, content_id
 from ftray.train.ray_train import RunRef
 
-EVAL_VERSION = 1
+EVAL_VERSION = 2
 
 
 @dataclass(frozen=True)
 class EvalRef:
-    """A finished evaluation: metrics of the base model ('base') and the adapter ('tuned')."""
+    """A finished evaluation; `manifest` holds metrics, comparison and the gate's verdict."""
 
     eval_id: str
-    metrics: dict
+    manifest: dict
     reused: bool
+
+    @property
+    def metrics(self) -> dict:
+        return self.manifest["metrics"]
+
+    @property
+    def gate(self) -> dict:
+        return self.manifest["gate"]
 
 
 def evaluate(
     spec: EvalSpec,
     model: ModelSpec,
+    data: DataSpec,
     dataset: DatasetRef,
     run: RunRef,
     store: Store,
     progress: Progress,
 ) -> EvalRef:
-    """Generate with and without the adapter on held-out examples and score both."""
+    """Generate with the candidate and the incumbent, score, compare, apply the gate."""
+    name = spec.resolved_task(data.labels, data.output_schema)
+    task = Task(
+        name=name,
+        groups=spec.resolved_metrics(name),
+        primary=spec.resolved_primary(name),
+        labels=data.labels,
+        schema=data.output_schema,
+        threshold=spec.confidence_threshold,
+    )
     eval_id = content_id(
-        "eval", run.run_id, dataset.dataset_id, spec.model_dump(mode="json"), EVAL_VERSION
+        "eval",
+        run.run_id,
+        dataset.dataset_id,
+        spec.model_dump(mode="json"),
+        [task.name, task.labels, task.schema],
+        EVAL_VERSION,
     )
     if store.is_complete("evals", eval_id):
-        return EvalRef(eval_id, store.manifest("evals", eval_id)["metrics"], True)
+        return EvalRef(eval_id, store.manifest("evals", eval_id), True)
 
     import ray.data
 
-    examples = ray.data.read_parquet(f"{dataset.uri}/eval").select_columns(
-        ["source", "row", "prompt", "completion", "messages"]
-    )
-    examples = examples.limit(spec.max_examples)
-    progress.note(f"generating for up to {spec.max_examples} held-out examples, base and tuned")
-    scored = generate(
-        examples,
-        spec,
-        resolve_model(model, store),
-        model.dtype,
-        adapter_uri=run.adapter_uri,
-        tuned_model_uri=run.weights_uri if run.kind == "model" else None,
-    )
-    scored.write_parquet(store.uri("evals", eval_id, "outputs"))
-    table = scored.to_pandas()
+    incumbent, incumbent_arm = _incumbent(spec.incumbent, model, run, store)
+    candidate_arm = {"kind": run.kind, "uri": run.weights_uri}
+    progress.note(f"candidate {run.run_id} vs incumbent {incumbent['label']}")
+    examples = _examples(dataset, spec.max_examples)
+    options = {
+        "model_dir": resolve_model(model, store),
+        "dtype": model.dtype,
+        "max_new_tokens": spec.max_new_tokens,
+        "batch_size": spec.batch_size,
+        "num_workers": spec.num_workers,
+        "cpus_per_worker": spec.cpus_per_worker,
+    }
+    arms = {"candidate": candidate_arm, "incumbent": incumbent_arm}
+    progress.note(f"generating for {len(examples)} held-out examples with both arms")
+    answered = generate(ray.data.from_pandas(examples), arms, **options)
+    if "bertscore" in task.groups:
+        from ftray.evaluate.bertscore import add_bertscore
 
-    metrics = {"examples": len(table)}
-    for name in ("base", "tuned"):
-        hits = exact_match(list(table[f"{name}_output"]), list(table["completion"]))
-        metrics[name] = {
-            "exact_match": round(sum(hits) / max(len(hits), 1), 4),
-            "mean_output_tokens": round(float(table[f"{name}_tokens"].mean()), 2),
-        }
-    manifest = store.finish(
-        {
-            "eval_id": eval_id,
-            "run_id": run.run_id,
-            "dataset_id": dataset.dataset_id,
-            "spec": spec.model_dump(mode="json"),
-            "decoding": {"do_sample": False, "max_new_tokens": spec.max_new_tokens},
-            "metrics": metrics,
+        answered = add_bertscore(answered, list(ARMS), num_cpus=spec.cpus_per_worker)
+    sampled = None
+    if "consistency" in task.groups:
+        progress.note(
+            f"sampling {spec.consistency_samples} answers for {spec.consistency_examples} "
+            "examples per arm (consistency)"
+        )
+        sampled = generate(
+            ray.data.from_pandas(examples.head(spec.consistency_examples)),
+            arms,
+            **options,
+            temperature=spec.consistency_temperature,
+            samples=spec.consistency_samples,
+            seed=spec.seed,
+        ).to_pandas()
+    table, results = judge(answered.to_pandas(), sampled, task, spec)
+    manifest = {
+        "eval_id": eval_id,
+        "run_id": run.run_id,
+        "dataset_id": dataset.dataset_id,
+        "spec": spec.model_dump(mode="json"),
+        "incumbent": incumbent,
+        "decoding": {
+            "do_sample": False,
+            "max_new_tokens": spec.max_new_tokens,
+            "batch_size": spec.batch_size,
+            "dtype": model.dtype,
+            "consistency": {
+                "temperature": spec.consistency_temperature,
+                "samples": spec.consistency_samples,
+                "examples": spec.consistency_examples,
+                "seed": spec.seed,
+            },
         },
-        "evals",
-        eval_id,
-    )
-    return EvalRef(eval_id, manifest["metrics"], False)
+        **results,
+    }
+    _write_outputs(table, store, eval_id)
+    from ftray.evaluate.report import write_report
+
+    write_report(manifest, table, task, store, eval_id, worst=spec.worst_examples)
+    return EvalRef(eval_id, store.finish(manifest, "evals", eval_id), False)
+
+
+def _examples(dataset: DatasetRef, limit: int):
+    """The first `limit` held-out examples in a fixed order (source, row)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(
+        f"{dataset.uri}/eval", columns=["source", "row", "prompt", "completion", "messages"]
+    ).to_pandas()
+    return table.sort_values(["source", "row"]).head(limit).reset_index(drop=True)
+
+
+def _incumbent(setting: str, model: ModelSpec, run: RunRef, store: Store) -> tuple[dict, dict]:
+    """(what the manifest records, the generation arm) for eval.incumbent."""
+    model_id = setting if setting.startswith("model-") else None
+    if setting in ("auto", "production"):
+        model_id = production(store)
+        if model_id is None and setting == "production":
+            raise UserError(
+                "eval.incumbent is 'production' but no model has been promoted yet in "
+                f"{store.uri('models')}; use 'base' (or 'auto') for the first model."
+            )
+    card = get_model(store, model_id) if model_id else None
+    if card is not None and card["run_id"] == run.run_id:
+        card = None  # the candidate is production already: compare with the base model
+    if card is None:
+        return {"kind": "base", "model_id": None, "label": f"base model {model.base}"}, {
+            "kind": "base"
+        }
+    if card["base_model"] != model.base:
+        raise UserError(
+            f"incumbent {card['model_id']} was tuned from {card['base_model']!r}, not "
+            f"model.base {model.base!r}; set eval.incumbent to 'base' or to a model id "
+            "trained from the same base."
+        )
+    kind = card["kind"]
+    record = {"kind": kind, "model_id": card["model_id"], "label": card["model_id"]}
+    return record, {"kind": kind, "uri": card[f"{kind}_uri"]}
+
+
+def _write_outputs(table, store: Store, eval_id: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = store.path("evals", eval_id, "outputs", "part-0.parquet")
+    store.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with store.fs.open(path, "wb") as handle:
+        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), handle)

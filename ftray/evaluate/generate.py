@@ -1,34 +1,41 @@
-"""Greedy generation over a Ray Dataset of chat examples: the base model, and an adapter.
+"""Generation over a Ray Dataset of chat examples, for several models ("arms") at once.
 
-Used by evaluate (base vs tuned) and by assess (the base model alone, optionally shown a few
-solved examples first).
+An arm is the base model (`{"kind": "base"}`), a LoRA adapter on it (`{"kind": "adapter",
+"uri": ...}`) or a fully tuned model (`{"kind": "model", "uri": ...}`). Each actor loads the
+base model once and puts every adapter on it by name, so A/B arms share one copy of the base
+weights. Used by evaluate (candidate vs incumbent) and by assess (the base model alone,
+optionally shown a few solved examples first).
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+import time
 
 from ftray.data.tokenize import render_prompt
 from ftray.models import generate_texts, load_model, load_tokenizer
-from ftray.spec import EvalSpec
 from ftray.store import download_dir
 
 
 def generate(
     examples,
-    spec: EvalSpec,
+    arms: dict[str, dict],
+    *,
     model_dir: str,
     dtype: str,
-    *,
-    adapter_uri: str | None = None,
-    tuned_model_uri: str | None = None,
+    max_new_tokens: int,
+    batch_size: int,
+    num_workers: int,
+    cpus_per_worker: float,
     few_shot: list[dict] | None = None,
-    max_new_tokens: int | None = None,
+    temperature: float = 0.0,
+    samples: int = 1,
+    seed: int = 0,
 ):
-    """`examples` (with a `messages` column) plus `base_output`/`base_tokens`, and
-    `tuned_output`/`tuned_tokens` when an adapter or a fully tuned model is given;
-    materialized."""
+    """`examples` (with a `messages` column) plus, per arm, `<arm>_output`, `<arm>_tokens`,
+    `<arm>_confidence` and `<arm>_latency_s` (greedy), or `<arm>_samples` (a list of
+    `samples` answers at `temperature`); materialized."""
     import ray.data
 
     return examples.map_batches(
@@ -36,15 +43,17 @@ def generate(
         fn_constructor_kwargs={
             "model_dir": model_dir,
             "dtype": dtype,
-            "adapter_uri": adapter_uri,
-            "tuned_model_uri": tuned_model_uri,
-            "max_new_tokens": max_new_tokens or spec.max_new_tokens,
+            "arms": arms,
+            "max_new_tokens": max_new_tokens,
             "few_shot": few_shot or [],
+            "temperature": temperature,
+            "samples": samples,
+            "seed": seed,
         },
-        batch_size=spec.batch_size,
+        batch_size=batch_size,
         batch_format="pandas",
-        compute=ray.data.ActorPoolStrategy(size=spec.num_workers),
-        num_cpus=spec.cpus_per_worker,
+        compute=ray.data.ActorPoolStrategy(size=num_workers),
+        num_cpus=cpus_per_worker,
     ).materialize()
 
 
@@ -55,43 +64,74 @@ def with_few_shot(messages: list[dict], shots: list[dict]) -> list[dict]:
 
 
 class _Generate:
-    """Per actor: the base model once (with the adapter on top, or beside the fully tuned
-    model); per batch: the answers."""
+    """Per actor: the base model once, every arm's adapter on it by name, full models beside
+    it; per batch: every arm's answers."""
 
-    def __init__(self, model_dir, dtype, adapter_uri, tuned_model_uri, max_new_tokens, few_shot):
+    def __init__(
+        self, model_dir, dtype, arms, max_new_tokens, few_shot, temperature, samples, seed
+    ):
+        import torch
+
+        torch.manual_seed(seed)  # sampled answers repeat from run to run
         self.tokenizer = load_tokenizer(model_dir)
-        self.model = load_model(model_dir, dtype).eval()
-        self._adapter_dir = None
-        self.tuned = None
-        if adapter_uri:
-            from peft import PeftModel
+        self.base = load_model(model_dir, dtype).eval()
+        self.peft = None
+        self.full = {}
+        self._folders = []
+        for name, arm in arms.items():
+            if arm["kind"] == "base":
+                continue
+            folder = tempfile.TemporaryDirectory(prefix=f"ftray-{name}-")
+            download_dir(arm["uri"], folder.name)
+            if arm["kind"] == "model":
+                self.full[name] = load_model(folder.name, dtype).eval()
+                folder.cleanup()
+                continue
+            self._folders.append(folder)  # peft reads adapter files lazily: keep them
+            if self.peft is None:
+                from peft import PeftModel
 
-            self._adapter_dir = tempfile.TemporaryDirectory(prefix="ftray-adapter-")
-            download_dir(adapter_uri, self._adapter_dir.name)
-            self.model = PeftModel.from_pretrained(self.model, self._adapter_dir.name).eval()
-        elif tuned_model_uri:
-            with tempfile.TemporaryDirectory(prefix="ftray-model-") as folder:
-                download_dir(tuned_model_uri, folder)
-                self.tuned = load_model(folder, dtype).eval()
+                self.peft = PeftModel.from_pretrained(self.base, folder.name, adapter_name=name)
+            else:
+                self.peft.load_adapter(folder.name, adapter_name=name)
+            self.peft.eval()
+        self.arms = arms
         self.max_new_tokens = max_new_tokens
         self.few_shot = few_shot
+        self.temperature = temperature
+        self.samples = samples
 
     def __call__(self, batch):
         chats = [with_few_shot(json.loads(m), self.few_shot) for m in batch["messages"]]
         prompts = [render_prompt(self.tokenizer, chat) for chat in chats]
-        answers = {}
-        if self._adapter_dir is not None:
-            with self.model.disable_adapter():
-                answers["base"] = self._run(prompts)
-            answers["tuned"] = self._run(prompts)
-        else:
-            answers["base"] = self._run(prompts)
-            if self.tuned is not None:
-                answers["tuned"] = self._run(prompts, self.tuned)
-        for name, results in answers.items():
+        for name, arm in self.arms.items():
+            started = time.perf_counter()
+            results = self._run(name, arm["kind"], prompts)
+            latency = (time.perf_counter() - started) / len(prompts)
+            if self.samples > 1:
+                k = self.samples
+                batch[f"{name}_samples"] = [
+                    [r["text"] for r in results[i * k : (i + 1) * k]] for i in range(len(prompts))
+                ]
+                continue
             batch[f"{name}_output"] = [r["text"] for r in results]
             batch[f"{name}_tokens"] = [r["tokens"] for r in results]
+            batch[f"{name}_confidence"] = [r["confidence"] for r in results]
+            batch[f"{name}_latency_s"] = [latency] * len(prompts)
         return batch
 
-    def _run(self, prompts: list[str], model=None) -> list[dict]:
-        return generate_texts(model or self.model, self.tokenizer, prompts, self.max_new_tokens)
+    def _run(self, name: str, kind: str, prompts: list[str]) -> list[dict]:
+        options = {"temperature": self.temperature, "samples": self.samples}
+        if kind == "model":
+            model = self.full[name]
+        elif kind == "adapter":
+            self.peft.set_adapter(name)
+            model = self.peft
+        elif self.peft is not None:
+            with self.peft.disable_adapter():
+                return generate_texts(
+                    self.peft, self.tokenizer, prompts, self.max_new_tokens, **options
+                )
+        else:
+            model = self.base
+        return generate_texts(model, self.tokenizer, prompts, self.max_new_tokens, **options)

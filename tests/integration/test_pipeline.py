@@ -33,7 +33,9 @@ def test_run_prints_every_stage_and_the_summary(tiny_run):
     for stage in ("prepare", "assess", "train", "evaluate", "register", "serve"):
         assert f"✓ {stage}" in out
     assert "summary" in out
-    assert re.search(r"held-out exact match: base \d+\.\d%, tuned \d+\.\d%", out)
+    assert re.search(r"held-out exact match: incumbent \d+\.\d%, candidate \d+\.\d%", out)
+    assert re.search(r"macro_f1: incumbent \d\.\d{3}, candidate \d\.\d{3}; gate passed", out)
+    assert re.search(r"model id model-[0-9a-f]{12} \(stage: production\)", out)
     assert "assess: fine-tune (base model 0.0% prompted" in out
     assert re.search(r"answer from model-[0-9a-f]{12}:", out)
 
@@ -85,9 +87,12 @@ def test_evaluation_outputs_and_metrics(tiny_run):
     metrics = json.loads((evaluation / "manifest.json").read_text())["metrics"]
     outputs = pq.read_table(evaluation / "outputs").to_pylist()
     assert len(outputs) == metrics["examples"] == 8
-    assert {"prompt", "completion", "base_output", "tuned_output"} <= set(outputs[0])
-    for name in ("base", "tuned"):
+    assert {"prompt", "completion", "candidate_output", "incumbent_output"} <= set(outputs[0])
+    assert {"candidate_confidence", "candidate_label", "incumbent_unsupported"} <= set(outputs[0])
+    for name in ("candidate", "incumbent"):
         assert 0.0 <= metrics[name]["exact_match"] <= 1.0
+        assert metrics[name]["output_tokens"]["mean"] > 0
+    assert (evaluation / "report.html").is_file() and (evaluation / "report.md").is_file()
 
 
 def test_rerun_reuses_every_artifact(tiny_run, run_cli):
@@ -120,3 +125,22 @@ def test_models_list_and_show(tiny_run, run_cli):
     assert card["model_id"] == model_id
     missing = run_cli("models", "show", *job, "model-nope", check=False)
     assert missing.returncode == 2 and "registered:" in missing.stderr
+
+
+def test_generation_metrics_with_bertscore_on_ray(tiny_run, run_cli):
+    """The same run scored as free text: ROUGE-L and BERTScore (MiniLM in a Ray Data actor);
+    with promote off the verdict is recorded and production stays as it was."""
+    root, _, args = tiny_run
+    out = run_cli(
+        "eval", *args[1:], "--set", "eval.task=generation", "--set", "eval.gate.promote=false"
+    ).stdout
+    assert "reused run" in out and "new evaluation" in out
+    assert "incumbent (base model tiny)" in out, "the run in production is not its own incumbent"
+    evals = [json.loads(p.read_text()) for p in (root / "evals").glob("*/manifest.json")]
+    generation = next(e for e in evals if e["metrics"]["task"] == "generation")
+    for arm in ("candidate", "incumbent"):
+        assert 0.0 <= generation["metrics"][arm]["bertscore_f1"] <= 1.0
+        assert 0.0 <= generation["metrics"][arm]["rouge_l"] <= 1.0
+    assert generation["metrics"]["primary_metric"] == "rouge_l"
+    new_id = re.search(r"model id: (model-[0-9a-f]{12}) \(stage: candidate\)", out)
+    assert new_id, out

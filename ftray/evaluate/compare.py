@@ -1,0 +1,105 @@
+"""A/B statistics on paired examples: bootstrap intervals, McNemar's test, per-slice tables.
+
+Both arms answered the same examples, so every resample draws example indices once and
+scores both arms on them: the interval is of the paired difference, which is much tighter
+than two independent intervals when the arms agree on most examples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+# A metric as the bootstrap sees it: (arm, example indices) -> value.
+Scorer = Callable[[str, np.ndarray], float]
+
+
+def paired_bootstrap(score: Scorer, n: int, *, samples: int, level: float, seed: int) -> dict:
+    """Candidate and incumbent values, their difference, and percentile intervals of each.
+
+    `p_value` is the two-sided bootstrap p-value of "no difference": twice the smaller share
+    of resampled differences on either side of 0 (at least 1/samples).
+    """
+    everything = np.arange(n)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(samples, n)) if n else np.zeros((samples, 0), dtype=int)
+    cand = np.array([score("candidate", idx) for idx in draws])
+    inc = np.array([score("incumbent", idx) for idx in draws])
+    diff = cand - inc
+    tail = (1 - level) / 2
+
+    def interval(values: np.ndarray) -> list[float]:
+        return [float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))]
+
+    below, above = float(np.mean(diff <= 0)), float(np.mean(diff >= 0))
+    candidate, incumbent = score("candidate", everything), score("incumbent", everything)
+    return {
+        "candidate": candidate,
+        "incumbent": incumbent,
+        "difference": candidate - incumbent,
+        "candidate_interval": interval(cand),
+        "incumbent_interval": interval(inc),
+        "difference_interval": interval(diff),
+        "p_value": max(min(1.0, 2 * min(below, above)), 1 / samples),
+    }
+
+
+def mean_scorer(values: dict[str, np.ndarray]) -> Scorer:
+    """A scorer for a per-example metric: the mean of each arm's values."""
+
+    def score(arm: str, idx: np.ndarray) -> float:
+        return float(values[arm][idx].mean()) if len(idx) else 0.0
+
+    return score
+
+
+def mcnemar(candidate_correct: list[bool], incumbent_correct: list[bool]) -> dict:
+    """McNemar's test on the discordant pairs: `b` examples only the candidate gets right,
+    `c` only the incumbent. Exact (binomial) when b + c < 25, else χ² with continuity
+    correction; two-sided."""
+    cand = np.asarray(candidate_correct, dtype=bool)
+    inc = np.asarray(incumbent_correct, dtype=bool)
+    b, c = int(np.sum(cand & ~inc)), int(np.sum(~cand & inc))
+    discordant = b + c
+    if discordant == 0:
+        return {"b": b, "c": c, "method": "exact", "statistic": 0.0, "p_value": 1.0}
+    if discordant < 25:
+        tail = sum(math.comb(discordant, k) for k in range(min(b, c) + 1)) / 2**discordant
+        return {
+            "b": b,
+            "c": c,
+            "method": "exact",
+            "statistic": float(min(b, c)),
+            "p_value": min(1.0, 2 * tail),
+        }
+    statistic = (abs(b - c) - 1) ** 2 / discordant
+    return {
+        "b": b,
+        "c": c,
+        "method": "chi2",
+        "statistic": statistic,
+        "p_value": math.erfc(math.sqrt(statistic / 2)),
+    }
+
+
+def slices(keys: list[str], values: dict[str, np.ndarray], metric: str) -> list[dict]:
+    """Per slice (e.g. per reference label): examples and each arm's mean of `metric`."""
+    keys_arr = np.asarray(keys, dtype=object)
+    rows = []
+    for key in sorted(set(keys)):
+        mask = keys_arr == key
+        cand = float(values["candidate"][mask].mean())
+        inc = float(values["incumbent"][mask].mean())
+        rows.append(
+            {
+                "slice": key,
+                "examples": int(mask.sum()),
+                "metric": metric,
+                "candidate": cand,
+                "incumbent": inc,
+                "difference": cand - inc,
+            }
+        )
+    return rows

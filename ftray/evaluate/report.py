@@ -1,0 +1,338 @@
+"""`report.md` and a self-contained `report.html` for one evaluation, with plots.
+
+The HTML carries its plots as inline PNGs (no scripts, no network), so it can be mailed or
+attached to a review; the Markdown links the same PNGs under `plots/`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import numpy as np
+
+from ftray.evaluate.score import ARMS, Task, per_example_primary
+from ftray.store import Store
+
+COLORS = {"candidate": "#2f6db5", "incumbent": "#b0b0b0", "reference": "#e3a33b"}
+
+
+def write_report(manifest: dict, table, task: Task, store: Store, eval_id: str, *, worst: int):
+    """Render the plots and both reports into `evals/<eval_id>/`."""
+    plots = _plots(manifest, table, task)
+    store.fs.makedirs(store.path("evals", eval_id, "plots"), exist_ok=True)
+    for name, png in plots.items():
+        with store.fs.open(store.path("evals", eval_id, "plots", f"{name}.png"), "wb") as f:
+            f.write(png)
+    examples = _worst(table, task, worst)
+    for name, text in (
+        ("report.md", _markdown(manifest, plots, examples)),
+        ("report.html", _html(manifest, plots, examples)),
+    ):
+        with store.fs.open(store.path("evals", eval_id, name), "w") as handle:
+            handle.write(text)
+
+
+# --- plots -----------------------------------------------------------------------------------
+
+
+def _plots(manifest: dict, table, task: Task) -> dict[str, bytes]:
+    plots = {"metrics": _metric_bars(manifest["comparison"])}
+    details = manifest["details"]
+    if task.labels:
+        plots["per_class"] = _per_class(details["candidate"]["per_class"], details)
+        plots["confusion"] = _confusion(details["candidate"]["confusion"])
+        plots["pr_curve"] = _pr_curves(details)
+    plots["lengths"] = _lengths(details, table)
+    return plots
+
+
+def _figure(width: float = 7, height: float = 3.6):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return figure, figure.add_subplot()
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _metric_bars(comparison: dict) -> bytes:
+    names = list(comparison)
+    figure, ax = _figure(max(6, 0.9 * len(names) + 2))
+    x = np.arange(len(names))
+    for offset, arm in ((-0.2, "candidate"), (0.2, "incumbent")):
+        values = np.array([comparison[n][arm] for n in names])
+        low = values - np.array([comparison[n][f"{arm}_interval"][0] for n in names])
+        high = np.array([comparison[n][f"{arm}_interval"][1] for n in names]) - values
+        ax.bar(
+            x + offset,
+            values,
+            0.4,
+            color=COLORS[arm],
+            label=arm,
+            yerr=np.clip([low, high], 0, None),
+            capsize=3,
+        )
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylabel("value (bootstrap interval)")
+    ax.set_title("Candidate vs incumbent per metric")
+    ax.legend()
+    return _png(figure)
+
+
+def _per_class(per_class: dict, details: dict) -> bytes:
+    labels = list(per_class)
+    figure, ax = _figure(max(6, 0.7 * len(labels) + 2))
+    x = np.arange(len(labels))
+    for offset, arm, key, hatch in (
+        (-0.3, "candidate", "precision", ""),
+        (-0.1, "candidate", "recall", "//"),
+        (0.1, "incumbent", "precision", ""),
+        (0.3, "incumbent", "recall", "//"),
+    ):
+        values = [details[arm]["per_class"][label][key] for label in labels]
+        ax.bar(x + offset, values, 0.2, color=COLORS[arm], hatch=hatch, label=f"{arm} {key}")
+    ax.set_xticks(x, labels, rotation=30, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Precision and recall per class (at the confidence threshold)")
+    ax.legend(fontsize=7, ncols=2)
+    return _png(figure)
+
+
+def _confusion(confusion: dict) -> bytes:
+    matrix = np.array(confusion["matrix"])
+    size = 0.45 * len(confusion["columns"]) + 2.5
+    figure, ax = _figure(size + 1, size)
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(confusion["columns"])), confusion["columns"], rotation=45, ha="right")
+    ax.set_yticks(range(len(confusion["labels"])), confusion["labels"])
+    for (i, j), count in np.ndenumerate(matrix):
+        if count:
+            dark = count > matrix.max() / 2
+            ax.text(
+                j,
+                i,
+                str(count),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if dark else "black",
+            )
+    ax.set_xlabel("candidate's answer")
+    ax.set_ylabel("reference")
+    ax.set_title("Confusion matrix (candidate)")
+    return _png(figure)
+
+
+def _pr_curves(details: dict) -> bytes:
+    figure, ax = _figure(5.5, 4)
+    for arm in ARMS:
+        points = details[arm]["pr_curve"]
+        ax.plot(
+            [p["recall"] for p in points],
+            [p["precision"] for p in points],
+            marker=".",
+            color=COLORS[arm],
+            label=arm,
+        )
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Precision-recall as the confidence threshold moves")
+    ax.legend()
+    return _png(figure)
+
+
+def _lengths(details: dict, table) -> bytes:
+    figure, ax = _figure(6, 3.4)
+    series = {arm: details[arm]["output_tokens_all"] for arm in ARMS}
+    series["reference"] = [len(str(text).split()) for text in table["completion"]]
+    top = max(max(values, default=1) for values in series.values()) + 1
+    bins = np.linspace(0, top, min(30, top) + 1)
+    for name, values in series.items():
+        ax.hist(values, bins=bins, alpha=0.6, color=COLORS[name], label=name)
+    ax.set_xlabel("answer length (tokens; reference: words)")
+    ax.set_ylabel("examples")
+    ax.set_title("Answer lengths")
+    ax.legend()
+    return _png(figure)
+
+
+# --- text ------------------------------------------------------------------------------------
+
+
+def _worst(table, task: Task, count: int) -> list[dict]:
+    """Examples where the candidate trails the incumbent most, then its lowest scores."""
+    if not count:
+        return []
+    cand = per_example_primary(table, task, "candidate")
+    inc = per_example_primary(table, task, "incumbent")
+    order = np.lexsort((cand, cand - inc))[:count]
+    return [
+        {
+            "prompt": str(table["prompt"].iloc[i]),
+            "reference": str(table["completion"].iloc[i]),
+            "candidate": str(table["candidate_output"].iloc[i]),
+            "incumbent": str(table["incumbent_output"].iloc[i]),
+            "candidate_score": round(float(cand[i]), 3),
+            "incumbent_score": round(float(inc[i]), 3),
+        }
+        for i in order
+        if cand[i] < 1
+    ]
+
+
+def _tables(manifest: dict, examples: list[dict]) -> dict[str, tuple[list, list]]:
+    """Every table of the report as (header, rows) of plain values: both formats use them."""
+    metrics = []
+    for name, row in manifest["comparison"].items():
+        low, high = row["difference_interval"]
+        metrics.append(
+            [
+                name,
+                f"{row['candidate']:.4f}",
+                f"{row['incumbent']:.4f}",
+                f"{row['difference']:+.4f}",
+                f"[{low:+.4f}, {high:+.4f}]",
+                f"{row['p_value']:.3g}",
+            ]
+        )
+    return {
+        "gate": (
+            ["rule", "passed", "detail"],
+            [
+                [r["rule"], "yes" if r["passed"] else "NO", r["detail"]]
+                for r in manifest["gate"]["rules"]
+            ],
+        ),
+        "metrics": (
+            ["metric", "candidate", "incumbent", "difference", "interval", "p (bootstrap)"],
+            metrics,
+        ),
+        "slices": (
+            ["slice", "examples", "metric", "candidate", "incumbent", "difference"],
+            [
+                [
+                    s["slice"],
+                    s["examples"],
+                    s["metric"],
+                    f"{s['candidate']:.3f}",
+                    f"{s['incumbent']:.3f}",
+                    f"{s['difference']:+.3f}",
+                ]
+                for s in manifest["slices"]
+            ],
+        ),
+        "worst": (
+            ["prompt", "reference", "candidate", "incumbent"],
+            [[e["prompt"], e["reference"], e["candidate"], e["incumbent"]] for e in examples],
+        ),
+    }
+
+
+def _verdict(manifest: dict) -> str:
+    return "PASSED: promote" if manifest["gate"]["passed"] else "FAILED: keep the incumbent"
+
+
+def _intro(manifest: dict) -> str:
+    m = manifest["metrics"]
+    return (
+        f"Candidate run {manifest['run_id']} vs incumbent {manifest['incumbent']['label']} on "
+        f"{m['examples']} held-out examples of dataset {manifest['dataset_id']} (task: "
+        f"{m['task']}, primary metric: {m['primary_metric']})."
+    )
+
+
+def _mcnemar(manifest: dict) -> str:
+    mc = manifest["mcnemar"]
+    return (
+        f"McNemar ({mc['method']}): candidate-only right {mc['b']}, incumbent-only right "
+        f"{mc['c']}, p = {mc['p_value']:.3g}."
+    )
+
+
+def _markdown(manifest: dict, plots: dict, examples: list[dict]) -> str:
+    def table(name):
+        head, rows = tables[name]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in rows:
+            cells = (str(c).replace("|", "\\|").replace("\n", " ") for c in row)
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    tables = _tables(manifest, examples)
+    parts = [
+        f"# Evaluation {manifest['eval_id']}",
+        _intro(manifest),
+        f"## Gate: {_verdict(manifest)}",
+        table("gate"),
+        "## Metrics",
+        table("metrics"),
+        _mcnemar(manifest),
+        *[f"![{name}](plots/{name}.png)" for name in plots],
+        "## Per slice",
+        table("slices"),
+        "## Worst examples",
+        table("worst") if examples else "None: the candidate scores full marks everywhere.",
+        "## Decoding",
+        "```json\n" + _json(manifest["decoding"]) + "\n```",
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def _html(manifest: dict, plots: dict, examples: list[dict]) -> str:
+    def table(name):
+        head, rows = tables[name]
+        cells = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+            for row in rows
+        )
+        return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
+
+    tables = _tables(manifest, examples)
+    figures = "".join(
+        f'<figure><img alt="{name}" src="data:image/png;base64,'
+        f'{base64.b64encode(png).decode()}"><figcaption>{name}</figcaption></figure>'
+        for name, png in plots.items()
+    )
+    verdict = "pass" if manifest["gate"]["passed"] else "fail"
+    title = html.escape(f"Evaluation {manifest['eval_id']}")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>ftray: {title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }}
+figure {{ display: inline-block; margin: 0.5em; }}
+img {{ max-width: 100%; }}
+.pass {{ color: #17762c; }} .fail {{ color: #b3261e; }}
+</style></head><body>
+<h1>{title}</h1>
+<p>{html.escape(_intro(manifest))}</p>
+<h2 class="{verdict}">Gate: {html.escape(_verdict(manifest))}</h2>
+{table("gate")}
+<h2>Metrics</h2>
+{table("metrics")}
+<p>{html.escape(_mcnemar(manifest))}</p>
+<section id="plots">{figures}</section>
+<h2>Per slice</h2>
+{table("slices")}
+<h2>Worst examples</h2>
+{table("worst")}
+<h2>Decoding</h2><pre>{html.escape(_json(manifest["decoding"]))}</pre>
+</body></html>
+"""
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value, indent=2, sort_keys=True)

@@ -1,0 +1,190 @@
+"""From a table of answers to metrics: per-example scores, per-arm aggregates, A/B scorers.
+
+`table` is a pandas DataFrame with `prompt`, `completion` and, per arm (candidate,
+incumbent), `<arm>_output`, `<arm>_tokens`, `<arm>_confidence`, `<arm>_latency_s` and, when
+BERTScore ran, `<arm>_bertscore`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ftray.evaluate import metrics as m
+from ftray.evaluate.compare import Scorer, mcnemar, mean_scorer, paired_bootstrap, slices
+from ftray.evaluate.gate import apply_gate
+from ftray.spec import METRIC_GROUPS, EvalSpec
+
+ARMS = ("candidate", "incumbent")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What is scored and how: the resolved task, metric groups and data rules."""
+
+    name: str
+    groups: list[str]
+    primary: str
+    labels: list[str] | None
+    schema: dict | None
+    threshold: float
+
+    @property
+    def scalar_names(self) -> list[str]:
+        return [n for g in self.groups if g != "consistency" for n in METRIC_GROUPS[g]]
+
+
+def judge(table, sampled, task: Task, spec: EvalSpec):
+    """Both arms' answers → (the table with per-example scores, the evaluation's results:
+    `metrics`, `comparison` (paired bootstrap per metric), `mcnemar`, `slices`, `details`
+    (what the report plots) and the `gate` verdict). `sampled` holds `<arm>_samples` for
+    consistency, or is None. No Ray, no models: tested on hand-made tables."""
+    table = score_examples(table, task)
+    options = {"samples": spec.bootstrap_samples, "level": spec.confidence_level, "seed": spec.seed}
+    comparison = {
+        metric: paired_bootstrap(score, len(table), **options)
+        for metric, score in scorers(table, task).items()
+    }
+    if sampled is not None:
+        agree = consistency({arm: list(sampled[f"{arm}_samples"]) for arm in ARMS})
+        comparison["consistency"] = paired_bootstrap(mean_scorer(agree), len(sampled), **options)
+    right = "correct" if task.labels else "exact"
+    details = {arm: arm_details(table, task, arm) for arm in ARMS}
+    metrics = {
+        "examples": len(table),
+        "task": task.name,
+        "primary_metric": task.primary,
+        **{
+            arm: {
+                **{metric: round(row[arm], 4) for metric, row in comparison.items()},
+                "latency_s": details[arm]["latency_s"],
+                "output_tokens": details[arm]["output_tokens"],
+            }
+            for arm in ARMS
+        },
+    }
+    return table, {
+        "metrics": metrics,
+        "comparison": comparison,
+        "mcnemar": mcnemar(list(table[f"candidate_{right}"]), list(table[f"incumbent_{right}"])),
+        "slices": slices(
+            [str(k) for k in table["completion" if task.labels else "source"]],
+            {arm: np.asarray(table[f"{arm}_{right}"], dtype=float) for arm in ARMS},
+            "accuracy" if task.labels else "exact_match",
+        ),
+        "details": details,
+        "gate": apply_gate(spec.gate, task.primary, comparison),
+    }
+
+
+def score_examples(table, task: Task):
+    """`table` plus per-arm per-example columns: `<arm>_exact`, `<arm>_label`,
+    `<arm>_correct`, `<arm>_parsed`/`_compliant`/`_field_accuracy` (json), `<arm>_rouge_l`,
+    `<arm>_unsupported` (hallucination)."""
+    table = table.copy()
+    refs = list(table["completion"])
+    for arm in ARMS:
+        outputs = [str(o) for o in table[f"{arm}_output"]]
+        table[f"{arm}_exact"] = m.exact_match(outputs, refs)
+        if task.labels:
+            labels = [m.parse_label(o, task.labels) for o in outputs]
+            table[f"{arm}_label"] = labels
+            table[f"{arm}_correct"] = [p == r for p, r in zip(labels, refs, strict=True)]
+        if "json" in task.groups:
+            scores = [m.json_scores(o, r, task.schema) for o, r in zip(outputs, refs, strict=True)]
+            for key in ("parsed", "compliant", "field_accuracy"):
+                table[f"{arm}_{key}"] = [s[key] for s in scores]
+        if "rouge_l" in task.groups:
+            table[f"{arm}_rouge_l"] = [m.rouge_l(o, r) for o, r in zip(outputs, refs, strict=True)]
+        if "hallucination" in task.groups:
+            table[f"{arm}_unsupported"] = [
+                m.unsupported(o, p, r, task.name, task.labels)
+                for o, p, r in zip(outputs, table["prompt"], refs, strict=True)
+            ]
+    return table
+
+
+def scorers(table, task: Task) -> dict[str, Scorer]:
+    """One bootstrap scorer per scalar metric (consistency has its own examples)."""
+    columns = {
+        "exact_match": "exact",
+        "parse_rate": "parsed",
+        "schema_compliance": "compliant",
+        "field_accuracy": "field_accuracy",
+        "rouge_l": "rouge_l",
+        "bertscore_f1": "bertscore",
+    }
+    out: dict[str, Scorer] = {}
+    for name in task.scalar_names:
+        if name in columns:
+            out[name] = mean_scorer(_per_arm(table, columns[name]))
+        elif name == "hallucination_rate":
+            out[name] = mean_scorer(
+                {arm: np.array([len(u) > 0 for u in table[f"{arm}_unsupported"]]) for arm in ARMS}
+            )
+        else:
+            out[name] = _classification_scorer(table, task, name)
+    return out
+
+
+def _per_arm(table, column: str) -> dict[str, np.ndarray]:
+    return {arm: np.asarray(table[f"{arm}_{column}"], dtype=float) for arm in ARMS}
+
+
+def _classification_scorer(table, task: Task, name: str) -> Scorer:
+    refs = np.asarray(table["completion"], dtype=object)
+    preds = {arm: np.array([p or "" for p in table[f"{arm}_label"]], dtype=object) for arm in ARMS}
+    conf = {arm: np.asarray(table[f"{arm}_confidence"], dtype=float) for arm in ARMS}
+
+    def score(arm: str, idx: np.ndarray) -> float:
+        if name == "macro_f1":
+            return m.macro_f1(preds[arm][idx], refs[idx], task.labels)
+        result = m.classification(
+            list(preds[arm][idx]),
+            list(refs[idx]),
+            list(conf[arm][idx]),
+            task.labels,
+            task.threshold,
+        )
+        return result[name]
+
+    return score
+
+
+def arm_details(table, task: Task, arm: str) -> dict:
+    """What the report plots for one arm: per-class table, confusion matrix, PR curve,
+    latency and token summaries, unsupported claims."""
+    details = {
+        "latency_s": m.summarize(list(table[f"{arm}_latency_s"])),
+        "output_tokens": m.summarize(list(table[f"{arm}_tokens"])),
+        "output_tokens_all": [int(t) for t in table[f"{arm}_tokens"]],
+    }
+    if task.labels:
+        refs = list(table["completion"])
+        labels = list(table[f"{arm}_label"])
+        conf = [float(c) for c in table[f"{arm}_confidence"]]
+        result = m.classification(labels, refs, conf, task.labels, task.threshold)
+        details["per_class"] = result["per_class"]
+        details["confusion"] = m.confusion(labels, refs, task.labels)
+        details["pr_curve"] = m.pr_curve(list(table[f"{arm}_correct"]), conf)
+    return details
+
+
+def per_example_primary(table, task: Task, arm: str) -> np.ndarray:
+    """A per-example score in the primary metric's spirit, for ranking the worst examples."""
+    for column in (
+        "correct" if task.labels else None,
+        "field_accuracy" if "json" in task.groups else None,
+        "rouge_l" if "rouge_l" in task.groups else None,
+        "bertscore" if "bertscore" in task.groups else None,
+        "exact",
+    ):
+        if column and f"{arm}_{column}" in table:
+            return np.asarray(table[f"{arm}_{column}"], dtype=float)
+    raise AssertionError("exact is always scored")
+
+
+def consistency(samples: dict[str, list[list[str]]]) -> dict[str, np.ndarray]:
+    """Per arm, per example: the agreement rate of its sampled answers."""
+    return {arm: np.array([m.agreement(s) for s in samples[arm]]) for arm in ARMS}

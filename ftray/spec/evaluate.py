@@ -1,0 +1,150 @@
+"""The evaluate stage's spec: metrics per task, the A/B settings and the promotion gate."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ftray.spec._base import _Section
+
+# Scalar metrics each `eval.metrics` entry produces (latency and output tokens always come).
+METRIC_GROUPS: dict[str, tuple[str, ...]] = {
+    "exact_match": ("exact_match",),
+    "classification": (
+        "accuracy",
+        "macro_precision",
+        "macro_recall",
+        "macro_f1",
+        "precision_at_threshold",
+        "recall_at_threshold",
+        "abstain_rate",
+    ),
+    "json": ("parse_rate", "schema_compliance", "field_accuracy"),
+    "rouge_l": ("rouge_l",),
+    "bertscore": ("bertscore_f1",),
+    "hallucination": ("hallucination_rate",),
+    "consistency": ("consistency",),
+}
+LOWER_IS_BETTER = ("hallucination_rate", "abstain_rate")
+TASK_METRICS = {
+    "classification": ["exact_match", "classification", "hallucination", "consistency"],
+    "json": ["exact_match", "json", "hallucination", "consistency"],
+    "generation": ["exact_match", "rouge_l", "bertscore", "hallucination", "consistency"],
+}
+PRIMARY_METRIC = {"classification": "macro_f1", "json": "field_accuracy", "generation": "rouge_l"}
+
+
+class GateSpec(_Section):
+    """Promotion rules: the candidate replaces the incumbent only if every rule holds."""
+
+    promote: bool = Field(
+        default=True,
+        description="Promote a candidate that passes to 'production' in the registry; false "
+        "records the verdict only (promote by hand with `ftray models promote`).",
+    )
+    min_improvement: float = Field(
+        default=0.0,
+        description="δ: the primary metric must reach the incumbent's + δ (negative allows a "
+        "small loss, e.g. for a cheaper model).",
+    )
+    require_significant: bool = Field(
+        default=True,
+        description="The paired-bootstrap interval of (candidate − incumbent) on the primary "
+        "metric must lie above δ, i.e. exclude δ (with δ = 0: exclude 0).",
+    )
+    max_regression: float = Field(
+        default=0.02,
+        ge=0,
+        description="ε: no other quality metric may be worse than the incumbent's by more than "
+        "this (absolute; latency and token counts are reported, not gated).",
+    )
+    max_hallucination_rate: float | None = Field(
+        default=None, ge=0, le=1, description="Ceiling on the candidate's hallucination rate."
+    )
+    min_schema_compliance: float | None = Field(
+        default=None, ge=0, le=1, description="Floor on the candidate's JSON-Schema compliance."
+    )
+    min_primary: float | None = Field(
+        default=None,
+        description="Floor on the candidate's primary metric, whatever the incumbent scores.",
+    )
+
+
+class EvalSpec(_Section):
+    """The evaluate stage: the candidate vs the incumbent on held-out examples, then the gate."""
+
+    task: Literal["auto", "classification", "json", "generation"] = Field(
+        default="auto",
+        description="What the answers are: 'classification' (one of data.labels), 'json' "
+        "(checked against data.output_schema when set), 'generation' (free text). 'auto': "
+        "classification when data.labels is set, json when data.output_schema is, else "
+        "generation.",
+    )
+    metrics: list[Literal[tuple(METRIC_GROUPS)]] | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="Metric groups to compute (see the README's evaluation section). Unset: "
+        "classification → exact_match, classification, hallucination, consistency; json → "
+        "exact_match, json, hallucination, consistency; generation → exact_match, rouge_l, "
+        "bertscore, hallucination, consistency.",
+    )
+    primary_metric: str | None = Field(
+        default=None,
+        description="The metric the gate compares first. Unset: macro_f1 (classification), "
+        "field_accuracy (json), rouge_l (generation).",
+    )
+    incumbent: str = Field(
+        default="auto",
+        pattern=r"^(auto|base|production|model-[0-9a-f]{12})$",
+        description="What the candidate is compared with: 'base' (the base model with the "
+        "job's prompt), 'production' (the registry's production model), a model id, or "
+        "'auto' (production when there is one, else base).",
+    )
+    confidence_threshold: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Classification: answers whose probability (the product of their tokens' "
+        "probabilities) is below this abstain.",
+    )
+    max_examples: int = Field(
+        default=200, ge=1, description="Evaluate at most this many held-out examples."
+    )
+    max_new_tokens: int = Field(default=16, ge=1, le=4096, description="Generation limit.")
+    batch_size: int = Field(default=16, ge=1, description="Examples generated together.")
+    num_workers: int = Field(default=1, ge=1, description="Ray Data generation actors.")
+    cpus_per_worker: float = Field(default=1, gt=0, description="CPUs reserved per actor.")
+    consistency_samples: int = Field(
+        default=3, ge=2, description="Consistency: answers sampled per example."
+    )
+    consistency_examples: int = Field(
+        default=16, ge=1, description="Consistency: examples sampled (the first held-out ones)."
+    )
+    consistency_temperature: float = Field(
+        default=0.7, gt=0, description="Consistency: sampling temperature."
+    )
+    bootstrap_samples: int = Field(
+        default=1000, ge=100, description="Paired-bootstrap resamples for the A/B intervals."
+    )
+    confidence_level: float = Field(
+        default=0.95, gt=0.5, lt=1, description="Coverage of the A/B intervals."
+    )
+    worst_examples: int = Field(
+        default=10, ge=0, description="Examples the report lists where the candidate does worst."
+    )
+    seed: int = Field(default=0, description="Seed of the bootstrap and of sampled answers.")
+    gate: GateSpec = Field(default_factory=GateSpec, description="Promotion rules.")
+
+    def resolved_task(self, labels: list | None, output_schema: dict | None) -> str:
+        """The task, with 'auto' decided from the data spec."""
+        if self.task != "auto":
+            return self.task
+        return "classification" if labels else "json" if output_schema is not None else "generation"
+
+    def resolved_metrics(self, task: str) -> list[str]:
+        """The metric groups to compute for `task`."""
+        return list(self.metrics) if self.metrics is not None else TASK_METRICS[task]
+
+    def resolved_primary(self, task: str) -> str:
+        """The primary metric's name for `task`."""
+        return self.primary_metric or PRIMARY_METRIC[task]

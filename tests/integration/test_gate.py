@@ -1,0 +1,108 @@
+"""`ftray eval` and the registry on the session's local Ray: a learnable two-label task, a
+candidate that beats the base model (promoted), a worse one (rejected, exit 4), a forced
+promotion and the rollback that restores the previous production model."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+import yaml
+
+FILLER = [f"{syllable}{n}" for syllable in ("ka", "lo", "mi", "tu") for n in range(8)]
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """A job whose answer is 'red' or 'blue': the tiny model learns at least the majority
+    answer in a few dozen steps, while the untrained base model answers neither."""
+    folder = tmp_path_factory.mktemp("gate")
+    rng = random.Random(0)
+    rows = ["text,color"]
+    for i in range(360):
+        words = rng.sample(FILLER, 6)
+        color = "red" if i % 3 else "blue"
+        words.insert(rng.randrange(7), color)
+        rows.append(f"{' '.join(words)} {i},{color}")
+    (folder / "colors.csv").write_text("\n".join(rows) + "\n")
+    spec = {
+        "project": "gate",
+        "storage": str(folder / "store"),
+        "model": {"base": "tiny"},
+        "data": {
+            "sources": [{"path": str(folder / "colors.csv")}],
+            "prompt_field": "text",
+            "completion_field": "color",
+            "labels": ["red", "blue"],
+            "eval_fraction": 0.15,
+            "dedup": {"near": False},
+        },
+        "assess": {"enabled": False},
+        "train": {
+            "method": "lora",
+            "epochs": 1,
+            "max_steps": 40,
+            "batch_size": 8,
+            "lr": 0.02,
+            "log_every": 10,
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+            "scaling": {"num_workers": 1},
+        },
+        "eval": {
+            "max_examples": 60,
+            "max_new_tokens": 6,
+            "batch_size": 30,
+            "bootstrap_samples": 500,
+            "consistency_examples": 8,
+        },
+    }
+    path = folder / "gate.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path, folder / "store" / "gate"
+
+
+def _registry(run_cli, job) -> dict[str, str]:
+    listed = run_cli("models", "list", str(job[0])).stdout
+    return dict(re.findall(r"(model-[0-9a-f]{12})\s+(\w+)", listed))
+
+
+def test_gate_promotes_rejects_and_rollback_restores(job, run_cli):
+    path, root = job
+    good = run_cli("eval", str(path))
+    assert "gate passed" in good.stdout, good.stdout
+    good_id = re.search(r"model id: (model-[0-9a-f]{12}) \(stage: production\)", good.stdout)
+    assert good_id, good.stdout
+    good_id = good_id.group(1)
+    manifest = json.loads(next((root / "evals").glob("*/manifest.json")).read_text())
+    assert manifest["incumbent"]["kind"] == "base"
+    candidate = manifest["metrics"]["candidate"]
+    assert candidate["accuracy"] >= 0.6 and manifest["metrics"]["incumbent"]["accuracy"] == 0
+    assert manifest["comparison"]["macro_f1"]["difference_interval"][0] > 0
+    assert (root / "evals" / manifest["eval_id"] / "report.html").is_file()
+
+    # barely trained: worse than production on the same held-out examples
+    bad = run_cli("eval", str(path), "--set", "train.max_steps=1", check=False)
+    assert bad.returncode == 4, bad.stdout + bad.stderr
+    assert "gate failed" in bad.stdout and "✗ macro_f1 ≥ incumbent + 0" in bad.stdout
+    bad_id = re.search(r"model id: (model-[0-9a-f]{12}) \(stage: rejected\)", bad.stdout).group(1)
+    evals = [json.loads(p.read_text()) for p in (root / "evals").glob("*/manifest.json")]
+    second = next(e for e in evals if e["eval_id"] != manifest["eval_id"])
+    assert second["incumbent"] == {"kind": "adapter", "model_id": good_id, "label": good_id}
+    assert _registry(run_cli, job) == {good_id: "production", bad_id: "rejected"}
+
+    refused = run_cli("models", "promote", str(path), bad_id, check=False)
+    assert refused.returncode == 2 and "the gate rejected" in refused.stderr
+    run_cli("models", "promote", str(path), bad_id, "--force", "--reason", "test override")
+    assert _registry(run_cli, job)[bad_id] == "production"
+    rolled = run_cli("models", "rollback", str(path)).stdout
+    assert f"production: {good_id}" in rolled
+    assert _registry(run_cli, job) == {good_id: "production", bad_id: "archived"}
+    shown = json.loads(run_cli("models", "show", str(path), good_id).stdout)
+    assert shown["stage"] == "production" and shown["eval_id"] == manifest["eval_id"]
+
+    # re-running the first evaluation reuses it and leaves the registry as it is
+    again = run_cli("eval", str(path))
+    assert "reused evaluation" in again.stdout
+    assert _registry(run_cli, job)[good_id] == "production"

@@ -1,0 +1,186 @@
+"""From hand-made answers to a verdict and a report that a real browser renders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from ftray.evaluate.report import write_report
+from ftray.evaluate.score import Task, judge
+from ftray.spec import EvalSpec
+from ftray.store import Store
+
+LABELS = ["card_arrival", "exchange_rate", "pin_blocked"]
+
+
+def _answers(candidate_right: int, n: int = 60) -> pd.DataFrame:
+    """n examples; the incumbent answers a third right, the candidate `candidate_right`."""
+    refs = [LABELS[i % 3] for i in range(n)]
+    wrong = [LABELS[(i + 1) % 3] for i in range(n)]
+    return pd.DataFrame(
+        {
+            "source": ["data.csv"] * n,
+            "row": list(range(n)),
+            "prompt": [f"query {i}" for i in range(n)],
+            "completion": refs,
+            "candidate_output": [
+                r if i < candidate_right else w
+                for i, (r, w) in enumerate(zip(refs, wrong, strict=False))
+            ],
+            "incumbent_output": [r if i % 3 == 0 else "no idea" for i, r in enumerate(refs)],
+            "candidate_confidence": [0.9 if i % 4 else 0.3 for i in range(n)],
+            "incumbent_confidence": [0.6] * n,
+            "candidate_tokens": [3] * n,
+            "incumbent_tokens": [2 + i % 4 for i in range(n)],
+            "candidate_latency_s": [0.01] * n,
+            "incumbent_latency_s": [0.02] * n,
+        }
+    )
+
+
+def _samples(n: int = 8):
+    return pd.DataFrame(
+        {"candidate_samples": [["a", "a", "a"]] * n, "incumbent_samples": [["a", "b", "c"]] * n}
+    )
+
+
+TASK = Task(
+    "classification",
+    ["exact_match", "classification", "hallucination", "consistency"],
+    "macro_f1",
+    LABELS,
+    None,
+    0.5,
+)
+
+
+def test_a_better_candidate_passes_and_a_worse_one_fails():
+    spec = EvalSpec(bootstrap_samples=300)
+    _, better = judge(_answers(candidate_right=50), _samples(), TASK, spec)
+    assert better["gate"]["passed"], better["gate"]
+    assert better["metrics"]["candidate"]["accuracy"] == pytest.approx(50 / 60, abs=1e-4)
+    assert better["metrics"]["incumbent"]["hallucination_rate"] == pytest.approx(2 / 3, abs=1e-4)
+    assert better["metrics"]["candidate"]["consistency"] == 1.0
+    assert better["mcnemar"]["p_value"] < 0.001
+    assert {s["slice"] for s in better["slices"]} == set(LABELS)
+    _, worse = judge(_answers(candidate_right=10), _samples(), TASK, spec)
+    failed = [r["rule"] for r in worse["gate"]["rules"] if not r["passed"]]
+    assert not worse["gate"]["passed"]
+    assert "macro_f1 ≥ incumbent + 0" in failed and "accuracy regresses by at most 0.02" in failed
+
+
+def test_report_renders_its_plots_in_chromium(tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium binary (apt-get install chromium; .ci/run installs it)")
+    table, results = judge(_answers(candidate_right=40), _samples(), TASK, EvalSpec())
+    manifest = {
+        "eval_id": "eval-test",
+        "run_id": "run-1",
+        "dataset_id": "ds-1",
+        "incumbent": {"label": "base model tiny"},
+        "decoding": {"do_sample": False},
+        **results,
+    }
+    store = Store(str(tmp_path), "proj")
+    write_report(manifest, table, TASK, store, "eval-test", worst=5)
+    folder = tmp_path / "proj" / "evals" / "eval-test"
+    markdown = (folder / "report.md").read_text()
+    assert "## Gate: PASSED" in markdown and "![confusion](plots/confusion.png)" in markdown
+    assert sorted(p.name for p in (folder / "plots").iterdir()) == [
+        "confusion.png",
+        "lengths.png",
+        "metrics.png",
+        "per_class.png",
+        "pr_curve.png",
+    ]
+    errors = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
+        page.on("requestfailed", lambda request: errors.append(request.url))
+        page.goto((folder / "report.html").as_uri())
+        images = page.evaluate(
+            "[...document.images].map(i => ({alt: i.alt, w: i.naturalWidth, h: i.naturalHeight,"
+            " shown: i.getBoundingClientRect().width}))"
+        )
+        worst_rows = page.locator("h2:has-text('Worst examples') + table tbody tr").count()
+        gate = page.locator("h2.pass").inner_text()
+        browser.close()
+    assert not errors, errors
+    assert [i["alt"] for i in images] == [
+        "metrics",
+        "per_class",
+        "confusion",
+        "pr_curve",
+        "lengths",
+    ]
+    for image in images:  # decoded by the browser and laid out on the page
+        assert image["w"] > 100 and image["h"] > 100 and image["shown"] > 100, image
+    assert worst_rows == 5
+    assert gate == "Gate: PASSED: promote"
+    assert json.dumps(manifest)  # the manifest stays plain JSON
+
+
+def test_json_task_scores_parse_schema_fields_and_unsupported_values():
+    schema = {
+        "type": "object",
+        "required": ["amount"],
+        "properties": {"amount": {"type": "number"}},
+    }
+    refs = ['{"amount": 5, "to": "Berlin"}'] * 4
+    table = pd.DataFrame(
+        {
+            "source": ["a.jsonl"] * 4,
+            "row": range(4),
+            "prompt": ["Send 5 euros to Berlin"] * 4,
+            "completion": refs,
+            "candidate_output": [*refs[:3], '{"amount": 5, "to": "Paris"}'],
+            "incumbent_output": ["not json", '{"amount": "5"}', refs[0], refs[0]],
+            "candidate_confidence": [1.0] * 4,
+            "incumbent_confidence": [1.0] * 4,
+            "candidate_tokens": [9] * 4,
+            "incumbent_tokens": [5] * 4,
+            "candidate_latency_s": [0.1] * 4,
+            "incumbent_latency_s": [0.1] * 4,
+        }
+    )
+    task = Task(
+        "json", ["exact_match", "json", "hallucination"], "field_accuracy", None, schema, 0.5
+    )
+    scored, results = judge(table, None, task, EvalSpec(bootstrap_samples=100))
+    cand, inc = results["metrics"]["candidate"], results["metrics"]["incumbent"]
+    assert (cand["parse_rate"], cand["schema_compliance"], cand["field_accuracy"]) == (
+        1.0,
+        1.0,
+        0.875,
+    )
+    assert (inc["parse_rate"], inc["schema_compliance"], inc["field_accuracy"]) == (0.75, 0.5, 0.5)
+    assert cand["hallucination_rate"] == 0.25 and list(scored["candidate_unsupported"])[3] == [
+        "Paris"
+    ]
+    assert results["slices"][0]["slice"] == "a.jsonl"
+
+
+def test_bertscore_ranks_paraphrases_above_unrelated_text():
+    from ftray.evaluate.bertscore import _BertScore, model_path
+
+    scorer = _BertScore(model_path(), ["candidate"])
+    batch = pd.DataFrame(
+        {
+            "completion": ["The card will arrive within five days."] * 3,
+            "candidate_output": [
+                "The card will arrive within five days.",
+                "Your card should get to you in about five days.",
+                "Exchange rates are updated every hour.",
+            ],
+        }
+    )
+    same, paraphrase, unrelated = scorer(batch)["candidate_bertscore"]
+    assert same == pytest.approx(1.0, abs=1e-4)
+    assert same > paraphrase > unrelated
