@@ -16,7 +16,8 @@ STAGES = {
     "sweep": "Ray Tune (ASHA) over training trials; leaderboard and winner (prepares if needed)",
     "eval": "evaluate the candidate vs the incumbent, apply the gate, register (trains first if "
     "needed); exit 4 when the gate rejects it",
-    "serve": "register the model, serve it on Ray Serve and answer one request",
+    "serve": "serve the registry's models on Ray Serve (OpenAI-compatible API) and answer "
+    "serve.example_prompt with the production model (or --model)",
     "run": "the whole pipeline: prepare → assess → train → evaluate → register → serve",
 }
 
@@ -48,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
         if verb in ("serve", "run"):
             sub.add_argument(
                 "--keep-serving", action="store_true", help="keep serving until Ctrl-C"
+            )
+        if verb == "serve":
+            sub.add_argument(
+                "--model", help="model the example request goes to (default: production, else base)"
             )
         if verb == "run":
             sub.add_argument(
@@ -191,6 +196,11 @@ def _run_stage(args) -> int:
     spec = _load(args)
     progress = Progress()
     with ray_session(spec.ray, args.address):
+        if args.verb == "serve":
+            from ftray.serve import serve_registry
+
+            serve_registry(spec, progress, args.model, keep_serving=args.keep_serving)
+            return 0
         pipeline = Pipeline(spec, progress)
         if args.verb in _ARTIFACT_OF:
             getattr(pipeline, _ARTIFACT_OF[args.verb])  # builds it and the stages before it

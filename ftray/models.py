@@ -227,12 +227,17 @@ def generate_texts(
     *,
     temperature: float = 0.0,
     samples: int = 1,
+    limits: list[int] | None = None,
+    **generate_kwargs,
 ) -> list[dict]:
     """Completions of already-templated prompts, batched with left padding: greedy when
     `temperature` is 0, else `samples` sampled answers per prompt (prompt-major order).
+    `limits` cuts each answer to its own token limit (the batch runs to the largest);
+    `generate_kwargs` go to `model.generate` (e.g. peft's per-row `adapter_names`).
 
-    Returns one dict per answer: `text`, `tokens` (completion token count) and `confidence`,
-    the probability the model gave the answer's tokens (their product, EOS included).
+    Returns one dict per answer: `text`, `tokens` (completion token count), `confidence`, the
+    probability the model gave the answer's tokens (their product, EOS included), and
+    `finish_reason` ('stop' at the end-of-turn token, else 'length').
     """
     import torch
 
@@ -249,17 +254,28 @@ def generate_texts(
             output_scores=True,
             return_dict_in_generate=True,
             **({"do_sample": False} | sampling),
+            **generate_kwargs,
         )
         logprobs = model.compute_transition_scores(
             output.sequences, output.scores, normalize_logits=True
         )
     new = output.sequences[:, encoded["input_ids"].shape[1] :]
     results = []
-    for row, row_logprobs in zip(new, logprobs, strict=True):
+    for index, (row, row_logprobs) in enumerate(zip(new, logprobs, strict=True)):
         ids = [int(t) for t in row]
-        end = ids.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in ids else len(ids)
+        stopped = tokenizer.eos_token_id in ids
+        end = ids.index(tokenizer.eos_token_id) + 1 if stopped else len(ids)
+        if limits is not None and end > limits[index // samples]:
+            end, stopped = limits[index // samples], False
         kept = [t for t in ids[:end] if t != tokenizer.pad_token_id or t == tokenizer.eos_token_id]
         logprob = float(row_logprobs[:end].float().clamp(min=-1e4).sum())
         text = tokenizer.decode(kept, skip_special_tokens=True).strip()
-        results.append({"text": text, "tokens": len(kept), "confidence": math.exp(logprob)})
+        results.append(
+            {
+                "text": text,
+                "tokens": len(kept),
+                "confidence": math.exp(logprob),
+                "finish_reason": "stop" if stopped else "length",
+            }
+        )
     return results

@@ -45,10 +45,11 @@ def free_port() -> int:
 def ray_cluster() -> dict[str, str]:
     """A local Ray head for the whole session, on loopback only; stopped at the end.
 
-    Returns its GCS `address` and its `dashboard` URL (the Jobs API).
+    Returns its GCS `address`, its `dashboard` URL (the Jobs API) and its Prometheus
+    `metrics` URL.
     """
     Path(ENV["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
-    port, dashboard = free_port(), free_port()
+    port, dashboard, metrics = free_port(), free_port(), free_port()
     subprocess.run(
         [
             str(BIN / "ray"),
@@ -58,6 +59,7 @@ def ray_cluster() -> dict[str, str]:
             "--node-ip-address=127.0.0.1",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
+            f"--metrics-export-port={metrics}",
             "--num-cpus=4",
             "--disable-usage-stats",
             f"--temp-dir={ENV['RAY_TMPDIR']}",
@@ -66,7 +68,11 @@ def ray_cluster() -> dict[str, str]:
         env=os.environ,
         capture_output=True,
     )
-    yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}"}
+    yield {
+        "address": f"127.0.0.1:{port}",
+        "dashboard": f"http://127.0.0.1:{dashboard}",
+        "metrics": f"http://127.0.0.1:{metrics}/metrics",
+    }
     subprocess.run([str(BIN / "ray"), "stop", "--force"], env=os.environ, capture_output=True)
 
 

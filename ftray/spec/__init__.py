@@ -395,17 +395,67 @@ class AssessSpec(_Section):
     num_gpus: int = Field(default=1, ge=1, description="GPUs the estimates are for.")
 
 
+class AutoscalingSpec(_Section):
+    """Ray Serve autoscaling of the model's replicas."""
+
+    min_replicas: int = Field(default=1, ge=0, description="Fewest replicas (0: scale to zero).")
+    max_replicas: int = Field(default=2, ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(
+        default=8, gt=0, description="Requests in flight per replica the autoscaler aims for."
+    )
+
+
 class ServeSpec(_Section):
     """The serve stage (Ray Serve, OpenAI-compatible API)."""
 
     host: str = Field(default="127.0.0.1", description="HTTP bind address of the Serve proxy.")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the Serve proxy.")
     max_new_tokens: int = Field(default=32, ge=1, description="Default completion token limit.")
+    max_tokens_limit: int = Field(
+        default=512, ge=1, description="Largest `max_tokens` a request may ask for (else 400)."
+    )
+    max_prompt_tokens: int = Field(
+        default=2048,
+        ge=1,
+        description="Longest prompt accepted, in tokens after the chat template (else 400).",
+    )
     example_prompt: str = Field(
         default="Hello!",
-        description="The request `ftray serve` sends through the tuned adapter after start-up.",
+        description="The request `ftray serve` sends through the served model after start-up.",
+    )
+    quantization: Literal["none", "int8", "int4"] = Field(
+        default="none",
+        description="The base model's weights in each replica: as model.dtype ('none'), or "
+        "quantized by bitsandbytes to 8-bit ('int8') or 4-bit NF4 ('int4'); adapters run on "
+        "top unchanged.",
+    )
+    num_replicas: int = Field(
+        default=1, ge=1, description="Replicas of the model (ignored when autoscaling is set)."
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None, description="Scale replicas with load instead of a fixed num_replicas."
     )
     cpus_per_replica: float = Field(default=1, gt=0, description="CPUs reserved per replica.")
+    gpus_per_replica: float = Field(default=0, ge=0, description="GPUs reserved per replica.")
+    max_adapters_per_replica: int = Field(
+        default=8, ge=1, description="Adapters (or full models) kept loaded per replica, LRU."
+    )
+    max_batch_size: int = Field(
+        default=8, ge=1, description="Dynamic batching: most requests generated together."
+    )
+    batch_wait_timeout_s: float = Field(
+        default=0.01, ge=0, description="Dynamic batching: how long a batch waits to fill."
+    )
+    cache_entries: int = Field(
+        default=1024, ge=0, description="Completion cache size per replica (0 disables it)."
+    )
+    cache_ttl_s: float = Field(default=600, gt=0, description="Completion cache entry lifetime.")
+    api_key_env: str | None = Field(
+        default=None,
+        description="Name of an environment variable holding the bearer token clients must "
+        "send (`Authorization: Bearer …`); unset: no authentication. The token itself never "
+        "goes in the spec.",
+    )
 
 
 class RaySpec(_Section):

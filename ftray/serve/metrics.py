@@ -1,0 +1,50 @@
+"""Prometheus metrics of the Serve app, per model: requests, latency, tokens, cache use.
+
+They go out through Ray's metrics agent beside Ray Serve's own (`ray_serve_*`), as
+`ray_ftray_*`, on each node's metrics export port.
+"""
+
+from __future__ import annotations
+
+LATENCY_BOUNDARIES = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+
+
+class ServeMetrics:
+    """The app's counters and histogram; created inside the replica."""
+
+    def __init__(self):
+        from ray.serve.metrics import Counter, Histogram
+
+        tags = ("model",)
+        self.requests = Counter("ftray_requests", "Completed requests.", tag_keys=tags)
+        self.latency = Histogram(
+            "ftray_request_latency_s",
+            "Request latency in seconds, queueing and batching included.",
+            boundaries=LATENCY_BOUNDARIES,
+            tag_keys=tags,
+        )
+        self.prompt_tokens = Counter("ftray_prompt_tokens", "Prompt tokens.", tag_keys=tags)
+        self.completion_tokens = Counter(
+            "ftray_completion_tokens", "Generated tokens.", tag_keys=tags
+        )
+        self.cache_hits = Counter("ftray_cache_hits", "Completion cache hits.", tag_keys=tags)
+        self.cache_misses = Counter("ftray_cache_misses", "Completion cache misses.", tag_keys=tags)
+        self.batch_size = Histogram(
+            "ftray_batch_size", "Requests per generation batch.", boundaries=[1, 2, 4, 8, 16, 32]
+        )
+
+    def done(self, model: str, seconds: float, prompt_tokens: int, tokens: int) -> None:
+        tags = {"model": model}
+        self.requests.inc(tags=tags)
+        self.latency.observe(seconds, tags=tags)
+        if prompt_tokens:
+            self.prompt_tokens.inc(prompt_tokens, tags=tags)
+        if tokens:
+            self.completion_tokens.inc(tokens, tags=tags)
+
+    def batch(self, size: int) -> None:
+        self.batch_size.observe(size)
+
+    def cache(self, model: str, *, hit: bool, cacheable: bool) -> None:
+        if cacheable:
+            (self.cache_hits if hit else self.cache_misses).inc(tags={"model": model})

@@ -1,0 +1,250 @@
+"""`ftray serve` on the session's local Ray, driven by the real `openai` client: routing of
+the base model and two registry adapters, streaming, errors, auth, batching under load, the
+cache, Prometheus metrics, and a quantized replica."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import subprocess
+import time
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from ftray import registry
+from ftray.data.tokenize import render_prompt
+from ftray.models import resolve_model
+from ftray.serve.engine import Engine, Request
+from ftray.spec import ModelSpec
+from ftray.store import Store
+from tests.conftest import BIN, ROOT, free_port
+from tests.unit.test_serve_engine import random_adapter
+
+KEY = "test-key-123"
+SYSTEM = "Answer briefly."
+
+
+@pytest.fixture(scope="module")
+def registry_store(tmp_path_factory):
+    """A store holding two registered adapters (random LoRA weights), the second in
+    production, and a job spec serving it with auth."""
+    root = tmp_path_factory.mktemp("serve")
+    store = Store(str(root / "store"), "serving")
+    model_dir = resolve_model(ModelSpec(base="tiny"), store)
+    ids = []
+    for seed in (1, 2):
+        folder = random_adapter(model_dir, root / f"adapter-{seed}", seed)
+        card = registry.register(
+            store,
+            run_id=f"run-{seed}",
+            weights_uri=folder,
+            kind="adapter",
+            dataset_id="ds",
+            eval_id=f"eval-{seed}",
+            metrics={},
+            gate={"passed": True, "rules": []},
+            spec_hash="0" * 64,
+            base_model="tiny",
+            system_prompt=SYSTEM,
+        )
+        ids.append(card["model_id"])
+    registry.promote(store, ids[1], reason="test")
+    spec = {
+        "project": "serving",
+        "storage": str(root / "store"),
+        "model": {"base": "tiny"},
+        "data": {"sources": [{"path": "unused.csv"}], "system_prompt": SYSTEM},
+        "serve": {
+            "port": free_port(),
+            "max_new_tokens": 8,
+            "max_tokens_limit": 16,
+            "max_prompt_tokens": 200,
+            "max_batch_size": 8,
+            "api_key_env": "FTRAY_KEY",
+            "example_prompt": "hello",
+        },
+    }
+    path = root / "serve.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path, spec, store, model_dir, ids
+
+
+def _start(ray_address, path, *overrides):
+    process = subprocess.Popen(
+        [str(BIN / "ftray"), "serve", str(path), "--keep-serving", *overrides],
+        cwd=ROOT,
+        env={**os.environ, "RAY_ADDRESS": ray_address, "FTRAY_KEY": KEY},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "until Ctrl-C" in line:
+            return process, "".join(lines)
+    raise AssertionError("ftray serve stopped:\n" + "".join(lines))
+
+
+def _stop(process) -> str:
+    process.terminate()
+    out, _ = process.communicate(timeout=120)
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(ray_address, registry_store):
+    path, spec, *_ = registry_store
+    process, out = _start(ray_address, path)
+    url = f"http://127.0.0.1:{spec['serve']['port']}"
+    yield url, out
+    assert "stopping" in _stop(process)
+
+
+def _expected(model_dir, adapters: dict[str, str | None], store, prompts, max_tokens=8):
+    """What the engine answers in this process, for each (model, prompt)."""
+    engine = Engine(model_dir, "auto")
+    for name in filter(None, adapters.values()):
+        engine.load_adapter(name, str(store.path("models", name, "adapter")))
+    tokenizer = engine.tokenizer
+    requests = [
+        Request(
+            adapters[m],
+            render_prompt(
+                tokenizer, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": p}]
+            ),
+            max_tokens,
+        )
+        for m, p in prompts
+    ]
+    return [a["text"] for a in engine.generate(requests)]
+
+
+def test_quantized_replica_serves_the_adapters(ray_address, registry_store):
+    """First in the module: one Serve app at a time runs on the cluster."""
+    path, *_ = registry_store
+    port = free_port()
+    process, out = _start(
+        ray_address,
+        path,
+        "--set",
+        "serve.quantization=int4",
+        "--set",
+        f"serve.port={port}",
+        "--model",
+        registry_store[4][0],
+    )
+    try:
+        ready = httpx.get(f"http://127.0.0.1:{port}/ready").json()
+        assert ready["memory"]["quantization"] == "int4"
+        assert "(quantization: int4)" in out
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY)
+        reply = client.chat.completions.create(
+            model=registry_store[4][1], messages=[{"role": "user", "content": "hi"}]
+        )
+        assert reply.usage.completion_tokens >= 1
+    finally:
+        _stop(process)
+
+
+def test_routes_base_adapters_aliases_and_streams(served, registry_store):
+    url, out = served
+    _, _, store, model_dir, (first, second) = registry_store
+    assert re.search(r"answer from production: '.*'", out), out
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY)
+    assert {m.id for m in client.models.list()} == {"base", first, second}
+    names = {
+        "base": None,
+        first: first,
+        second: second,
+        f"tiny:{first}": first,
+        "production": second,
+    }
+    prompts = [(name, "where is my card?") for name in names]
+    expected = _expected(model_dir, names, store, prompts)
+    answers = [
+        client.chat.completions.create(model=m, messages=[{"role": "user", "content": p}])
+        .choices[0]
+        .message.content
+        for m, p in prompts
+    ]
+    assert answers == expected
+    assert len({answers[0], answers[1], answers[2]}) == 3, "each model answers differently"
+    stream = client.chat.completions.create(
+        model=first, messages=[{"role": "user", "content": "where is my card?"}], stream=True
+    )
+    chunks = [c.choices[0].delta.content or "" for c in stream]
+    assert "".join(chunks).strip() == answers[1] and len(chunks) > 2
+    text = client.completions.create(model=second, prompt="hello", max_tokens=4).choices[0]
+    assert text.finish_reason in ("length", "stop")
+    # the multiplex header picks the model too
+    header = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": "base", "messages": [{"role": "user", "content": "where is my card?"}]},
+        headers={"Authorization": f"Bearer {KEY}", "serve_multiplexed_model_id": first},
+    )
+    assert header.json()["choices"][0]["message"]["content"] == answers[1]
+
+
+def test_errors_are_openai_errors(served):
+    url, _ = served
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY)
+    message = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.NotFoundError, match=r"available: .*base"):
+        client.chat.completions.create(model="model-000000000000", messages=message)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="../../etc/passwd", messages=message)
+    with pytest.raises(openai.BadRequestError, match="over this server's limit of 16"):
+        client.chat.completions.create(model="base", messages=message, max_tokens=100)
+    with pytest.raises(openai.BadRequestError, match="the limit is 200"):
+        client.chat.completions.create(
+            model="base", messages=[{"role": "user", "content": "word " * 300}]
+        )
+    with pytest.raises(openai.BadRequestError, match="messages"):
+        client.chat.completions.create(model="base", messages=[])
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong").models.list()
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+
+
+def test_two_hundred_requests_at_concurrency_sixteen(served, registry_store, ray_cluster):
+    url, _ = served
+    _, _, store, model_dir, (first, second) = registry_store
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+    models = ["base", first, second]
+    prompts = [(models[i % 3], f"query number {i // 3}") for i in range(200)]
+    names = {"base": None, first: first, second: second}
+    expected = _expected(model_dir, names, store, prompts)
+
+    def ask(item):
+        model, prompt = item
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": prompt}]
+        )
+        return reply.choices[0].message.content
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, prompts))
+    assert answers == expected, "batched answers match one-at-a-time answers, per model"
+    batching = httpx.get(f"{url}/ready").json()["batching"]
+    assert batching["largest"] > 1 and batching["requests"] / batching["batches"] > 1.5, batching
+    before = httpx.get(f"{url}/ready").json()["cache"]
+    assert ask(prompts[5]) == expected[5]
+    after = httpx.get(f"{url}/ready").json()["cache"]
+    assert after["hits"] == before["hits"] + 1
+    # Ray's metrics agent exports the app's metrics beside Serve's own
+    deadline, text = time.time() + 90, ""
+    while time.time() < deadline:
+        text = httpx.get(ray_cluster["metrics"], timeout=10).text
+        if f'model="{first}"' in text and "ray_ftray_cache_hits" in text:
+            break
+        time.sleep(3)
+    assert re.search(rf'ray_ftray_requests_total{{[^}}]*model="{first}"[^}}]*}} \d+', text), text[
+        :2000
+    ]
+    assert "ray_ftray_request_latency_s_bucket" in text and "ray_ftray_batch_size" in text
+    assert "ray_serve_" in text

@@ -1,0 +1,116 @@
+"""The serving engine without Ray: mixed-adapter batches, quantized bases, streaming, the
+completion cache."""
+
+from __future__ import annotations
+
+import pytest
+
+from ftray.models import resolve_model
+from ftray.serve.cache import CompletionCache
+from ftray.serve.engine import Engine, Request
+from ftray.spec import ModelSpec
+from ftray.store import Store
+
+PROMPTS = [
+    "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nwhere is my card?<|im_end|>\n<|im_start|>assistant\n",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return resolve_model(ModelSpec(base="tiny"), Store(str(tmp_path_factory.mktemp("s")), "t"))
+
+
+def random_adapter(model_dir: str, folder, seed: int) -> str:
+    """A LoRA adapter with random A and B (peft's init makes B zero: a no-op adapter)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from ftray.models import load_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=32,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
+    get_peft_model(load_model(model_dir), config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        name: random_adapter(tiny_dir, root / name, seed) for name, seed in (("a1", 1), ("a2", 2))
+    }
+
+
+def _texts(engine, requests):
+    return [answer["text"] for answer in engine.generate(requests)]
+
+
+def test_a_mixed_batch_answers_like_one_model_at_a_time(tiny_dir, adapters):
+    engine = Engine(tiny_dir, "float32")
+    alone = {None: _texts(engine, [Request(None, p, 12) for p in PROMPTS])}
+    for name, folder in adapters.items():
+        engine.load_adapter(name, folder)
+    for name in adapters:
+        alone[name] = _texts(engine, [Request(name, p, 12) for p in PROMPTS])
+    assert len({tuple(texts) for texts in alone.values()}) == 3, "the adapters change answers"
+    mixed = [Request(model, prompt, 12) for model in (None, "a1", "a2") for prompt in PROMPTS]
+    answers = _texts(engine, list(reversed(mixed)))[::-1]
+    assert answers == [*alone[None], *alone["a1"], *alone["a2"]]
+    # per-request token limits inside one batch
+    short = engine.generate([Request("a1", PROMPTS[0], 3), Request("a2", PROMPTS[0], 12)])
+    assert short[0]["tokens"] <= 3 and short[0]["finish_reason"] in ("length", "stop")
+
+
+def test_streaming_gives_the_greedy_answer(tiny_dir, adapters):
+    engine = Engine(tiny_dir, "float32")
+    engine.load_adapter("a1", adapters["a1"])
+    pieces = list(engine.stream(Request("a1", PROMPTS[1], 12)))
+    assert "".join(pieces).strip() == _texts(engine, [Request("a1", PROMPTS[1], 12)])[0]
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_quantized_base_with_an_adapter_answers_and_uses_less_memory(
+    tiny_dir, adapters, quantization
+):
+    full = Engine(tiny_dir, "float32")
+    small = Engine(tiny_dir, "float32", quantization)
+    small.load_adapter("a1", adapters["a1"])
+    answers = small.generate(
+        [Request("a1", p, 6) for p in PROMPTS] + [Request(None, PROMPTS[0], 6)]
+    )
+    assert all(a["tokens"] >= 1 for a in answers)
+    memory = small.memory()
+    assert memory["quantization"] == quantization and memory["adapters"] == ["a1"]
+    assert memory["base_bytes"] < full.memory()["base_bytes"]
+
+
+def test_unloading_keeps_other_adapters(tiny_dir, adapters):
+    engine = Engine(tiny_dir, "float32")
+    for name, folder in adapters.items():
+        engine.load_adapter(name, folder)
+    engine.unload("a1")
+    assert engine.memory()["adapters"] == ["a2"]
+    assert _texts(engine, [Request("a2", PROMPTS[0], 4)])
+
+
+def test_cache_lru_ttl_and_counts():
+    now = [0.0]
+    cache = CompletionCache(max_entries=2, ttl_s=10, clock=lambda: now[0])
+    keys = [CompletionCache.key(m, "p", 8, 0.0) for m in ("a", "b", "c")]
+    assert CompletionCache.key("a", "p", 8, 0.7) is None  # sampled answers are not cached
+    cache.put(keys[0], {"text": "A"})
+    cache.put(keys[1], {"text": "B"})
+    assert cache.get(keys[0]) == {"text": "A"}  # a is now the most recent
+    cache.put(keys[2], {"text": "C"})  # evicts b
+    assert cache.get(keys[1]) is None
+    now[0] = 11
+    assert cache.get(keys[0]) is None  # expired
+    assert cache.stats() == {"entries": 1, "hits": 1, "misses": 2}
