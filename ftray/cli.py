@@ -8,6 +8,7 @@ import sys
 
 from ftray.errors import UserError
 from ftray.progress import Progress
+from ftray.review.cli import add_review_parser
 
 STAGES = {
     "prepare": "read, check, split and tokenize the data into a versioned dataset",
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=_run_stage)
 
     _submit_parsers(verbs)
+    add_review_parser(verbs, _job_args)
 
     validate = verbs.add_parser("validate", help="check a job spec and print it resolved")
     _job_args(validate)
@@ -213,6 +215,14 @@ def _run_stage(args) -> int:
                 hint = "`ftray run --force` trains anyway." if decision == DONT else ""
                 progress.note(f"stopped: assess says {decision!r}. {hint}")
                 return EXIT_ASSESS_STOP
+        if pipeline.model_card["gate"].get("pending"):
+            from ftray.review.cli import EXIT_AWAITING_REVIEW
+
+            progress.note(
+                f"stopped: {pipeline.model_card['model_id']} awaits human review; rate with "
+                "`ftray review JOB.yaml`, then `ftray review decide JOB.yaml`"
+            )
+            return EXIT_AWAITING_REVIEW
         if not pipeline.model_card["gate"]["passed"]:
             progress.note(
                 f"stopped: the gate rejected {pipeline.model_card['model_id']}; production "
@@ -317,10 +327,14 @@ def _models_list(args) -> int:
         value = metrics.get("candidate", {}).get(primary)
         print(
             f"{card['model_id']}  {card['stage']:<10}  {primary}={value}  "
-            f"gate={'passed' if card['gate']['passed'] else 'failed'}  run={card['run_id']}  "
+            f"gate={_gate_word(card['gate'])}  run={card['run_id']}  "
             f"{card['created_at']}"
         )
     return 0
+
+
+def _gate_word(gate: dict) -> str:
+    return "passed" if gate["passed"] else "pending" if gate.get("pending") else "failed"
 
 
 def _models_show(args) -> int:

@@ -10,6 +10,7 @@ from ftray.errors import UserError
 from ftray.evaluate import EvalRef, evaluate
 from ftray.progress import Progress
 from ftray.registry import get_model, promote, register, reject, was_decided
+from ftray.review.verdict import human_gate
 from ftray.serve import serve_model
 from ftray.spec import JobSpec
 from ftray.specload import spec_hash
@@ -158,13 +159,20 @@ class Pipeline:
                 system_prompt=self.spec.data.system_prompt,
             )
             model_id = card["model_id"]
-            if not was_decided(self.store, model_id):
-                if not evaluation.gate["passed"]:
-                    failed = [r["rule"] for r in evaluation.gate["rules"] if not r["passed"]]
+            # A gate with a human rule waits for ratings; `ftray review decide` settles it.
+            gate = human_gate(self.store, evaluation.eval_id) or evaluation.gate
+            if gate.get("pending"):
+                self.progress.note(
+                    "awaiting human review: rate with `ftray review JOB.yaml`, then "
+                    "`ftray review decide JOB.yaml`"
+                )
+            elif not was_decided(self.store, model_id):
+                if not gate["passed"]:
+                    failed = [r["rule"] for r in gate["rules"] if not r["passed"]]
                     reject(self.store, model_id, reason="gate failed: " + "; ".join(failed))
                 elif self.spec.eval.gate.promote:
                     promote(self.store, model_id, reason=f"gate passed in {evaluation.eval_id}")
-            card = get_model(self.store, model_id)
+            card = {**get_model(self.store, model_id), "gate": gate}
             self.progress.note(f"model id: {model_id} (stage: {card['stage']})")
             self.progress.artifact("model card", self.store.uri("models", model_id))
         return card

@@ -9,10 +9,15 @@ from ftray.spec import LOWER_IS_BETTER, GateSpec
 NOT_GATED = ("precision_at_threshold", "recall_at_threshold", "abstain_rate")
 
 
-def apply_gate(gate: GateSpec, primary: str, comparison: dict[str, dict]) -> dict:
-    """`{"passed": bool, "rules": [{"rule", "passed", "detail"}]}` for one comparison.
+def apply_gate(
+    gate: GateSpec, primary: str, comparison: dict[str, dict], human: dict | None = None
+) -> dict:
+    """`{"passed": bool, "pending": bool, "rules": [{"rule", "passed", "detail"}]}` for one
+    comparison.
 
-    `comparison` maps metric name to `paired_bootstrap`'s result for it.
+    `comparison` maps metric name to `paired_bootstrap`'s result for it; `human` is
+    `ftray.review.stats.summarize`'s result for the evaluation's ratings (None before any).
+    `pending`: only the human win-rate rule fails, for want of ratings.
     """
     rules = []
 
@@ -55,4 +60,20 @@ def apply_gate(gate: GateSpec, primary: str, comparison: dict[str, dict]) -> dic
             continue
         value = comparison[name]["candidate"]
         rule(f"{name} {sign} {limit:g}", holds(value, limit), f"candidate {value:.4f}")
-    return {"passed": all(r["passed"] for r in rules), "rules": rules}
+    awaiting = False
+    if gate.min_human_win_rate is not None:
+        name = f"human win rate ≥ {gate.min_human_win_rate:g}"
+        counted = human["win_rate_ratings"] if human else 0
+        awaiting = counted < gate.min_human_ratings
+        if awaiting:
+            rule(name, False, f"awaiting ratings: {counted} of {gate.min_human_ratings}")
+        else:
+            low, high = human["win_rate_interval"]
+            rule(
+                name,
+                human["win_rate"] >= gate.min_human_win_rate,
+                f"candidate {human['win_rate']:.4f}, interval [{low:.4f}, {high:.4f}], "
+                f"{counted} ratings",
+            )
+    failed = sum(not r["passed"] for r in rules)
+    return {"passed": failed == 0, "pending": awaiting and failed == 1, "rules": rules}

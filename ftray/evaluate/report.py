@@ -12,6 +12,7 @@ import io
 
 import numpy as np
 
+from ftray.evaluate.render import gate_table, html_table, markdown_table, page
 from ftray.evaluate.score import ARMS, Task, per_example_primary
 from ftray.store import Store
 
@@ -204,13 +205,7 @@ def _tables(manifest: dict, examples: list[dict]) -> dict[str, tuple[list, list]
             ]
         )
     return {
-        "gate": (
-            ["rule", "passed", "detail"],
-            [
-                [r["rule"], "yes" if r["passed"] else "NO", r["detail"]]
-                for r in manifest["gate"]["rules"]
-            ],
-        ),
+        "gate": gate_table(manifest["gate"]),
         "metrics": (
             ["metric", "candidate", "incumbent", "difference", "interval", "p (bootstrap)"],
             metrics,
@@ -259,12 +254,7 @@ def _mcnemar(manifest: dict) -> str:
 
 def _markdown(manifest: dict, plots: dict, examples: list[dict]) -> str:
     def table(name):
-        head, rows = tables[name]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for row in rows:
-            cells = (str(c).replace("|", "\\|").replace("\n", " ") for c in row)
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+        return markdown_table(*tables[name])
 
     tables = _tables(manifest, examples)
     parts = [
@@ -288,13 +278,7 @@ def _markdown(manifest: dict, plots: dict, examples: list[dict]) -> str:
 
 def _html(manifest: dict, plots: dict, examples: list[dict]) -> str:
     def table(name):
-        head, rows = tables[name]
-        cells = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
-            for row in rows
-        )
-        return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
+        return html_table(*tables[name])
 
     tables = _tables(manifest, examples)
     figures = "".join(
@@ -303,20 +287,7 @@ def _html(manifest: dict, plots: dict, examples: list[dict]) -> str:
         for name, png in plots.items()
     )
     verdict = "pass" if manifest["gate"]["passed"] else "fail"
-    title = html.escape(f"Evaluation {manifest['eval_id']}")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>ftray: {title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }}
-figure {{ display: inline-block; margin: 0.5em; }}
-img {{ max-width: 100%; }}
-.pass {{ color: #17762c; }} .fail {{ color: #b3261e; }}
-</style></head><body>
-<h1>{title}</h1>
-<p>{html.escape(_intro(manifest))}</p>
+    body = f"""<p>{html.escape(_intro(manifest))}</p>
 <h2 class="{verdict}">Gate: {html.escape(_verdict(manifest))}</h2>
 {table("gate")}
 <h2>Metrics</h2>
@@ -327,9 +298,8 @@ img {{ max-width: 100%; }}
 {table("slices")}
 <h2>Worst examples</h2>
 {table("worst")}
-<h2>Decoding</h2><pre>{html.escape(_json(manifest["decoding"]))}</pre>
-</body></html>
-"""
+<h2>Decoding</h2><pre>{html.escape(_json(manifest["decoding"]))}</pre>"""
+    return page(f"Evaluation {manifest['eval_id']}", body)
 
 
 def _json(value) -> str:

@@ -69,6 +69,21 @@ class GateSpec(_Section):
         default=None,
         description="Floor on the candidate's primary metric, whatever the incumbent scores.",
     )
+    min_human_win_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Floor on the candidate's win rate in human pairwise review (`ftray "
+        "review`; ties count half, 'both bad' is left out). Set, the verdict waits: `ftray eval` "
+        "leaves the candidate pending, and `ftray review decide` settles the gate once "
+        "`min_human_ratings` ratings are in.",
+    )
+    min_human_ratings: int = Field(
+        default=20,
+        ge=1,
+        description="Ratings (all reviewers, 'both bad' left out) the human win rate needs "
+        "before the gate decides.",
+    )
 
 
 class EvalSpec(_Section):
