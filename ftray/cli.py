@@ -7,6 +7,7 @@ import json
 import sys
 
 from ftray.errors import UserError
+from ftray.monitor.cli import add_monitor_parsers
 from ftray.progress import Progress
 from ftray.review.cli import add_review_parser
 
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _submit_parsers(verbs)
     add_review_parser(verbs, _job_args)
+    add_monitor_parsers(verbs, _job_args)
 
     validate = verbs.add_parser("validate", help="check a job spec and print it resolved")
     _job_args(validate)

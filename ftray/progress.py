@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 
 
 class Progress:
@@ -31,7 +32,8 @@ class Progress:
         self.console.print(f"[bold green]✓ {name}[/] ({self.timings[name]:.1f} s)")
 
     def note(self, message: str) -> None:
-        self.console.print(f"  {message}", soft_wrap=True)
+        """One line of plain text (brackets in it are text, not markup)."""
+        self.console.print(f"  {escape(message)}", soft_wrap=True)
 
     def artifact(self, what: str, where: str) -> None:
         self.console.print(f"  {what}: [underline]{where}[/]", soft_wrap=True)

@@ -34,7 +34,7 @@ DEFAULT_EXCLUDES = [
     ".pytest_cache",
     ".ruff_cache",
 ]
-STAGES = ("run", "prepare", "train", "sweep", "eval", "serve")
+STAGES = ("run", "prepare", "train", "sweep", "eval", "serve", "monitor", "retrain")
 FINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 

@@ -1,8 +1,10 @@
-"""Human review of an evaluation: `ftray review`.
+"""Human review: `ftray review` (an evaluation's pairs, and flagged production outputs).
 
 Reviewers rate the candidate's and the incumbent's answers to the same held-out inputs side by
 side, blind to which is which (`app`, `pairwise`); ratings are stored one file each under
 `evals/<eval-id>/reviews/` (`ratings`); `stats` turns them into a win rate with an interval and
-inter-reviewer agreement; `verdict` feeds the win rate to the gate and settles it.
+inter-reviewer agreement; `verdict` feeds the win rate to the gate and settles it. The same
+app's `flagged` queue shows served answers flagged by users or monitoring checks, to accept
+(with a corrected output) or reject through `ftray.monitor.feedback`.
 Nothing is imported here, so `ftray --help` stays fast.
 """

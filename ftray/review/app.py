@@ -1,10 +1,12 @@
-"""The review web app: sign-in, the list of queues with the reviewer's progress, and each
-queue's pages (today the pairwise one; a queue is a class with `title`, `path`,
-`progress(reviewer)` and `router(reviewers)`, so another one mounts the same way).
+"""The review web app: sign-in, the list of queues with their progress, and each queue's
+pages: pairwise preference for an evaluation (`pairwise`) and flagged production outputs
+(`flagged`). A queue is a class with `title`, `path`, `progress_label`, `progress(reviewer)`
+and `router(reviewers)`, so another one mounts the same way.
 
 `build_app` returns a plain FastAPI app: `ftray review` serves it with uvicorn, and since its
 links follow the mount point it also runs as a route of another app, e.g.
 `api.mount("/review", build_app(store, eval_id))` in the Serve app.
+Without an evaluation (`eval_id` None) only the flagged queue is served.
 """
 
 from urllib.parse import quote, urlencode
@@ -14,6 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ftray.review import pages
+from ftray.review.flagged import FlaggedQueue
 from ftray.review.http import COOKIE, NotSignedIn, Reviewers, form_fields, prefix
 from ftray.review.pairwise import PairwiseQueue
 from ftray.store import Store
@@ -28,11 +31,13 @@ HEADERS = {
 }
 
 
-def build_app(store: Store, eval_id: str, reviewers: Reviewers | None = None) -> FastAPI:
-    """The review app for one evaluation; `reviewers` None lets anyone in by name."""
+def build_app(store: Store, eval_id: str | None, reviewers: Reviewers | None = None) -> FastAPI:
+    """The review app for a project and one of its evaluations (None: none yet, so only the
+    flagged queue); `reviewers` None lets anyone in by name."""
     reviewers = reviewers or Reviewers()
     signed_in = Depends(reviewers)
-    queues = [PairwiseQueue(store, eval_id)]
+    queues = [PairwiseQueue(store, eval_id)] if eval_id else []
+    queues.append(FlaggedQueue(store))
     app = FastAPI(title="ftray review", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.middleware("http")
@@ -94,7 +99,7 @@ def build_app(store: Store, eval_id: str, reviewers: Reviewers | None = None) ->
         rows = []
         for queue in queues:
             done, total = await run_in_threadpool(queue.progress, reviewer)
-            rows.append((queue.title, queue.path, done, total))
+            rows.append((queue.title, queue.path, queue.progress_label, done, total))
         return HTMLResponse(pages.index_page(prefix(request), reviewer, eval_id, rows))
 
     for queue in queues:

@@ -9,7 +9,7 @@ import sys
 from ftray.errors import UserError
 
 ACTIONS = {
-    "serve": "serve the review pages (the default)",
+    "serve": "serve the review pages: pairwise and flagged outputs (the default)",
     "results": "print win rate, interval, agreement and the gate as JSON (and write the report)",
     "decide": "settle a gate that waits for human review: promote or reject, once",
 }
@@ -21,9 +21,11 @@ def add_review_parser(verbs, job_args) -> None:
     """Add `review` to the `ftray` sub-commands; `job_args` adds JOB and `--set`."""
     review = verbs.add_parser(
         "review",
-        help="human review: rate candidate vs incumbent side by side in a local web app; "
-        "results; decide a gate that waits for ratings",
-        description="Pairwise human review of an evaluation. "
+        help="human review in a local web app: rate candidate vs incumbent side by side, "
+        "accept, correct or reject flagged outputs; results; decide a gate that waits for "
+        "ratings",
+        description="Human review: pairwise preference of an evaluation, and flagged "
+        "production outputs whose accepted corrections enter the next dataset version. "
         + "; ".join(f"{name}: {text}" for name, text in ACTIONS.items())
         + ".",
     )
@@ -32,7 +34,10 @@ def add_review_parser(verbs, job_args) -> None:
     )
     job_args(review)
     review.add_argument(
-        "--eval", dest="eval_id", metavar="EVAL_ID", help="default: the project's latest eval"
+        "--eval",
+        dest="eval_id",
+        metavar="EVAL_ID",
+        help="default: the project's latest eval (serve: none yet serves the flagged queue only)",
     )
     review.add_argument("--host", default="127.0.0.1", help="serve: bind address")
     review.add_argument("--port", type=int, default=8400, help="serve: port")
@@ -52,7 +57,10 @@ def _review(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.job, args.overrides)
     store = Store(spec.storage, spec.project)
-    eval_id = args.eval_id or latest_eval(store)
+    eval_id = args.eval_id
+    # The flagged queue needs no evaluation: a project serving its first model has none yet.
+    if eval_id is None and (args.action != "serve" or store.manifests("evals")):
+        eval_id = latest_eval(store)
     if args.action == "serve":
         return _serve(store, eval_id, args)
     from ftray.review.verdict import decide, results
@@ -69,7 +77,7 @@ def _review(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(store, eval_id: str, args: argparse.Namespace) -> int:
+def _serve(store, eval_id: str | None, args: argparse.Namespace) -> int:
     import uvicorn
     import yaml
 
@@ -93,6 +101,7 @@ def _serve(store, eval_id: str, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     app = build_app(store, eval_id, reviewers)
-    print(f"reviewing {eval_id}: http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+    what = f"evaluation {eval_id} and flagged outputs" if eval_id else "flagged outputs"
+    print(f"reviewing {what}: http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -52,7 +52,7 @@ def login_page(prefix: str, next_path: str, error: str | None, tokens: bool) -> 
     hint = (
         "Paste the token you were given."
         if tokens
-        else "Letters, digits and . _ @ - ; it is recorded with each rating you give."
+        else "Letters, digits and . _ @ - ; it is recorded with each rating or decision."
     )
     problem = f'<p class="error">{escape(error)}</p>' if error else ""
     return page(
@@ -71,17 +71,23 @@ def login_page(prefix: str, next_path: str, error: str | None, tokens: bool) -> 
 
 
 def index_page(
-    prefix: str, reviewer: str, eval_id: str, queues: list[tuple[str, str, int, int]]
+    prefix: str, reviewer: str, eval_id: str | None, queues: list[tuple[str, str, str, int, int]]
 ) -> str:
-    """The queues, each with this reviewer's progress: (title, path, done, total)."""
+    """The queues with their progress: (title, path, what counts as done, done, total)."""
     rows = "".join(
         f'<tr><td><a href="{prefix}{path}">{escape(title)}</a></td>'
-        f"<td>{done} of {total} rated</td></tr>"
-        for title, path, done, total in queues
+        f"<td>{done} of {total} {label}</td></tr>"
+        for title, path, label, done, total in queues
+    )
+    about = (
+        f'<p id="eval">Pairwise review of evaluation <b>{escape(eval_id)}</b>.</p>'
+        if eval_id
+        else '<p id="eval">No evaluation yet, so no pairwise review: <code>ftray eval JOB.yaml'
+        "</code> makes one; restart <code>ftray review</code> after it.</p>"
     )
     return page(
-        f"Evaluation {eval_id}",
-        f"<table><tr><th>queue</th><th>your progress</th></tr>{rows}</table>",
+        "Review queues",
+        f"{about}<table><tr><th>queue</th><th>progress</th></tr>{rows}</table>",
         prefix=prefix,
         reviewer=reviewer,
     )
@@ -153,6 +159,80 @@ def done_page(prefix: str, reviewer: str, total: int, mine: list[dict]) -> str:
         "Your ratings",
         f'<p id="status">{status}</p><table id="mine"><tr><th>pair</th><th>your choice</th>'
         f"<th>comment</th></tr>{rows}</table>",
+        prefix=prefix,
+        reviewer=reviewer,
+    )
+
+
+def flagged_page(
+    prefix: str,
+    reviewer: str,
+    item: dict,
+    position: tuple[int, int, int, int],
+    skip: str | None,
+) -> str:
+    """One flagged output: the prompt, the model's answer, the feedback, and a corrected
+    output (prefilled with the proposed correction) to accept, or reject.
+
+    `position`: (its place among those waiting, waiting, decided, flagged in all).
+    """
+    place, waiting, done, total = position
+    prompt = item.get("prompt")
+    prompt_html = (
+        f"<pre>{escape(prompt)}</pre>"
+        if prompt
+        else '<p class="error">The prompt of this request is not known, so an accepted '
+        "output cannot enter the dataset.</p>"
+    )
+    details = [
+        ("model", item.get("model")),
+        ("rating", item.get("rating")),
+        ("flagged", "yes" if item.get("flag") else "no (a correction was sent)"),
+        ("comment or check", item.get("comment")),
+        ("received", item.get("time")),
+        ("request", item.get("request_id")),
+    ]
+    rows = "".join(
+        f"<tr><th>{name}</th><td>{escape(str(value))}</td></tr>"
+        for name, value in details
+        if value not in (None, "")
+    )
+    correction = item.get("correction") or ""
+    hint = (
+        "The correction sent with the feedback: accept it as it is, or edit it first."
+        if correction
+        else "No correction was sent: write the right answer to accept one."
+    )
+    fid = escape(item["feedback_id"])
+    skip_link = f'<a href="{prefix}/flagged/{escape(skip)}" id="skip">Skip</a>' if skip else ""
+    # The newline after <textarea> is dropped by HTML parsers, so a correction that starts
+    # with one keeps it.
+    body = f"""<p id="progress">Flagged output {place} of {waiting} waiting ·
+<b id="done">{done}</b> of {total} decided <progress value="{done}" max="{total}"></progress></p>
+<section id="prompt"><h2>Prompt</h2>{prompt_html}</section>
+<section id="output"><h2>The model's answer</h2><pre>{escape(item.get("output") or "")}</pre>
+</section>
+<table id="feedback">{rows}</table>
+<form method="post" action="{prefix}/flagged/{fid}">
+<p><label for="correction">Corrected output</label><br>{escape(hint)}</p>
+<textarea id="correction" name="output" rows="8">
+{escape(correction)}</textarea>
+<div class="choices">
+<button name="decision" value="accept" id="decision-accept">Accept this output</button>
+<button name="decision" value="reject" id="decision-reject">Reject</button>
+</div>
+<p>Accepting adds the prompt and this output to the next dataset version; rejecting adds
+nothing.</p>
+</form>
+<p>{skip_link}</p>"""
+    return page("Flagged output", body, prefix=prefix, reviewer=reviewer)
+
+
+def flagged_empty_page(prefix: str, reviewer: str, total: int) -> str:
+    """What the flagged queue shows when no flagged output waits (all `total` decided)."""
+    return page(
+        "Flagged outputs",
+        f'<p id="status">No flagged output waits for a decision ({total} of {total} decided).</p>',
         prefix=prefix,
         reviewer=reviewer,
     )

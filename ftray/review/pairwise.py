@@ -27,6 +27,7 @@ class PairwiseQueue:
 
     title = "Pairwise preference: candidate vs incumbent"
     path = "/pairwise"
+    progress_label = "rated by you"
 
     def __init__(self, store: Store, eval_id: str):
         self.eval_id = eval_id

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from ray import serve
 
 from ftray.data.tokenize import render_prompt
+from ftray.monitor.sampler import Sampler
 from ftray.serve.cache import CompletionCache
 from ftray.serve.engine import Engine
 from ftray.serve.engine import Request as Completion
@@ -74,6 +75,21 @@ class CompletionRequest(_Common):
     prompt: str
 
 
+class FeedbackRequest(BaseModel):
+    request_id: str = Field(min_length=1, max_length=200, description="The response's `id`.")
+    rating: int | None = Field(default=None, ge=1, le=5, description="1 (bad) to 5 (good).")
+    flag: bool = Field(default=False, description="Ask a person to look at this answer.")
+    correction: str | None = Field(default=None, max_length=20_000, description="The right answer.")
+    comment: str | None = Field(default=None, max_length=2000)
+    prompt: str | None = Field(
+        default=None,
+        max_length=20_000,
+        description="Only needed when the request is no longer known to the replica.",
+    )
+    output: str | None = Field(default=None, max_length=20_000)
+    model: str | None = None
+
+
 class _Loaded:
     """A loaded registry model. Serve's LRU drops it by deleting it; the engine unloads it
     at the next safe point (never in the middle of a generation)."""
@@ -96,6 +112,7 @@ class ChatModel:
         self.engine = Engine(config["model_dir"], config["dtype"], config["quantization"])
         self.cache = CompletionCache(config["cache_entries"], config["cache_ttl_s"])
         self.metrics = ServeMetrics()
+        self.sampler = Sampler(self.store, config["monitor"], tick=self._publish_checks)
         self.api_key = None
         if config.get("api_key_env"):
             self.api_key = os.environ.get(config["api_key_env"])
@@ -120,6 +137,11 @@ class ChatModel:
         )(load)
         self.generate_batch.set_max_batch_size(config["max_batch_size"])
         self.generate_batch.set_batch_wait_timeout_s(config["batch_wait_timeout_s"])
+
+    async def __del__(self):
+        """Serve calls this before stopping the replica: write the buffered samples."""
+        if hasattr(self, "sampler"):  # not when __init__ failed
+            await self.sampler.drain()
 
     async def _load(self, model_id: str) -> _Loaded:
         if not self.store.is_complete("models", model_id):
@@ -154,6 +176,7 @@ class ChatModel:
             "memory": self.engine.memory(),
             "cache": self.cache.stats(),
             "batching": self.batching,
+            "sampling": self.sampler.stats(),
         }
 
     @api.get("/v1/models")
@@ -173,13 +196,14 @@ class ChatModel:
         if system_prompt and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": system_prompt})
         prompt = render_prompt(self.engine.tokenizer, messages)
-        return await self._respond(body, model_id, loaded, prompt, chat=True)
+        said = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        return await self._respond(body, model_id, loaded, prompt, said, chat=True)
 
     @api.post("/v1/completions")
     async def completions(self, body: CompletionRequest, request: Request):
         self._authorize(request)
         model_id, loaded = await self._route(body.model)
-        return await self._respond(body, model_id, loaded, body.prompt, chat=False)
+        return await self._respond(body, model_id, loaded, body.prompt, body.prompt, chat=False)
 
     async def _route(self, requested: str) -> tuple[str, _Loaded | None]:
         """(the concrete model name, its loaded handle or None for the base model)."""
@@ -199,7 +223,9 @@ class ChatModel:
             return BASE_MODEL_NAME, None
         return name, await self.get_model(name)
 
-    async def _respond(self, body, model_id: str, loaded, prompt: str, chat: bool):
+    async def _respond(self, body, model_id: str, loaded, prompt: str, said: str, chat: bool):
+        """Check limits, answer (cache, batch or stream), count and sample. `prompt` is what
+        the model reads (template included), `said` the user's own text (what is sampled)."""
         started = time.perf_counter()
         limit = body.max_tokens or self.config["max_new_tokens"]
         if limit > self.config["max_tokens_limit"]:
@@ -218,7 +244,7 @@ class ChatModel:
         request = Completion(loaded.name if loaded else None, prompt, limit, body.temperature)
         if body.stream:
             return StreamingResponse(
-                self._events(request, model_id, loaded, chat, started),
+                self._events(request, model_id, loaded, chat, started, said, prompt_tokens),
                 media_type="text/event-stream",
             )
         key = self.cache.key(model_id, prompt, limit, body.temperature)
@@ -227,8 +253,11 @@ class ChatModel:
         if answer is None:
             answer = await self.generate_batch((request, loaded))
             self.cache.put(key, answer)
-        self.metrics.done(model_id, time.perf_counter() - started, prompt_tokens, answer["tokens"])
-        return completion(body.model, answer, prompt_tokens, chat)
+        latency = time.perf_counter() - started
+        self.metrics.done(model_id, latency, prompt_tokens, answer["tokens"])
+        response = completion(body.model, answer, prompt_tokens, chat)
+        self._sample(response["id"], model_id, chat, said, answer, prompt_tokens, latency)
+        return response
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def generate_batch(self, items: list[tuple]) -> list[dict]:
@@ -242,7 +271,9 @@ class ChatModel:
             self._unload_pending()
             return await asyncio.to_thread(self.engine.generate, [r for r, _ in items])
 
-    async def _events(self, request: Completion, model_id: str, loaded, chat: bool, started):
+    async def _events(
+        self, request: Completion, model_id: str, loaded, chat: bool, started, said, prompt_tokens
+    ):
         """Server-sent events in OpenAI's chunk format, ending with `[DONE]`."""
         ident, kind = new_id(chat, chunk=True)
         pieces = []
@@ -257,7 +288,61 @@ class ChatModel:
         finish = "length" if tokens >= request.max_tokens else "stop"
         yield event(ident, kind, request.model, "", finish, chat)
         yield "data: [DONE]\n\n"
-        self.metrics.done(model_id, time.perf_counter() - started, 0, tokens)
+        latency = time.perf_counter() - started
+        self.metrics.done(model_id, latency, prompt_tokens, tokens)
+        answer = {"text": "".join(pieces).strip(), "tokens": tokens, "finish_reason": finish}
+        self._sample(ident, model_id, chat, said, answer, prompt_tokens, latency)
+
+    def _sample(self, request_id, model_id, chat, said, answer, prompt_tokens, latency) -> None:
+        self.sampler.record(
+            {
+                "request_id": request_id,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "model": model_id,
+                "endpoint": "chat" if chat else "completions",
+                "prompt": said,
+                "output": answer["text"],
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": answer["tokens"],
+                "latency_s": round(latency, 4),
+                "finish_reason": answer["finish_reason"],
+            }
+        )
+
+    @api.post("/v1/feedback")
+    async def feedback(self, body: FeedbackRequest, request: Request) -> dict:
+        """A rating, a flag or a corrected answer for an earlier response (by its `id`)."""
+        from ftray.monitor.feedback import decide, is_flagged, store_feedback
+
+        self._authorize(request)
+        if body.rating is None and not body.flag and body.correction is None:
+            raise HTTPException(400, "feedback needs a rating, a flag or a correction")
+        known = self.sampler.recent.get(body.request_id, {})
+        clean = self.sampler.clean
+        record = {
+            "request_id": body.request_id,
+            "model": body.model or known.get("model"),
+            "rating": body.rating,
+            "flag": body.flag,
+            "correction": clean(body.correction),
+            "comment": clean(body.comment),
+            "prompt": clean(body.prompt) or known.get("prompt"),
+            "output": clean(body.output) or known.get("output"),
+        }
+        stored = await asyncio.to_thread(store_feedback, self.store, record)
+        if record["correction"] and self.config["monitor"]["accept_corrections"] == "auto":
+            await asyncio.to_thread(decide, self.store, stored["feedback_id"], "accept", by="auto")
+        return {
+            "id": stored["feedback_id"],
+            "object": "feedback",
+            "flagged": is_flagged(stored),
+            "matched_request": bool(known),
+        }
+
+    def _publish_checks(self) -> None:
+        """Export the latest `ftray monitor` results as gauges (read on each flush tick)."""
+        if self.store.fs.exists(self.store.path("monitor", "latest.json")):
+            self.metrics.checks(self.store.read_json("monitor", "latest.json")["checks"])
 
     def _unload_pending(self) -> None:
         while self.pending_unload:
@@ -314,6 +399,15 @@ def deployment_for(spec, store: Store, model_dir: str, env: dict | None = None):
                 "cache_entries",
                 "cache_ttl_s",
                 "api_key_env",
+            }
+        ),
+        "monitor": spec.monitor.model_dump(
+            include={
+                "sample_rate",
+                "redact_pii",
+                "flush_rows",
+                "flush_interval_s",
+                "accept_corrections",
             }
         ),
     }

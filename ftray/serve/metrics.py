@@ -13,7 +13,7 @@ class ServeMetrics:
     """The app's counters and histogram; created inside the replica."""
 
     def __init__(self):
-        from ray.serve.metrics import Counter, Histogram
+        from ray.serve.metrics import Counter, Gauge, Histogram
 
         tags = ("model",)
         self.requests = Counter("ftray_requests", "Completed requests.", tag_keys=tags)
@@ -29,6 +29,14 @@ class ServeMetrics:
         )
         self.cache_hits = Counter("ftray_cache_hits", "Completion cache hits.", tag_keys=tags)
         self.cache_misses = Counter("ftray_cache_misses", "Completion cache misses.", tag_keys=tags)
+        self.check_value = Gauge(
+            "ftray_monitor_value",
+            "Latest value of each `ftray monitor` check.",
+            tag_keys=("check",),
+        )
+        self.check_alert = Gauge(
+            "ftray_monitor_alert", "1 when the check's latest run alerted.", tag_keys=("check",)
+        )
         self.batch_size = Histogram(
             "ftray_batch_size", "Requests per generation batch.", boundaries=[1, 2, 4, 8, 16, 32]
         )
@@ -41,6 +49,12 @@ class ServeMetrics:
             self.prompt_tokens.inc(prompt_tokens, tags=tags)
         if tokens:
             self.completion_tokens.inc(tokens, tags=tags)
+
+    def checks(self, found: list[dict]) -> None:
+        for check in found:
+            tags = {"check": check["check"]}
+            self.check_value.set(check["value"], tags=tags)
+            self.check_alert.set(int(check["alert"]), tags=tags)
 
     def batch(self, size: int) -> None:
         self.batch_size.observe(size)

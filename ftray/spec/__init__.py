@@ -20,6 +20,7 @@ from ftray.spec.evaluate import (
     EvalSpec,
     GateSpec,
 )
+from ftray.spec.monitor import MonitorSpec
 
 
 class ModelSpec(_Section):
@@ -553,6 +554,9 @@ class JobSpec(_Section):
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation.")
     serve: ServeSpec = Field(default_factory=ServeSpec, description="Serving.")
     wandb: WandbSpec = Field(default_factory=WandbSpec, description="Weights & Biases.")
+    monitor: MonitorSpec = Field(
+        default_factory=MonitorSpec, description="Monitoring and the retraining loop."
+    )
     sweep: SweepSpec | None = Field(
         default=None, description="Hyperparameter sweep; `ftray run` sweeps when it is set."
     )
@@ -606,4 +610,5 @@ __all__ = [
     "TASK_METRICS",
     "EvalSpec",
     "GateSpec",
+    "MonitorSpec",
 ]

@@ -4,9 +4,6 @@ page, served by uvicorn), and bad requests with an HTTP client."""
 from __future__ import annotations
 
 import re
-import shutil
-import threading
-import time
 
 import pytest
 from fastapi import FastAPI
@@ -17,7 +14,7 @@ from ftray.review.http import Reviewers
 from ftray.review.ratings import RatingLog, reviewer_order
 from ftray.review.verdict import results
 from ftray.store import Store
-from tests.conftest import free_port
+from tests.unit.review_browser import chromium, serving
 from tests.unit.review_eval import write_eval
 
 ITEMS = 8
@@ -34,28 +31,8 @@ def store(tmp_path) -> Store:
 @pytest.fixture
 def server(store):
     """The app on uvicorn, on loopback and a free port, for the length of one test."""
-    import uvicorn
-
-    port = free_port()
-    config = uvicorn.Config(build_app(store, "eval-ab"), host="127.0.0.1", port=port)
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert uv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(timeout=10)
-
-
-def _chromium():
-    playwright = pytest.importorskip("playwright.sync_api")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("no chromium binary (apt-get install chromium; .ci/run installs it)")
-    return playwright, chromium
+    with serving(build_app(store, "eval-ab")) as url:
+        yield url
 
 
 def _rate_on_page(page, wants: list[tuple[str, str]]) -> list[dict]:
@@ -79,10 +56,10 @@ def _rate_on_page(page, wants: list[tuple[str, str]]) -> list[dict]:
 
 
 def test_two_reviewers_rate_pairs_in_chromium(store, server):
-    playwright, chromium = _chromium()
+    playwright, binary = chromium()
     requests, errors = [], []
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=binary, args=["--no-sandbox"])
         alice = browser.new_context().new_page()
         alice.on("request", lambda r: requests.append(r.url))
         alice.on("console", lambda m: m.type == "error" and errors.append(m.text))

@@ -1,0 +1,101 @@
+"""`ftray monitor | retrain | feedback`: checks on production traffic, the next version from
+accepted corrections, and decisions on feedback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+# `ftray monitor` found at least one alert: schedulers see a failed run.
+EXIT_ALERT = 6
+ADDRESS_HELP = "Ray cluster address (default: $RAY_ADDRESS, else local)"
+
+
+def add_monitor_parsers(verbs, job_args) -> None:
+    """Add the three verbs; `job_args` adds JOB and `--set`."""
+    monitor = verbs.add_parser(
+        "monitor",
+        help="quality checks on the Serve app's sampled traffic; alerts; report (exit 6 on "
+        "an alert)",
+    )
+    job_args(monitor)
+    monitor.add_argument(
+        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)"
+    )
+    monitor.set_defaults(handler=_monitor)
+
+    retrain = verbs.add_parser(
+        "retrain",
+        help="next dataset version = sources + accepted corrections; train, evaluate against "
+        "production, gate (exit codes as `ftray eval`)",
+    )
+    job_args(retrain)
+    retrain.add_argument(
+        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)"
+    )
+    retrain.set_defaults(handler=_retrain)
+
+    feedback = verbs.add_parser("feedback", help="feedback on served answers: list, accept, reject")
+    feedback.add_argument("action", choices=("list", "accept", "reject"))
+    job_args(feedback)
+    feedback.add_argument("feedback_ids", nargs="*", metavar="FEEDBACK_ID")
+    feedback.add_argument("--output", help="accept: the corrected answer (default: the user's)")
+    feedback.add_argument("--all", action="store_true", help="list: decided feedback too")
+    feedback.set_defaults(handler=_feedback)
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from ftray.monitor import monitor
+    from ftray.progress import Progress
+    from ftray.runtime import ray_session
+    from ftray.specload import load_spec
+    from ftray.store import Store
+
+    spec = load_spec(args.job, args.overrides)
+    progress = Progress()
+    with ray_session(spec.ray, args.address), progress.stage("monitor"):
+        ref = monitor(spec, Store(spec.storage, spec.project), progress)
+    return EXIT_ALERT if ref.alerts else 0
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from ftray.cli import EXIT_GATE_REJECTED
+    from ftray.monitor.retrain import retrain_spec
+    from ftray.pipeline import Pipeline
+    from ftray.progress import Progress
+    from ftray.review.cli import EXIT_AWAITING_REVIEW
+    from ftray.runtime import ray_session
+    from ftray.specload import load_spec
+    from ftray.store import Store
+
+    spec = load_spec(args.job, args.overrides)
+    progress = Progress()
+    with progress.stage("retrain"):
+        spec = retrain_spec(spec, Store(spec.storage, spec.project), progress)
+    with ray_session(spec.ray, args.address):
+        card = Pipeline(spec, progress).model_card
+    if card["gate"].get("pending"):
+        return EXIT_AWAITING_REVIEW
+    return 0 if card["gate"]["passed"] else EXIT_GATE_REJECTED
+
+
+def _feedback(args: argparse.Namespace) -> int:
+    from ftray.errors import UserError
+    from ftray.monitor import feedback
+    from ftray.specload import load_spec
+    from ftray.store import Store
+
+    spec = load_spec(args.job, args.overrides)
+    store = Store(spec.storage, spec.project)
+    if args.action == "list":
+        decided = feedback.decisions(store)
+        rows = feedback.all_feedback(store) if args.all else feedback.pending(store)
+        for row in rows:
+            print(json.dumps({**row, "decision": decided.get(row["feedback_id"])}))
+        return 0
+    if not args.feedback_ids:
+        raise UserError(f"`ftray feedback {args.action}` takes one or more FEEDBACK_IDs")
+    for feedback_id in args.feedback_ids:
+        record = feedback.decide(store, feedback_id, args.action, output=args.output)
+        print(f"{feedback_id}: {record['decision']}")
+    return 0

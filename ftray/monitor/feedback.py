@@ -1,0 +1,127 @@
+"""Feedback on served answers, and the decisions that let corrections into the next dataset.
+
+Layout under `<storage>/<project>/monitor/`, one JSON file per event with time-ordered unique
+names (concurrent writers on object storage never overwrite each other):
+
+    feedback/<time>-<id>.json    what POST /v1/feedback received: feedback_id, request_id,
+                                 model, rating, flag, correction, comment, prompt, output
+    decisions/<time>-<id>.json   a person's (or `accept_corrections: auto`'s) verdict on one
+                                 feedback: accept | reject, by whom, and the accepted output
+
+A feedback is *flagged* when it has `flag` or a `correction`; a flagged feedback waits for a
+decision; the latest decision wins. Accepted corrections are what `ftray retrain` adds.
+"""
+
+from __future__ import annotations
+
+import getpass
+import time
+import uuid
+
+from ftray.errors import UserError
+from ftray.store import Store
+
+FEEDBACK = ("monitor", "feedback")
+DECISIONS = ("monitor", "decisions")
+
+
+def event_name() -> str:
+    """A unique, time-ordered file name."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
+
+
+def store_feedback(store: Store, feedback: dict) -> dict:
+    """Write one feedback (already validated and redacted); returns it with its id."""
+    record = {
+        "feedback_id": f"fb-{uuid.uuid4().hex[:12]}",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **feedback,
+    }
+    store.write_json(record, *FEEDBACK, event_name())
+    return record
+
+
+def decide(
+    store: Store,
+    feedback_id: str,
+    decision: str,
+    *,
+    by: str | None = None,
+    output: str | None = None,
+) -> dict:
+    """Record `accept` or `reject` for a feedback; `output` overrides its correction."""
+    if decision not in ("accept", "reject"):
+        raise UserError(f"a feedback decision is 'accept' or 'reject', not {decision!r}")
+    known = {f["feedback_id"]: f for f in all_feedback(store)}
+    if feedback_id not in known:
+        raise UserError(
+            f"no feedback {feedback_id!r}; `ftray feedback list JOB.yaml` shows the flagged ones"
+        )
+    chosen = output if output is not None else known[feedback_id].get("correction")
+    if decision == "accept" and not chosen:
+        raise UserError(
+            f"{feedback_id} has no correction to accept; give the right answer with --output"
+        )
+    record = {
+        "feedback_id": feedback_id,
+        "decision": decision,
+        "output": chosen if decision == "accept" else None,
+        "by": by or _user(),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    store.write_json(record, *DECISIONS, event_name())
+    return record
+
+
+def all_feedback(store: Store) -> list[dict]:
+    """Every feedback, oldest first."""
+    return read_events(store, FEEDBACK)
+
+
+def decisions(store: Store) -> dict[str, dict]:
+    """The latest decision per feedback id."""
+    return {d["feedback_id"]: d for d in read_events(store, DECISIONS)}
+
+
+def is_flagged(feedback: dict) -> bool:
+    return bool(feedback.get("flag") or feedback.get("correction"))
+
+
+def pending(store: Store) -> list[dict]:
+    """Flagged feedback with no decision yet, oldest first."""
+    decided = decisions(store)
+    return [f for f in all_feedback(store) if is_flagged(f) and f["feedback_id"] not in decided]
+
+
+def accepted_corrections(store: Store) -> list[dict]:
+    """(prompt, accepted output) for every accepted feedback that knows its prompt, with the
+    feedback id; oldest first."""
+    decided = decisions(store)
+    rows = []
+    for feedback in all_feedback(store):
+        decision = decided.get(feedback["feedback_id"])
+        if decision and decision["decision"] == "accept" and feedback.get("prompt"):
+            rows.append(
+                {
+                    "feedback_id": feedback["feedback_id"],
+                    "prompt": feedback["prompt"],
+                    "completion": decision["output"],
+                }
+            )
+    return rows
+
+
+def read_events(store: Store, parts: tuple[str, ...]) -> list[dict]:
+    """Every JSON event under `parts`, oldest first."""
+    folder = store.path(*parts)
+    if not store.fs.exists(folder):
+        return []
+    names = sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(folder, detail=False))
+    return [store.read_json(*parts, name) for name in names if name.endswith(".json")]
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

@@ -1,0 +1,88 @@
+"""The monitoring report: the latest checks, and every check's value over time with its
+threshold, from all runs in `monitor/checks/` (md + self-contained html)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+from ftray.evaluate.render import html_table, markdown_table, page
+from ftray.monitor.feedback import read_events
+from ftray.store import Store
+
+
+def write_report(store: Store) -> None:
+    runs = read_events(store, ("monitor", "checks"))
+    latest = runs[-1]
+    head = ["check", "value", "threshold", "samples", "alert", "detail"]
+    rows = [
+        [
+            k["check"],
+            f"{k['value']:.4f}",
+            f"{'≤' if k['direction'] == 'max' else '≥'} {k['threshold']}",
+            k["n"],
+            "ALERT" if k["alert"] else "ok",
+            k["detail"],
+        ]
+        for k in latest["checks"]
+    ]
+    plots = {
+        name: _plot(name, runs)
+        for name in dict.fromkeys(k["check"] for run in runs for k in run["checks"])
+    }
+    store.fs.makedirs(store.path("monitor", "plots"), exist_ok=True)
+    for name, png in plots.items():
+        with store.fs.open(store.path("monitor", "plots", f"{name}.png"), "wb") as handle:
+            handle.write(png)
+    intro = (
+        f"Latest run {latest['time']}: {latest['samples']} sampled requests in the last "
+        f"{latest['window_hours']:g} h, against {latest['reference']}; {len(runs)} runs."
+    )
+    markdown = (
+        "\n\n".join(
+            [
+                "# Monitoring",
+                intro,
+                "## Latest checks",
+                markdown_table(head, rows),
+                "## Over time",
+                *[f"![{n}](plots/{n}.png)" for n in plots],
+            ]
+        )
+        + "\n"
+    )
+    figures = "".join(
+        f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(p).decode()}">'
+        f"<figcaption>{n}</figcaption></figure>"
+        for n, p in plots.items()
+    )
+    body = (
+        f"<p>{html.escape(intro)}</p><h2>Latest checks</h2>{html_table(head, rows)}"
+        f'<h2>Over time</h2><section id="plots">{figures}</section>'
+    )
+    for name, text in (("report.md", markdown), ("report.html", page("Monitoring", body))):
+        with store.fs.open(store.path("monitor", name), "w") as handle:
+            handle.write(text)
+
+
+def _plot(name: str, runs: list[dict]) -> bytes:
+    from matplotlib.figure import Figure
+
+    points = [(run["time"], k) for run in runs for k in run["checks"] if k["check"] == name]
+    figure = Figure(figsize=(6, 3), dpi=100, layout="constrained")
+    ax = figure.add_subplot()
+    x = range(len(points))
+    ax.plot(x, [k["value"] for _, k in points], marker="o", color="#2f6db5", label=name)
+    ax.axhline(points[-1][1]["threshold"], color="#b3261e", linestyle="--", label="threshold")
+    alerts = [(i, k["value"]) for i, (_, k) in enumerate(points) if k["alert"]]
+    if alerts:
+        ax.scatter(*zip(*alerts, strict=True), color="#b3261e", zorder=3, label="alert")
+    ax.set_xticks(
+        list(x), [t[5:16].replace("T", " ") for t, _ in points], rotation=30, ha="right", fontsize=7
+    )
+    ax.set_title(name)
+    ax.legend(fontsize=7)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()

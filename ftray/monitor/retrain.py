@@ -1,0 +1,67 @@
+"""`ftray retrain`: the next dataset version = the job's sources + accepted corrections,
+through the same prepare rules, then train, evaluate against production, and the gate.
+
+The corrections become one more source file, `monitor/corrections/<hash>.jsonl`, named by
+its content; it lists the feedback ids it came from, so the dataset's manifest (its sources
+and their hashes) links the dataset version to the feedback, and the model card links the
+model to the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from ftray.errors import UserError
+from ftray.monitor.feedback import accepted_corrections
+from ftray.progress import Progress
+from ftray.spec import JobSpec, SourceSpec
+from ftray.store import Store
+
+
+def retrain_spec(spec: JobSpec, store: Store, progress: Progress) -> JobSpec:
+    """The job spec of the next version: its sources plus the corrections file, compared
+    with the production model when there is one."""
+    from ftray.registry import production
+
+    corrections = accepted_corrections(store)
+    if not corrections:
+        raise UserError(
+            "no accepted corrections yet: corrections arrive through POST /v1/feedback and are "
+            "accepted with `ftray feedback accept JOB.yaml FEEDBACK_ID` or on the review page "
+            "(or automatically with monitor.accept_corrections: auto)."
+        )
+    lines = [json.dumps(_record(spec, row), sort_keys=True) for row in corrections]
+    body = "\n".join(lines) + "\n"
+    digest = hashlib.sha256(body.encode()).hexdigest()[:12]
+    path = store.path("monitor", "corrections", f"corrections-{digest}.jsonl")
+    if not store.fs.exists(path):
+        store.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with store.fs.open(path, "w") as handle:
+            handle.write(body)
+    uri = store.uri("monitor", "corrections", path.rsplit("/", 1)[-1])
+    progress.note(f"{len(corrections)} accepted correction(s) → {uri}")
+    sources = [*spec.data.sources, SourceSpec(path=uri)]
+    incumbent = "production" if production(store) else spec.eval.incumbent
+    return spec.model_copy(
+        update={
+            "data": spec.data.model_copy(update={"sources": sources}),
+            "eval": spec.eval.model_copy(update={"incumbent": incumbent}),
+        }
+    )
+
+
+def _record(spec: JobSpec, row: dict) -> dict:
+    """A correction in the job's own input format (prompt/completion fields, or a chat)."""
+    data = spec.data
+    if data.messages_field:
+        chat = [
+            {"role": "user", "content": row["prompt"]},
+            {"role": "assistant", "content": row["completion"]},
+        ]
+        return {data.messages_field: chat, "feedback_id": row["feedback_id"]}
+    return {
+        data.prompt_field: row["prompt"],
+        data.completion_field: row["completion"],
+        "feedback_id": row["feedback_id"],
+    }

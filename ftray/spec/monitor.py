@@ -1,0 +1,84 @@
+"""The monitor stage's spec: request sampling in the Serve app, feedback, checks and alerts."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ftray.spec._base import _Section
+
+
+class MonitorSpec(_Section):
+    """Post-deployment monitoring: what the Serve app samples, and `ftray monitor`'s checks."""
+
+    sample_rate: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Share of requests (and their answers) the Serve app logs, per model; 0 "
+        "turns sampling off.",
+    )
+    redact_pii: bool = Field(
+        default=True,
+        description="Replace emails, phone and card numbers in sampled text (and feedback) "
+        "with [EMAIL], [PHONE], [CARD_NUMBER] before anything is written.",
+    )
+    flush_rows: int = Field(
+        default=256, ge=1, description="Samples buffered per replica before a parquet write."
+    )
+    flush_interval_s: float = Field(
+        default=30, gt=0, description="Buffered samples are written at least this often."
+    )
+    accept_corrections: Literal["review", "auto"] = Field(
+        default="review",
+        description="Corrections sent to POST /v1/feedback enter the next dataset version once "
+        "accepted: 'review' waits for a person (`ftray feedback accept`, or the review page); "
+        "'auto' accepts every correction (trusted internal sources only).",
+    )
+    window_hours: float = Field(
+        default=24, gt=0, description="`ftray monitor` checks the samples of the last N hours."
+    )
+    min_samples: int = Field(
+        default=50, ge=1, description="Fewer samples in the window: checks report, never alert."
+    )
+    max_input_drift_psi: float = Field(
+        default=0.2,
+        gt=0,
+        description="Input embedding drift: PSI of the prompts' cosine similarity to the "
+        "training prompts' centroid (all-MiniLM-L6-v2), samples vs training set. Alert above.",
+    )
+    max_label_shift_psi: float = Field(
+        default=0.25,
+        gt=0,
+        description="Classification: PSI of the answers' label distribution vs the training "
+        "set's. Alert above.",
+    )
+    max_length_drift_psi: float = Field(
+        default=0.25,
+        gt=0,
+        description="PSI of answer lengths (tokens) vs the production model's answers on the "
+        "held-out set. Alert above.",
+    )
+    max_empty_or_refusal_rate: float = Field(
+        default=0.05, ge=0, le=1, description="Share of empty or refusing answers. Alert above."
+    )
+    min_schema_compliance: float = Field(
+        default=0.95,
+        ge=0,
+        le=1,
+        description="JSON tasks: share of answers valid against data.output_schema. Alert below.",
+    )
+    min_correction_agreement: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Where feedback carries corrections: share of answers equal to them. Alert "
+        "below.",
+    )
+    webhook_url_env: str | None = Field(
+        default=None,
+        description="Name of an environment variable holding a webhook URL (Slack-compatible "
+        "JSON is posted there for each alert); unset: alerts are stored and logged only.",
+    )
+    alert_examples: int = Field(default=3, ge=0, description="Example requests an alert carries.")

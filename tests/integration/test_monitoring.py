@@ -1,0 +1,157 @@
+# Not named test_monitor.py: `ray stop --force` (the session teardown) kills every process
+# whose command line contains "monitor.py", Ray's autoscaler monitor, and pytest with it.
+"""The loop after deployment, on the session's local Ray: the Serve app samples traffic and
+takes feedback, `ftray monitor` stays quiet on normal traffic and alerts a local webhook
+on drifted traffic, and `ftray retrain` builds the next dataset version from the accepted
+corrections, trains, and lets the gate decide against the production model."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.server
+import json
+import random
+import re
+import threading
+import time
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import free_port
+from tests.integration.colors import query
+from tests.integration.test_serve import _start, _stop
+
+SERVE = [
+    "--set",
+    "monitor.sample_rate=1.0",
+    "--set",
+    "monitor.flush_interval_s=1",
+    "--set",
+    "monitor.accept_corrections=auto",
+]
+# The tiny model answers 'red' to everything (the majority label), so its answers' label shift
+# against the training set is real and large on any traffic; this test is about input drift.
+MONITOR = [
+    "--set",
+    "monitor.min_samples=100",
+    "--set",
+    "monitor.webhook_url_env=FTRAY_HOOK",
+    "--set",
+    "monitor.max_label_shift_psi=10",
+]
+
+
+@pytest.fixture
+def webhook():
+    """A local HTTP server on 127.0.0.1 recording what is posted to it."""
+    received = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    server.shutdown()
+
+
+def _traffic(url: str, prompts: list[str]) -> list[dict]:
+    def ask(prompt):
+        reply = httpx.post(
+            f"{url}/v1/chat/completions",
+            timeout=120,
+            json={"model": "production", "messages": [{"role": "user", "content": prompt}]},
+        )
+        reply.raise_for_status()
+        return reply.json()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return list(pool.map(ask, prompts))
+
+
+def _wait_written(url: str, count: int) -> None:
+    deadline = time.time() + 60
+    while httpx.get(f"{url}/ready").json()["sampling"]["written"] < count:
+        assert time.time() < deadline, httpx.get(f"{url}/ready").json()
+        time.sleep(1)
+
+
+def test_monitor_alerts_on_drift_and_retrain_closes_the_loop(
+    colors_job, run_cli, ray_address, webhook
+):
+    path, root = colors_job
+    models = run_cli("models", "list", str(path)).stdout
+    if "production" not in models:  # alone, without test_gate before it
+        run_cli("eval", str(path))
+    production = re.search(
+        r"(model-[0-9a-f]{12})\s+production", run_cli("models", "list", str(path)).stdout
+    ).group(1)
+    port = free_port()
+    process, _ = _start(ray_address, path, "--set", f"serve.port={port}", *SERVE)
+    url = f"http://127.0.0.1:{port}"
+    hook_url, received = webhook
+    monitor_env = {"FTRAY_HOOK": hook_url}
+    try:
+        rng = random.Random(7)
+        normal = _traffic(url, [query(rng, 1000 + i)[0] for i in range(150)])
+        _wait_written(url, 151)  # + the example request of `ftray serve`
+        # feedback: two corrections (accepted automatically here), a flag, a bad request
+        for reply in normal[:2]:
+            answer = httpx.post(
+                f"{url}/v1/feedback",
+                json={"request_id": reply["id"], "correction": "blue", "rating": 1},
+            )
+            assert answer.json()["matched_request"] is True
+        assert httpx.post(
+            f"{url}/v1/feedback", json={"request_id": normal[2]["id"], "flag": True}
+        ).json()["flagged"]
+        assert httpx.post(f"{url}/v1/feedback", json={"request_id": "x"}).status_code == 400
+
+        quiet = run_cli("monitor", str(path), *MONITOR, env=monitor_env)
+        assert "ALERT" not in quiet.stdout, quiet.stdout
+        assert received == []
+
+        drifted = [
+            f"Could you tell me what the weather will be like in Paris on day {i}?"
+            for i in range(150)
+        ]
+        _traffic(url, drifted)
+        _wait_written(url, 301)
+        loud = run_cli("monitor", str(path), *MONITOR, check=False, env=monitor_env)
+        assert loud.returncode == 6, loud.stdout + loud.stderr
+        assert "ALERT input_drift_psi" in loud.stdout
+    finally:
+        _stop(process)
+    alert = next(post for post in received if post["ftray"]["check"] == "input_drift_psi")
+    assert alert["text"].startswith("ftray alert [gate] input_drift_psi")
+    assert any("weather" in e["prompt"] for e in alert["ftray"]["examples"])
+    samples = pq.read_table(root / "monitor" / "samples").to_pandas()
+    assert len(samples) >= 301 and set(samples["model"]) == {production}
+    report = (root / "monitor" / "report.md").read_text()
+    assert "input_drift_psi" in report and "![input_drift_psi](plots/input_drift_psi.png)" in report
+    assert (
+        'ftray_monitor_alert{project="gate",check="input_drift_psi"} 1'
+        in (root / "monitor" / "metrics.prom").read_text()
+    )
+
+    datasets_before = {p.name for p in (root / "datasets").iterdir()}
+    done = run_cli("retrain", str(path), check=False)
+    assert done.returncode in (0, 4), done.stdout + done.stderr  # promoted, or rejected
+    assert "2 accepted correction(s)" in done.stdout
+    new = {p.name for p in (root / "datasets").iterdir()} - datasets_before
+    assert len(new) == 1
+    manifest = json.loads((root / "datasets" / new.pop() / "manifest.json").read_text())
+    assert any("corrections-" in s["path"] for s in manifest["sources"]), manifest["sources"]
+    evaluation = re.search(r"evaluation report: (\S+)/report.html", done.stdout).group(1)
+    compared = json.loads(
+        (root / "evals" / evaluation.rsplit("/", 1)[-1] / "manifest.json").read_text()
+    )
+    assert compared["incumbent"]["model_id"] == production

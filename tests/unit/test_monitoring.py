@@ -1,0 +1,221 @@
+"""Monitoring without Ray: drift statistics against hand-computed values, the sampler's
+writes (and that a storage failure never reaches a request), feedback decisions, and the
+corrections file `ftray retrain` adds to the next dataset version."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from ftray.errors import UserError
+from ftray.monitor import checks as c
+from ftray.monitor import feedback
+from ftray.monitor.retrain import retrain_spec
+from ftray.monitor.sampler import Sampler
+from ftray.progress import Progress
+from ftray.spec import JobSpec
+from ftray.store import Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(str(tmp_path / "store"), "proj")
+
+
+def test_categorical_psi_by_hand():
+    # reference 50/50, sample 80/20: (0.8-0.5)ln(0.8/0.5) + (0.2-0.5)ln(0.2/0.5)
+    expected = 0.3 * math.log(1.6) + (-0.3) * math.log(0.4)
+    assert c.categorical_psi(["a", "b"] * 50, ["a"] * 80 + ["b"] * 20) == pytest.approx(expected)
+    assert c.categorical_psi(["a", "b"] * 50, ["b", "a"] * 10) == pytest.approx(0.0)
+
+
+def test_numeric_psi_is_small_for_the_same_distribution_and_large_for_a_shift():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0, 1, 5000)
+    assert c.psi(reference, rng.normal(0, 1, 2000)) < 0.02
+    assert c.psi(reference, rng.normal(1.5, 1, 2000)) > 1.0
+    # quantile bins: a sample entirely above the reference puts all mass in the last bin
+    assert c.psi([1, 2, 3, 4], [10, 11]) == pytest.approx(
+        sum((s - r) * math.log(s / r) for r, s in ((0.25, 1e-4),) * 3 + ((0.25, 1.0),)), rel=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        ("", True),
+        ("   ", True),
+        ("I'm sorry, I can't help with that.", True),
+        ("As an AI, I cannot", True),
+        ("card_arrival", False),
+        ("Sorry to hear! Your card…", True),
+        ("Your card is sorry-looking", False),
+    ],
+)
+def test_empty_or_refusal(output, expected):
+    assert c.is_empty_or_refusal(output) is expected
+
+
+def test_result_alerts_only_with_enough_samples():
+    assert c.result("x", 0.5, 0.2, "max", 100, 50, "d")["alert"]
+    few = c.result("x", 0.5, 0.2, "max", 10, 50, "d")
+    assert not few["alert"] and "10 observed; 50 needed to alert" in few["detail"]
+    assert c.result("y", 0.9, 0.95, "min", 100, 50, "d")["alert"]
+
+
+def test_label_shift_and_correction_agreement():
+    value, shares = c.label_shift(
+        ["red", "Red.", "green!?", "blue"], ["red", "blue"], ["red", "blue"]
+    )
+    assert shares == {"red": 0.5, "(none)": 0.25, "blue": 0.25}
+    assert value > 0
+    agreement, n = c.correction_agreement(
+        [
+            {"output": "red", "correction": "Red"},
+            {"output": "red", "correction": "blue"},
+            {"output": "x", "correction": None},
+        ]
+    )
+    assert (agreement, n) == (0.5, 2)
+
+
+def _sampler(store, **settings):
+    base = {"sample_rate": 1.0, "redact_pii": True, "flush_rows": 3, "flush_interval_s": 60}
+    return Sampler(store, {**base, **settings})
+
+
+def _row(i):
+    return {
+        "request_id": f"r{i}",
+        "time": "2026-11-29T10:00:00Z",
+        "model": "base",
+        "endpoint": "chat",
+        "prompt": f"mail me at user{i}@example.com",
+        "output": "ok",
+        "prompt_tokens": 5,
+        "completion_tokens": 1,
+        "latency_s": 0.1,
+        "finish_reason": "stop",
+    }
+
+
+def test_sampler_writes_redacted_date_partitioned_parquet(store):
+    async def traffic():
+        sampler = _sampler(store)
+        for i in range(4):
+            sampler.record(_row(i))
+        assert sampler._flushing  # the write at 3 rows is scheduled; record() did not wait
+        await sampler.drain()
+        return sampler
+
+    sampler = asyncio.run(traffic())
+    folder = store.path("monitor", "samples")
+    rows = pq.read_table(folder).to_pylist()
+    assert len(rows) == 4 and sampler.stats()["written"] == 4
+    assert all("[EMAIL]" in r["prompt"] and "@" not in r["prompt"] for r in rows)
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    assert all(f"/date={today}/" in p for p in store.fs.find(folder))
+    assert sampler.recent["r3"]["prompt"] == "mail me at [EMAIL]"
+
+
+def test_a_storage_failure_never_reaches_the_request(store, monkeypatch):
+    async def traffic():
+        sampler = _sampler(store, flush_rows=100)
+        monkeypatch.setattr(sampler, "_write", lambda rows: (_ for _ in ()).throw(OSError("down")))
+        sampler.record(_row(1))
+        sampler.record({"broken": True})  # a malformed sample is dropped, not raised
+        await sampler.flush()
+        return sampler
+
+    sampler = asyncio.run(traffic())
+    assert sampler.stats() == {"rate": 1.0, "buffered": 0, "written": 0, "failed": 1}
+
+
+def test_feedback_decisions_and_the_corrections_file(store, tmp_path):
+    first = feedback.store_feedback(
+        store,
+        {
+            "request_id": "r1",
+            "flag": False,
+            "rating": 2,
+            "correction": "blue",
+            "prompt": "sky?",
+            "output": "red",
+        },
+    )
+    flagged = feedback.store_feedback(
+        store,
+        {
+            "request_id": "r2",
+            "flag": True,
+            "rating": None,
+            "correction": None,
+            "prompt": "sea?",
+            "output": "red",
+        },
+    )
+    feedback.store_feedback(
+        store,
+        {
+            "request_id": "r3",
+            "flag": False,
+            "rating": 5,
+            "correction": None,
+            "prompt": "x",
+            "output": "y",
+        },
+    )
+    assert [f["feedback_id"] for f in feedback.pending(store)] == [
+        first["feedback_id"],
+        flagged["feedback_id"],
+    ]
+    with pytest.raises(UserError, match="no correction to accept"):
+        feedback.decide(store, flagged["feedback_id"], "accept")
+    feedback.decide(store, first["feedback_id"], "accept", by="ann")
+    feedback.decide(store, flagged["feedback_id"], "accept", by="bob", output="blue")
+    assert feedback.pending(store) == []
+    assert [(r["prompt"], r["completion"]) for r in feedback.accepted_corrections(store)] == [
+        ("sky?", "blue"),
+        ("sea?", "blue"),
+    ]
+    spec = JobSpec.model_validate(
+        {
+            "project": "proj",
+            "storage": str(tmp_path / "store"),
+            "model": {"base": "tiny"},
+            "data": {
+                "sources": [{"path": "data.csv"}],
+                "prompt_field": "text",
+                "completion_field": "color",
+                "labels": ["red", "blue"],
+            },
+        }
+    )
+    again = retrain_spec(spec, store, Progress())
+    assert again.data.sources[0].path == "data.csv"
+    path = again.data.sources[1].path
+    lines = [json.loads(line) for line in store.fs.open(path).read().decode().splitlines()]
+    assert lines == [
+        {"text": "sky?", "color": "blue", "feedback_id": first["feedback_id"]},
+        {"text": "sea?", "color": "blue", "feedback_id": flagged["feedback_id"]},
+    ]
+    assert retrain_spec(spec, store, Progress()).data.sources[1].path == path  # by content
+
+
+def test_retrain_without_corrections_says_how_to_get_them(store, tmp_path):
+    spec = JobSpec.model_validate(
+        {
+            "project": "proj",
+            "storage": str(tmp_path / "store"),
+            "model": {"base": "tiny"},
+            "data": {"sources": [{"path": "data.csv"}]},
+        }
+    )
+    with pytest.raises(UserError, match="ftray feedback accept"):
+        retrain_spec(spec, store, Progress())
