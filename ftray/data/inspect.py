@@ -17,11 +17,19 @@ def list_datasets(store: Store) -> list[dict]:
 
 
 def show(store: Store, dataset_id: str) -> dict:
-    """Manifest and report of one dataset."""
+    """Manifest and report of one dataset, and the registered models trained on it (the
+    other direction of the model card's `dataset_id`)."""
+    from ftray.registry import list_models
+
     _require(store, dataset_id)
     manifest = store.manifest("datasets", dataset_id)
     report = store.read_json("datasets", dataset_id, "report.json")
-    return {"manifest": manifest, "report": report}
+    models = [
+        {"model_id": card["model_id"], "stage": card["stage"], "run_id": card["run_id"]}
+        for card in list_models(store)
+        if card["dataset_id"] == dataset_id
+    ]
+    return {"manifest": manifest, "report": report, "models": models}
 
 
 def diff(store: Store, old: str, new: str, samples: int = 5) -> dict:
@@ -67,6 +75,8 @@ def format_show(info: dict) -> str:
     lines.append(f"  PII redacted: {report['pii_redacted']}, truncated: {report['truncated']}")
     lines.append(f"  tokens: {json.dumps(report['tokens'])}")
     lines.append(f"  checks: {json.dumps(report['checks'])}")
+    models = [f"{m['model_id']} ({m['stage']}, run {m['run_id']})" for m in info["models"]]
+    lines.append(f"  models trained on it: {', '.join(models) or 'none yet'}")
     return "\n".join(lines)
 
 

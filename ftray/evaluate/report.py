@@ -16,6 +16,10 @@ from ftray.evaluate.render import gate_table, html_table, markdown_table, page
 from ftray.evaluate.score import ARMS, Task, per_example_primary
 from ftray.store import Store
 
+HUMAN = (
+    "`ftray review JOB.yaml` puts these pairs before people, blind; `ftray review results` "
+    "writes their win rate, interval and agreement to reviews/report.html beside this report."
+)
 COLORS = {"candidate": "#2f6db5", "incumbent": "#b0b0b0", "reference": "#e3a33b"}
 
 
@@ -272,6 +276,7 @@ def _markdown(manifest: dict, plots: dict, examples: list[dict]) -> str:
         table("worst") if examples else "None: the candidate scores full marks everywhere.",
         "## Decoding",
         "```json\n" + _json(manifest["decoding"]) + "\n```",
+        f"## Human review\n\n{HUMAN}",
     ]
     return "\n\n".join(parts) + "\n"
 
@@ -298,7 +303,9 @@ def _html(manifest: dict, plots: dict, examples: list[dict]) -> str:
 {table("slices")}
 <h2>Worst examples</h2>
 {table("worst")}
-<h2>Decoding</h2><pre>{html.escape(_json(manifest["decoding"]))}</pre>"""
+<h2>Decoding</h2><pre>{html.escape(_json(manifest["decoding"]))}</pre>
+<h2>Human review</h2>
+<p>{html.escape(HUMAN)} <a href="reviews/report.html">reviews/report.html</a></p>"""
     return page(f"Evaluation {manifest['eval_id']}", body)
 
 

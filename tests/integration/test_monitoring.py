@@ -148,7 +148,10 @@ def test_monitor_alerts_on_drift_and_retrain_closes_the_loop(
     assert "2 accepted correction(s)" in done.stdout
     new = {p.name for p in (root / "datasets").iterdir()} - datasets_before
     assert len(new) == 1
-    manifest = json.loads((root / "datasets" / new.pop() / "manifest.json").read_text())
+    dataset_id = new.pop()
+    manifest = json.loads((root / "datasets" / dataset_id / "manifest.json").read_text())
+    shown = run_cli("data", "show", dataset_id, "--job", str(path)).stdout
+    assert re.search(r"models trained on it: model-[0-9a-f]{12} \((production|rejected)", shown)
     assert any("corrections-" in s["path"] for s in manifest["sources"]), manifest["sources"]
     evaluation = re.search(r"evaluation report: (\S+)/report.html", done.stdout).group(1)
     compared = json.loads(
