@@ -74,7 +74,8 @@ def _traffic(url: str, prompts: list[str]) -> list[dict]:
         return reply.json()
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        return list(pool.map(ask, prompts))
+        replies = list(pool.map(ask, prompts))
+    return [{**reply, "prompt": prompt} for reply, prompt in zip(replies, prompts, strict=True)]
 
 
 def _wait_written(url: str, count: int) -> None:
@@ -150,6 +151,11 @@ def test_monitor_alerts_on_drift_and_retrain_closes_the_loop(
     assert len(new) == 1
     dataset_id = new.pop()
     manifest = json.loads((root / "datasets" / dataset_id / "manifest.json").read_text())
+    kept = pq.read_table(root / "datasets" / dataset_id / "train").to_pandas()
+    held = pq.read_table(root / "datasets" / dataset_id / "eval").to_pandas()
+    corrected = {normal[0]["prompt"], normal[1]["prompt"]}
+    both = [(p, c) for t in (kept, held) for p, c in zip(t["prompt"], t["completion"], strict=True)]
+    assert {(p, "blue") for p in corrected} <= set(both), "the corrections are in the new version"
     shown = run_cli("data", "show", dataset_id, "--job", str(path)).stdout
     assert re.search(r"models trained on it: model-[0-9a-f]{12} \((production|rejected)", shown)
     assert any("corrections-" in s["path"] for s in manifest["sources"]), manifest["sources"]
