@@ -113,6 +113,15 @@ def evaluate(
         "dataset_id": dataset.dataset_id,
         "spec": spec.model_dump(mode="json"),
         "incumbent": incumbent,
+        # what the report needs to be rendered again later (with human review results)
+        "task": {
+            "name": task.name,
+            "groups": task.groups,
+            "primary": task.primary,
+            "labels": task.labels,
+            "schema": task.schema,
+            "threshold": task.threshold,
+        },
         "decoding": {
             "do_sample": False,
             "max_new_tokens": spec.max_new_tokens,

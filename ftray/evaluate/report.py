@@ -23,8 +23,18 @@ HUMAN = (
 COLORS = {"candidate": "#2f6db5", "incumbent": "#b0b0b0", "reference": "#e3a33b"}
 
 
-def write_report(manifest: dict, table, task: Task, store: Store, eval_id: str, *, worst: int):
-    """Render the plots and both reports into `evals/<eval_id>/`."""
+def write_report(
+    manifest: dict,
+    table,
+    task: Task,
+    store: Store,
+    eval_id: str,
+    *,
+    worst: int,
+    human: dict | None = None,
+):
+    """Render the plots and both reports into `evals/<eval_id>/`; `human` (a summary from
+    `ftray.review.stats.summarize`) adds the human review's results."""
     plots = _plots(manifest, table, task)
     store.fs.makedirs(store.path("evals", eval_id, "plots"), exist_ok=True)
     for name, png in plots.items():
@@ -32,8 +42,8 @@ def write_report(manifest: dict, table, task: Task, store: Store, eval_id: str, 
             f.write(png)
     examples = _worst(table, task, worst)
     for name, text in (
-        ("report.md", _markdown(manifest, plots, examples)),
-        ("report.html", _html(manifest, plots, examples)),
+        ("report.md", _markdown(manifest, plots, examples, human)),
+        ("report.html", _html(manifest, plots, examples, human)),
     ):
         with store.fs.open(store.path("evals", eval_id, name), "w") as handle:
             handle.write(text)
@@ -256,7 +266,44 @@ def _mcnemar(manifest: dict) -> str:
     )
 
 
-def _markdown(manifest: dict, plots: dict, examples: list[dict]) -> str:
+def rewrite_report(store: Store, eval_id: str, human: dict) -> bool:
+    """Render an evaluation's reports again with the human review's results; False for an
+    evaluation written before manifests kept their task."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    manifest = store.manifest("evals", eval_id)
+    if "task" not in manifest:
+        return False
+    table = pd.concat(
+        [
+            pq.read_table(store.fs.open(path, "rb")).to_pandas()
+            for path in sorted(store.fs.find(store.path("evals", eval_id, "outputs")))
+        ],
+        ignore_index=True,
+    )
+    task = Task(**manifest["task"])
+    worst = manifest["spec"].get("worst_examples", 10)
+    write_report(manifest, table, task, store, eval_id, worst=worst, human=human)
+    return True
+
+
+def _human(human: dict | None) -> str:
+    if not human or human.get("win_rate") is None:
+        return HUMAN
+    low, high = human["win_rate_interval"]
+    agreement = human.get("agreement") or {}
+    kappa = agreement.get("kappa")
+    return (
+        f"Candidate win rate {human['win_rate']:.3f} [{low:.3f}, {high:.3f}] "
+        f"({human['interval']}) over {human['win_rate_ratings']} ratings by "
+        f"{human['reviewers']} reviewer(s); choices {human['counts']}; agreement "
+        + (f"kappa {kappa:.3f}." if kappa is not None else "not measurable yet.")
+        + " Details: reviews/report.html."
+    )
+
+
+def _markdown(manifest: dict, plots: dict, examples: list[dict], human=None) -> str:
     def table(name):
         return markdown_table(*tables[name])
 
@@ -276,12 +323,12 @@ def _markdown(manifest: dict, plots: dict, examples: list[dict]) -> str:
         table("worst") if examples else "None: the candidate scores full marks everywhere.",
         "## Decoding",
         "```json\n" + _json(manifest["decoding"]) + "\n```",
-        f"## Human review\n\n{HUMAN}",
+        f"## Human review\n\n{_human(human)}",
     ]
     return "\n\n".join(parts) + "\n"
 
 
-def _html(manifest: dict, plots: dict, examples: list[dict]) -> str:
+def _html(manifest: dict, plots: dict, examples: list[dict], human=None) -> str:
     def table(name):
         return html_table(*tables[name])
 
@@ -305,7 +352,8 @@ def _html(manifest: dict, plots: dict, examples: list[dict]) -> str:
 {table("worst")}
 <h2>Decoding</h2><pre>{html.escape(_json(manifest["decoding"]))}</pre>
 <h2>Human review</h2>
-<p>{html.escape(HUMAN)} <a href="reviews/report.html">reviews/report.html</a></p>"""
+<p id="human">{html.escape(_human(human))}
+<a href="reviews/report.html">reviews/report.html</a></p>"""
     return page(f"Evaluation {manifest['eval_id']}", body)
 
 

@@ -14,6 +14,7 @@ import time
 
 from ftray.errors import UserError
 from ftray.evaluate.gate import apply_gate
+from ftray.evaluate.report import rewrite_report
 from ftray.registry import get_model, list_models, promote, reject, was_decided
 from ftray.review.ratings import RatingLog, eval_manifest, latest
 from ftray.review.report import write_review_report
@@ -42,6 +43,7 @@ def results(store: Store, eval_id: str) -> dict:
     found, ratings = _apply(store, eval_id)
     if human_gate(store, eval_id) is None:
         write_review_report(store, eval_id, found, ratings, decided=False)
+        rewrite_report(store, eval_id, found["human"])
     return found
 
 
@@ -84,6 +86,7 @@ def decide(store: Store, eval_id: str) -> dict:
     del decision["stage"]  # a stage changes later (rollback); it is read from the registry
     store.write_json(decision, "evals", eval_id, "reviews", DECISION)
     write_review_report(store, eval_id, found, ratings, decided=True)
+    rewrite_report(store, eval_id, found["human"])
     return {**decision, "stage": get_model(store, model_id)["stage"]}
 
 

@@ -184,3 +184,43 @@ def test_bertscore_ranks_paraphrases_above_unrelated_text():
     same, paraphrase, unrelated = scorer(batch)["candidate_bertscore"]
     assert same == pytest.approx(1.0, abs=1e-4)
     assert same > paraphrase > unrelated
+
+
+def test_the_report_is_rendered_again_with_the_human_review(tmp_path):
+    from ftray.evaluate.report import rewrite_report
+    from ftray.review.stats import summarize
+
+    table, results = judge(_answers(candidate_right=40), _samples(), TASK, EvalSpec())
+    store = Store(str(tmp_path), "proj")
+    manifest = {
+        "eval_id": "eval-h",
+        "run_id": "run-1",
+        "dataset_id": "ds-1",
+        "incumbent": {"label": "base model tiny"},
+        "decoding": {},
+        "spec": {},
+        "task": {
+            "name": TASK.name,
+            "groups": TASK.groups,
+            "primary": TASK.primary,
+            "labels": TASK.labels,
+            "schema": None,
+            "threshold": 0.5,
+        },
+        **results,
+    }
+    store.finish(manifest, "evals", "eval-h")
+    folder = tmp_path / "proj" / "evals" / "eval-h"
+    (folder / "outputs").mkdir()
+    table.to_parquet(folder / "outputs" / "part-0.parquet")
+    write_report(manifest, table, TASK, store, "eval-h", worst=3)
+    assert "ftray review JOB.yaml" in (folder / "report.md").read_text()
+    # four items: the candidate preferred on three, a tie on one → (3 + 0.5) / 4
+    ratings = [
+        {"reviewer": "ann", "item": i, "preferred": p}
+        for i, p in enumerate(["candidate"] * 3 + ["tie"])
+    ]
+    assert rewrite_report(store, "eval-h", summarize(ratings))
+    text = (folder / "report.md").read_text()
+    assert "Candidate win rate 0.875" in text and "over 4 ratings by 1 reviewer(s)" in text
+    assert "## Metrics" in text, "the rest of the report is unchanged"
