@@ -10,12 +10,10 @@ object storage never overwrite each other.
 
 from __future__ import annotations
 
-import getpass
 import time
-import uuid
 
 from ftray.errors import UserError
-from ftray.store import Store, code_version, content_id
+from ftray.store import Store, code_version, content_id, current_user
 
 
 def register(
@@ -91,11 +89,7 @@ def get_model(store: Store, model_id: str) -> dict:
 
 def history(store: Store) -> list[dict]:
     """Every registry event (promote, reject, rollback), oldest first."""
-    folder = store.path("registry")
-    if not store.fs.exists(folder):
-        return []
-    names = sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(folder, detail=False))
-    return [store.read_json("registry", name) for name in names if name.endswith(".json")]
+    return store.read_events("registry")
 
 
 def production(store: Store) -> str | None:
@@ -159,9 +153,9 @@ def _record(store: Store, action: str, model_id: str, *, previous, reason: str) 
         "previous": previous,
         "reason": reason,
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "by": _user(),
+        "by": current_user(),
     }
-    store.write_json(event, "registry", f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json")
+    store.write_event(event, "registry")
     return event
 
 
@@ -191,13 +185,6 @@ def _stages(store: Store) -> dict[str, str]:
     if stack:
         stages[stack[-1]] = "production"
     return stages
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def _fs(uri: str):

@@ -8,11 +8,13 @@ and two different inputs never share a folder.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,20 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return ftray.__version__
     return f"{ftray.__version__}+g{sha}"
+
+
+def event_id() -> str:
+    """A unique, time-ordered name for an event file (`<time ns>-<8 hex>`): concurrent
+    writers on object storage never collide, and names sort in time order."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+
+
+def current_user() -> str:
+    """Who runs this process, for the `by` of recorded decisions."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def download_dir(uri: str, local_dir: str | Path) -> Path:
@@ -126,6 +142,21 @@ class Store:
 
     def manifest(self, *parts: str) -> dict:
         return self.read_json(*parts, MANIFEST)
+
+    def write_event(self, event: dict, *parts: str) -> str:
+        """Append one event to the log folder `parts` (one JSON file, never overwritten);
+        returns its file name."""
+        name = f"{event_id()}.json"
+        self.write_json(event, *parts, name)
+        return name
+
+    def read_events(self, *parts: str) -> list[dict]:
+        """Every event in the log folder `parts`, oldest first (temp files skipped)."""
+        folder = self.path(*parts)
+        if not self.fs.exists(folder):
+            return []
+        names = sorted(p.rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False))
+        return [self.read_json(*parts, name) for name in names if name.endswith(".json")]
 
     def put_dir(self, local_dir: str | Path, *parts: str) -> str:
         """Copy a local folder into the store."""

@@ -3,7 +3,9 @@ human-review report: tables of plain values, the gate's rules, one page style.""
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; }
@@ -38,6 +40,30 @@ def html_table(head: list, rows: list, ident: str | None = None) -> str:
     )
     attribute = f' id="{ident}"' if ident else ""
     return f"<table{attribute}><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def png(figure) -> bytes:
+    """A matplotlib figure as PNG bytes."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def write_plots(store, plots: dict[str, bytes], *folder: str) -> None:
+    """Each PNG as `<folder>/<name>.png` in the store (what the Markdown report links)."""
+    store.fs.makedirs(store.path(*folder), exist_ok=True)
+    for name, data in plots.items():
+        with store.fs.open(store.path(*folder, f"{name}.png"), "wb") as handle:
+            handle.write(data)
+
+
+def figures_html(plots: dict[str, bytes]) -> str:
+    """Named PNGs inlined as <figure>s (data URIs: the page needs nothing else)."""
+    return "".join(
+        f'<figure><img alt="{name}" src="data:image/png;base64,'
+        f'{base64.b64encode(data).decode()}"><figcaption>{name}</figcaption></figure>'
+        for name, data in plots.items()
+    )
 
 
 def page(title: str, body: str) -> str:

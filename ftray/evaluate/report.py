@@ -6,13 +6,19 @@ attached to a review; the Markdown links the same PNGs under `plots/`.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 
 import numpy as np
 
-from ftray.evaluate.render import gate_table, html_table, markdown_table, page
+from ftray.evaluate.render import (
+    figures_html,
+    gate_table,
+    html_table,
+    markdown_table,
+    page,
+    png,
+    write_plots,
+)
 from ftray.evaluate.score import ARMS, Task, per_example_primary
 from ftray.store import Store
 
@@ -36,10 +42,7 @@ def write_report(
     """Render the plots and both reports into `evals/<eval_id>/`; `human` (a summary from
     `ftray.review.stats.summarize`) adds the human review's results."""
     plots = _plots(manifest, table, task)
-    store.fs.makedirs(store.path("evals", eval_id, "plots"), exist_ok=True)
-    for name, png in plots.items():
-        with store.fs.open(store.path("evals", eval_id, "plots", f"{name}.png"), "wb") as f:
-            f.write(png)
+    write_plots(store, plots, "evals", eval_id, "plots")
     examples = _worst(table, task, worst)
     for name, text in (
         ("report.md", _markdown(manifest, plots, examples, human)),
@@ -70,12 +73,6 @@ def _figure(width: float = 7, height: float = 3.6):
     return figure, figure.add_subplot()
 
 
-def _png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
 def _metric_bars(comparison: dict) -> bytes:
     names = list(comparison)
     figure, ax = _figure(max(6, 0.9 * len(names) + 2))
@@ -97,7 +94,7 @@ def _metric_bars(comparison: dict) -> bytes:
     ax.set_ylabel("value (bootstrap interval)")
     ax.set_title("Candidate vs incumbent per metric")
     ax.legend()
-    return _png(figure)
+    return png(figure)
 
 
 def _per_class(per_class: dict, details: dict) -> bytes:
@@ -116,7 +113,7 @@ def _per_class(per_class: dict, details: dict) -> bytes:
     ax.set_ylim(0, 1.05)
     ax.set_title("Precision and recall per class (at the confidence threshold)")
     ax.legend(fontsize=7, ncols=2)
-    return _png(figure)
+    return png(figure)
 
 
 def _confusion(confusion: dict) -> bytes:
@@ -141,7 +138,7 @@ def _confusion(confusion: dict) -> bytes:
     ax.set_xlabel("candidate's answer")
     ax.set_ylabel("reference")
     ax.set_title("Confusion matrix (candidate)")
-    return _png(figure)
+    return png(figure)
 
 
 def _pr_curves(details: dict) -> bytes:
@@ -161,7 +158,7 @@ def _pr_curves(details: dict) -> bytes:
     ax.set_ylim(0, 1.02)
     ax.set_title("Precision-recall as the confidence threshold moves")
     ax.legend()
-    return _png(figure)
+    return png(figure)
 
 
 def _lengths(details: dict, table) -> bytes:
@@ -176,7 +173,7 @@ def _lengths(details: dict, table) -> bytes:
     ax.set_ylabel("examples")
     ax.set_title("Answer lengths")
     ax.legend()
-    return _png(figure)
+    return png(figure)
 
 
 # --- text ------------------------------------------------------------------------------------
@@ -333,11 +330,7 @@ def _html(manifest: dict, plots: dict, examples: list[dict], human=None) -> str:
         return html_table(*tables[name])
 
     tables = _tables(manifest, examples)
-    figures = "".join(
-        f'<figure><img alt="{name}" src="data:image/png;base64,'
-        f'{base64.b64encode(png).decode()}"><figcaption>{name}</figcaption></figure>'
-        for name, png in plots.items()
-    )
+    figures = figures_html(plots)
     verdict = "pass" if manifest["gate"]["passed"] else "fail"
     body = f"""<p>{html.escape(_intro(manifest))}</p>
 <h2 class="{verdict}">Gate: {html.escape(_verdict(manifest))}</h2>

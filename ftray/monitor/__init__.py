@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ftray.monitor import checks as c
-from ftray.monitor.feedback import all_feedback, event_name, store_feedback
+from ftray.monitor.feedback import all_feedback, store_feedback
 from ftray.progress import Progress
 from ftray.spec import JobSpec
-from ftray.store import Store
+from ftray.store import Store, event_id
 
 log = logging.getLogger(__name__)
 REFERENCE_ROWS = 2000
@@ -62,7 +62,7 @@ def monitor(spec: JobSpec, store: Store, progress: Progress) -> MonitorRef:
         "reference": reference["label"],
         "checks": found,
     }
-    store.write_json(run, "monitor", "checks", event_name())
+    store.write_event(run, "monitor", "checks")
     store.write_json(run, "monitor", "latest.json")
     for alert in alerts:
         _alert(spec, store, alert, stamp, progress)
@@ -254,9 +254,7 @@ def _alert(spec: JobSpec, store: Store, alert: dict, stamp: str, progress: Progr
             record["webhook"] = "sent"
         except httpx.HTTPError as error:
             record["webhook"] = f"failed: {error}"
-    store.write_json(
-        record, "monitor", "alerts", event_name().replace(".json", "") + f"-{alert['check']}.json"
-    )
+    store.write_json(record, "monitor", "alerts", f"{event_id()}-{alert['check']}.json")
     log.warning(text)
     progress.note(f"alert: {text} (webhook: {record['webhook']})")
     for example in alert["examples"]:

@@ -14,20 +14,14 @@ decision; the latest decision wins. Accepted corrections are what `ftray retrain
 
 from __future__ import annotations
 
-import getpass
 import time
 import uuid
 
 from ftray.errors import UserError
-from ftray.store import Store
+from ftray.store import Store, current_user
 
 FEEDBACK = ("monitor", "feedback")
 DECISIONS = ("monitor", "decisions")
-
-
-def event_name() -> str:
-    """A unique, time-ordered file name."""
-    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
 
 
 def store_feedback(store: Store, feedback: dict) -> dict:
@@ -37,7 +31,7 @@ def store_feedback(store: Store, feedback: dict) -> dict:
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **feedback,
     }
-    store.write_json(record, *FEEDBACK, event_name())
+    store.write_event(record, *FEEDBACK)
     return record
 
 
@@ -66,21 +60,21 @@ def decide(
         "feedback_id": feedback_id,
         "decision": decision,
         "output": chosen if decision == "accept" else None,
-        "by": by or _user(),
+        "by": by or current_user(),
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    store.write_json(record, *DECISIONS, event_name())
+    store.write_event(record, *DECISIONS)
     return record
 
 
 def all_feedback(store: Store) -> list[dict]:
     """Every feedback, oldest first."""
-    return read_events(store, FEEDBACK)
+    return store.read_events(*FEEDBACK)
 
 
 def decisions(store: Store) -> dict[str, dict]:
     """The latest decision per feedback id."""
-    return {d["feedback_id"]: d for d in read_events(store, DECISIONS)}
+    return {d["feedback_id"]: d for d in store.read_events(*DECISIONS)}
 
 
 def is_flagged(feedback: dict) -> bool:
@@ -109,19 +103,3 @@ def accepted_corrections(store: Store) -> list[dict]:
                 }
             )
     return rows
-
-
-def read_events(store: Store, parts: tuple[str, ...]) -> list[dict]:
-    """Every JSON event under `parts`, oldest first."""
-    folder = store.path(*parts)
-    if not store.fs.exists(folder):
-        return []
-    names = sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(folder, detail=False))
-    return [store.read_json(*parts, name) for name in names if name.endswith(".json")]
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"

@@ -3,17 +3,21 @@ threshold, from all runs in `monitor/checks/` (md + self-contained html)."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 
-from ftray.evaluate.render import html_table, markdown_table, page
-from ftray.monitor.feedback import read_events
+from ftray.evaluate.render import (
+    figures_html,
+    html_table,
+    markdown_table,
+    page,
+    png,
+    write_plots,
+)
 from ftray.store import Store
 
 
 def write_report(store: Store) -> None:
-    runs = read_events(store, ("monitor", "checks"))
+    runs = store.read_events("monitor", "checks")
     latest = runs[-1]
     head = ["check", "value", "threshold", "samples", "alert", "detail"]
     rows = [
@@ -31,10 +35,7 @@ def write_report(store: Store) -> None:
         name: _plot(name, runs)
         for name in dict.fromkeys(k["check"] for run in runs for k in run["checks"])
     }
-    store.fs.makedirs(store.path("monitor", "plots"), exist_ok=True)
-    for name, png in plots.items():
-        with store.fs.open(store.path("monitor", "plots", f"{name}.png"), "wb") as handle:
-            handle.write(png)
+    write_plots(store, plots, "monitor", "plots")
     intro = (
         f"Latest run {latest['time']}: {latest['samples']} sampled requests in the last "
         f"{latest['window_hours']:g} h, against {latest['reference']}; {len(runs)} runs."
@@ -52,11 +53,7 @@ def write_report(store: Store) -> None:
         )
         + "\n"
     )
-    figures = "".join(
-        f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(p).decode()}">'
-        f"<figcaption>{n}</figcaption></figure>"
-        for n, p in plots.items()
-    )
+    figures = figures_html(plots)
     body = (
         f"<p>{html.escape(intro)}</p><h2>Latest checks</h2>{html_table(head, rows)}"
         f'<h2>Over time</h2><section id="plots">{figures}</section>'
@@ -83,6 +80,4 @@ def _plot(name: str, runs: list[dict]) -> bytes:
     )
     ax.set_title(name)
     ax.legend(fontsize=7)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return png(figure)

@@ -16,8 +16,7 @@ import time
 from collections import OrderedDict
 
 from ftray.data.checks import redact_pii
-from ftray.monitor.feedback import event_name
-from ftray.store import Store
+from ftray.store import Store, event_id
 
 log = logging.getLogger(__name__)
 COLUMNS = (
@@ -122,6 +121,6 @@ class Sampler:
         day = time.strftime("%Y-%m-%d", time.gmtime())
         folder = self.store.path("monitor", "samples", f"date={day}")
         self.store.fs.makedirs(folder, exist_ok=True)
-        name = event_name().replace(".json", ".parquet")
+        name = f"{event_id()}.parquet"
         with self.store.fs.open(f"{folder}/{name}", "wb") as handle:
             pq.write_table(table, handle)

@@ -12,11 +12,10 @@ import hashlib
 import json
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 
 from ftray.errors import UserError
-from ftray.store import Store
+from ftray.store import Store, event_id
 
 QUEUE = "pairwise"
 CHOICES = ("A", "B", "tie", "both_bad")
@@ -124,7 +123,7 @@ class RatingLog:
     def add(self, pair: Pair, reviewer: str, choice: str, comment: str, position: int) -> dict:
         """Store one rating; the A/B side comes from the arrangement, never from the client."""
         side = candidate_side(self.eval_id, pair.item, reviewer)
-        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        name = event_id()
         rating = {
             "id": name,
             "eval_id": self.eval_id,
