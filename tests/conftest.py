@@ -6,6 +6,7 @@ The cluster is a real `ray start --head` bound to 127.0.0.1; CLI tests pass its 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -50,6 +51,10 @@ def ray_cluster() -> dict[str, str]:
     """
     Path(ENV["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
     port, dashboard, metrics = free_port(), free_port(), free_port()
+    # `ray start` with token auth needs a token (`ray.init` makes one, `ray start` does not).
+    subprocess.run(
+        [str(BIN / "ray"), "get-auth-token", "--generate"], env=os.environ, capture_output=True
+    )
     subprocess.run(
         [
             str(BIN / "ray"),
@@ -73,7 +78,42 @@ def ray_cluster() -> dict[str, str]:
         "dashboard": f"http://127.0.0.1:{dashboard}",
         "metrics": f"http://127.0.0.1:{metrics}/metrics",
     }
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=os.environ, capture_output=True)
+    stop_ray_head(ENV["RAY_TMPDIR"], port)
+
+
+def stop_ray_head(temp_dir: str, port: int) -> None:
+    """Stop the Ray processes of one head (and their workers), not every Ray on the machine.
+
+    `ray stop` kills every Ray process of the user, which would end other test sessions (and
+    any process whose command line names a Ray script). Ray's own daemons name the head's
+    temp dir or GCS port on their command line; workers are their descendants.
+    """
+    import psutil
+
+    marks = (temp_dir, f"127.0.0.1:{port}")
+    roots = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if proc.pid != os.getpid() and any(mark in cmdline for mark in marks):
+            roots.append(proc)
+    procs = {p.pid: p for root in roots for p in [root, *_descendants(root)]}
+    procs.pop(os.getpid(), None)
+    for proc in procs.values():
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=10)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+
+
+def _descendants(proc) -> list:
+    import psutil
+
+    try:
+        return proc.children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 @pytest.fixture(scope="session")
