@@ -230,6 +230,8 @@ def _run_stage(args) -> int:
                 f"stopped: the gate rejected {pipeline.model_card['model_id']}; production "
                 "is unchanged (`ftray models list` shows it)."
             )
+            if args.verb == "run":
+                _summary(pipeline, progress)
             return EXIT_GATE_REJECTED
         if args.verb == "eval":
             return 0
@@ -243,7 +245,7 @@ def _summary(pipeline, progress: Progress) -> None:
     card = pipeline.model_card
     m = pipeline.evaluation.metrics
     counts = pipeline.dataset.manifest["counts"]
-    run = pipeline.run.manifest
+    run = pipeline.trained.manifest
     lines = [
         f"records kept {counts['train'] + counts['eval']}, quarantined {counts['quarantine']}",
     ]
@@ -261,8 +263,8 @@ def _summary(pipeline, progress: Progress) -> None:
         f"held-out exact match: incumbent {m['incumbent']['exact_match']:.1%}, "
         f"candidate {m['candidate']['exact_match']:.1%} ({m['examples']} examples; incumbent: "
         f"{pipeline.evaluation.manifest['incumbent']['label']})",
-        f"{m['primary_metric']}: incumbent {m['incumbent'][m['primary_metric']]:.3f}, candidate "
-        f"{m['candidate'][m['primary_metric']]:.3f}; gate "
+        f"{m['primary_metric']}: incumbent {_value(m['incumbent'][m['primary_metric']])}, "
+        f"candidate {_value(m['candidate'][m['primary_metric']])}; gate "
         f"{'passed' if card['gate']['passed'] else 'failed'}",
         f"model id {card['model_id']} (stage: {card['stage']})",
         "stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in progress.timings.items()),
@@ -270,6 +272,10 @@ def _summary(pipeline, progress: Progress) -> None:
     progress.console.print("[bold]summary[/]")
     for line in lines:
         progress.note(line)
+
+
+def _value(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _validate(args) -> int:

@@ -122,19 +122,27 @@ class Pipeline:
                 self.progress,
             )
             self._said(ref.reused, "evaluation", ref.eval_id)
+            if ref.regated:
+                self.progress.note(
+                    "eval.gate changed: its rules re-applied to the stored evaluation (no new "
+                    "answers generated)"
+                )
             manifest, primary = ref.manifest, ref.metrics["primary_metric"]
             row = manifest["comparison"][primary]
-            low, high = row["difference_interval"]
-            self.progress.note(
-                f"{primary} on {ref.metrics['examples']} held-out examples: incumbent "
-                f"({manifest['incumbent']['label']}) {row['incumbent']:.3f} → candidate "
-                f"{row['candidate']:.3f} (difference {row['difference']:+.3f}, interval "
-                f"[{low:+.3f}, {high:+.3f}])"
-            )
+            if row["difference"] is not None:
+                low, high = row["difference_interval"]
+                self.progress.note(
+                    f"{primary} on {ref.metrics['examples']} held-out examples: incumbent "
+                    f"({manifest['incumbent']['label']}) {row['incumbent']:.3f} → candidate "
+                    f"{row['candidate']:.3f} (difference {row['difference']:+.3f}, interval "
+                    f"[{low:+.3f}, {high:+.3f}])"
+                )
             verdict = "passed" if ref.gate["passed"] else "failed"
             self.progress.note(f"gate {verdict}")
             for rule in ref.gate["rules"]:
-                if not rule["passed"]:
+                if rule.get("skipped"):
+                    self.progress.note(f"  – skipped {rule['rule']}: {rule['detail']}")
+                elif not rule["passed"]:
                     self.progress.note(f"  ✗ {rule['rule']}: {rule['detail']}")
             report = self.store.uri("evals", ref.eval_id, "report.html")
             self.progress.artifact("evaluation report", report)
@@ -172,10 +180,30 @@ class Pipeline:
                     reject(self.store, model_id, reason="gate failed: " + "; ".join(failed))
                 elif self.spec.eval.gate.promote:
                     promote(self.store, model_id, reason=f"gate passed in {evaluation.eval_id}")
+            else:
+                self._follow_changed_gate(model_id, gate, evaluation.eval_id)
             card = {**get_model(self.store, model_id), "gate": gate}
             self.progress.note(f"model id: {model_id} (stage: {card['stage']})")
             self.progress.artifact("model card", self.store.uri("models", model_id))
         return card
+
+    def _follow_changed_gate(self, model_id: str, gate: dict, eval_id: str) -> None:
+        """A decided model whose evaluation was re-judged by a changed gate: a rejected one
+        that now passes is promoted (when `eval.gate.promote`); production is never taken
+        down automatically, since that changes what is served."""
+        stage = get_model(self.store, model_id)["stage"]
+        if gate["passed"] and stage == "rejected":
+            if self.spec.eval.gate.promote:
+                promote(self.store, model_id, reason=f"gate re-applied to {eval_id}: passed")
+            else:
+                self.progress.note(
+                    f"the gate now passes {model_id}; `ftray models promote` promotes it"
+                )
+        elif not gate["passed"] and stage == "production":
+            self.progress.note(
+                f"the gate now rejects {model_id}, the production model; production is "
+                "unchanged (`ftray models rollback JOB.yaml` restores the previous one)"
+            )
 
     def serve(self, keep_serving: bool = False) -> str:
         card = self.model_card

@@ -67,10 +67,14 @@ def register(
 
 
 def list_models(store: Store) -> list[dict]:
-    """Every registered model card with its current `stage`, oldest first."""
+    """Every registered model card with its current `stage` and `gate`, oldest first."""
     stages = _stages(store)
     return [
-        {**card, "stage": stages.get(card["model_id"], "candidate")}
+        {
+            **card,
+            "gate": _current_gate(store, card),
+            "stage": stages.get(card["model_id"], "candidate"),
+        }
         for card in store.manifests("models")
     ]
 
@@ -84,7 +88,19 @@ def get_model(store: Store, model_id: str) -> dict:
             "`ftray models list JOB.yaml` shows them."
         )
     card = store.manifest("models", model_id)
-    return {**card, "stage": _stages(store).get(model_id, "candidate")}
+    return {
+        **card,
+        "gate": _current_gate(store, card),
+        "stage": _stages(store).get(model_id, "candidate"),
+    }
+
+
+def _current_gate(store: Store, card: dict) -> dict | None:
+    """The gate's verdict as its evaluation now holds it: a changed `eval.gate` re-applied to
+    the stored evaluation replaces the one the card was registered with."""
+    if store.is_complete("evals", card["eval_id"]):
+        return store.manifest("evals", card["eval_id"])["gate"]
+    return card.get("gate")
 
 
 def history(store: Store) -> list[dict]:

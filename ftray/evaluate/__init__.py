@@ -4,14 +4,19 @@ Both arms answer the same examples (greedy, recorded decoding settings); each an
 scored per example, the arms are compared with paired bootstrap intervals (and McNemar's
 test for right/wrong answers), the spec's gate gives its verdict, and `report.md` /
 `report.html` show it all. The verdict is applied to the registry by the pipeline.
+
+The evaluation's id leaves the gate out: changing only `eval.gate` re-applies the new rules
+to the stored comparison (no generation) and rewrites the verdict and the reports.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from ftray.data.prepare import DatasetRef
 from ftray.errors import UserError
+from ftray.evaluate.gate import apply_gate
 from ftray.evaluate.generate import generate
 from ftray.evaluate.score import ARMS, Task, judge
 from ftray.models import resolve_model
@@ -21,7 +26,7 @@ from ftray.spec import DataSpec, EvalSpec, ModelSpec
 from ftray.store import Store, content_id
 from ftray.train.ray_train import RunRef
 
-EVAL_VERSION = 2
+EVAL_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class EvalRef:
     eval_id: str
     manifest: dict
     reused: bool
+    regated: bool = False
 
     @property
     def metrics(self) -> dict:
@@ -64,12 +70,12 @@ def evaluate(
         "eval",
         run.run_id,
         dataset.dataset_id,
-        spec.model_dump(mode="json"),
+        spec.model_dump(mode="json", exclude={"gate"}),
         [task.name, task.labels, task.schema],
         EVAL_VERSION,
     )
     if store.is_complete("evals", eval_id):
-        return EvalRef(eval_id, store.manifest("evals", eval_id), True)
+        return regate(store, eval_id, spec)
 
     import ray.data
 
@@ -141,6 +147,27 @@ def evaluate(
 
     write_report(manifest, table, task, store, eval_id, worst=spec.worst_examples)
     return EvalRef(eval_id, store.finish(manifest, "evals", eval_id), False)
+
+
+def regate(store: Store, eval_id: str, spec: EvalSpec) -> EvalRef:
+    """A stored evaluation with `spec.gate` applied to its comparison: when the gate differs
+    from the one it was judged by, the manifest's gate and both reports are rewritten."""
+    from ftray.evaluate.report import rewrite_report
+
+    manifest = store.manifest("evals", eval_id)
+    gate_spec = spec.gate.model_dump(mode="json")
+    if manifest["spec"]["gate"] == gate_spec:
+        return EvalRef(eval_id, manifest, True)
+    gate = apply_gate(spec.gate, manifest["metrics"]["primary_metric"], manifest["comparison"])
+    manifest = {
+        **manifest,
+        "spec": {**manifest["spec"], "gate": gate_spec},
+        "gate": gate,
+        "regated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    store.finish(manifest, "evals", eval_id)
+    rewrite_report(store, eval_id)
+    return EvalRef(eval_id, manifest, True, regated=True)
 
 
 def _examples(dataset: DatasetRef, limit: int):

@@ -12,38 +12,68 @@ from collections.abc import Callable
 
 import numpy as np
 
-# A metric as the bootstrap sees it: (arm, example indices) -> value.
-Scorer = Callable[[str, np.ndarray], float]
+# A metric as the bootstrap sees it: (arm, example indices) -> value, or None where the
+# examples give it nothing to measure (a rate whose denominator is 0).
+Scorer = Callable[[str, np.ndarray], float | None]
 
 
 def paired_bootstrap(score: Scorer, n: int, *, samples: int, level: float, seed: int) -> dict:
     """Candidate and incumbent values, their difference, and percentile intervals of each.
 
     `p_value` is the two-sided bootstrap p-value of "no difference": twice the smaller share
-    of resampled differences on either side of 0 (at least 1/samples).
+    of resampled differences on either side of 0 (at least 1/samples). A value the examples
+    cannot measure is None, as is every figure that depends on it; resamples that cannot
+    measure it are left out of the intervals.
     """
     everything = np.arange(n)
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, n, size=(samples, n)) if n else np.zeros((samples, 0), dtype=int)
-    cand = np.array([score("candidate", idx) for idx in draws])
-    inc = np.array([score("incumbent", idx) for idx in draws])
+    cand = np.array([_nan(score("candidate", idx)) for idx in draws])
+    inc = np.array([_nan(score("incumbent", idx)) for idx in draws])
     diff = cand - inc
     tail = (1 - level) / 2
 
-    def interval(values: np.ndarray) -> list[float]:
+    def interval(values: np.ndarray) -> list[float] | None:
+        values = values[np.isfinite(values)]
+        if not len(values):
+            return None
         return [float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))]
 
-    below, above = float(np.mean(diff <= 0)), float(np.mean(diff >= 0))
-    candidate, incumbent = score("candidate", everything), score("incumbent", everything)
+    candidate = _none(score("candidate", everything))
+    incumbent = _none(score("incumbent", everything))
+    missing = None in (candidate, incumbent)
+    finite = diff[np.isfinite(diff)]
+    p_value = None
+    if not missing and len(finite):
+        below, above = float(np.mean(finite <= 0)), float(np.mean(finite >= 0))
+        p_value = max(min(1.0, 2 * min(below, above)), 1 / samples)
     return {
         "candidate": candidate,
         "incumbent": incumbent,
-        "difference": candidate - incumbent,
+        "difference": None if missing else candidate - incumbent,
         "candidate_interval": interval(cand),
         "incumbent_interval": interval(inc),
-        "difference_interval": interval(diff),
-        "p_value": max(min(1.0, 2 * min(below, above)), 1 / samples),
+        "difference_interval": None if missing else interval(diff),
+        "p_value": p_value,
     }
+
+
+def _nan(value: float | None) -> float:
+    return np.nan if value is None else value
+
+
+def _none(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def ratio_scorer(hits: dict[str, np.ndarray], counted: dict[str, np.ndarray]) -> Scorer:
+    """A scorer for a rate over some of the examples: hits / counted, None when none counts."""
+
+    def score(arm: str, idx: np.ndarray) -> float | None:
+        total = counted[arm][idx].sum()
+        return float(hits[arm][idx].sum() / total) if total else None
+
+    return score
 
 
 def mean_scorer(values: dict[str, np.ndarray]) -> Scorer:

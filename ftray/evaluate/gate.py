@@ -1,4 +1,11 @@
-"""The promotion gate: the spec's rules applied to an A/B comparison, every verdict explained."""
+"""The promotion gate: the spec's rules applied to an A/B comparison, every verdict explained.
+
+Rates measured on part of the answers (`hallucination_rate` over the answers that could be
+checked, `invented_field_rate` over predicted fields) carry their denominators in the
+comparison (`candidate_n`, `incumbent_n`). A rule comparing such a rate is skipped, and says
+why, when either arm has too little to measure: a base model that never produces parseable
+JSON hallucinates nothing measurable, which is no evidence that it hallucinates less.
+"""
 
 from __future__ import annotations
 
@@ -12,54 +19,44 @@ NOT_GATED = ("precision_at_threshold", "recall_at_threshold", "abstain_rate")
 def apply_gate(
     gate: GateSpec, primary: str, comparison: dict[str, dict], human: dict | None = None
 ) -> dict:
-    """`{"passed": bool, "pending": bool, "rules": [{"rule", "passed", "detail"}]}` for one
-    comparison.
+    """`{"passed": bool, "pending": bool, "rules": [{"rule", "passed", "skipped", "detail"}]}`
+    for one comparison.
 
     `comparison` maps metric name to `paired_bootstrap`'s result for it; `human` is
     `ftray.review.stats.summarize`'s result for the evaluation's ratings (None before any).
-    `pending`: only the human win-rate rule fails, for want of ratings.
+    `pending`: only the human win-rate rule fails, for want of ratings. A skipped rule
+    passes; its detail says why it could not be applied.
     """
     rules = []
 
-    def rule(name: str, passed: bool, detail: str) -> None:
-        rules.append({"rule": name, "passed": bool(passed), "detail": detail})
+    def rule(name: str, passed: bool, detail: str, skipped: bool = False) -> None:
+        rules.append({"rule": name, "passed": bool(passed), "skipped": skipped, "detail": detail})
 
-    head = comparison[primary]
-    delta = gate.min_improvement
-    rule(
-        f"{primary} ≥ incumbent + {delta:g}",
-        head["candidate"] >= head["incumbent"] + delta,
-        f"candidate {head['candidate']:.4f}, incumbent {head['incumbent']:.4f}",
-    )
-    if gate.require_significant:
-        low, high = head["difference_interval"]
-        rule(
-            f"{primary} interval of the difference excludes {delta:g}",
-            low > delta,
-            f"difference {head['difference']:+.4f}, interval [{low:+.4f}, {high:+.4f}]",
-        )
+    _primary_rules(gate, primary, comparison[primary], rule)
     for name, row in comparison.items():
         if name == primary or name in NOT_GATED:
             continue
-        worse = row["difference"] if name in LOWER_IS_BETTER else -row["difference"]
-        rule(
-            f"{name} regresses by at most {gate.max_regression:g}",
-            worse <= gate.max_regression + 1e-12,
-            f"candidate {row['candidate']:.4f}, incumbent {row['incumbent']:.4f}",
-        )
-    floors = [
-        ("hallucination_rate", gate.max_hallucination_rate, "≤", lambda v, x: v <= x),
-        ("schema_compliance", gate.min_schema_compliance, "≥", lambda v, x: v >= x),
-        (primary, gate.min_primary, "≥", lambda v, x: v >= x),
-    ]
-    for name, limit, sign, holds in floors:
-        if limit is None:
-            continue
+        limit = gate.max_regression_by_metric.get(name, gate.max_regression)
+        title = f"{name} regresses by at most {limit:g}" if limit is not None else None
+        if title is None:
+            rule(f"{name} regression", True, "exempt (eval.gate.max_regression_by_metric)", True)
+        elif (why := _no_signal(row, gate.min_signal)) is not None:
+            rule(title, True, why, True)
+        else:
+            worse = row["difference"] if name in LOWER_IS_BETTER else -row["difference"]
+            rule(title, worse <= limit + 1e-12, _values(row))
+    for name, sign, limit in _limits(gate, primary):
+        title = f"{name} {sign} {limit:g}"
         if name not in comparison:
-            rule(f"{name} {sign} {limit:g}", False, f"{name} was not computed (eval.metrics)")
+            rule(title, False, f"{name} was not computed (eval.metrics)")
             continue
         value = comparison[name]["candidate"]
-        rule(f"{name} {sign} {limit:g}", holds(value, limit), f"candidate {value:.4f}")
+        if value is None:
+            what = comparison[name].get("denominator", "examples")
+            rule(title, True, f"the candidate has no {what} to measure", True)
+            continue
+        holds = value >= limit if sign == "≥" else value <= limit
+        rule(title, holds, f"candidate {value:.4f}")
     awaiting = False
     if gate.min_human_win_rate is not None:
         name = f"human win rate ≥ {gate.min_human_win_rate:g}"
@@ -77,3 +74,59 @@ def apply_gate(
             )
     failed = sum(not r["passed"] for r in rules)
     return {"passed": failed == 0, "pending": awaiting and failed == 1, "rules": rules}
+
+
+def _primary_rules(gate: GateSpec, primary: str, head: dict, rule) -> None:
+    delta = gate.min_improvement
+    title = f"{primary} ≥ incumbent + {delta:g}"
+    if head["difference"] is None:
+        # the primary metric decides: no measurement is a failure, not a skip
+        rule(title, False, f"not measurable: {_values(head)}")
+        return
+    rule(title, head["candidate"] >= head["incumbent"] + delta, _values(head))
+    if gate.require_significant:
+        low, high = head["difference_interval"]
+        rule(
+            f"{primary} interval of the difference excludes {delta:g}",
+            low > delta,
+            f"difference {head['difference']:+.4f}, interval [{low:+.4f}, {high:+.4f}]",
+        )
+
+
+def _limits(gate: GateSpec, primary: str) -> list[tuple[str, str, float]]:
+    """(metric, ≥ or ≤, value) for every floor and ceiling the gate sets."""
+    found = [(name, "≥", value) for name, value in gate.floors.items()]
+    found += [(name, "≤", value) for name, value in gate.ceilings.items()]
+    for name, sign, value in (
+        ("hallucination_rate", "≤", gate.max_hallucination_rate),
+        ("schema_compliance", "≥", gate.min_schema_compliance),
+        (primary, "≥", gate.min_primary),
+    ):
+        if value is not None:
+            found.append((name, sign, value))
+    return found
+
+
+def _no_signal(row: dict, minimum: int) -> str | None:
+    """Why a rate cannot be compared between the arms, or None when it can."""
+    what = row.get("denominator")
+    if what is None:
+        return None if row["difference"] is not None else "not measurable for both arms"
+    short = [arm for arm in ("incumbent", "candidate") if row[f"{arm}_n"] < minimum]
+    if not short:
+        return None
+    counts = ", ".join(f"the {arm}'s rate rests on {row[f'{arm}_n']} {what}" for arm in short)
+    return (
+        f"{counts} (fewer than eval.gate.min_signal = {minimum}); nothing like-for-like to compare"
+    )
+
+
+def _values(row: dict) -> str:
+    parts = []
+    for arm in ("candidate", "incumbent"):
+        value = row[arm]
+        text = "n/a" if value is None else f"{value:.4f}"
+        if f"{arm}_n" in row:
+            text += f" (n={row[f'{arm}_n']} {row['denominator']})"
+        parts.append(f"{arm} {text}")
+    return ", ".join(parts)

@@ -148,26 +148,160 @@ def parse_json(text: str):
 
 
 def json_scores(output: str, reference: str, schema: dict | None) -> dict:
-    """One example: parsed?, schema-compliant?, and the share of the reference's top-level
-    fields the output reproduces exactly (0 when unparsed)."""
+    """One example: parsed?, schema-compliant?, and `fields`, its field-level outcomes
+    (see `field_outcomes`; an unparsable answer predicts no field)."""
     from jsonschema import Draft202012Validator
 
+    expected = _as_fields(_parse_or_text(reference))
     try:
         value = parse_json(output)
     except ValueError:
-        return {"parsed": False, "compliant": False, "field_accuracy": 0.0}
+        return {"parsed": False, "compliant": False, "fields": field_outcomes({}, expected)}
     compliant = True if schema is None else Draft202012Validator(schema).is_valid(value)
+    return {
+        "parsed": True,
+        "compliant": compliant,
+        "fields": field_outcomes(_as_fields(value), expected),
+    }
+
+
+def _parse_or_text(text: str):
     try:
-        expected = parse_json(reference)
+        return parse_json(text)
     except ValueError:
-        expected = None
-    if isinstance(expected, dict) and expected:
-        got = value if isinstance(value, dict) else {}
-        hits = sum(key in got and got[key] == want for key, want in expected.items())
-        accuracy = hits / len(expected)
-    else:
-        accuracy = float(value == expected)
-    return {"parsed": True, "compliant": compliant, "field_accuracy": accuracy}
+        return str(text)
+
+
+def _as_fields(value) -> dict:
+    """The top-level fields of a JSON value; anything but an object is one field, `$`."""
+    return value if isinstance(value, dict) else {"$": value}
+
+
+def normalize_value(value):
+    """The form normalised matching compares: strings case-folded with whitespace collapsed,
+    numbers (and strings that read as numbers) as floats, inside lists and objects too."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        text = " ".join(value.casefold().split())
+        try:
+            return float(text.replace(",", "")) if _NUMERIC.fullmatch(text) else text
+        except ValueError:
+            return text
+    if isinstance(value, list):
+        return [normalize_value(item) for item in value]
+    if isinstance(value, dict):
+        return {" ".join(str(k).casefold().split()): normalize_value(v) for k, v in value.items()}
+    return value
+
+
+_NUMERIC = re.compile(r"[-+]?(\d{1,3}(,\d{3})+|\d+)?(\.\d+)?(e[-+]?\d+)?")
+
+
+def _same(a, b) -> bool:
+    """Exact match: the same JSON value, types included (5 and 5.0 differ, as do 1 and true)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def field_outcomes(predicted: dict, gold: dict) -> dict[str, dict[str, int]]:
+    """Per field named by either side: `gold` and `predicted` (1 when present there),
+    `exact` and `normalized` (1 when both have it with equal values, as `_same` and after
+    `normalize_value`)."""
+    outcomes = {}
+    for name in dict.fromkeys([*gold, *predicted]):
+        both = name in gold and name in predicted
+        outcomes[name] = {
+            "gold": int(name in gold),
+            "predicted": int(name in predicted),
+            "exact": int(both and _same(predicted[name], gold[name])),
+            "normalized": int(
+                both and normalize_value(predicted[name]) == normalize_value(gold[name])
+            ),
+        }
+    return outcomes
+
+
+def _prf(hits: float, predicted: float, gold: float) -> tuple[float, float, float]:
+    precision = hits / predicted if predicted else 0.0
+    recall = hits / gold if gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+class FieldCounts:
+    """Field outcomes of many examples as (examples × fields) count matrices, so any subset
+    of examples (a bootstrap resample) is scored by summing rows."""
+
+    def __init__(self, outcomes: list[dict[str, dict[str, int]]], fields: list[str]):
+        self.fields = fields
+        index = {name: j for j, name in enumerate(fields)}
+        self.counts = {
+            key: np.zeros((len(outcomes), len(fields)), dtype=np.int64)
+            for key in ("gold", "predicted", "exact", "normalized")
+        }
+        for i, example in enumerate(outcomes):
+            for name, row in example.items():
+                for key, value in row.items():
+                    self.counts[key][i, index[name]] = value
+        # predicted fields their own example's reference does not have
+        self.counts["invented"] = self.counts["predicted"] * (1 - self.counts["gold"])
+
+    def _sums(self, idx: np.ndarray | None) -> dict[str, np.ndarray]:
+        return {k: (v if idx is None else v[idx]).sum(axis=0) for k, v in self.counts.items()}
+
+    def per_field(self, idx: np.ndarray | None = None) -> dict[str, dict]:
+        """Per field: exact precision, recall, F1, normalised F1, support (gold), predicted."""
+        sums = self._sums(idx)
+        table = {}
+        for j, name in enumerate(self.fields):
+            gold, predicted = int(sums["gold"][j]), int(sums["predicted"][j])
+            precision, recall, f1 = _prf(sums["exact"][j], predicted, gold)
+            table[name] = {
+                "precision": precision,
+                "recall": recall,
+                "f1": f1,
+                "f1_normalized": _prf(sums["normalized"][j], predicted, gold)[2],
+                "support": gold,
+                "predicted": predicted,
+            }
+        return table
+
+    def scores(self, idx: np.ndarray | None = None) -> dict[str, float | None]:
+        """The scalar field metrics over the examples `idx` (all when None)."""
+        sums = self._sums(idx)
+        gold, predicted = sums["gold"].sum(), sums["predicted"].sum()
+        precision, recall, f1 = _prf(sums["exact"].sum(), predicted, gold)
+        scored = sums["gold"] > 0  # macro: the fields the references use
+
+        def macro(key: str) -> float:
+            f1s = [
+                _prf(sums[key][j], sums["predicted"][j], sums["gold"][j])[2]
+                for j in np.flatnonzero(scored)
+            ]
+            return float(np.mean(f1s)) if f1s else 0.0
+
+        return {
+            "field_precision": float(precision),
+            "field_recall": float(recall),
+            "field_f1_micro": float(f1),
+            "field_f1_macro": macro("exact"),
+            "field_f1_micro_normalized": _prf(sums["normalized"].sum(), predicted, gold)[2],
+            "field_f1_macro_normalized": macro("normalized"),
+            "invented_field_rate": float(sums["invented"].sum() / predicted) if predicted else None,
+            "invented_field_n": int(predicted),
+        }
+
+
+def example_field_f1(outcomes: dict[str, dict[str, int]]) -> float:
+    """One example's exact field F1 (1 when neither side has a field): the report's per-example
+    score for JSON answers."""
+    gold = sum(o["gold"] for o in outcomes.values())
+    predicted = sum(o["predicted"] for o in outcomes.values())
+    if not gold and not predicted:
+        return 1.0
+    return 2 * sum(o["exact"] for o in outcomes.values()) / (gold + predicted)
 
 
 # --- generation ------------------------------------------------------------------------------

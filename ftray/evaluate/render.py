@@ -19,7 +19,10 @@ img { max-width: 100%; }
 
 def gate_table(gate: dict) -> tuple[list, list]:
     """The gate's rules as (header, rows)."""
-    rows = [[r["rule"], "yes" if r["passed"] else "NO", r["detail"]] for r in gate["rules"]]
+    rows = [
+        [r["rule"], "skipped" if r.get("skipped") else "yes" if r["passed"] else "NO", r["detail"]]
+        for r in gate["rules"]
+    ]
     return ["rule", "passed", "detail"], rows
 
 

@@ -74,7 +74,7 @@ def _figure(width: float = 7, height: float = 3.6):
 
 
 def _metric_bars(comparison: dict) -> bytes:
-    names = list(comparison)
+    names = [n for n, row in comparison.items() if row["difference_interval"] is not None]
     figure, ax = _figure(max(6, 0.9 * len(names) + 2))
     x = np.arange(len(names))
     for offset, arm in ((-0.2, "candidate"), (0.2, "incumbent")):
@@ -204,21 +204,59 @@ def _tables(manifest: dict, examples: list[dict]) -> dict[str, tuple[list, list]
     """Every table of the report as (header, rows) of plain values: both formats use them."""
     metrics = []
     for name, row in manifest["comparison"].items():
-        low, high = row["difference_interval"]
+        interval = row["difference_interval"]
         metrics.append(
             [
                 name,
-                f"{row['candidate']:.4f}",
-                f"{row['incumbent']:.4f}",
-                f"{row['difference']:+.4f}",
-                f"[{low:+.4f}, {high:+.4f}]",
-                f"{row['p_value']:.3g}",
+                _number(row["candidate"], row.get("candidate_n")),
+                _number(row["incumbent"], row.get("incumbent_n")),
+                _number(row["difference"], sign=True),
+                "n/a" if interval is None else f"[{interval[0]:+.4f}, {interval[1]:+.4f}]",
+                "n/a" if row["p_value"] is None else f"{row['p_value']:.3g}",
+                row.get("denominator", "examples"),
             ]
         )
-    return {
+    fields = manifest["details"]["candidate"].get("per_field")
+    tables = {}
+    if fields:
+        incumbent = manifest["details"]["incumbent"]["per_field"]
+        tables["fields"] = (
+            [
+                "field",
+                "support",
+                "predicted",
+                "precision",
+                "recall",
+                "F1",
+                "F1 (normalised)",
+                "incumbent F1",
+            ],
+            [
+                [
+                    name,
+                    row["support"],
+                    row["predicted"],
+                    f"{row['precision']:.3f}",
+                    f"{row['recall']:.3f}",
+                    f"{row['f1']:.3f}",
+                    f"{row['f1_normalized']:.3f}",
+                    f"{incumbent[name]['f1']:.3f}",
+                ]
+                for name, row in fields.items()
+            ],
+        )
+    return tables | {
         "gate": gate_table(manifest["gate"]),
         "metrics": (
-            ["metric", "candidate", "incumbent", "difference", "interval", "p (bootstrap)"],
+            [
+                "metric",
+                "candidate",
+                "incumbent",
+                "difference",
+                "interval",
+                "p (bootstrap)",
+                "over",
+            ],
             metrics,
         ),
         "slices": (
@@ -242,8 +280,25 @@ def _tables(manifest: dict, examples: list[dict]) -> dict[str, tuple[list, list]
     }
 
 
+def _number(value: float | None, n: int | None = None, sign: bool = False) -> str:
+    """A metric's value for the tables: 'n/a' when there was nothing to measure, and the
+    denominator of a rate over part of the answers."""
+    text = "n/a" if value is None else f"{value:+.4f}" if sign else f"{value:.4f}"
+    return text if n is None else f"{text} (n={n})"
+
+
+FIELDS = (
+    "Per field (candidate; top-level fields of the reference and the answer): precision = "
+    "exact matches / answers giving the field, recall = exact matches / references having "
+    "it (an unparsable answer gives no field), F1 (normalised): strings compared "
+    "case-folded with whitespace collapsed, numbers as numbers."
+)
+
+
 def _verdict(manifest: dict) -> str:
-    return "PASSED: promote" if manifest["gate"]["passed"] else "FAILED: keep the incumbent"
+    verdict = "PASSED: promote" if manifest["gate"]["passed"] else "FAILED: keep the incumbent"
+    again = manifest.get("regated_at")
+    return f"{verdict} (gate re-applied {again}, no new answers)" if again else verdict
 
 
 def _intro(manifest: dict) -> str:
@@ -263,8 +318,9 @@ def _mcnemar(manifest: dict) -> str:
     )
 
 
-def rewrite_report(store: Store, eval_id: str, human: dict) -> bool:
-    """Render an evaluation's reports again with the human review's results; False for an
+def rewrite_report(store: Store, eval_id: str, human: dict | None = None) -> bool:
+    """Render an evaluation's reports again from its manifest (after a new gate, or with the
+    human review's results: `human`, else the ratings as they stand); False for an
     evaluation written before manifests kept their task."""
     import pandas as pd
     import pyarrow.parquet as pq
@@ -281,8 +337,19 @@ def rewrite_report(store: Store, eval_id: str, human: dict) -> bool:
     )
     task = Task(**manifest["task"])
     worst = manifest["spec"].get("worst_examples", 10)
+    if human is None:
+        human = _ratings_summary(store, eval_id, manifest)
     write_report(manifest, table, task, store, eval_id, worst=worst, human=human)
     return True
+
+
+def _ratings_summary(store: Store, eval_id: str, manifest: dict) -> dict | None:
+    # imported here: the review package builds on this module
+    from ftray.review.ratings import RatingLog, latest
+    from ftray.review.stats import summarize
+
+    ratings = latest(RatingLog(store, eval_id).all())
+    return summarize(ratings, manifest["spec"].get("confidence_level", 0.95)) if ratings else None
 
 
 def _human(human: dict | None) -> str:
@@ -313,6 +380,7 @@ def _markdown(manifest: dict, plots: dict, examples: list[dict], human=None) -> 
         "## Metrics",
         table("metrics"),
         _mcnemar(manifest),
+        *([f"## Per field\n\n{FIELDS}", table("fields")] if "fields" in tables else []),
         *[f"![{name}](plots/{name}.png)" for name in plots],
         "## Per slice",
         table("slices"),
@@ -332,12 +400,18 @@ def _html(manifest: dict, plots: dict, examples: list[dict], human=None) -> str:
     tables = _tables(manifest, examples)
     figures = figures_html(plots)
     verdict = "pass" if manifest["gate"]["passed"] else "fail"
+    fields = (
+        f"<h2>Per field</h2>\n<p>{html.escape(FIELDS)}</p>\n{table('fields')}"
+        if "fields" in tables
+        else ""
+    )
     body = f"""<p>{html.escape(_intro(manifest))}</p>
 <h2 class="{verdict}">Gate: {html.escape(_verdict(manifest))}</h2>
 {table("gate")}
 <h2>Metrics</h2>
 {table("metrics")}
 <p>{html.escape(_mcnemar(manifest))}</p>
+{fields}
 <section id="plots">{figures}</section>
 <h2>Per slice</h2>
 {table("slices")}

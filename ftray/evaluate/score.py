@@ -7,16 +7,29 @@ BERTScore ran, `<arm>_bertscore`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from ftray.evaluate import metrics as m
-from ftray.evaluate.compare import Scorer, mcnemar, mean_scorer, paired_bootstrap, slices
+from ftray.evaluate.compare import (
+    Scorer,
+    mcnemar,
+    mean_scorer,
+    paired_bootstrap,
+    ratio_scorer,
+    slices,
+)
 from ftray.evaluate.gate import apply_gate
 from ftray.spec import METRIC_GROUPS, EvalSpec
 
 ARMS = ("candidate", "incumbent")
+# Rates over part of the answers: what their denominator counts (reported beside them).
+DENOMINATORS = {
+    "hallucination_rate": "checkable answers",
+    "invented_field_rate": "predicted fields",
+}
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,10 @@ def judge(table, sampled, task: Task, spec: EvalSpec):
         metric: paired_bootstrap(score, len(table), **options)
         for metric, score in scorers(table, task).items()
     }
+    for metric, counts in denominators(table, task).items():
+        comparison[metric].update(
+            {f"{arm}_n": counts[arm] for arm in ARMS}, denominator=DENOMINATORS[metric]
+        )
     if sampled is not None:
         agree = consistency({arm: list(sampled[f"{arm}_samples"]) for arm in ARMS})
         comparison["consistency"] = paired_bootstrap(mean_scorer(agree), len(sampled), **options)
@@ -57,7 +74,12 @@ def judge(table, sampled, task: Task, spec: EvalSpec):
         "primary_metric": task.primary,
         **{
             arm: {
-                **{metric: round(row[arm], 4) for metric, row in comparison.items()},
+                **{metric: _round(row[arm]) for metric, row in comparison.items()},
+                **{
+                    f"{metric.removesuffix('_rate')}_n": row[f"{arm}_n"]
+                    for metric, row in comparison.items()
+                    if metric in DENOMINATORS
+                },
                 "latency_s": details[arm]["latency_s"],
                 "output_tokens": details[arm]["output_tokens"],
             }
@@ -78,10 +100,15 @@ def judge(table, sampled, task: Task, spec: EvalSpec):
     }
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 def score_examples(table, task: Task):
     """`table` plus per-arm per-example columns: `<arm>_exact`, `<arm>_label`,
-    `<arm>_correct`, `<arm>_parsed`/`_compliant`/`_field_accuracy` (json), `<arm>_rouge_l`,
-    `<arm>_unsupported` (hallucination)."""
+    `<arm>_correct`, `<arm>_parsed`/`_compliant`/`_fields` (JSON text of the field
+    outcomes)/`_field_f1` (json), `<arm>_rouge_l`, `<arm>_unsupported` and `<arm>_checked`
+    (hallucination: the claims, and whether the answer could be checked at all)."""
     table = table.copy()
     refs = list(table["completion"])
     for arm in ARMS:
@@ -93,8 +120,10 @@ def score_examples(table, task: Task):
             table[f"{arm}_correct"] = [p == r for p, r in zip(labels, refs, strict=True)]
         if "json" in task.groups:
             scores = [m.json_scores(o, r, task.schema) for o, r in zip(outputs, refs, strict=True)]
-            for key in ("parsed", "compliant", "field_accuracy"):
+            for key in ("parsed", "compliant"):
                 table[f"{arm}_{key}"] = [s[key] for s in scores]
+            table[f"{arm}_fields"] = [json.dumps(s["fields"]) for s in scores]
+            table[f"{arm}_field_f1"] = [m.example_field_f1(s["fields"]) for s in scores]
         if "rouge_l" in task.groups:
             table[f"{arm}_rouge_l"] = [m.rouge_l(o, r) for o, r in zip(outputs, refs, strict=True)]
         if "hallucination" in task.groups:
@@ -102,6 +131,10 @@ def score_examples(table, task: Task):
                 m.unsupported(o, p, r, task.name, task.labels)
                 for o, p, r in zip(outputs, table["prompt"], refs, strict=True)
             ]
+            # an unparsable JSON answer asserts nothing checkable: out of the denominator
+            table[f"{arm}_checked"] = (
+                list(table[f"{arm}_parsed"]) if task.name == "json" else [True] * len(table)
+            )
     return table
 
 
@@ -111,21 +144,53 @@ def scorers(table, task: Task) -> dict[str, Scorer]:
         "exact_match": "exact",
         "parse_rate": "parsed",
         "schema_compliance": "compliant",
-        "field_accuracy": "field_accuracy",
         "rouge_l": "rouge_l",
         "bertscore_f1": "bertscore",
     }
     out: dict[str, Scorer] = {}
+    fields = _field_counts(table) if "json" in task.groups else {}
     for name in task.scalar_names:
         if name in columns:
             out[name] = mean_scorer(_per_arm(table, columns[name]))
         elif name == "hallucination_rate":
-            out[name] = mean_scorer(
-                {arm: np.array([len(u) > 0 for u in table[f"{arm}_unsupported"]]) for arm in ARMS}
-            )
+            checked = {arm: np.asarray(table[f"{arm}_checked"], dtype=bool) for arm in ARMS}
+            claims = {
+                arm: np.array([len(u) > 0 for u in table[f"{arm}_unsupported"]]) & checked[arm]
+                for arm in ARMS
+            }
+            out[name] = ratio_scorer(claims, checked)
+        elif name.startswith(("field_", "invented_field")):
+            out[name] = _field_scorer(fields, name)
         else:
             out[name] = _classification_scorer(table, task, name)
     return out
+
+
+def denominators(table, task: Task) -> dict[str, dict[str, int]]:
+    """Per rate in `DENOMINATORS` that was computed: each arm's denominator."""
+    names = set(task.scalar_names)
+    found = {}
+    if "hallucination_rate" in names:
+        found["hallucination_rate"] = {arm: int(sum(table[f"{arm}_checked"])) for arm in ARMS}
+    if "invented_field_rate" in names:
+        counts = _field_counts(table)
+        found["invented_field_rate"] = {
+            arm: counts[arm].scores()["invented_field_n"] for arm in ARMS
+        }
+    return found
+
+
+def _field_counts(table) -> dict[str, m.FieldCounts]:
+    outcomes = {arm: [json.loads(f) for f in table[f"{arm}_fields"]] for arm in ARMS}
+    names = list(dict.fromkeys(n for arm in ARMS for example in outcomes[arm] for n in example))
+    return {arm: m.FieldCounts(outcomes[arm], names) for arm in ARMS}
+
+
+def _field_scorer(counts: dict[str, m.FieldCounts], name: str) -> Scorer:
+    def score(arm: str, idx: np.ndarray) -> float | None:
+        return counts[arm].scores(idx)[name]
+
+    return score
 
 
 def _per_arm(table, column: str) -> dict[str, np.ndarray]:
@@ -168,6 +233,8 @@ def arm_details(table, task: Task, arm: str) -> dict:
         details["per_class"] = result["per_class"]
         details["confusion"] = m.confusion(labels, refs, task.labels)
         details["pr_curve"] = m.pr_curve(list(table[f"{arm}_correct"]), conf)
+    if "json" in task.groups:
+        details["per_field"] = _field_counts(table)[arm].per_field()
     return details
 
 
@@ -175,7 +242,7 @@ def per_example_primary(table, task: Task, arm: str) -> np.ndarray:
     """A per-example score in the primary metric's spirit, for ranking the worst examples."""
     for column in (
         "correct" if task.labels else None,
-        "field_accuracy" if "json" in task.groups else None,
+        "field_f1" if "json" in task.groups else None,
         "rouge_l" if "rouge_l" in task.groups else None,
         "bertscore" if "bertscore" in task.groups else None,
         "exact",

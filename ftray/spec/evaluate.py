@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -20,19 +20,31 @@ METRIC_GROUPS: dict[str, tuple[str, ...]] = {
         "recall_at_threshold",
         "abstain_rate",
     ),
-    "json": ("parse_rate", "schema_compliance", "field_accuracy"),
+    "json": (
+        "parse_rate",
+        "schema_compliance",
+        "field_precision",
+        "field_recall",
+        "field_f1_micro",
+        "field_f1_macro",
+        "field_f1_micro_normalized",
+        "field_f1_macro_normalized",
+        "invented_field_rate",
+    ),
     "rouge_l": ("rouge_l",),
     "bertscore": ("bertscore_f1",),
     "hallucination": ("hallucination_rate",),
     "consistency": ("consistency",),
 }
-LOWER_IS_BETTER = ("hallucination_rate", "abstain_rate")
+METRIC_NAMES = tuple(name for names in METRIC_GROUPS.values() for name in names)
+LOWER_IS_BETTER = ("hallucination_rate", "invented_field_rate", "abstain_rate")
 TASK_METRICS = {
     "classification": ["exact_match", "classification", "hallucination", "consistency"],
     "json": ["exact_match", "json", "hallucination", "consistency"],
     "generation": ["exact_match", "rouge_l", "bertscore", "hallucination", "consistency"],
 }
-PRIMARY_METRIC = {"classification": "macro_f1", "json": "field_accuracy", "generation": "rouge_l"}
+PRIMARY_METRIC = {"classification": "macro_f1", "json": "field_f1_micro", "generation": "rouge_l"}
+MetricName = Literal[METRIC_NAMES]  # type: ignore[valid-type]
 
 
 class GateSpec(_Section):
@@ -57,7 +69,31 @@ class GateSpec(_Section):
         default=0.02,
         ge=0,
         description="ε: no other quality metric may be worse than the incumbent's by more than "
-        "this (absolute; latency and token counts are reported, not gated).",
+        "this (absolute; latency and token counts are reported, not gated), unless "
+        "`max_regression_by_metric` names it.",
+    )
+    max_regression_by_metric: dict[MetricName, Annotated[float, Field(ge=0)] | None] = Field(
+        default_factory=dict,
+        description="Per metric, its own ε (e.g. {hallucination_rate: 0.05}); null exempts the "
+        "metric from the regression rule (it is still reported).",
+    )
+    floors: dict[MetricName, float] = Field(
+        default_factory=dict,
+        description="Per metric, a value the candidate must reach (candidate ≥ floor), "
+        "whatever the incumbent scores, e.g. {field_recall: 0.8}.",
+    )
+    ceilings: dict[MetricName, float] = Field(
+        default_factory=dict,
+        description="Per metric, a value the candidate must not exceed (candidate ≤ ceiling), "
+        "e.g. {invented_field_rate: 0.05}.",
+    )
+    min_signal: int = Field(
+        default=10,
+        ge=1,
+        description="Rates measured on part of the answers (hallucination_rate: over answers "
+        "that could be checked; invented_field_rate: over predicted fields) are compared "
+        "with the incumbent only when both arms have at least this many; otherwise the rule "
+        "is skipped, and says so. A floor or ceiling needs at least one.",
     )
     max_hallucination_rate: float | None = Field(
         default=None, ge=0, le=1, description="Ceiling on the candidate's hallucination rate."
@@ -106,7 +142,7 @@ class EvalSpec(_Section):
     primary_metric: str | None = Field(
         default=None,
         description="The metric the gate compares first. Unset: macro_f1 (classification), "
-        "field_accuracy (json), rouge_l (generation).",
+        "field_f1_micro (json), rouge_l (generation).",
     )
     incumbent: str = Field(
         default="auto",

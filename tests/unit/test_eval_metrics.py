@@ -84,14 +84,91 @@ def test_json_scores():
     assert m.json_scores(fenced, reference, schema) == {
         "parsed": True,
         "compliant": True,
-        "field_accuracy": 0.5,
+        "fields": {
+            "amount": {"gold": 1, "predicted": 1, "exact": 1, "normalized": 1},
+            "currency": {"gold": 1, "predicted": 1, "exact": 0, "normalized": 0},
+        },
     }
     assert m.json_scores('{"amount": "5"}', reference, schema)["compliant"] is False
+    # unparsable: predicts nothing, so every reference field is missed
     assert m.json_scores("nope", reference, schema) == {
         "parsed": False,
         "compliant": False,
-        "field_accuracy": 0.0,
+        "fields": {
+            "amount": {"gold": 1, "predicted": 0, "exact": 0, "normalized": 0},
+            "currency": {"gold": 1, "predicted": 0, "exact": 0, "normalized": 0},
+        },
     }
+    # a non-object answer or reference is one field, "$"
+    assert m.json_scores("[1, 2]", "[1, 2]", None)["fields"] == {
+        "$": {"gold": 1, "predicted": 1, "exact": 1, "normalized": 1}
+    }
+
+
+def test_normalized_values():
+    assert m.normalize_value("  New   York ") == m.normalize_value("new york")
+    assert m.normalize_value("1,000") == m.normalize_value(1000) == 1000.0
+    assert m.normalize_value("5.0") == m.normalize_value(5)
+    assert m.normalize_value(True) != m.normalize_value("true")
+    assert m.normalize_value({"A": [" X "]}) == {"a": ["x"]}
+    assert m.normalize_value("2024-05-01") == "2024-05-01"  # a date is not a number
+
+
+# Four answers, by hand: an extra field and a case-only difference; a missing field; a wrong
+# value and a number given as a string; an unparsable answer.
+GOLD = [
+    '{"city": "Paris", "date": "2024-05-01", "guests": 2}',
+    '{"city": "Rome", "guests": 4}',
+    '{"city": "Oslo", "guests": 1}',
+    '{"city": "Lima", "date": "2024-06-02"}',
+]
+ANSWERS = [
+    '{"city": "paris", "date": "2024-05-01", "guests": 2, "budget": 300}',
+    '{"city": "Rome"}',
+    '{"city": "Bergen", "guests": "1"}',
+    "Sure! The city is Lima.",
+]
+
+
+def _field_counts():
+    outcomes = [m.json_scores(a, g, None)["fields"] for a, g in zip(ANSWERS, GOLD, strict=True)]
+    names = list(dict.fromkeys(n for example in outcomes for n in example))
+    return m.FieldCounts(outcomes, names)
+
+
+def test_field_precision_recall_f1_and_invented_fields_by_hand():
+    counts = _field_counts()
+    # city: 4 in the references, 3 predicted, 1 exact (Rome), 2 normalised (+ paris)
+    # date: 2, 1, 1, 1; guests: 3, 2, 1 (2), 2 (+ "1"); budget: 0, 1, 0, 0 (invented)
+    per_field = counts.per_field()
+    assert per_field["city"] == {
+        "precision": pytest.approx(1 / 3),
+        "recall": pytest.approx(1 / 4),
+        "f1": pytest.approx(2 / 7),
+        "f1_normalized": pytest.approx(4 / 7),
+        "support": 4,
+        "predicted": 3,
+    }
+    assert per_field["date"]["f1"] == pytest.approx(2 / 3)
+    assert per_field["guests"]["f1"] == pytest.approx(2 / 5)
+    assert per_field["budget"]["support"] == 0 and per_field["budget"]["predicted"] == 1
+    scores = counts.scores()
+    # 9 reference fields, 7 predicted, 3 exact hits, 5 normalised hits
+    assert scores["field_precision"] == pytest.approx(3 / 7)
+    assert scores["field_recall"] == pytest.approx(3 / 9)
+    assert scores["field_f1_micro"] == pytest.approx(6 / 16)
+    assert scores["field_f1_micro_normalized"] == pytest.approx(10 / 16)
+    # macro over the fields the references use (budget has no support)
+    assert scores["field_f1_macro"] == pytest.approx((2 / 7 + 2 / 3 + 2 / 5) / 3)
+    assert scores["field_f1_macro_normalized"] == pytest.approx((4 / 7 + 2 / 3 + 4 / 5) / 3)
+    assert scores["invented_field_rate"] == pytest.approx(1 / 7)
+    assert scores["invented_field_n"] == 7
+    only_unparsable = counts.scores(np.array([3, 3]))
+    assert only_unparsable["field_recall"] == 0.0 and only_unparsable["field_precision"] == 0.0
+    assert only_unparsable["invented_field_rate"] is None  # nothing predicted: no rate
+    first, unparsable = (m.json_scores(ANSWERS[i], GOLD[i], None)["fields"] for i in (0, 3))
+    assert m.example_field_f1(first) == pytest.approx(2 * 2 / (3 + 4))
+    assert m.example_field_f1(unparsable) == 0.0
 
 
 def test_rouge_l():
@@ -224,3 +301,92 @@ def test_gate_min_improvement_and_floor():
     lenient = GateSpec(min_improvement=-0.1, require_significant=False)
     assert apply_gate(lenient, "rouge_l", {"rouge_l": _row(0.45, 0.5)})["passed"]
     assert math.isclose(comparison["rouge_l"]["difference"], 0.05)
+
+
+def _rate(candidate, incumbent, candidate_n, incumbent_n, what="checkable answers"):
+    return {
+        **_row(candidate, incumbent),
+        "candidate_n": candidate_n,
+        "incumbent_n": incumbent_n,
+        "denominator": what,
+    }
+
+
+def test_gate_skips_a_rate_the_incumbent_cannot_measure():
+    # the base model never parses: its hallucination and invented-field rates measure nothing
+    comparison = {
+        "field_f1_micro": _row(0.69, 0.0),
+        "parse_rate": _row(1.0, 0.01),
+        "hallucination_rate": {
+            **_row(0.067, 0.0),
+            "incumbent": None,
+            "difference": None,
+            "difference_interval": None,
+            "candidate_n": 150,
+            "incumbent_n": 0,
+            "denominator": "checkable answers",
+        },
+        "invented_field_rate": _rate(0.1, 0.0, 400, 3, "predicted fields"),
+    }
+    verdict = apply_gate(GateSpec(), "field_f1_micro", comparison)
+    assert verdict["passed"], verdict
+    skipped = {r["rule"]: r["detail"] for r in verdict["rules"] if r["skipped"]}
+    assert set(skipped) == {
+        "hallucination_rate regresses by at most 0.02",
+        "invented_field_rate regresses by at most 0.02",
+    }
+    assert (
+        "the incumbent's rate rests on 0 checkable answers"
+        in skipped["hallucination_rate regresses by at most 0.02"]
+    )
+    assert "3 predicted fields" in skipped["invented_field_rate regresses by at most 0.02"]
+    # with signal on both sides the same rates are compared, and the regression fails
+    measured = {**comparison, "hallucination_rate": _rate(0.067, 0.013, 150, 40)}
+    failed = [
+        r["rule"]
+        for r in apply_gate(GateSpec(), "field_f1_micro", measured)["rules"]
+        if not r["passed"]
+    ]
+    assert failed == ["hallucination_rate regresses by at most 0.02"]
+    detail = apply_gate(GateSpec(), "field_f1_micro", measured)["rules"][3]["detail"]
+    assert detail == (
+        "candidate 0.0670 (n=150 checkable answers), incumbent 0.0130 (n=40 checkable answers)"
+    )
+    # a ceiling on the candidate's own rate still applies; without any answer to check, skipped
+    ceiling = GateSpec(ceilings={"hallucination_rate": 0.05})
+    assert not apply_gate(ceiling, "field_f1_micro", comparison)["passed"]
+    silent = {
+        **comparison,
+        "hallucination_rate": {
+            **comparison["hallucination_rate"],
+            "candidate": None,
+            "candidate_n": 0,
+        },
+    }
+    rules = apply_gate(ceiling, "field_f1_micro", silent)["rules"]
+    assert rules[-1]["skipped"] and "no checkable answers" in rules[-1]["detail"]
+
+
+def test_gate_tolerances_floors_and_exemptions_per_metric():
+    comparison = {
+        "field_f1_micro": _row(0.8, 0.6),
+        "schema_compliance": _row(0.90, 0.95),  # regresses by 0.05
+        "field_recall": _row(0.70, 0.75),  # regresses by 0.05
+        "invented_field_rate": _rate(0.08, 0.02, 200, 150, "predicted fields"),  # + 0.06
+    }
+    gate = GateSpec(
+        max_regression=0.02,
+        max_regression_by_metric={"schema_compliance": 0.1, "invented_field_rate": None},
+        floors={"field_recall": 0.8},
+        ceilings={"invented_field_rate": 0.1},
+    )
+    verdict = apply_gate(gate, "field_f1_micro", comparison)
+    by_rule = {r["rule"]: r for r in verdict["rules"]}
+    assert by_rule["schema_compliance regresses by at most 0.1"]["passed"]
+    assert not by_rule["field_recall regresses by at most 0.02"]["passed"]
+    assert by_rule["invented_field_rate regression"]["skipped"]  # exempt, and says so
+    assert "exempt" in by_rule["invented_field_rate regression"]["detail"]
+    assert not by_rule["field_recall ≥ 0.8"]["passed"]
+    assert by_rule["invented_field_rate ≤ 0.1"]["passed"]
+    assert by_rule["invented_field_rate ≤ 0.1"]["detail"] == "candidate 0.0800"
+    assert not verdict["passed"]

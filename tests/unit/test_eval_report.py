@@ -151,19 +151,25 @@ def test_json_task_scores_parse_schema_fields_and_unsupported_values():
         }
     )
     task = Task(
-        "json", ["exact_match", "json", "hallucination"], "field_accuracy", None, schema, 0.5
+        "json", ["exact_match", "json", "hallucination"], "field_f1_micro", None, schema, 0.5
     )
     scored, results = judge(table, None, task, EvalSpec(bootstrap_samples=100))
     cand, inc = results["metrics"]["candidate"], results["metrics"]["incumbent"]
-    assert (cand["parse_rate"], cand["schema_compliance"], cand["field_accuracy"]) == (
+    # candidate: 8 reference fields, 8 predicted, 7 exact; one unsupported value (Paris)
+    assert (cand["parse_rate"], cand["schema_compliance"], cand["field_f1_micro"]) == (
         1.0,
         1.0,
         0.875,
     )
-    assert (inc["parse_rate"], inc["schema_compliance"], inc["field_accuracy"]) == (0.75, 0.5, 0.5)
-    assert cand["hallucination_rate"] == 0.25 and list(scored["candidate_unsupported"])[3] == [
-        "Paris"
-    ]
+    assert (cand["invented_field_rate"], cand["invented_field_n"]) == (0.0, 8)
+    # incumbent: unparsable, "5" for 5 (a normalised match only), two right answers
+    assert (inc["parse_rate"], inc["schema_compliance"]) == (0.75, 0.5)
+    assert (inc["field_precision"], inc["field_recall"]) == (0.8, 0.5)
+    assert inc["field_f1_micro"] == pytest.approx(8 / 13, abs=1e-4)
+    assert inc["field_f1_micro_normalized"] == pytest.approx(10 / 13, abs=1e-4)
+    assert (cand["hallucination_rate"], cand["hallucination_n"]) == (0.25, 4)
+    assert (inc["hallucination_rate"], inc["hallucination_n"]) == (0.0, 3)  # parsed only
+    assert list(scored["candidate_unsupported"])[3] == ["Paris"]
     assert results["slices"][0]["slice"] == "a.jsonl"
 
 
@@ -224,3 +230,107 @@ def test_the_report_is_rendered_again_with_the_human_review(tmp_path):
     text = (folder / "report.md").read_text()
     assert "Candidate win rate 0.875" in text and "over 4 ratings by 1 reviewer(s)" in text
     assert "## Metrics" in text, "the rest of the report is unchanged"
+
+
+def _never_parsing_incumbent(n: int = 12) -> pd.DataFrame:
+    """A candidate that answers in JSON (inventing a field once, a city once) against an
+    incumbent that never produces JSON: the base model before fine-tuning."""
+    cities = ["Oslo", "Rome", "Lima", "Kyiv"]
+    refs = [json.dumps({"city": cities[i % 4], "guests": i + 1}) for i in range(n)]
+    answers = list(refs)
+    answers[n - 2] = json.dumps({"city": cities[(n - 2) % 4], "guests": n - 1, "budget": 300})
+    answers[n - 1] = json.dumps({"city": "Paris", "guests": n})
+    return pd.DataFrame(
+        {
+            "source": ["a.jsonl"] * n,
+            "row": range(n),
+            "prompt": [f"Book a table for {i + 1} in {cities[i % 4]}" for i in range(n)],
+            "completion": refs,
+            "candidate_output": answers,
+            "incumbent_output": ["I'd be glad to help you book a table!"] * n,
+            "candidate_confidence": [1.0] * n,
+            "incumbent_confidence": [1.0] * n,
+            "candidate_tokens": [12] * n,
+            "incumbent_tokens": [9] * n,
+            "candidate_latency_s": [0.1] * n,
+            "incumbent_latency_s": [0.1] * n,
+        }
+    )
+
+
+JSON_TASK = Task(
+    "json", ["exact_match", "json", "hallucination"], "field_f1_micro", None, None, 0.5
+)
+
+
+def test_an_incumbent_that_never_parses_cannot_win_on_hallucination():
+    _, results = judge(_never_parsing_incumbent(), None, JSON_TASK, EvalSpec())
+    cand, inc = results["metrics"]["candidate"], results["metrics"]["incumbent"]
+    assert (cand["hallucination_rate"], cand["hallucination_n"]) == (round(2 / 12, 4), 12)
+    assert (inc["hallucination_rate"], inc["hallucination_n"]) == (None, 0)
+    assert (cand["invented_field_rate"], cand["invented_field_n"]) == (round(1 / 25, 4), 25)
+    assert cand["field_f1_micro"] == round(46 / 49, 4) and inc["field_f1_micro"] == 0.0
+    gate = results["gate"]
+    assert gate["passed"], gate
+    skipped = [r["rule"] for r in gate["rules"] if r["skipped"]]
+    assert skipped == [
+        "invented_field_rate regresses by at most 0.02",
+        "hallucination_rate regresses by at most 0.02",
+    ]
+    assert json.dumps(results, allow_nan=False)  # "no measurement" is null, not NaN
+
+
+def _stored_eval(tmp_path, table, results, task, spec: EvalSpec) -> Store:
+    store = Store(str(tmp_path), "proj")
+    manifest = {
+        "eval_id": "eval-r",
+        "run_id": "run-1",
+        "dataset_id": "ds-1",
+        "incumbent": {"label": "base model tiny"},
+        "decoding": {},
+        "spec": spec.model_dump(mode="json"),
+        "task": {
+            "name": task.name,
+            "groups": task.groups,
+            "primary": task.primary,
+            "labels": task.labels,
+            "schema": task.schema,
+            "threshold": task.threshold,
+        },
+        **results,
+    }
+    store.finish(manifest, "evals", "eval-r")
+    (tmp_path / "proj" / "evals" / "eval-r" / "outputs").mkdir()
+    table.to_parquet(tmp_path / "proj" / "evals" / "eval-r" / "outputs" / "part-0.parquet")
+    write_report(manifest, table, task, store, "eval-r", worst=3)
+    return store
+
+
+def test_a_changed_gate_is_reapplied_to_the_stored_evaluation(tmp_path):
+    from ftray.evaluate import regate
+    from ftray.spec import GateSpec
+
+    spec = EvalSpec()
+    table, results = judge(_never_parsing_incumbent(), None, JSON_TASK, spec)
+    store = _stored_eval(tmp_path, table, results, JSON_TASK, spec)
+    folder = tmp_path / "proj" / "evals" / "eval-r"
+    first = (folder / "report.md").read_text()
+    assert "## Gate: PASSED" in first and "## Per field" in first
+    assert "| city | 12 | 12 | 0.917 | 0.917 | 0.917 | 0.917 | 0.000 |" in first
+    assert "| budget | 0 | 1 | 0.000 | 0.000 | 0.000 | 0.000 | 0.000 |" in first
+
+    assert not regate(store, "eval-r", spec).regated  # same gate: nothing to do
+    stricter = EvalSpec(gate=GateSpec(ceilings={"hallucination_rate": 0.1}))
+    ref = regate(store, "eval-r", stricter)
+    assert ref.regated and ref.reused and not ref.gate["passed"]
+    failed = [r["rule"] for r in ref.gate["rules"] if not r["passed"]]
+    assert failed == ["hallucination_rate ≤ 0.1"]
+    stored = store.manifest("evals", "eval-r")
+    assert stored["gate"] == ref.gate and stored["spec"]["gate"]["ceilings"] == {
+        "hallucination_rate": 0.1
+    }
+    assert stored["comparison"] == json.loads(json.dumps(results["comparison"]))
+    text = (folder / "report.md").read_text()
+    assert "## Gate: FAILED: keep the incumbent (gate re-applied" in text
+    assert "| hallucination_rate ≤ 0.1 | NO | candidate 0.1667 |" in text
+    assert "skipped" in text  # the rules without signal say so in the report too
