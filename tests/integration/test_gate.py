@@ -1,6 +1,7 @@
 """`ftray eval` and the registry on the session's local Ray: a learnable two-label task, a
-candidate that beats the base model (promoted), a worse one (rejected, exit 4), a forced
-promotion and the rollback that restores the previous production model."""
+candidate that beats the base model (promoted), a worse one (rejected, exit 4), a changed
+gate re-applied to its stored evaluation (promoted, rolled back), a forced promotion and the
+rollback that restores the previous production model."""
 
 from __future__ import annotations
 
@@ -34,15 +35,39 @@ def test_gate_promotes_rejects_and_rollback_restores(job, run_cli):
     assert manifest["comparison"]["macro_f1"]["difference_interval"][0] > 0
     assert (root / "evals" / manifest["eval_id"] / "report.html").is_file()
 
-    # barely trained: worse than production on the same held-out examples
-    bad = run_cli("eval", str(path), "--set", "train.max_steps=1", check=False)
+    # barely trained: worse than production on the same held-out examples; `ftray run` stops
+    # at the gate and still prints its summary
+    barely = ("--set", "train.max_steps=1")
+    bad = run_cli("run", str(path), *barely, check=False)
     assert bad.returncode == 4, bad.stdout + bad.stderr
     assert "gate failed" in bad.stdout and "✗ macro_f1 ≥ incumbent + 0" in bad.stdout
+    assert re.search(r"macro_f1: incumbent [\d.]+, candidate [\d.]+; gate failed", bad.stdout)
     bad_id = re.search(r"model id: (model-[0-9a-f]{12}) \(stage: rejected\)", bad.stdout).group(1)
     evals = [json.loads(p.read_text()) for p in (root / "evals").glob("*/manifest.json")]
     second = next(e for e in evals if e["eval_id"] != manifest["eval_id"])
     assert second["incumbent"] == {"kind": "adapter", "model_id": good_id, "label": good_id}
     assert _registry(run_cli, job) == {good_id: "production", bad_id: "rejected"}
+
+    # a changed gate is applied to the stored evaluation, with no new answers, and the
+    # registry follows its verdict: the rejected model is promoted, then rolled back
+    lenient = (
+        "--set",
+        "eval.gate.min_improvement=-1",
+        "--set",
+        "eval.gate.require_significant=false",
+    )
+    regated = run_cli("eval", str(path), *barely, *lenient, "--set", "eval.gate.max_regression=1")
+    assert "reused evaluation " + second["eval_id"] in regated.stdout, regated.stdout
+    assert "re-applied to the stored evaluation" in regated.stdout
+    assert "generating" not in regated.stdout and "gate passed" in regated.stdout
+    assert _registry(run_cli, job) == {good_id: "archived", bad_id: "production"}
+    stored = json.loads((root / "evals" / second["eval_id"] / "manifest.json").read_text())
+    assert stored["gate"]["passed"] and stored["comparison"] == second["comparison"]
+    assert "re-applied" in (root / "evals" / second["eval_id"] / "report.md").read_text()
+    run_cli("models", "rollback", str(path))
+    strict = run_cli("eval", str(path), *barely, check=False)  # the default gate again
+    assert strict.returncode == 4 and "re-applied" in strict.stdout, strict.stdout
+    assert _registry(run_cli, job) == {good_id: "production", bad_id: "archived"}
 
     refused = run_cli("models", "promote", str(path), bad_id, check=False)
     assert refused.returncode == 2 and "the gate rejected" in refused.stderr
