@@ -74,7 +74,11 @@ def _figure(width: float = 7, height: float = 3.6):
 
 
 def _metric_bars(comparison: dict) -> bytes:
-    names = [n for n, row in comparison.items() if row["difference_interval"] is not None]
+    names = [  # a rate one arm cannot measure has no bar
+        name
+        for name, row in comparison.items()
+        if None not in (row["candidate_interval"], row["incumbent_interval"])
+    ]
     figure, ax = _figure(max(6, 0.9 * len(names) + 2))
     x = np.arange(len(names))
     for offset, arm in ((-0.2, "candidate"), (0.2, "incumbent")):

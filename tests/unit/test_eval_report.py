@@ -318,6 +318,7 @@ def test_a_changed_gate_is_reapplied_to_the_stored_evaluation(tmp_path):
     assert "## Gate: PASSED" in first and "## Per field" in first
     assert "| city | 12 | 12 | 0.917 | 0.917 | 0.917 | 0.917 | 0.000 |" in first
     assert "| budget | 0 | 1 | 0.000 | 0.000 | 0.000 | 0.000 | 0.000 |" in first
+    assert "<h2>Per field</h2>" in (folder / "report.html").read_text()
 
     assert not regate(store, "eval-r", spec).regated  # same gate: nothing to do
     stricter = EvalSpec(gate=GateSpec(ceilings={"hallucination_rate": 0.1}))
