@@ -39,9 +39,14 @@ def apply_gate(
         limit = gate.max_regression_by_metric.get(name, gate.max_regression)
         title = f"{name} regresses by at most {limit:g}" if limit is not None else None
         if title is None:
-            rule(f"{name} regression", True, "exempt (eval.gate.max_regression_by_metric)", True)
+            rule(
+                f"{name} regression",
+                True,
+                "exempt (eval.gate.max_regression_by_metric)",
+                skipped=True,
+            )
         elif (why := _no_signal(row, gate.min_signal)) is not None:
-            rule(title, True, why, True)
+            rule(title, True, why, skipped=True)
         else:
             worse = row["difference"] if name in LOWER_IS_BETTER else -row["difference"]
             rule(title, worse <= limit + 1e-12, _values(row))
@@ -53,7 +58,7 @@ def apply_gate(
         value = comparison[name]["candidate"]
         if value is None:
             what = comparison[name].get("denominator", "examples")
-            rule(title, True, f"the candidate has no {what} to measure", True)
+            rule(title, True, f"the candidate has no {what} to measure", skipped=True)
             continue
         holds = value >= limit if sign == "≥" else value <= limit
         rule(title, holds, f"candidate {value:.4f}")
