@@ -15,9 +15,15 @@ from pydantic import BaseModel, ValidationError
 
 from ftray.errors import UserError
 from ftray.spec import JobSpec
+from ftray.spec._base import SpecRuleError
 
 # Where a cluster's shared storage is mounted; used when a job spec sets no `storage`.
 STORAGE_ENV = "FTRAY_STORAGE"
+# Bounds on what the YAML reader accepts: a job spec is a few KiB; anchors and aliases are
+# fine, but not ones that expand into millions of values ("billion laughs").
+MAX_SPEC_BYTES = 1 << 20
+MAX_SPEC_VALUES = 100_000
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 @dataclass(frozen=True)
@@ -61,20 +67,116 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
             f"job spec not found: looked for {path.resolve()}. "
             "Pass the path of a YAML job spec, e.g. `ftray run jobs/quickstart.yaml`."
         )
+    raw = read_yaml(path)
+    return validate_spec(raw, overrides or [], source=str(path), check_files=True)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML job spec within bounds: size, encoding, alias expansion, duplicate keys.
+
+    Raises:
+        UserError: with the line where it can tell, instead of a traceback or a hang.
+    """
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise UserError(
+            f"{path}: {size} bytes is too big for a job spec (the limit is {MAX_SPEC_BYTES}); "
+            "is it the right file? Put data in files that data.sources names."
+        )
+    data = path.read_bytes()
+    if b"\0" in data:
+        raise UserError(f"{path}: a binary file (it holds NUL bytes), not a YAML job spec")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}: line {line} is not UTF-8 ({err.reason} at byte {err.start}); save the "
+            "job spec as UTF-8 text"
+        ) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return {}
+        problems: list[Problem] = []
+        _scan(node, [], {}, set(), problems, str(path))
+        if problems:
+            raise SpecError(str(path), problems)
+        return loader.construct_document(node)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
         raise UserError(f"{path}:{where} is not valid YAML: {problem}") from None
-    if raw is None:
-        raw = {}
-    return validate_spec(raw, overrides or [], source=str(path))
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a job spec") from None
+    finally:
+        loader.dispose()
 
 
-def validate_spec(raw: Any, overrides: list[str], source: str = "<spec>") -> JobSpec:
-    """Validate a spec already parsed into Python data; see `load_spec`."""
+def _scan(
+    node: yaml.Node,
+    path: list[str],
+    sizes: dict[int, int],
+    open_nodes: set[int],
+    problems: list[Problem],
+    source: str,
+) -> int:
+    """How many values `node` expands to, aliases followed; finds duplicate keys on the way.
+
+    Aliased nodes are counted once each (`sizes`), so this is linear in the file's size even
+    when the expansion is not.
+    """
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        line = node.start_mark.line + 1
+        raise UserError(f"{source}: line {line}: an alias refers to its own anchor (a cycle)")
+    open_nodes.add(key)
+    total = 1
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:  # `<<: *base` merges; own keys override it
+                total += _scan(value_node, path, sizes, open_nodes, problems, source)
+                continue
+            name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+            line = key_node.start_mark.line + 1
+            if name in seen:
+                problems.append(
+                    Problem(
+                        ".".join([*path, name]),
+                        f"lines {seen[name]} and {line}",
+                        f"duplicate key `{name}` (line {seen[name]} and line {line}); YAML "
+                        "would keep only the last one",
+                        f"merge the two `{name}:` entries into one",
+                    )
+                )
+            seen[name] = line
+            total += _scan(value_node, [*path, name], sizes, open_nodes, problems, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            total += _scan(item, [*path, str(index)], sizes, open_nodes, problems, source)
+    if total > MAX_SPEC_VALUES:
+        raise UserError(
+            f"{source}: the YAML expands to more than {MAX_SPEC_VALUES} values through its "
+            "aliases (*name); a job spec needs far fewer. Remove the nested aliases."
+        )
+    open_nodes.discard(key)
+    sizes[key] = total
+    return total
+
+
+def validate_spec(
+    raw: Any, overrides: list[str], source: str = "<spec>", *, check_files: bool = False
+) -> JobSpec:
+    """Validate a spec already parsed into Python data; see `load_spec`.
+
+    `check_files`: also check that the local files the spec names exist (relative to the
+    current directory), as `load_spec` does.
+    """
     if not isinstance(raw, dict):
         raise SpecError(
             source,
@@ -87,8 +189,15 @@ def validate_spec(raw: Any, overrides: list[str], source: str = "<spec>") -> Job
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as err:
-        problems += [_problem(e, data) for e in err.errors()]
+        problems += [_problem(e) for e in err.errors()]
         spec = None
+    if spec is not None:
+        rules = _unused_sections(spec, data)
+        if check_files:
+            from ftray.spec.paths import missing_files
+
+            rules += missing_files(spec)
+        problems += [Problem(r.field, r.value, r.rule, r.fix) for r in rules]
     if problems:
         raise SpecError(source, problems)
     return spec
@@ -124,7 +233,7 @@ def _apply_override(data: dict, item: str) -> list[Problem]:
     return []
 
 
-def _problem(error: dict, data: dict) -> Problem:
+def _problem(error: dict) -> Problem:
     loc = [str(part) for part in error["loc"]]
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -142,13 +251,43 @@ def _problem(error: dict, data: dict) -> Problem:
     if kind == "missing":
         description = _description_at(loc)
         return Problem(".".join(loc), _MISSING, "required key is missing", f"add it: {description}")
-    rule = error["msg"]
-    if kind == "value_error" and error["msg"].startswith("Value error, "):
-        # section validators begin their message with the field they judge: "field: why"
-        field, _, why = error["msg"].removeprefix("Value error, ").partition(": ")
-        where = [*loc, field]
-        return Problem(".".join(where), _value_at(data, where), why.split(";")[0], why)
-    return Problem(".".join(loc), error["input"], rule, _fix(kind, loc, error))
+    rule = (error.get("ctx") or {}).get("error")
+    if isinstance(rule, SpecRuleError):
+        where = [*loc, rule.field] if rule.field else loc
+        return Problem(".".join(where), rule.value, rule.rule, rule.fix)
+    return Problem(".".join(loc), error["input"], error["msg"], _fix(kind, loc, error))
+
+
+def _unused_sections(spec: JobSpec, data: dict) -> list[SpecRuleError]:
+    """Settings for a training method the job never runs would be silently ignored."""
+    methods = {spec.train.method}
+    if spec.sweep and "train.method" in spec.sweep.parameters:
+        methods |= set(spec.sweep.parameters["train.method"].values or [])
+    written = data.get("train") or {}
+    problems = []
+    for section, used_by in (("deepspeed", {"full"}), ("qlora", {"qlora"})):
+        if section in written and not methods & used_by:
+            (method,) = used_by
+            problems.append(
+                SpecRuleError(
+                    f"train.{section}",
+                    written[section],
+                    f"applies to train.method '{method}' only, and this job trains with "
+                    f"{' / '.join(sorted(methods))}: it would be ignored",
+                    f"remove train.{section}, or set train.method: {method}",
+                )
+            )
+    if "lora" in written and methods == {"full"}:
+        problems.append(
+            SpecRuleError(
+                "train.lora",
+                written["lora"],
+                "applies to methods 'lora' and 'qlora', and this job trains with 'full': it "
+                "would be ignored",
+                "remove train.lora, or set train.method: lora",
+            )
+        )
+    return problems
 
 
 def _fix(kind: str, loc: list[str], error: dict) -> str:
@@ -160,6 +299,8 @@ def _fix(kind: str, loc: list[str], error: dict) -> str:
         return f"set {key} to a number that satisfies: {error['msg'].lower()}"
     if kind == "string_pattern_mismatch":
         return f"set {key} to match {ctx.get('pattern')} — {_description_at(loc)}"
+    if kind == "finite_number":
+        return f"set {key} to a finite number (not .inf or .nan)"
     if kind == "too_short":
         return f"give {key} at least {ctx.get('min_length')} item(s)"
     return f"{key}: {_description_at(loc)}"
@@ -198,14 +339,3 @@ def _description_at(loc: list[str]) -> str:
     parent = _model_at(loc[:-1]) if loc else None
     field = parent.model_fields.get(loc[-1]) if parent else None
     return (field.description or "see `ftray schema`") if field else "see `ftray schema`"
-
-
-def _value_at(data: Any, loc: list[str]) -> Any:
-    for part in loc:
-        if isinstance(data, dict):
-            data = data.get(part)
-        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
-            data = data[int(part)]
-        else:
-            return None
-    return data
