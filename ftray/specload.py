@@ -19,10 +19,12 @@ from ftray.spec._base import SpecRuleError
 
 # Where a cluster's shared storage is mounted; used when a job spec sets no `storage`.
 STORAGE_ENV = "FTRAY_STORAGE"
-# Bounds on what the YAML reader accepts: a job spec is a few KiB; anchors and aliases are
-# fine, but not ones that expand into millions of values ("billion laughs").
-MAX_SPEC_BYTES = 1 << 20
-MAX_SPEC_VALUES = 100_000
+# Bounds on what the YAML reader accepts: a job spec is a few KiB and a few hundred values;
+# anchors and aliases are fine, but not ones that expand into millions ("billion laughs").
+# PyYAML is pure Python, so the size bound also bounds the time to parse.
+MAX_SPEC_BYTES = 256 * 1024
+MAX_SPEC_VALUES = 10_000
+MAX_SPEC_DEPTH = 64
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
@@ -94,79 +96,123 @@ def read_yaml(path: Path) -> Any:
             f"{path}: line {line} is not UTF-8 ({err.reason} at byte {err.start}); save the "
             "job spec as UTF-8 text"
         ) from None
-    loader = yaml.SafeLoader(text)
+    loader = _BoundedLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return {}
-        problems: list[Problem] = []
-        _scan(node, [], {}, set(), problems, str(path))
-        if problems:
-            raise SpecError(str(path), problems)
+        scan = _Scan(str(path))
+        scan.measure(node, [])
+        if scan.problems:
+            raise SpecError(str(path), scan.problems)
         return loader.construct_document(node)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
         raise UserError(f"{path}:{where} is not valid YAML: {problem}") from None
-    except RecursionError:
-        raise UserError(f"{path}: nested too deeply to be a job spec") from None
     finally:
         loader.dispose()
 
 
-def _scan(
-    node: yaml.Node,
-    path: list[str],
-    sizes: dict[int, int],
-    open_nodes: set[int],
-    problems: list[Problem],
-    source: str,
-) -> int:
-    """How many values `node` expands to, aliases followed; finds duplicate keys on the way.
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing nesting deeper than MAX_SPEC_DEPTH and more values
+    than MAX_SPEC_VALUES (before aliases are expanded: `_Scan` bounds them after).
 
-    Aliased nodes are counted once each (`sizes`), so this is linear in the file's size even
-    when the expansion is not.
+    Without the bounds, deeply nested flow collections ('[[[[…') take time quadratic in the
+    depth to scan, the recursive composer runs out of stack, and a long list takes minutes.
     """
-    key = id(node)
-    if key in sizes:
-        return sizes[key]
-    if key in open_nodes:
-        line = node.start_mark.line + 1
-        raise UserError(f"{source}: line {line}: an alias refers to its own anchor (a cycle)")
-    open_nodes.add(key)
-    total = 1
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == _MERGE_TAG:  # `<<: *base` merges; own keys override it
-                total += _scan(value_node, path, sizes, open_nodes, problems, source)
-                continue
-            name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
-            line = key_node.start_mark.line + 1
-            if name in seen:
-                problems.append(
-                    Problem(
-                        ".".join([*path, name]),
-                        f"lines {seen[name]} and {line}",
-                        f"duplicate key `{name}` (line {seen[name]} and line {line}); YAML "
-                        "would keep only the last one",
-                        f"merge the two `{name}:` entries into one",
-                    )
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self._depth = 0
+        self._nodes = 0
+
+    def fetch_flow_collection_start(self, TokenClass):
+        if self.flow_level >= MAX_SPEC_DEPTH:
+            raise yaml.scanner.ScannerError(
+                None, None, f"more than {MAX_SPEC_DEPTH} levels deep", self.get_mark()
+            )
+        super().fetch_flow_collection_start(TokenClass)
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._depth > MAX_SPEC_DEPTH or self._nodes > MAX_SPEC_VALUES:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"more than {MAX_SPEC_DEPTH} levels deep or {MAX_SPEC_VALUES} values",
+                    mark,
                 )
-            seen[name] = line
-            total += _scan(value_node, [*path, name], sizes, open_nodes, problems, source)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            total += _scan(item, [*path, str(index)], sizes, open_nodes, problems, source)
-    if total > MAX_SPEC_VALUES:
-        raise UserError(
-            f"{source}: the YAML expands to more than {MAX_SPEC_VALUES} values through its "
-            "aliases (*name); a job spec needs far fewer. Remove the nested aliases."
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _Scan:
+    """Walks the composed YAML, aliases followed: finds duplicate keys, bounds the expansion.
+
+    Each node is measured once (`measured`: id → (values, height)), so this is linear in the
+    file's size even when the expansion is not.
+    """
+
+    def __init__(self, source: str):
+        self.source = source
+        self.problems: list[Problem] = []
+        self.measured: dict[int, tuple[int, int]] = {}
+        self.open: set[int] = set()
+
+    def measure(self, node: yaml.Node, path: list[str]) -> tuple[int, int]:
+        """(values, height) of `node` once its aliases are expanded."""
+        key = id(node)
+        if key in self.measured:
+            return self.measured[key]
+        if key in self.open:
+            line = node.start_mark.line + 1
+            raise UserError(f"{self.source}: line {line}: an alias refers to its own anchor")
+        self.open.add(key)
+        children: list[tuple[int, int]] = []
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:  # `<<: *base` merges; own keys override it
+                    children.append(self.measure(value_node, path))
+                    continue
+                name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+                line = key_node.start_mark.line + 1
+                if name in seen:
+                    self._duplicate([*path, name], seen[name], line)
+                seen[name] = line
+                children.append(self.measure(value_node, [*path, name]))
+        elif isinstance(node, yaml.SequenceNode):
+            children = [self.measure(item, [*path, str(i)]) for i, item in enumerate(node.value)]
+        values = 1 + sum(size for size, _ in children)
+        height = 1 + max((height for _, height in children), default=0)
+        if values > MAX_SPEC_VALUES or height > MAX_SPEC_DEPTH:
+            raise UserError(
+                f"{self.source}: line {node.start_mark.line + 1}: with its aliases (*name) "
+                f"expanded, the YAML holds more than {MAX_SPEC_VALUES} values or "
+                f"{MAX_SPEC_DEPTH} levels; a job spec needs far fewer. Remove the nested "
+                "aliases."
+            )
+        self.open.discard(key)
+        self.measured[key] = (values, height)
+        return values, height
+
+    def _duplicate(self, path: list[str], first: int, second: int) -> None:
+        name = path[-1]
+        self.problems.append(
+            Problem(
+                ".".join(path),
+                f"lines {first} and {second}",
+                f"duplicate key `{name}` (line {first} and line {second}); YAML would keep "
+                "only the last one",
+                f"merge the two `{name}:` entries into one",
+            )
         )
-    open_nodes.discard(key)
-    sizes[key] = total
-    return total
 
 
 def validate_spec(
@@ -259,15 +305,19 @@ def _problem(error: dict) -> Problem:
 
 
 def _unused_sections(spec: JobSpec, data: dict) -> list[SpecRuleError]:
-    """Settings for a training method the job never runs would be silently ignored."""
+    """A method's own section (deepspeed, qlora) set for a job that never runs that method.
+
+    Checked on the spec as written, not in the models: a sweep trial's spec carries the
+    sections of every method the sweep tries. `train.lora` is left alone: lora and qlora share
+    it, and a job tuned for them may be tried with `--set train.method=full`.
+    """
     methods = {spec.train.method}
     if spec.sweep and "train.method" in spec.sweep.parameters:
         methods |= set(spec.sweep.parameters["train.method"].values or [])
     written = data.get("train") or {}
     problems = []
-    for section, used_by in (("deepspeed", {"full"}), ("qlora", {"qlora"})):
-        if section in written and not methods & used_by:
-            (method,) = used_by
+    for section, method in (("deepspeed", "full"), ("qlora", "qlora")):
+        if section in written and method not in methods:
             problems.append(
                 SpecRuleError(
                     f"train.{section}",
@@ -277,16 +327,6 @@ def _unused_sections(spec: JobSpec, data: dict) -> list[SpecRuleError]:
                     f"remove train.{section}, or set train.method: {method}",
                 )
             )
-    if "lora" in written and methods == {"full"}:
-        problems.append(
-            SpecRuleError(
-                "train.lora",
-                written["lora"],
-                "applies to methods 'lora' and 'qlora', and this job trains with 'full': it "
-                "would be ignored",
-                "remove train.lora, or set train.method: lora",
-            )
-        )
     return problems
 
 
