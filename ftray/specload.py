@@ -69,11 +69,11 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
             f"job spec not found: looked for {path.resolve()}. "
             "Pass the path of a YAML job spec, e.g. `ftray run jobs/quickstart.yaml`."
         )
-    raw = read_yaml(path)
+    raw = _read_yaml(path)
     return validate_spec(raw, overrides or [], source=str(path), check_files=True)
 
 
-def read_yaml(path: Path) -> Any:
+def _read_yaml(path: Path) -> Any:
     """Parse a YAML job spec within bounds: size, encoding, alias expansion, duplicate keys.
 
     Raises:
@@ -96,21 +96,33 @@ def read_yaml(path: Path) -> Any:
             f"{path}: line {line} is not UTF-8 ({err.reason} at byte {err.start}); save the "
             "job spec as UTF-8 text"
         ) from None
-    loader = _BoundedLoader(text)
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return {}
-        scan = _Scan(str(path))
-        scan.measure(node, [])
-        if scan.problems:
-            raise SpecError(str(path), scan.problems)
-        return loader.construct_document(node)
+        raw = _parse_yaml(text, str(path), [])
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
         raise UserError(f"{path}:{where} is not valid YAML: {problem}") from None
+    return {} if raw is None else raw
+
+
+def _parse_yaml(text: str, source: str, at: list[str]) -> Any:
+    """YAML text (a spec, or a `--set` value found at YAML path `at`) as Python data.
+
+    Raises:
+        yaml.YAMLError: on a syntax error or a bound broken while parsing.
+        SpecError: on duplicate keys. UserError: when aliases expand past the bounds.
+    """
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        scan = _Scan(source)
+        scan.measure(node, at)
+        if scan.problems:
+            raise SpecError(source, scan.problems)
+        return loader.construct_document(node)
     finally:
         loader.dispose()
 
@@ -120,7 +132,8 @@ class _BoundedLoader(yaml.SafeLoader):
     than MAX_SPEC_VALUES (before aliases are expanded: `_Scan` bounds them after).
 
     Without the bounds, deeply nested flow collections ('[[[[…') take time quadratic in the
-    depth to scan, the recursive composer runs out of stack, and a long list takes minutes.
+    depth to scan, the recursive composer runs out of stack, and pure-Python PyYAML builds
+    a long list slowly.
     """
 
     def __init__(self, text: str):
@@ -261,11 +274,13 @@ def _apply_override(data: dict, item: str) -> list[Problem]:
         return [
             Problem(f"--set {item}", item, "an override is KEY=VALUE", "e.g. --set train.lr=1e-4")
         ]
+    parts = key.strip().split(".")
     try:
-        value = yaml.safe_load(text)
+        value = _parse_yaml(text, f"--set {key}", parts)
     except yaml.YAMLError:
         value = text
-    parts = key.strip().split(".")
+    except SpecError as err:  # duplicate keys in the value
+        return err.problems
     node = data
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})

@@ -363,3 +363,23 @@ def test_merge_keys_resolve_as_yaml_says(workdir):
     content = spec() + "eval:\n  gate: {<<: {promote: false, max_regression: 0.1}, promote: true}\n"
     gate = load_spec(_write(workdir, content)).eval.gate
     assert gate.promote is True and gate.max_regression == 0.1
+
+
+def test_overrides_are_parsed_within_the_same_bounds(workdir):
+    path = _write(workdir, spec())
+    laughs = (
+        "["
+        + ", ".join(
+            f"&{a} [" + ", ".join([f"*{b}" if b else "x"] * 9) + "]"
+            for a, b in zip("abcdef", ["", *"abcde"], strict=True)
+        )
+        + "]"
+    )
+    with pytest.raises(UserError, match="more than 10000 values"):
+        load_spec(path, [f"train.deepspeed.config={laughs}"])
+    # too deep to parse: taken as a string, like any value that is not YAML
+    with pytest.raises(SpecError, match="valid dictionary"):
+        load_spec(path, ["train.deepspeed.config=" + "[" * 100_000 + "]" * 100_000])
+    with pytest.raises(SpecError) as caught:
+        load_spec(path, ["train.lora={r: 4, r: 8}", "train.lr=-1"])
+    assert {p.path for p in caught.value.problems} == {"train.lora.r", "train.lr"}
