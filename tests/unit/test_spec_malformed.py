@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,7 @@ import pytest
 from ftray.cli import main
 from ftray.errors import UserError
 from ftray.specload import MAX_SPEC_BYTES, SpecError, load_spec
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import BIN, ROOT
 
 
 def spec(model: str = "{base: tiny}", data: str = "", train: str = "", extra: str = "") -> str:
@@ -289,7 +287,7 @@ def test_ftray_validate_exits_2_without_traceback(workdir, name):
     paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "ftray"), "validate", str(path)],
+        [str(BIN / "ftray"), "validate", str(path)],
         cwd=workdir,
         env=env,
         capture_output=True,
