@@ -15,9 +15,17 @@ from pydantic import BaseModel, ValidationError
 
 from ftray.errors import UserError
 from ftray.spec import JobSpec
+from ftray.spec._base import SpecRuleError
 
 # Where a cluster's shared storage is mounted; used when a job spec sets no `storage`.
 STORAGE_ENV = "FTRAY_STORAGE"
+# Bounds on what the YAML reader accepts: a job spec is a few KiB and a few hundred values;
+# anchors and aliases are fine, but not ones that expand into millions ("billion laughs").
+# PyYAML is pure Python, so the size bound also bounds the time to parse.
+MAX_SPEC_BYTES = 256 * 1024
+MAX_SPEC_VALUES = 10_000
+MAX_SPEC_DEPTH = 64
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 @dataclass(frozen=True)
@@ -61,20 +69,173 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
             f"job spec not found: looked for {path.resolve()}. "
             "Pass the path of a YAML job spec, e.g. `ftray run jobs/quickstart.yaml`."
         )
+    raw = _read_yaml(path)
+    return validate_spec(raw, overrides or [], source=str(path), check_files=True)
+
+
+def _read_yaml(path: Path) -> Any:
+    """Parse a YAML job spec within bounds: size, encoding, alias expansion, duplicate keys.
+
+    Raises:
+        UserError: with the line where it can tell, instead of a traceback or a hang.
+    """
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise UserError(
+            f"{path}: {size} bytes is too big for a job spec (the limit is {MAX_SPEC_BYTES}); "
+            "is it the right file? Put data in files that data.sources names."
+        )
+    data = path.read_bytes()
+    if b"\0" in data:
+        raise UserError(f"{path}: a binary file (it holds NUL bytes), not a YAML job spec")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}: line {line} is not UTF-8 ({err.reason} at byte {err.start}); save the "
+            "job spec as UTF-8 text"
+        ) from None
+    try:
+        raw = _parse_yaml(text, str(path), [])
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
         raise UserError(f"{path}:{where} is not valid YAML: {problem}") from None
-    if raw is None:
-        raw = {}
-    return validate_spec(raw, overrides or [], source=str(path))
+    return {} if raw is None else raw
 
 
-def validate_spec(raw: Any, overrides: list[str], source: str = "<spec>") -> JobSpec:
-    """Validate a spec already parsed into Python data; see `load_spec`."""
+def _parse_yaml(text: str, source: str, at: list[str]) -> Any:
+    """YAML text (a spec, or a `--set` value found at YAML path `at`) as Python data.
+
+    Raises:
+        yaml.YAMLError: on a syntax error or a bound broken while parsing.
+        SpecError: on duplicate keys. UserError: when aliases expand past the bounds.
+    """
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        scan = _Scan(source)
+        scan.measure(node, at)
+        if scan.problems:
+            raise SpecError(source, scan.problems)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing nesting deeper than MAX_SPEC_DEPTH and more values
+    than MAX_SPEC_VALUES (before aliases are expanded: `_Scan` bounds them after).
+
+    Without the bounds, deeply nested flow collections ('[[[[…') take time quadratic in the
+    depth to scan, the recursive composer runs out of stack, and pure-Python PyYAML builds
+    a long list slowly.
+    """
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self._depth = 0
+        self._nodes = 0
+
+    def fetch_flow_collection_start(self, TokenClass):
+        if self.flow_level >= MAX_SPEC_DEPTH:
+            raise yaml.scanner.ScannerError(
+                None, None, f"more than {MAX_SPEC_DEPTH} levels deep", self.get_mark()
+            )
+        super().fetch_flow_collection_start(TokenClass)
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._depth > MAX_SPEC_DEPTH or self._nodes > MAX_SPEC_VALUES:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"more than {MAX_SPEC_DEPTH} levels deep or {MAX_SPEC_VALUES} values",
+                    mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _Scan:
+    """Walks the composed YAML, aliases followed: finds duplicate keys, bounds the expansion.
+
+    Each node is measured once (`measured`: id → (values, height)), so this is linear in the
+    file's size even when the expansion is not.
+    """
+
+    def __init__(self, source: str):
+        self.source = source
+        self.problems: list[Problem] = []
+        self.measured: dict[int, tuple[int, int]] = {}
+        self.open: set[int] = set()
+
+    def measure(self, node: yaml.Node, path: list[str]) -> tuple[int, int]:
+        """(values, height) of `node` once its aliases are expanded."""
+        key = id(node)
+        if key in self.measured:
+            return self.measured[key]
+        if key in self.open:
+            line = node.start_mark.line + 1
+            raise UserError(f"{self.source}: line {line}: an alias refers to its own anchor")
+        self.open.add(key)
+        children: list[tuple[int, int]] = []
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:  # `<<: *base` merges; own keys override it
+                    children.append(self.measure(value_node, path))
+                    continue
+                name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+                line = key_node.start_mark.line + 1
+                if name in seen:
+                    self._duplicate([*path, name], seen[name], line)
+                seen[name] = line
+                children.append(self.measure(value_node, [*path, name]))
+        elif isinstance(node, yaml.SequenceNode):
+            children = [self.measure(item, [*path, str(i)]) for i, item in enumerate(node.value)]
+        values = 1 + sum(size for size, _ in children)
+        height = 1 + max((height for _, height in children), default=0)
+        if values > MAX_SPEC_VALUES or height > MAX_SPEC_DEPTH:
+            raise UserError(
+                f"{self.source}: line {node.start_mark.line + 1}: with its aliases (*name) "
+                f"expanded, the YAML holds more than {MAX_SPEC_VALUES} values or "
+                f"{MAX_SPEC_DEPTH} levels; a job spec needs far fewer. Remove the nested "
+                "aliases."
+            )
+        self.open.discard(key)
+        self.measured[key] = (values, height)
+        return values, height
+
+    def _duplicate(self, path: list[str], first: int, second: int) -> None:
+        name = path[-1]
+        self.problems.append(
+            Problem(
+                ".".join(path),
+                f"lines {first} and {second}",
+                f"duplicate key `{name}` (line {first} and line {second}); YAML would keep "
+                "only the last one",
+                f"merge the two `{name}:` entries into one",
+            )
+        )
+
+
+def validate_spec(
+    raw: Any, overrides: list[str], source: str = "<spec>", *, check_files: bool = False
+) -> JobSpec:
+    """Validate a spec already parsed into Python data; see `load_spec`.
+
+    `check_files`: also check that the local files the spec names exist (relative to the
+    current directory), as `load_spec` does.
+    """
     if not isinstance(raw, dict):
         raise SpecError(
             source,
@@ -87,8 +248,15 @@ def validate_spec(raw: Any, overrides: list[str], source: str = "<spec>") -> Job
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as err:
-        problems += [_problem(e, data) for e in err.errors()]
+        problems += [_problem(e) for e in err.errors()]
         spec = None
+    if spec is not None:
+        rules = _unused_sections(spec, data)
+        if check_files:
+            from ftray.spec.paths import missing_files
+
+            rules += missing_files(spec)
+        problems += [Problem(r.field, r.value, r.rule, r.fix) for r in rules]
     if problems:
         raise SpecError(source, problems)
     return spec
@@ -106,11 +274,13 @@ def _apply_override(data: dict, item: str) -> list[Problem]:
         return [
             Problem(f"--set {item}", item, "an override is KEY=VALUE", "e.g. --set train.lr=1e-4")
         ]
+    parts = key.strip().split(".")
     try:
-        value = yaml.safe_load(text)
+        value = _parse_yaml(text, f"--set {key}", parts)
     except yaml.YAMLError:
         value = text
-    parts = key.strip().split(".")
+    except SpecError as err:  # duplicate keys in the value
+        return err.problems
     node = data
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
@@ -124,7 +294,7 @@ def _apply_override(data: dict, item: str) -> list[Problem]:
     return []
 
 
-def _problem(error: dict, data: dict) -> Problem:
+def _problem(error: dict) -> Problem:
     loc = [str(part) for part in error["loc"]]
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -142,13 +312,37 @@ def _problem(error: dict, data: dict) -> Problem:
     if kind == "missing":
         description = _description_at(loc)
         return Problem(".".join(loc), _MISSING, "required key is missing", f"add it: {description}")
-    rule = error["msg"]
-    if kind == "value_error" and error["msg"].startswith("Value error, "):
-        # section validators begin their message with the field they judge: "field: why"
-        field, _, why = error["msg"].removeprefix("Value error, ").partition(": ")
-        where = [*loc, field]
-        return Problem(".".join(where), _value_at(data, where), why.split(";")[0], why)
-    return Problem(".".join(loc), error["input"], rule, _fix(kind, loc, error))
+    rule = (error.get("ctx") or {}).get("error")
+    if isinstance(rule, SpecRuleError):
+        where = [*loc, rule.field] if rule.field else loc
+        return Problem(".".join(where), rule.value, rule.rule, rule.fix)
+    return Problem(".".join(loc), error["input"], error["msg"], _fix(kind, loc, error))
+
+
+def _unused_sections(spec: JobSpec, data: dict) -> list[SpecRuleError]:
+    """A method's own section (deepspeed, qlora) set for a job that never runs that method.
+
+    Checked on the spec as written, not in the models: a sweep trial's spec carries the
+    sections of every method the sweep tries. `train.lora` is left alone: lora and qlora share
+    it, and a job tuned for them may be tried with `--set train.method=full`.
+    """
+    methods = {spec.train.method}
+    if spec.sweep and "train.method" in spec.sweep.parameters:
+        methods |= set(spec.sweep.parameters["train.method"].values or [])
+    written = data.get("train") or {}
+    problems = []
+    for section, method in (("deepspeed", "full"), ("qlora", "qlora")):
+        if section in written and method not in methods:
+            problems.append(
+                SpecRuleError(
+                    f"train.{section}",
+                    written[section],
+                    f"applies to train.method '{method}' only, and this job trains with "
+                    f"{' / '.join(sorted(methods))}: it would be ignored",
+                    f"remove train.{section}, or set train.method: {method}",
+                )
+            )
+    return problems
 
 
 def _fix(kind: str, loc: list[str], error: dict) -> str:
@@ -160,6 +354,8 @@ def _fix(kind: str, loc: list[str], error: dict) -> str:
         return f"set {key} to a number that satisfies: {error['msg'].lower()}"
     if kind == "string_pattern_mismatch":
         return f"set {key} to match {ctx.get('pattern')} — {_description_at(loc)}"
+    if kind == "finite_number":
+        return f"set {key} to a finite number (not .inf or .nan)"
     if kind == "too_short":
         return f"give {key} at least {ctx.get('min_length')} item(s)"
     return f"{key}: {_description_at(loc)}"
@@ -198,14 +394,3 @@ def _description_at(loc: list[str]) -> str:
     parent = _model_at(loc[:-1]) if loc else None
     field = parent.model_fields.get(loc[-1]) if parent else None
     return (field.description or "see `ftray schema`") if field else "see `ftray schema`"
-
-
-def _value_at(data: Any, loc: list[str]) -> Any:
-    for part in loc:
-        if isinstance(data, dict):
-            data = data.get(part)
-        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
-            data = data[int(part)]
-        else:
-            return None
-    return data

@@ -2,16 +2,16 @@
 
 Every default lives here and every field is described once; `ftray schema` and the README's
 spec reference are generated from these models. Loading, overrides and error messages live in
-`ftray.specload`. The evaluate stage's section lives in `ftray.spec.evaluate`.
+`ftray.specload`. The evaluate, monitor and serve sections live in their own modules.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from ftray.spec._base import _Section
+from ftray.spec._base import SpecRuleError, _Section
 from ftray.spec.evaluate import (
     LOWER_IS_BETTER,
     METRIC_GROUPS,
@@ -21,6 +21,7 @@ from ftray.spec.evaluate import (
     GateSpec,
 )
 from ftray.spec.monitor import MonitorSpec
+from ftray.spec.serve import AutoscalingSpec, ServeSpec
 
 
 class ModelSpec(_Section):
@@ -128,6 +129,7 @@ class DataSpec(_Section):
     )
     labels: list[str] | None = Field(
         default=None,
+        min_length=1,
         description="For classification: the allowed completions. A record whose completion is "
         "not one of them is quarantined (rule 'label_not_allowed').",
     )
@@ -161,6 +163,26 @@ class DataSpec(_Section):
     dedup: DedupSpec = Field(default_factory=DedupSpec, description="Duplicate removal.")
     pii: PiiSpec = Field(default_factory=PiiSpec, description="PII handling.")
     toxicity: ToxicitySpec = Field(default_factory=ToxicitySpec, description="Toxicity filter.")
+
+    @field_validator("output_schema")
+    @classmethod
+    def _schema_is_valid(cls, schema: dict | None) -> dict | None:
+        # prepare and evaluate check completions with Draft 2020-12; a broken schema (e.g.
+        # `type: objekt`) would pass here and crash there
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+
+        try:
+            Draft202012Validator.check_schema(schema or {})
+        except SchemaError as err:
+            where = "/".join(str(part) for part in err.absolute_path) or "the top"
+            raise SpecRuleError(
+                "",
+                schema,
+                f"not a valid JSON Schema (Draft 2020-12): {err.message} at {where}",
+                "fix data.output_schema; see https://json-schema.org/understanding-json-schema",
+            ) from None
+        return schema
 
 
 class LoraSpec(_Section):
@@ -214,9 +236,11 @@ class DeepSpeedSpec(_Section):
     @model_validator(mode="after")
     def _offload_params_needs_stage3(self) -> DeepSpeedSpec:
         if self.offload_params and self.stage != 3:
-            raise ValueError(
-                "offload_params: parameter offload needs ZeRO stage 3; set "
-                "train.deepspeed.stage: 3 or offload_params: false."
+            raise SpecRuleError(
+                "offload_params",
+                True,
+                "parameter offload needs ZeRO stage 3",
+                "set train.deepspeed.stage: 3 or offload_params: false",
             )
         return self
 
@@ -323,18 +347,22 @@ class TrainSpec(_Section):
     def _batch_divides(self) -> TrainSpec:
         workers = self.scaling.num_workers
         if self.batch_size % workers:
-            raise ValueError(
-                f"batch_size: {self.batch_size} is not a multiple of scaling.num_workers "
-                f"{workers}; every worker takes an equal share of a batch. "
-                f"Set train.batch_size to a multiple of {workers}."
+            raise SpecRuleError(
+                "batch_size",
+                self.batch_size,
+                f"not a multiple of scaling.num_workers {workers}; every worker takes an "
+                "equal share of a batch",
+                f"set train.batch_size to a multiple of {workers}",
             )
         micro = self.micro_batch_size
         if micro and self.batch_size % (workers * micro):
-            raise ValueError(
-                f"micro_batch_size: batch_size {self.batch_size} is not a multiple of "
-                f"num_workers × micro_batch_size = {workers * micro}, so no whole number of "
-                "accumulation steps makes a batch. Pick a micro_batch_size that divides "
-                f"{self.batch_size // workers}."
+            raise SpecRuleError(
+                "micro_batch_size",
+                micro,
+                f"batch_size {self.batch_size} is not a multiple of num_workers × "
+                f"micro_batch_size = {workers * micro}, so no whole number of accumulation "
+                "steps makes a batch",
+                f"pick a micro_batch_size that divides {self.batch_size // workers}",
             )
         return self
 
@@ -396,69 +424,6 @@ class AssessSpec(_Section):
     num_gpus: int = Field(default=1, ge=1, description="GPUs the estimates are for.")
 
 
-class AutoscalingSpec(_Section):
-    """Ray Serve autoscaling of the model's replicas."""
-
-    min_replicas: int = Field(default=1, ge=0, description="Fewest replicas (0: scale to zero).")
-    max_replicas: int = Field(default=2, ge=1, description="Most replicas.")
-    target_ongoing_requests: float = Field(
-        default=8, gt=0, description="Requests in flight per replica the autoscaler aims for."
-    )
-
-
-class ServeSpec(_Section):
-    """The serve stage (Ray Serve, OpenAI-compatible API)."""
-
-    host: str = Field(default="127.0.0.1", description="HTTP bind address of the Serve proxy.")
-    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the Serve proxy.")
-    max_new_tokens: int = Field(default=32, ge=1, description="Default completion token limit.")
-    max_tokens_limit: int = Field(
-        default=512, ge=1, description="Largest `max_tokens` a request may ask for (else 400)."
-    )
-    max_prompt_tokens: int = Field(
-        default=2048,
-        ge=1,
-        description="Longest prompt accepted, in tokens after the chat template (else 400).",
-    )
-    example_prompt: str = Field(
-        default="Hello!",
-        description="The request `ftray serve` sends through the served model after start-up.",
-    )
-    quantization: Literal["none", "int8", "int4"] = Field(
-        default="none",
-        description="The base model's weights in each replica: as model.dtype ('none'), or "
-        "quantized by bitsandbytes to 8-bit ('int8') or 4-bit NF4 ('int4'); adapters run on "
-        "top unchanged.",
-    )
-    num_replicas: int = Field(
-        default=1, ge=1, description="Replicas of the model (ignored when autoscaling is set)."
-    )
-    autoscaling: AutoscalingSpec | None = Field(
-        default=None, description="Scale replicas with load instead of a fixed num_replicas."
-    )
-    cpus_per_replica: float = Field(default=1, gt=0, description="CPUs reserved per replica.")
-    gpus_per_replica: float = Field(default=0, ge=0, description="GPUs reserved per replica.")
-    max_adapters_per_replica: int = Field(
-        default=8, ge=1, description="Adapters (or full models) kept loaded per replica, LRU."
-    )
-    max_batch_size: int = Field(
-        default=8, ge=1, description="Dynamic batching: most requests generated together."
-    )
-    batch_wait_timeout_s: float = Field(
-        default=0.01, ge=0, description="Dynamic batching: how long a batch waits to fill."
-    )
-    cache_entries: int = Field(
-        default=1024, ge=0, description="Completion cache size per replica (0 disables it)."
-    )
-    cache_ttl_s: float = Field(default=600, gt=0, description="Completion cache entry lifetime.")
-    api_key_env: str | None = Field(
-        default=None,
-        description="Name of an environment variable holding the bearer token clients must "
-        "send (`Authorization: Bearer …`); unset: no authentication. The token itself never "
-        "goes in the spec.",
-    )
-
-
 class RaySpec(_Section):
     """Which Ray cluster to run on."""
 
@@ -491,11 +456,23 @@ class SweepParam(_Section):
     def _complete(self) -> SweepParam:
         if self.type in ("choice", "grid"):
             if not self.values:
-                raise ValueError(f"values: a {self.type} needs a non-empty list of values")
-        elif self.low is None or self.high is None or not self.low < self.high:
-            raise ValueError(f"low, high: a {self.type} needs low < high")
+                raise SpecRuleError(
+                    "values",
+                    self.values,
+                    f"a {self.type} needs a non-empty list of values",
+                    "list the values to try, e.g. values: [1e-4, 3e-4]",
+                )
+        elif self.low is None or self.high is None:
+            missing = "low" if self.low is None else "high"
+            raise SpecRuleError(
+                missing, None, f"a {self.type} needs low and high", f"set {missing}"
+            )
+        elif not self.low < self.high:
+            raise SpecRuleError("high", self.high, f"not above low ({self.low})", "set low < high")
         elif self.type == "loguniform" and self.low <= 0:
-            raise ValueError("low: a loguniform range must be above 0")
+            raise SpecRuleError(
+                "low", self.low, "a loguniform range must be above 0", "set low > 0, e.g. 1e-5"
+            )
         return self
 
 
@@ -565,19 +542,28 @@ class JobSpec(_Section):
     def _eval_fits_the_data(self) -> JobSpec:
         task = self.eval.resolved_task(self.data.labels, self.data.output_schema)
         if task == "classification" and not self.data.labels:
-            raise ValueError(
-                "eval.task: 'classification' needs data.labels (the allowed answers); set "
-                "them, or use task 'generation'."
+            raise SpecRuleError(
+                "eval.task",
+                task,
+                "'classification' needs data.labels (the allowed answers)",
+                "set data.labels, or use task 'generation'",
             )
         groups = self.eval.resolved_metrics(task)
         if "classification" in groups and not self.data.labels:
-            raise ValueError("eval.metrics: 'classification' needs data.labels; set them.")
+            raise SpecRuleError(
+                "eval.metrics",
+                groups,
+                "'classification' needs data.labels",
+                "set data.labels, or drop 'classification' from eval.metrics",
+            )
         produced = [name for group in groups for name in METRIC_GROUPS[group]]
         primary = self.eval.resolved_primary(task)
         if primary not in produced:
-            raise ValueError(
-                f"eval.primary_metric: {primary!r} is not among the metrics computed "
-                f"({', '.join(produced)}); pick one of them or add its group to eval.metrics."
+            raise SpecRuleError(
+                "eval.primary_metric",
+                primary,
+                f"is not among the metrics computed ({', '.join(produced)})",
+                "pick one of them, or add its group to eval.metrics",
             )
         return self
 
@@ -589,15 +575,21 @@ class JobSpec(_Section):
             for name in rest:
                 field = model.model_fields.get(name) if model else None
                 if section != "train" or field is None:
-                    raise ValueError(
-                        f"sweep.parameters: {path!r} is not a train setting; sweep paths look "
-                        "like 'train.lr' or 'train.lora.r' (data changes need a new dataset, "
-                        "not a trial)."
+                    raise SpecRuleError(
+                        "sweep.parameters",
+                        path,
+                        "is not a train setting (data changes need a new dataset, not a trial)",
+                        "sweep paths look like 'train.lr' or 'train.lora.r'",
                     )
                 kind = field.annotation
                 model = kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
             if not rest or model is not None:
-                raise ValueError(f"sweep.parameters: {path!r} names a section, not a value.")
+                raise SpecRuleError(
+                    "sweep.parameters",
+                    path,
+                    "names a section, not a value",
+                    "name one setting, e.g. 'train.lora.r'",
+                )
         return self
 
     ray: RaySpec = Field(default_factory=RaySpec, description="Ray cluster connection.")
@@ -608,7 +600,9 @@ __all__ = [
     "METRIC_GROUPS",
     "PRIMARY_METRIC",
     "TASK_METRICS",
+    "AutoscalingSpec",
     "EvalSpec",
     "GateSpec",
     "MonitorSpec",
+    "ServeSpec",
 ]

@@ -33,6 +33,7 @@ def registry_store(tmp_path_factory):
     """A store holding two registered adapters (random LoRA weights), the second in
     production, and a job spec serving it with auth."""
     root = tmp_path_factory.mktemp("serve")
+    (root / "unused.csv").write_text("prompt,completion\nhi,hello\n")  # the spec must name data
     store = Store(str(root / "store"), "serving")
     model_dir = resolve_model(ModelSpec(base="tiny"), store)
     ids = []
@@ -57,7 +58,7 @@ def registry_store(tmp_path_factory):
         "project": "serving",
         "storage": str(root / "store"),
         "model": {"base": "tiny"},
-        "data": {"sources": [{"path": "unused.csv"}], "system_prompt": SYSTEM},
+        "data": {"sources": [{"path": str(root / "unused.csv")}], "system_prompt": SYSTEM},
         "serve": {
             "port": free_port(),
             "max_new_tokens": 8,

@@ -196,7 +196,9 @@ def test_cli_validate_missing_file(capsys):
     assert "job spec not found" in capsys.readouterr().err
 
 
-def test_cli_validate_and_schema_succeed(tmp_path, capsys):
+def test_cli_validate_and_schema_succeed(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # data.csv, as the spec names it, relative to where ftray runs
+    (tmp_path / "data.csv").write_text("prompt,completion\nhi,a\n")
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(GOOD))
     assert main(["validate", str(path), "--set", "train.epochs=3"]) == 0

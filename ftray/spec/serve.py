@@ -1,0 +1,120 @@
+"""The serve stage's spec: the Ray Serve app, its limits, batching, caching and access."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ftray.spec._base import SpecRuleError, _Section
+
+
+class AutoscalingSpec(_Section):
+    """Ray Serve autoscaling of the model's replicas."""
+
+    min_replicas: int = Field(default=1, ge=0, description="Fewest replicas (0: scale to zero).")
+    max_replicas: int = Field(default=2, ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(
+        default=8, gt=0, description="Requests in flight per replica the autoscaler aims for."
+    )
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise SpecRuleError(
+                "min_replicas",
+                self.min_replicas,
+                f"more than max_replicas ({self.max_replicas})",
+                "set min_replicas <= max_replicas",
+            )
+        return self
+
+
+class ServeSpec(_Section):
+    """The serve stage (Ray Serve, OpenAI-compatible API)."""
+
+    host: str = Field(default="127.0.0.1", description="HTTP bind address of the Serve proxy.")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the Serve proxy.")
+    max_new_tokens: int = Field(default=32, ge=1, description="Default completion token limit.")
+    max_tokens_limit: int = Field(
+        default=512, ge=1, description="Largest `max_tokens` a request may ask for (else 400)."
+    )
+    max_prompt_tokens: int = Field(
+        default=2048,
+        ge=1,
+        description="Longest prompt accepted, in tokens after the chat template (else 400).",
+    )
+    example_prompt: str = Field(
+        default="Hello!",
+        description="The request `ftray serve` sends through the served model after start-up.",
+    )
+    quantization: Literal["none", "int8", "int4"] = Field(
+        default="none",
+        description="The base model's weights in each replica: as model.dtype ('none'), or "
+        "quantized by bitsandbytes to 8-bit ('int8') or 4-bit NF4 ('int4'); adapters run on "
+        "top unchanged.",
+    )
+    num_replicas: int = Field(
+        default=1, ge=1, description="Replicas of the model (ignored when autoscaling is set)."
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None, description="Scale replicas with load instead of a fixed num_replicas."
+    )
+    cpus_per_replica: float = Field(default=1, gt=0, description="CPUs reserved per replica.")
+    gpus_per_replica: float = Field(default=0, ge=0, description="GPUs reserved per replica.")
+    max_adapters_per_replica: int = Field(
+        default=8, ge=1, description="Adapters (or full models) kept loaded per replica, LRU."
+    )
+    max_batch_size: int = Field(
+        default=8, ge=1, description="Dynamic batching: most requests generated together."
+    )
+    batch_wait_timeout_s: float = Field(
+        default=0.01, ge=0, description="Dynamic batching: how long a batch waits to fill."
+    )
+    cache_entries: int = Field(
+        default=1024, ge=0, description="Completion cache size per replica (0 disables it)."
+    )
+    cache_ttl_s: float = Field(default=600, gt=0, description="Completion cache entry lifetime.")
+    api_key_env: str | None = Field(
+        default=None,
+        description="Name of an environment variable holding the bearer token clients must "
+        "send (`Authorization: Bearer …`); unset: no authentication. The token itself never "
+        "goes in the spec.",
+    )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Allow a `host` other than loopback without `api_key_env`: anyone who "
+        "reaches the port can use the model. Leave false unless something in front "
+        "(a gateway, a private network) authenticates.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServeSpec:
+        if self.max_new_tokens > self.max_tokens_limit:
+            raise SpecRuleError(
+                "max_new_tokens",
+                self.max_new_tokens,
+                f"above max_tokens_limit ({self.max_tokens_limit}), the most a request may ask",
+                "lower serve.max_new_tokens or raise serve.max_tokens_limit",
+            )
+        if not (_is_loopback(self.host) or self.api_key_env or self.allow_unauthenticated):
+            raise SpecRuleError(
+                "host",
+                self.host,
+                "a non-loopback address without an API key serves the model to anyone who "
+                "reaches the port",
+                "set serve.api_key_env to the name of an environment variable holding a "
+                "token, or serve.allow_unauthenticated: true if something in front "
+                "authenticates, or bind 127.0.0.1",
+            )
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
