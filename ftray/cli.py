@@ -176,10 +176,16 @@ def _job_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# Verbs that read the job's input files (model folder, data sources, word list): their spec is
+# checked for those files up front. The others (serve, models, review, monitor, data, …) work on
+# the store and must run where the data is absent, e.g. a laptop looking at a cluster's registry.
+_READS_INPUTS = {"validate", "prepare", "assess", "train", "sweep", "eval", "run", "retrain"}
+
+
 def _load(args):
     from ftray.specload import load_spec
 
-    return load_spec(args.job, args.overrides)
+    return load_spec(args.job, args.overrides, check_files=args.verb in _READS_INPUTS)
 
 
 _ARTIFACT_OF = {
@@ -302,7 +308,7 @@ def _data(args) -> int:
     from ftray.specload import load_spec
     from ftray.store import Store
 
-    spec = load_spec(args.job, args.overrides)
+    spec = load_spec(args.job, args.overrides, check_files=False)
     store = Store(spec.storage, spec.project)
     wanted = {"list": 0, "show": 1, "diff": 2}[args.action]
     if len(args.dataset_ids) != wanted:

@@ -56,8 +56,14 @@ class SpecError(UserError):
         super().__init__(f"{source}: {count} in the job spec\n{body}")
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+def load_spec(
+    path: str | Path, overrides: list[str] | None = None, check_files: bool = True
+) -> JobSpec:
     """Read a job spec from YAML, apply `a.b=value` overrides and validate it.
+
+    With `check_files`, the local files it names (model folder, data sources, toxicity word
+    list) must exist, relative to the current directory; leave it off where only the store is
+    used (serving, the registry, monitoring), which may run where the data is not.
 
     Raises:
         SpecError: listing every problem, each with its YAML path and a fix.
@@ -70,7 +76,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
             "Pass the path of a YAML job spec, e.g. `ftray run jobs/quickstart.yaml`."
         )
     raw = _read_yaml(path)
-    return validate_spec(raw, overrides or [], source=str(path), check_files=True)
+    return validate_spec(raw, overrides or [], source=str(path), check_files=check_files)
 
 
 def _read_yaml(path: Path) -> Any:

@@ -51,7 +51,7 @@ def _monitor(args: argparse.Namespace) -> int:
     from ftray.specload import load_spec
     from ftray.store import Store
 
-    spec = load_spec(args.job, args.overrides)
+    spec = load_spec(args.job, args.overrides, check_files=False)
     progress = Progress()
     with ray_session(spec.ray, args.address), progress.stage("monitor"):
         ref = monitor(spec, Store(spec.storage, spec.project), progress)
@@ -68,7 +68,7 @@ def _retrain(args: argparse.Namespace) -> int:
     from ftray.specload import load_spec
     from ftray.store import Store
 
-    spec = load_spec(args.job, args.overrides)
+    spec = load_spec(args.job, args.overrides, check_files=True)
     progress = Progress()
     with progress.stage("retrain"):
         spec = retrain_spec(spec, Store(spec.storage, spec.project), progress)
@@ -85,7 +85,7 @@ def _feedback(args: argparse.Namespace) -> int:
     from ftray.specload import load_spec
     from ftray.store import Store
 
-    spec = load_spec(args.job, args.overrides)
+    spec = load_spec(args.job, args.overrides, check_files=False)
     store = Store(spec.storage, spec.project)
     if args.action == "list":
         decided = feedback.decisions(store)

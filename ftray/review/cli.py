@@ -55,7 +55,7 @@ def _review(args: argparse.Namespace) -> int:
     from ftray.specload import load_spec
     from ftray.store import Store
 
-    spec = load_spec(args.job, args.overrides)
+    spec = load_spec(args.job, args.overrides, check_files=False)
     store = Store(spec.storage, spec.project)
     eval_id = args.eval_id
     # The flagged queue needs no evaluation: a project serving its first model has none yet.

@@ -372,7 +372,7 @@ def build_app(args: dict):
 
     if not args.get("job_spec"):
         raise UserError("build_app needs the arg `job_spec`: the path of a job spec YAML")
-    spec = load_spec(args["job_spec"], list(args.get("set") or []))
+    spec = load_spec(args["job_spec"], list(args.get("set") or []), check_files=False)
     store = Store(spec.storage, spec.project)
     return deployment_for(spec, store, resolve_model(spec.model, store))
 

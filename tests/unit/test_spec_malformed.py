@@ -381,3 +381,13 @@ def test_overrides_are_parsed_within_the_same_bounds(workdir):
     with pytest.raises(SpecError) as caught:
         load_spec(path, ["train.lora={r: 4, r: 8}", "train.lr=-1"])
     assert {p.path for p in caught.value.problems} == {"train.lora.r", "train.lr"}
+
+
+def test_missing_input_files_stop_the_stages_but_not_the_registry_verbs(workdir, capsys):
+    # A laptop looking at a cluster's registry has the job spec but not the data.
+    path = _write(workdir, spec())
+    (workdir / "data.csv").unlink()
+    assert main(["validate", str(path)]) == 2
+    assert "data.sources.0.path" in capsys.readouterr().err
+    assert main(["models", "list", str(path), "--set", f"storage={workdir / 'store'}"]) == 0
+    assert load_spec(path, check_files=False).project == "demo"
