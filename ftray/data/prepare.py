@@ -68,7 +68,12 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
     if not store.is_complete("datasets", dataset_id):
         _clear_incomplete(store, dataset_id)
         attempt = f"{dataset_id}{_ATTEMPT}{uuid.uuid4().hex[:8]}"
-        manifest = _build(data, model, model_dir, files, digests, store, attempt, progress)
+        try:
+            manifest = _build(data, model, model_dir, files, digests, store, attempt, progress)
+        except BaseException:  # a failed or interrupted attempt leaves nothing behind
+            if store.fs.exists(store.path("datasets", attempt)):
+                store.fs.rm(store.path("datasets", attempt), recursive=True)
+            raise
         manifest = _publish(store, attempt, dataset_id, {"dataset_id": dataset_id, **manifest})
         reused = False
     else:
@@ -94,6 +99,9 @@ def _build(data, model, model_dir, files, digests, store, attempt, progress) -> 
         batch_size=256,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=data.num_workers),
     ).materialize()
+    if checked.count() == 0:
+        paths = ", ".join(f.path for f in files)
+        raise UserError(f"data.sources: no line to read in {paths}; every file is empty.")
 
     passing = checked.filter(expr=col("rule") == "")
     dedup = data.dedup.exact or data.dedup.near

@@ -35,6 +35,7 @@ from ftray.store import Store
         ("order 1234567890123 arrived", []),
         ("text me on +44 7700 900123 or 07700 900123", ["phone", "phone"]),
         ("ring 07700900123 after six", ["phone"]),
+        ("ref 2024112812", ["phone"]),  # a possible number: over-redaction, as documented
         ("Berlin office: +49 30 1234567", ["phone"]),
         ("at 2024-11-28 10:15, 1,000,000.00 GBP, v1.2.3.4, sort code 20-00-00", []),
     ],
