@@ -88,7 +88,8 @@ def format_quarantined(rows: list[dict]) -> str:
     lines = []
     for row in rows:
         lines.append(f"{row['source']}:{row['row']}  {row['rule']}  {row['reason']}")
-        lines.append(f"    {row['raw']}")
+        raw = (row["raw"] or "").replace("\n", "\n    ")  # a csv row may span lines
+        lines.append(f"    {raw}")
     lines.append(f"{len(rows)} quarantined line(s)")
     return "\n".join(lines)
 

@@ -201,6 +201,8 @@ def _held_out(passing, drops: dict, data: DataSpec) -> set[int]:
     (rounded), chosen by a salted hash of the prompt so the choice is stable across runs.
     """
     rows = passing.select_columns(["order", "prompt", "completion"]).to_pandas()
+    if rows.empty:
+        return set()  # no record passed (and pandas has no columns to group by)
     rows = rows[~rows["order"].isin(list(drops))]
     rows["bucket"] = [_bucket(data.seed, prompt) for prompt in rows["prompt"]]
     rows["stratum"] = rows["completion"] if data.labels else ""

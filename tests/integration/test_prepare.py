@@ -249,6 +249,13 @@ def test_all_rejected_or_empty_word_list_is_a_clear_error(tmp_path, run_cli):
     job = _job(tmp_path, {**data, "toxicity": {"word_list": str(tmp_path / "words.txt")}})
     empty = run_cli("prepare", str(job), check=False)
     assert empty.returncode == 2 and "holds no words" in empty.stderr, empty.stderr
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    nothing = run_cli(
+        "prepare",
+        str(_job(tmp_path, {"sources": [{"path": str(tmp_path / "empty.jsonl")}]})),
+        check=False,
+    )
+    assert nothing.returncode == 2 and "every file is empty" in nothing.stderr, nothing.stderr
     job = _job(tmp_path, data)  # completion_field 'completion' is in no record
     done = run_cli("prepare", str(job), check=False)
     assert done.returncode == 2, done.stderr
