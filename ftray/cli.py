@@ -308,6 +308,8 @@ def _data(args) -> int:
     wanted = {"list": 0, "show": 1, "diff": 2}[args.action]
     if len(args.dataset_ids) != wanted:
         raise UserError(f"`ftray data {args.action}` takes {wanted} DATASET_ID(s)")
+    if args.quarantine is not None and args.action != "show":
+        raise UserError("--quarantine goes with `ftray data show DATASET_ID`")
     if args.action == "list":
         for manifest in inspect.list_datasets(store):
             counts = manifest["counts"]
