@@ -140,4 +140,5 @@ def _pairs_block(block):
             for j, later in enumerate(ranked)
             for earlier in ranked[: min(j, MAX_BUCKET)]
         ]
-    return pd.DataFrame(pairs, columns=["later", "earlier"])
+    # int64 even when empty: an empty block must still join with the int64 `order` column
+    return pd.DataFrame(pairs, columns=["later", "earlier"], dtype="int64")
