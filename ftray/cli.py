@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("action", choices=("list", "show", "diff"))
     data.add_argument("dataset_ids", nargs="*", metavar="DATASET_ID", help="show: 1, diff: 2")
     data.add_argument("--job", required=True, help="job spec naming the project and storage")
+    data.add_argument(
+        "--quarantine",
+        nargs="?",
+        const="",
+        metavar="RULE",
+        help="show: list every quarantined line (or RULE's) with its file, line and raw text",
+    )
     data.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     data.set_defaults(handler=_data)
 
@@ -313,6 +320,8 @@ def _data(args) -> int:
     wanted = {"list": 0, "show": 1, "diff": 2}[args.action]
     if len(args.dataset_ids) != wanted:
         raise UserError(f"`ftray data {args.action}` takes {wanted} DATASET_ID(s)")
+    if args.quarantine is not None and args.action != "show":
+        raise UserError("--quarantine goes with `ftray data show DATASET_ID`")
     if args.action == "list":
         for manifest in inspect.list_datasets(store):
             counts = manifest["counts"]
@@ -320,6 +329,9 @@ def _data(args) -> int:
                 f"{manifest['dataset_id']}  {manifest['created_at']}  train {counts['train']}  "
                 f"eval {counts['eval']}  quarantined {counts['quarantine']}"
             )
+    elif args.action == "show" and args.quarantine is not None:
+        rows = inspect.quarantined(store, args.dataset_ids[0], args.quarantine or None)
+        print(inspect.format_quarantined(rows))
     elif args.action == "show":
         print(inspect.format_show(inspect.show(store, args.dataset_ids[0])))
     else:

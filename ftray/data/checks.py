@@ -16,37 +16,59 @@ from pathlib import Path
 
 import numpy as np
 
+from ftray.errors import UserError
+
 # --- PII -------------------------------------------------------------------------------------
 
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
-# International or North-American style numbers with at least 9 digits, with separators.
-_PHONE = re.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){1,4}(?!\w)"
-)
 _CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
-PII_KINDS = {"email": _EMAIL, "card_number": _CARD, "phone": _PHONE}
+PII_KINDS = ("email", "card_number", "phone")
+# Numbers written without a country code are read as this region's (the spec's
+# data.pii.phone_region defaults to it too).
+DEFAULT_PHONE_REGION = "GB"
 
 
-def find_pii(text: str) -> list[tuple[str, str]]:
-    """(kind, matched text) for every email, payment card number (Luhn-checked) and phone."""
+def find_pii(text: str, region: str = DEFAULT_PHONE_REGION) -> list[tuple[str, str]]:
+    """(kind, matched text) for every email, payment card number (Luhn-checked) and phone.
+
+    Phones come from Google's libphonenumber metadata (the `phonenumbers` package) rather
+    than a pattern: it knows every country's number lengths and prefixes, with `region`
+    for numbers written without a country code. A match counts when it is a valid number
+    for its country, or a possible one with 9 to 15 digits (E.164's most): reserved
+    ranges (UK 07700 900xxx, US 555-01xx) are still phone numbers in text people write.
+    """
     found, taken = [], []
-    for kind, pattern in PII_KINDS.items():
-        for match in pattern.finditer(text):
-            span = match.span()
-            if any(start < span[1] and span[0] < end for start, end in taken):
-                continue
-            if kind == "card_number" and not _luhn(re.sub(r"\D", "", match.group())):
-                continue
-            if kind == "phone" and not 9 <= len(re.sub(r"\D", "", match.group())) <= 15:
-                continue  # E.164 numbers have at most 15 digits
-            found.append((kind, match.group()))
-            taken.append(span)
-    return found
+
+    def add(kind: str, start: int, end: int, value: str) -> None:
+        if not any(start < stop and begin < end for begin, stop in taken):
+            found.append((start, kind, value))
+            taken.append((start, end))
+
+    for match in _EMAIL.finditer(text):
+        add("email", *match.span(), match.group())
+    for match in _CARD.finditer(text):
+        if _luhn(re.sub(r"\D", "", match.group())):
+            add("card_number", *match.span(), match.group())
+    for match in _phone_matches(text, region):
+        add("phone", match.start, match.end, match.raw_string)
+    return [(kind, value) for _, kind, value in sorted(found)]
 
 
-def redact_pii(text: str) -> str:
+def _phone_matches(text: str, region: str) -> list:
+    import phonenumbers
+
+    matcher = phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.POSSIBLE)
+    return [
+        match
+        for match in matcher
+        if phonenumbers.is_valid_number(match.number)
+        or 9 <= len(re.sub(r"\D", "", match.raw_string)) <= 15
+    ]
+
+
+def redact_pii(text: str, region: str = DEFAULT_PHONE_REGION) -> str:
     """`text` with each PII match replaced by `[EMAIL]`, `[CARD_NUMBER]` or `[PHONE]`."""
-    for kind, value in find_pii(text):
+    for kind, value in find_pii(text, region):
         text = text.replace(value, f"[{kind.upper()}]")
     return text
 
@@ -83,11 +105,27 @@ _DEFAULT_WORDS = (
 
 
 def load_word_list(path: str | None) -> tuple[str, ...]:
-    """Words from a file (one per line, '#' comments), or the built-in list."""
+    """Words from a file (one per line, '#' comments), or the built-in list.
+
+    Raises UserError when the file is missing or holds no word: an empty list would match
+    every text and quarantine every record.
+    """
     if path is None:
         return _DEFAULT_WORDS
-    lines = Path(path).read_text().splitlines()
-    return tuple(w.strip().lower() for w in lines if w.strip() and not w.startswith("#"))
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(
+            f"data.toxicity.word_list: cannot read {path!r} ({err}); give a UTF-8 file of "
+            "words, one per line."
+        ) from None
+    words = tuple(w.strip().lower() for w in lines if w.strip() and not w.lstrip().startswith("#"))
+    if not words:
+        raise UserError(
+            f"data.toxicity.word_list: {path!r} holds no words (only blank lines and "
+            "comments); add words, one per line, or set data.toxicity.enabled: false."
+        )
+    return words
 
 
 def toxicity_checker(word_list: str | None, hook: str | None) -> Callable[[str], str | None]:

@@ -31,6 +31,8 @@ def find_duplicates(passing, spec: DedupSpec, num_rows: int) -> dict[int, tuple[
     """
     parts = max(4, min(200, num_rows // 10_000))
     drops: dict[int, tuple[str, str]] = {}
+    if passing.count() == 0:
+        return drops  # the shuffles below need rows to know their columns
     if spec.exact:
         keyed = passing.select_columns([*_COLUMNS, "exact_key"])
         for row in _by_key(keyed, "exact_key", parts, _exact_block).iter_rows():
@@ -56,7 +58,9 @@ def _near(passing, spec: DedupSpec, dropped: set[int], parts: int) -> dict:
     """
     exploded = passing.select_columns(["order", "band_keys"]).flat_map(_explode)
     pairs = _by_key(exploded, "band_key", parts, _pairs_block)
-    pairs = _by_key(pairs, "later", parts, _distinct_pairs)
+    pairs = _by_key(pairs, "later", parts, _distinct_pairs).materialize()
+    if pairs.count() == 0:
+        return {}  # no candidate pair (clean data): the joins need rows to know their columns
     records = passing.select_columns([*_COLUMNS, "signature"])
     for side in ("later", "earlier"):
         renamed = records.rename_columns({c: f"{side}_{c}" for c in [*_COLUMNS, "signature"]})
@@ -136,4 +140,5 @@ def _pairs_block(block):
             for j, later in enumerate(ranked)
             for earlier in ranked[: min(j, MAX_BUCKET)]
         ]
-    return pd.DataFrame(pairs, columns=["later", "earlier"])
+    # int64 even when empty: an empty block must still join with the int64 `order` column
+    return pd.DataFrame(pairs, columns=["later", "earlier"], dtype="int64")

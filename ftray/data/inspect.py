@@ -1,4 +1,5 @@
-"""`ftray data list|show|diff`: read a project's datasets back, and compare two versions."""
+"""`ftray data list|show|diff`: read a project's datasets back, list what was quarantined,
+and compare two versions."""
 
 from __future__ import annotations
 
@@ -59,6 +60,40 @@ def diff(store: Store, old: str, new: str, samples: int = 5) -> dict:
     }
 
 
+def quarantined(store: Store, dataset_id: str, rule: str | None = None) -> list[dict]:
+    """Every quarantined line (or only `rule`'s), in source order: source, row, rule,
+    reason and the raw text read."""
+    import pyarrow.dataset as pds
+
+    _require(store, dataset_id)
+    path = store.path("datasets", dataset_id, "quarantine")
+    if not store.fs.exists(path):
+        rows = []  # nothing was quarantined
+    else:
+        columns = ["source", "row", "rule", "reason", "raw"]
+        rows = pds.dataset(path, filesystem=store.fs, format="parquet").to_table(columns=columns)
+        rows = rows.to_pylist()
+    known = store.manifest("datasets", dataset_id)["counts"]["quarantine_by_rule"]
+    if rule is not None and rule not in known:
+        raise UserError(
+            f"no line of {dataset_id} was quarantined by rule {rule!r}; its rules are: "
+            f"{', '.join(f'{r} ({n})' for r, n in known.items()) or '(none)'}."
+        )
+    picked = [r for r in rows if rule is None or r["rule"] == rule]
+    return sorted(picked, key=_where)
+
+
+def format_quarantined(rows: list[dict]) -> str:
+    """One entry per line: `file:line  rule  reason`, then the raw text, indented."""
+    lines = []
+    for row in rows:
+        lines.append(f"{row['source']}:{row['row']}  {row['rule']}  {row['reason']}")
+        raw = (row["raw"] or "").replace("\n", "\n    ")  # a csv row may span lines
+        lines.append(f"    {raw}")
+    lines.append(f"{len(rows)} quarantined line(s)")
+    return "\n".join(lines)
+
+
 def format_show(info: dict) -> str:
     manifest, report = info["manifest"], info["report"]
     counts = manifest["counts"]
@@ -68,6 +103,12 @@ def format_show(info: dict) -> str:
         f"  records: {counts['input']} in → {counts['train']} train, {counts['eval']} eval, "
         f"{counts['quarantine']} quarantined",
     ]
+    for file in manifest.get("files", []):  # datasets of PREPARE_VERSION 3 on
+        unit = "lines" if file["format"] == "jsonl" else "rows"
+        lines.append(
+            f"    {file['path']}: {file['read']} {unit} read = {file['train']} train + "
+            f"{file['eval']} eval + {file['quarantine']} quarantined + {file['blank']} blank"
+        )
     for rule, n in sorted(report["counts_by_rule"].items()):
         lines.append(f"    {rule}: {n}")
         for sample in report["samples_by_rule"].get(rule, []):
@@ -77,6 +118,11 @@ def format_show(info: dict) -> str:
     lines.append(f"  checks: {json.dumps(report['checks'])}")
     models = [f"{m['model_id']} ({m['stage']}, run {m['run_id']})" for m in info["models"]]
     lines.append(f"  models trained on it: {', '.join(models) or 'none yet'}")
+    if counts["quarantine"]:
+        lines.append(
+            f"  every quarantined line: ftray data show {manifest['dataset_id']} --quarantine "
+            "[RULE] --job JOB.yaml"
+        )
     return "\n".join(lines)
 
 

@@ -3,32 +3,40 @@
   read (one task per file) → CheckRecords actors (normalise, contract, toxicity, PII,
   tokenize, fingerprint) → exact and near-duplicate groupbys → held-out split → parquet
 
-Every input record ends in exactly one of train, eval or quarantine (with its rule, reason
-and source location); the manifest's counts add up or the stage fails. The dataset id is a
-hash of the sources' bytes, the data spec, the model (its tokenizer) and PREPARE_VERSION, so
-the same inputs give the same dataset and reuse it.
+Every line (row) read ends in exactly one of train, eval, quarantine (with its rule, reason,
+source location and raw text) or the blank-line count; per file, the lines read must equal
+train + eval + quarantine + blank, or the stage fails before the manifest is written. The
+dataset id is a hash of the sources' bytes, the data spec, the model (its tokenizer) and
+PREPARE_VERSION, so the same inputs give the same dataset and reuse it. Each attempt writes
+to a folder of its own and moves it into place when complete, so an interrupted prepare
+never blocks the next one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import uuid
 from dataclasses import asdict, dataclass
 
+from ftray.data.checks import load_word_list
 from ftray.data.dedup import find_duplicates
-from ftray.data.records import CheckRecords
+from ftray.data.records import BLANK, CheckRecords
 from ftray.data.report import build_report
 from ftray.data.sources import SourceFile, expand_sources, number_files, read_records
+from ftray.errors import UserError
 from ftray.models import resolve_model
 from ftray.progress import Progress
 from ftray.spec import DataSpec, ModelSpec
 from ftray.store import Store, content_id, file_digest
 
 # Bump when the rules change what a dataset holds, so old ids are not reused.
-PREPARE_VERSION = 2
+# 3: lines decoded one by one, blank lines counted, raw text in quarantine, JSON completions.
+PREPARE_VERSION = 3
 SPLITS = ("train", "eval", "quarantine")
 EXAMPLE_COLUMNS = ["source", "row", "prompt", "completion", "messages", "input_ids", "labels"]
 EXAMPLE_COLUMNS += ["num_tokens"]
-QUARANTINE_COLUMNS = ["source", "row", "prompt", "completion", "fields", "rule", "reason"]
+QUARANTINE_COLUMNS = ["source", "row", "prompt", "completion", "fields", "raw", "rule", "reason"]
+_ATTEMPT = ".attempt-"  # `<dataset_id>.attempt-<hex>`: an attempt being written
 
 
 @dataclass(frozen=True)
@@ -42,10 +50,12 @@ class DatasetRef:
 
 
 def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) -> DatasetRef:
-    """Read, check, deduplicate, split and tokenize the job's data into a versioned dataset."""
-    import ray
-    from ray.data.expressions import col
+    """Read, check, deduplicate, split and tokenize the job's data into a versioned dataset.
 
+    Raises UserError when no record is left for training (the dataset is still written, so
+    `ftray data show DATASET --quarantine` lists why).
+    """
+    _check_settings(data)
     evals = (
         expand_sources(data.eval_sources, "eval", "data.eval_sources") if data.eval_sources else []
     )
@@ -55,9 +65,28 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
     dataset_id = content_id(
         "ds", digests, data.model_dump(mode="json"), model.model_dump(mode="json"), PREPARE_VERSION
     )
-    if store.is_complete("datasets", dataset_id):
-        manifest = store.manifest("datasets", dataset_id)
-        return DatasetRef(dataset_id, store.uri("datasets", dataset_id), manifest, True)
+    if not store.is_complete("datasets", dataset_id):
+        _clear_incomplete(store, dataset_id)
+        attempt = f"{dataset_id}{_ATTEMPT}{uuid.uuid4().hex[:8]}"
+        try:
+            manifest = _build(data, model, model_dir, files, digests, store, attempt, progress)
+        except BaseException:  # a failed or interrupted attempt leaves nothing behind
+            if store.fs.exists(store.path("datasets", attempt)):
+                store.fs.rm(store.path("datasets", attempt), recursive=True)
+            raise
+        manifest = _publish(store, attempt, dataset_id, {"dataset_id": dataset_id, **manifest})
+        reused = False
+    else:
+        manifest, reused = store.manifest("datasets", dataset_id), True
+    _require_training_records(manifest)
+    return DatasetRef(dataset_id, store.uri("datasets", dataset_id), manifest, reused)
+
+
+def _build(data, model, model_dir, files, digests, store, attempt, progress) -> dict:
+    """Write the splits and the report of one attempt into `datasets/<attempt>`; returns
+    the manifest (without its id)."""
+    import ray
+    from ray.data.expressions import col
 
     progress.note(f"checking {len(files)} file(s) with Ray Data ({data.num_workers} actor(s))")
     records = ray.data.from_items([asdict(f) for f in files]).flat_map(
@@ -70,6 +99,9 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
         batch_size=256,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=data.num_workers),
     ).materialize()
+    if checked.count() == 0:
+        paths = ", ".join(f.path for f in files)
+        raise UserError(f"data.sources: no line to read in {paths}; every file is empty.")
 
     passing = checked.filter(expr=col("rule") == "")
     dedup = data.dedup.exact or data.dedup.near
@@ -82,40 +114,84 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
         batch_format="pandas",
     ).materialize()
 
-    narrow = ["split", "rule", "reason", "source", "row", "num_tokens", "pii_redacted", "truncated"]
-    table = final.select_columns(narrow)
-    table = table.to_pandas()
+    narrow = ["split", "rule", "reason", "source", "row", "read", "num_tokens"]
+    table = final.select_columns([*narrow, "pii_redacted", "truncated"]).to_pandas()
+    accounts = _accounts(table, digests)  # raises before anything is published
     counts = _counts(table)
     progress.note(
-        f"{counts['input']} records: {counts['train']} train, {counts['eval']} eval, "
-        f"{counts['quarantine']} quarantined"
+        f"{counts['read']} lines read: {counts['train']} train, {counts['eval']} eval, "
+        f"{counts['quarantine']} quarantined, {counts['blank']} blank"
     )
     for split in SPLITS:
         part = final.filter(expr=col("split") == split)
         if split == "train":
             part = part.random_shuffle(seed=data.seed)
         columns = QUARANTINE_COLUMNS if split == "quarantine" else EXAMPLE_COLUMNS
-        part.select_columns(columns).write_parquet(store.uri("datasets", dataset_id, split))
-    written = {split: _rows_written(store.uri("datasets", dataset_id, split)) for split in SPLITS}
+        part.select_columns(columns).write_parquet(store.uri("datasets", attempt, split))
+    written = {split: _rows_written(store.uri("datasets", attempt, split)) for split in SPLITS}
     if written != {split: counts[split] for split in SPLITS}:
         raise RuntimeError(f"parquet holds {written} rows, expected {counts}")
-    report = build_report(table, data)
-    store.write_json(report, "datasets", dataset_id, "report.json")
-    manifest = store.finish(
-        {
-            "dataset_id": dataset_id,
-            "sources": digests,
-            "spec": data.model_dump(mode="json"),
-            "model": model.model_dump(mode="json"),
-            "model_dir": model_dir,
-            "counts": counts,
-            "tokens": report["tokens"],
-            "prepare_version": PREPARE_VERSION,
-        },
-        "datasets",
-        dataset_id,
+    report = build_report(table[table["split"] != BLANK], data)
+    store.write_json(report, "datasets", attempt, "report.json")
+    return {
+        "sources": digests,
+        "files": accounts,
+        "spec": data.model_dump(mode="json"),
+        "model": model.model_dump(mode="json"),
+        "model_dir": model_dir,
+        "counts": counts,
+        "tokens": report["tokens"],
+        "prepare_version": PREPARE_VERSION,
+    }
+
+
+def _check_settings(data: DataSpec) -> None:
+    """What would fail inside every Ray actor fails here once, as a UserError."""
+    import phonenumbers
+
+    if data.toxicity.enabled and not data.toxicity.hook:
+        load_word_list(data.toxicity.word_list)
+    region = data.pii.phone_region
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise UserError(
+            f"data.pii.phone_region: {region!r} is not a region phonenumbers knows; use an "
+            "ISO 3166 country code such as GB, US, DE or IN."
+        )
+
+
+def _clear_incomplete(store: Store, dataset_id: str) -> None:
+    """Remove what interrupted attempts at this dataset left: its folder without a manifest,
+    and attempt folders. (Two prepares of the same data at once are not supported: the
+    later one's start removes the earlier one's attempt.)"""
+    for name in store.list_dirs("datasets"):
+        if name == dataset_id or name.startswith(f"{dataset_id}{_ATTEMPT}"):
+            store.fs.rm(store.path("datasets", name), recursive=True)
+
+
+def _publish(store: Store, attempt: str, dataset_id: str, manifest: dict) -> dict:
+    """Move a finished attempt into place, then mark it complete (the manifest last, so a
+    crash in between leaves an incomplete folder the next attempt clears)."""
+    if store.is_complete("datasets", dataset_id):  # the same data, prepared meanwhile
+        store.fs.rm(store.path("datasets", attempt), recursive=True)
+        return store.manifest("datasets", dataset_id)
+    store.fs.mv(store.path("datasets", attempt), store.path("datasets", dataset_id), recursive=True)
+    return store.finish(manifest, "datasets", dataset_id)
+
+
+def _require_training_records(manifest: dict) -> None:
+    counts = manifest["counts"]
+    if counts["train"]:
+        return
+    rules = ", ".join(f"{rule}: {n}" for rule, n in counts["quarantine_by_rule"].items())
+    dataset_id = manifest["dataset_id"]
+    raise UserError(
+        f"no training records in {dataset_id}: {counts['read']} lines read, "
+        f"{counts['eval']} eval, {counts['quarantine']} quarantined ({rules or 'none'}), "
+        f"{counts['blank']} blank. Fix the data or the data section of the spec (the fields "
+        "named, data.labels, data.output_schema, data.max_seq_len) for the most common rule; "
+        f"`ftray data show {dataset_id} --quarantine --job JOB.yaml` lists every quarantined "
+        "line with its text."
     )
-    return DatasetRef(dataset_id, store.uri("datasets", dataset_id), manifest, False)
 
 
 def _held_out(passing, drops: dict, data: DataSpec) -> set[int]:
@@ -125,6 +201,8 @@ def _held_out(passing, drops: dict, data: DataSpec) -> set[int]:
     (rounded), chosen by a salted hash of the prompt so the choice is stable across runs.
     """
     rows = passing.select_columns(["order", "prompt", "completion"]).to_pandas()
+    if rows.empty:
+        return set()  # no record passed (and pandas has no columns to group by)
     rows = rows[~rows["order"].isin(list(drops))]
     rows["bucket"] = [_bucket(data.seed, prompt) for prompt in rows["prompt"]]
     rows["stratum"] = rows["completion"] if data.labels else ""
@@ -147,7 +225,9 @@ def _assign(batch, drops: dict, eval_orders: set[int] | None):
     ):
         if not rule and int(order) in drops:
             rule, reason = drops[int(order)]
-        if rule:
+        if rule == BLANK:
+            splits.append(BLANK)
+        elif rule:
             splits.append("quarantine")
         elif eval_orders is None:
             splits.append(origin)
@@ -161,12 +241,32 @@ def _assign(batch, drops: dict, eval_orders: set[int] | None):
 
 def _counts(table) -> dict:
     by_split = table["split"].value_counts().to_dict()
-    counts = {"input": len(table), **{s: int(by_split.get(s, 0)) for s in SPLITS}}
+    counts = {"read": len(table), **{s: int(by_split.get(s, 0)) for s in (*SPLITS, BLANK)}}
+    counts["input"] = counts["read"] - counts[BLANK]  # records: lines that are not blank
     rules = table.loc[table["split"] == "quarantine", "rule"].value_counts().to_dict()
     counts["quarantine_by_rule"] = {rule: int(n) for rule, n in sorted(rules.items())}
-    if counts["input"] != sum(counts[s] for s in SPLITS):
-        raise RuntimeError(f"records lost in prepare: {counts}")
     return counts
+
+
+def _accounts(table, digests: list[dict]) -> list[dict]:
+    """Per source file: lines (rows) its reader read = train + eval + quarantine + blank,
+    each line once. Raises RuntimeError when a line is lost or doubled on the way."""
+    accounts = []
+    for source in digests:
+        mine = table[table["source"] == source["path"]]
+        read = int(mine["read"].iloc[0]) if len(mine) else 0
+        splits = mine["split"].value_counts().to_dict()
+        account = {
+            "path": source["path"],
+            "format": source["format"],
+            "read": read,
+            **{split: int(splits.get(split, 0)) for split in (*SPLITS, BLANK)},
+        }
+        landed = sum(account[split] for split in (*SPLITS, BLANK))
+        if landed != read or mine["row"].duplicated().any() or mine["read"].nunique() > 1:
+            raise RuntimeError(f"lines lost or doubled in prepare: {account}")
+        accounts.append(account)
+    return accounts
 
 
 def _rows_written(uri: str) -> int:

@@ -28,6 +28,8 @@ from ftray.models import load_tokenizer
 from ftray.spec import DataSpec
 
 ROLES = ("system", "user", "assistant")
+# Not a rule: a blank line is counted (`blank`), neither kept nor quarantined.
+BLANK = "blank"
 
 
 class _Reject(Exception):
@@ -58,6 +60,8 @@ class CheckRecords:
         out = {
             "source": record["source"],
             "row": int(record["row"]),
+            "read": int(record["read"]),
+            "raw": record["raw"],
             "order": int(record["order"]),
             "origin": record["origin"],
             "fields": record["fields"],
@@ -75,6 +79,8 @@ class CheckRecords:
             "rule": "",
             "reason": "",
         }
+        if record["blank"]:
+            return {**out, "rule": BLANK, "reason": "blank line"}
         try:
             if record["error"]:
                 raise _Reject("malformed", record["error"])
@@ -137,6 +143,9 @@ class CheckRecords:
             value = fields.get(name)
             if value is None:
                 raise _Reject("missing_field", f"no {role} field {name!r} (has: {sorted(fields)})")
+            if role == "completion" and isinstance(value, (dict, list, int, float, bool)):
+                # a JSON task's answer is an object; a label may be a number: as JSON text
+                value = json.dumps(value, ensure_ascii=False)
             if not isinstance(value, str):
                 kind = type(value).__name__
                 raise _Reject("wrong_type", f"{role} field {name!r} is {kind}, not text")
@@ -176,15 +185,16 @@ class CheckRecords:
                 if reason:
                     raise _Reject("toxic", reason)
         action = self.spec.pii.action
-        found = [kind for text in texts for kind, _ in find_pii(text)] if action != "keep" else []
+        region = self.spec.pii.phone_region
+        found = [] if action == "keep" else [k for t in texts for k, _ in find_pii(t, region)]
         if found and action == "drop":
             raise _Reject("pii", f"contains {', '.join(sorted(set(found)))}")
         if found:
             messages = [
-                m if m["role"] == "system" else {**m, "content": redact_pii(m["content"])}
+                m if m["role"] == "system" else {**m, "content": redact_pii(m["content"], region)}
                 for m in messages
             ]
-            completion = redact_pii(completion)
-            out["prompt"] = redact_pii(out["prompt"])
+            completion = redact_pii(completion, region)
+            out["prompt"] = redact_pii(out["prompt"], region)
             out["pii_redacted"] = len(found)
         return messages, completion

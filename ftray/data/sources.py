@@ -79,56 +79,181 @@ def _is_hf_dir(fs, path: str) -> bool:
 
 
 def read_records(file: SourceFile) -> list[dict]:
-    """All records of one file: `{source, row, fields, error}`; `error` names a broken row."""
+    """One record per line (jsonl) or row (csv, json, parquet, hf) of one file.
+
+    Each is `{source, origin, order, row, read, fields, raw, error, blank}`: `row` the line
+    number (a csv row's first line; the position for json, parquet and hf), `read` how many
+    lines or rows the file has (every record of the file carries it, for the accounting),
+    `raw` the text as read, `error` why the line is broken, `blank` an empty line. Bytes
+    are decoded per line, so a bad byte costs its own line only.
+    """
     fs, path = fsspec.core.url_to_fs(file.path)
+    if file.format in ("hf", "parquet"):
+        return _table_records(file, fs, path)
+    with fs.open(path, "rb") as handle:
+        raw = handle.read()
+    if raw.startswith(_BOM):
+        raw = raw[len(_BOM) :]
+    if file.format == "jsonl":
+        return _jsonl_records(file, raw)
+    if file.format == "csv":
+        return _csv_records(file, raw)
+    return _json_records(file, raw)
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def split_lines(raw: bytes) -> list[bytes]:
+    r"""The lines of a file's bytes: split at \n only (not at the Unicode line breaks that
+    `str.splitlines` also splits at, which JSON strings may hold), each without its \r\n."""
+    lines = raw.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # the file ends with a newline: no line after it
+    return [line.removesuffix(b"\r") for line in lines]
+
+
+def decode_line(line: bytes, what: str = "line") -> tuple[str, str | None]:
+    r"""(text, error): the UTF-8 text of a line, or its bytes with the bad ones written as
+    \xNN escapes and the reason it is not UTF-8."""
+    try:
+        return line.decode("utf-8"), None
+    except UnicodeDecodeError as err:
+        text = line.decode("utf-8", errors="backslashreplace")
+        return text, f"{what} is not UTF-8 ({err.reason} at byte {err.start + 1} of the {what})"
+
+
+def _jsonl_records(file: SourceFile, raw: bytes) -> list[dict]:
+    lines = split_lines(raw)
+    records = []
+    for number, line in enumerate(lines, start=1):
+        text, error = decode_line(line)
+        fields = None
+        if error is None and not text.strip():
+            records.append(_record(file, number, len(lines), None, text, blank=True))
+            continue
+        if error is None:
+            try:
+                fields = json.loads(text)
+            except json.JSONDecodeError as err:
+                error = f"bad JSON line: {err.msg} (column {err.colno})"
+        records.append(_record(file, number, len(lines), fields, text, error))
+    return records
+
+
+def _csv_records(file: SourceFile, raw: bytes) -> list[dict]:
+    """Rows keyed by the header; a row with a bad byte, or another number of fields than
+    the header, is quarantined by itself. A row may span lines (a quoted newline); its raw
+    text is all of them."""
+    # surrogateescape keeps bad bytes as lone surrogates, so the csv parser still finds the
+    # row boundaries and each row can be checked for them alone.
+    # newline="": the line ends csv expects (\n, \r\n, \r), not every Unicode line break
+    lines = io.StringIO(raw.decode("utf-8", errors="surrogateescape"), newline="")
+    consumed: list[str] = []
+
+    def feed():
+        for line in lines:
+            consumed.append(line)
+            yield line
+
+    reader = csv.reader(feed())
+    rows: list[tuple[int, list[str] | None, str, str | None]] = []
+    header = None
+    while True:
+        start = reader.line_num + 1
+        consumed.clear()
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            rows.append((start, None, "".join(consumed), f"bad CSV row: {err}"))
+            continue
+        if header is None and values:  # the first line that is not empty
+            header = values
+            continue
+        rows.append((start, values, "".join(consumed), None))
+    records = []
+    for number, values, text, error in rows:
+        text = text.rstrip("\r\n")
+        if _has_bad_bytes(text):
+            text = _escape_bad_bytes(text)
+            error = error or "row is not UTF-8 (invalid bytes)"
+        if error is None and len(values) <= 1 and not "".join(values).strip():
+            records.append(_record(file, number, len(rows), None, text, blank=True))
+            continue
+        fields = None
+        if error is None and len(values) != len(header):
+            error = f"row has {len(values)} fields, the header has {len(header)}"
+        elif error is None:
+            fields = dict(zip(header, values, strict=True))
+        records.append(_record(file, number, len(rows), fields, text, error))
+    return records
+
+
+def _has_bad_bytes(text: str) -> bool:
+    return any("\udc80" <= char <= "\udcff" for char in text)
+
+
+def _escape_bad_bytes(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _json_records(file: SourceFile, raw: bytes) -> list[dict]:
+    """A .json file is one list of records: a bad byte or a syntax error breaks the whole
+    file (one malformed record, counted as one row)."""
+    text, error = decode_line(raw, "file")
+    if error is None:
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            error = f"bad JSON: {err.msg} (line {err.lineno}, column {err.colno})"
+        else:
+            if not isinstance(rows, list):
+                error = "a .json source must hold a list of records"
+    if error is not None:
+        return [_record(file, 1, 1, None, text, error)]
+    return [
+        _record(file, i + 1, len(rows), row, json.dumps(row, ensure_ascii=False))
+        for i, row in enumerate(rows)
+    ]
+
+
+def _table_records(file: SourceFile, fs, path: str) -> list[dict]:
     if file.format == "hf":
         from datasets import load_from_disk
 
-        rows = load_from_disk(path)
-        return [_record(file, i + 1, row) for i, row in enumerate(rows)]
-    if file.format == "parquet":
+        rows = load_from_disk(path).to_list()
+    else:
         import pyarrow.parquet as pq
 
         with fs.open(path, "rb") as handle:
             rows = pq.read_table(handle).to_pylist()
-        return [_record(file, i + 1, row) for i, row in enumerate(rows)]
-    with fs.open(path, "rb") as handle:
-        raw = handle.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        return [_record(file, 0, None, f"file is not UTF-8 ({err.reason} at byte {err.start})")]
-    if file.format == "csv":
-        reader = csv.DictReader(io.StringIO(text))
-        # row 1 is the header line, so data rows start at line 2
-        return [_record(file, i + 2, row) for i, row in enumerate(reader)]
-    if file.format == "json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            return [_record(file, err.lineno, None, f"bad JSON: {err.msg}")]
-        if not isinstance(rows, list):
-            return [_record(file, 1, None, "a .json source must hold a list of records")]
-        return [_record(file, i + 1, row) for i, row in enumerate(rows)]
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(_record(file, number, json.loads(line)))
-        except json.JSONDecodeError as err:
-            records.append(_record(file, number, None, f"bad JSON line: {err.msg}"))
-    return records
+    return [
+        _record(file, i + 1, len(rows), row, json.dumps(row, default=str, ensure_ascii=False))
+        for i, row in enumerate(rows)
+    ]
 
 
-def _record(file: SourceFile, row: int, fields, error: str | None = None) -> dict:
-    if fields is not None and not isinstance(fields, dict):
+def _record(
+    file: SourceFile,
+    row: int,
+    read: int,
+    fields,
+    raw: str,
+    error: str | None = None,
+    blank: bool = False,
+) -> dict:
+    if error is None and not blank and not isinstance(fields, dict):
         fields, error = None, f"record is a {type(fields).__name__}, not an object"
     return {
         "source": file.path,
         "origin": file.origin,
         "order": record_order(file.origin, file.index, row),
         "row": row,
+        "read": read,
         "fields": json.dumps(fields, default=str) if fields is not None else None,
+        "raw": raw,
         "error": error,
+        "blank": blank,
     }

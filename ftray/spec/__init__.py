@@ -83,6 +83,12 @@ class PiiSpec(_Section):
         description="'redact' replaces each match with [EMAIL], [PHONE] or [CARD_NUMBER]; "
         "'drop' quarantines the record (rule 'pii'); 'keep' leaves it.",
     )
+    phone_region: str = Field(
+        default="GB",
+        pattern=r"^[A-Z]{2}$",
+        description="Country (ISO 3166 code, e.g. GB, US, DE) whose numbering plan reads phone "
+        "numbers written without a +country code.",
+    )
 
 
 class ToxicitySpec(_Section):

@@ -1,4 +1,5 @@
-"""`ftray prepare` on messy input: every rule, duplicates, leakage, stratification, versions."""
+"""`ftray prepare` on messy input: every rule, duplicates, leakage, stratification, versions;
+per-line accounting, bad bytes and blank lines; clean, all-rejected and interrupted runs."""
 
 from __future__ import annotations
 
@@ -58,7 +59,18 @@ def messy(tmp_path_factory, ray_address):
         json.dumps({"q": card[0]["text"].upper() + "!", "a": "card_arrival"}),  # 29 duplicate
         json.dumps({"q": card[1]["text"] + " please", "a": "card_arrival"}),  # 30 near dup
     ]
-    (tmp / "data.jsonl").write_text("\n".join(lines) + "\n")
+    raw = [line.encode() for line in lines]
+    raw += [
+        b'{"q": "my card caf\xe9 never came", "a": "card_arrival"}',  # 31 not UTF-8
+        b"",  # 32 blank
+        b"   \r",  # 33 blank (whitespace, CRLF)
+        json.dumps({"q": "ring me on +44 7700 900123 about my card", "a": "card_arrival"}),
+        json.dumps({"q": "or on 07700 900123, where is my card", "a": "card_arrival"}),  # 35
+        json.dumps({"q": "which intent", "a": {"people": "4"}}),  # 36: an object, as JSON text
+        b"\xff\xfe",  # 37 not UTF-8
+    ]
+    raw = [line.encode() if isinstance(line, str) else line for line in raw]
+    (tmp / "data.jsonl").write_bytes(b"\n".join(raw) + b"\n")
     Dataset.from_list([{"q": q["text"], "a": q["category"]} for q in rate]).save_to_disk(
         str(tmp / "hf")
     )
@@ -77,11 +89,23 @@ def messy(tmp_path_factory, ray_address):
 
 def test_every_rule_quarantined_with_its_location(messy):
     tmp, _, out = messy
-    assert "10 quarantined" in out
+    assert "15 quarantined, 2 blank" in out
     dataset = _dataset(tmp)
-    counts = json.loads((dataset / "manifest.json").read_text())["counts"]
-    assert counts["input"] == 50
-    assert counts["train"] + counts["eval"] + counts["quarantine"] == 50
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts["input"] == 55 and counts["blank"] == 2 and counts["read"] == 57
+    assert counts["train"] + counts["eval"] + counts["quarantine"] == 55
+    jsonl, hf = manifest["files"]
+    assert jsonl == {
+        "path": str(tmp / "data.jsonl"),
+        "format": "jsonl",
+        "read": 37,
+        "train": 15,
+        "eval": 5,
+        "quarantine": 15,
+        "blank": 2,
+    }
+    assert hf["read"] == 20 and hf["train"] + hf["eval"] == 20
     rows = {r["row"]: r for r in _rows(dataset / "quarantine")}
     expected = {
         21: "malformed",
@@ -94,13 +118,20 @@ def test_every_rule_quarantined_with_its_location(messy):
         28: "pii",
         29: "duplicate",
         30: "near_duplicate",
+        31: "malformed",
+        34: "pii",
+        35: "pii",
+        36: "label_not_allowed",
+        37: "malformed",
     }
     assert {row: r["rule"] for row, r in rows.items()} == expected
+    assert "not UTF-8" in rows[31]["reason"] and "caf\\xe9" in rows[31]["raw"]
+    assert rows[36]["completion"] == '{"people": "4"}'
     assert all(r["source"] == str(tmp / "data.jsonl") and r["reason"] for r in rows.values())
     assert rows[29]["reason"] == f"same text as {tmp / 'data.jsonl'}:1"
     assert rows[30]["reason"].startswith(f"near-duplicate of {tmp / 'data.jsonl'}:2")
     report = json.loads((dataset / "report.json").read_text())
-    assert report["counts_by_rule"]["malformed"] == 2
+    assert report["counts_by_rule"]["malformed"] == 4
     assert report["samples_by_rule"]["toxic"][0]["row"] == 27
 
 
@@ -122,7 +153,19 @@ def test_data_show_and_diff_between_versions(messy, run_cli):
     new = next(p.name for p in (tmp / "store/messy/datasets").iterdir() if p.name != old)
     assert "new dataset" in out
     shown = run_cli("data", "show", old, "--job", str(job)).stdout
-    assert "near_duplicate: 1" in shown and "records: 50 in" in shown
+    assert "near_duplicate: 1" in shown and "records: 55 in" in shown
+    data = tmp / "data.jsonl"
+    assert f"{data}: 37 lines read = 15 train + 5 eval + 15 quarantined + 2 blank" in shown
+    listed = run_cli("data", "show", old, "--quarantine", "malformed", "--job", str(job)).stdout
+    assert [line.split()[0] for line in listed.splitlines() if line.startswith(str(data))] == [
+        f"{data}:{row}" for row in (21, 26, 31, 37)
+    ]
+    assert '    {"q": "broken json", "a": ' in listed and "    \\xff\\xfe" in listed
+    assert "4 quarantined line(s)" in listed
+    everything = run_cli("data", "show", old, "--quarantine", "--job", str(job)).stdout
+    assert "15 quarantined line(s)" in everything
+    unknown = run_cli("data", "show", old, "--quarantine", "nope", "--job", str(job), check=False)
+    assert unknown.returncode == 2 and "malformed (4)" in unknown.stderr
     diff = json.loads(run_cli("data", "diff", old, new, "--job", str(job)).stdout)
     assert diff["counts"]["added"] == 1 and diff["counts"]["removed"] == 0
     assert diff["added"][0]["row"] == 30
@@ -133,12 +176,15 @@ def test_data_show_and_diff_between_versions(messy, run_cli):
 
 
 def test_explicit_eval_set_leakage_and_json_contract(tmp_path, run_cli):
+    # a JSON task's completions may be objects (even rows) or JSON text (odd rows)
     train = [
-        {"prompt": q["text"], "completion": json.dumps({"intent": q["category"]})}
-        for q in QUERIES[:12]
+        {"prompt": q["text"], "completion": {"intent": q["category"]}}
+        if i % 2 == 0
+        else {"prompt": q["text"], "completion": json.dumps({"intent": q["category"]})}
+        for i, q in enumerate(QUERIES[:12])
     ]
     evals = [
-        {"prompt": QUERIES[0]["text"], "completion": train[0]["completion"]},  # exact leak
+        {"prompt": QUERIES[0]["text"], "completion": json.dumps(train[0]["completion"])},  # leak
         {"prompt": QUERIES[1]["text"] + " thanks", "completion": train[1]["completion"]},  # near
         {"prompt": QUERIES[300]["text"], "completion": json.dumps({"intent": "x"})},  # clean
         {"prompt": QUERIES[301]["text"], "completion": "not json"},  # bad output
@@ -160,9 +206,64 @@ def test_explicit_eval_set_leakage_and_json_contract(tmp_path, run_cli):
     )
     run_cli("prepare", str(job))
     dataset = _dataset(tmp_path)
-    assert len(_rows(dataset / "train")) == 12, "training data is never dropped for a leak"
+    trained = _rows(dataset / "train")
+    assert len(trained) == 12, "training data is never dropped for a leak"
+    first = next(r for r in trained if r["row"] == 1)
+    assert json.loads(first["completion"]) == {"intent": QUERIES[0]["category"]}
     assert [r["row"] for r in _rows(dataset / "eval")] == [3]
     rules = {r["row"]: (r["rule"], r["reason"]) for r in _rows(dataset / "quarantine")}
     assert rules[1][0] == "leakage" and "eval example is a training example" in rules[1][1]
     assert rules[2][0] == "leakage"
     assert rules[4][0] == "bad_output" and "not JSON" in rules[4][1]
+
+
+def test_clean_file_then_an_interrupted_prepare_is_rerun(tmp_path, run_cli):
+    """No duplicate pair at all is the normal case; a dataset folder left without its
+    manifest (an interrupted prepare) and a stale attempt do not block the next run."""
+    rows = [{"prompt": q["text"], "completion": q["category"]} for q in QUERIES[2::5][:60]]
+    (tmp_path / "clean.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job = _job(tmp_path, {"sources": [{"path": str(tmp_path / "clean.jsonl")}]})
+    run_cli("prepare", str(job))
+    dataset = _dataset(tmp_path)
+    counts = json.loads((dataset / "manifest.json").read_text())["counts"]
+    assert counts["read"] == 60 and counts["train"] + counts["eval"] == 60, counts
+    assert counts["quarantine_by_rule"] == {}
+    (dataset / "manifest.json").unlink()
+    for part in (dataset / "train").iterdir():
+        part.unlink()
+        break
+    stale = dataset.parent / f"{dataset.name}.attempt-0000dead"
+    (stale / "train").mkdir(parents=True)
+    out = run_cli("prepare", str(job)).stdout
+    assert "new dataset" in out, out
+    assert [p.name for p in dataset.parent.iterdir()] == [dataset.name], "leftovers cleared"
+    again = json.loads((dataset / "manifest.json").read_text())["counts"]
+    assert again == counts and len(_rows(dataset / "train")) == counts["train"]
+
+
+def test_all_rejected_or_empty_word_list_is_a_clear_error(tmp_path, run_cli):
+    rows = [{"prompt": q["text"], "answer": q["category"]} for q in QUERIES[:8]]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    (tmp_path / "words.txt").write_text("# nothing yet\n")
+    data = {"sources": [{"path": str(tmp_path / "data.jsonl")}]}
+    job = _job(tmp_path, {**data, "toxicity": {"word_list": str(tmp_path / "words.txt")}})
+    empty = run_cli("prepare", str(job), check=False)
+    assert empty.returncode == 2 and "holds no words" in empty.stderr, empty.stderr
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    nothing = run_cli(
+        "prepare",
+        str(_job(tmp_path, {"sources": [{"path": str(tmp_path / "empty.jsonl")}]})),
+        check=False,
+    )
+    assert nothing.returncode == 2 and "every file is empty" in nothing.stderr, nothing.stderr
+    job = _job(tmp_path, data)  # completion_field 'completion' is in no record
+    done = run_cli("prepare", str(job), check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "no training records" in done.stderr and "missing_field: 8" in done.stderr
+    assert "9 lines read" in done.stderr and "1 blank" in done.stderr
+    dataset = _dataset(tmp_path)
+    listed = run_cli("data", "show", dataset.name, "--quarantine", "--job", str(job)).stdout
+    assert "8 quarantined line(s)" in listed and "no completion field" in listed
+    again = run_cli("prepare", str(job), check=False)
+    assert again.returncode == 2 and "no training records" in again.stderr, "also when reused"

@@ -18,6 +18,7 @@ from ftray.data.checks import (
     toxicity_checker,
 )
 from ftray.data.records import CheckRecords
+from ftray.errors import UserError
 from ftray.models import resolve_model
 from ftray.spec import DataSpec, ModelSpec
 from ftray.store import Store
@@ -32,10 +33,23 @@ from ftray.store import Store
         ("card 4111-1111-1111-1112 fails the Luhn check", []),
         ("on 2024-11-28 I sent 250.00 EUR, ref 12345", []),
         ("order 1234567890123 arrived", []),
+        ("text me on +44 7700 900123 or 07700 900123", ["phone", "phone"]),
+        ("ring 07700900123 after six", ["phone"]),
+        ("ref 2024112812", ["phone"]),  # a possible number: over-redaction, as documented
+        ("Berlin office: +49 30 1234567", ["phone"]),
+        ("at 2024-11-28 10:15, 1,000,000.00 GBP, v1.2.3.4, sort code 20-00-00", []),
     ],
 )
 def test_find_pii(text, kinds):
     assert [kind for kind, _ in find_pii(text)] == kinds
+
+
+def test_phone_region_reads_national_numbers():
+    """A number without +country code is read by the region's numbering plan."""
+    assert find_pii("call 32 12 34 56", "DK") == [("phone", "32 12 34 56")]  # 8 digits
+    assert find_pii("call 32 12 34 56", "GB") == []
+    assert find_pii("call (415) 555-0132", "US") == [("phone", "(415) 555-0132")]
+    assert redact_pii("on 07700 900123 now") == "on [PHONE] now"
 
 
 def test_redact_pii_replaces_each_match():
@@ -52,6 +66,16 @@ def test_toxicity_word_list_and_hook(tmp_path):
     assert toxicity_checker(str(words), None)("is this a refund scam?")
     hook = toxicity_checker(None, "tests.unit.test_checks:_shouting")
     assert hook("WHERE IS MY MONEY") == "shouting" and hook("where is it") is None
+
+
+@pytest.mark.parametrize("content", ["", "# only a comment\n\n   \n"])
+def test_empty_word_list_is_an_error_not_a_match_for_everything(tmp_path, content):
+    words = tmp_path / "words.txt"
+    words.write_text(content)
+    with pytest.raises(UserError, match="holds no words"):
+        toxicity_checker(str(words), None)
+    with pytest.raises(UserError, match="cannot read"):
+        toxicity_checker(str(tmp_path / "missing.txt"), None)
 
 
 def _shouting(text: str) -> str | None:
@@ -124,14 +148,17 @@ def checker(tmp_path_factory):
     return CheckRecords(spec.model_dump(mode="json"), model_dir)
 
 
-def _record(fields=None, error=None, row=1):
+def _record(fields=None, error=None, row=1, blank=False):
     return {
         "source": "x.jsonl",
         "row": row,
+        "read": 1,
         "order": row,
         "origin": "train",
         "fields": json.dumps(fields) if fields is not None else None,
+        "raw": json.dumps(fields),
         "error": error,
+        "blank": blank,
     }
 
 
@@ -139,6 +166,8 @@ RULES = [
     (_record(error="bad JSON line: Expecting value"), "malformed"),
     (_record({"completion": "refund"}), "missing_field"),
     (_record({"prompt": 7, "completion": "refund"}), "wrong_type"),
+    (_record({"prompt": {"q": "where"}, "completion": "refund"}), "wrong_type"),
+    (_record(blank=True), "blank"),
     (_record({"prompt": "  ", "completion": "refund"}), "empty_field"),
     (_record({"prompt": "where is it", "completion": "loan"}), "label_not_allowed"),
     (_record({"prompt": "this is bullshit", "completion": "refund"}), "toxic"),
@@ -153,9 +182,23 @@ def test_every_rule(checker, record, rule):
     out = checker.one(record)
     assert out["rule"] == rule, out["reason"]
     assert bool(out["reason"]) == bool(rule)
+    assert out["raw"] == record["raw"], "quarantine keeps the text as read"
     if not rule:
         assert out["input_ids"] and out["band_keys"] and out["exact_key"]
         assert json.loads(out["messages"])[-1]["role"] == "user"
+
+
+def test_completion_objects_numbers_and_bools_become_json_text(tmp_path):
+    model_dir = resolve_model(ModelSpec(base="tiny"), Store(str(tmp_path), "t"))
+    schema = {"type": "object", "required": ["people"]}
+    spec = DataSpec(sources=[{"path": "x"}], output_schema=schema)
+    checker = CheckRecords(spec.model_dump(mode="json"), model_dir)
+    out = checker.one(_record({"prompt": "a table for 4", "completion": {"people": "4"}}))
+    assert out["rule"] == "" and json.loads(out["completion"]) == {"people": "4"}
+    labels = DataSpec(sources=[{"path": "x"}], labels=["4", "true"])
+    checker = CheckRecords(labels.model_dump(mode="json"), model_dir)
+    assert checker.one(_record({"prompt": "how many", "completion": 4}))["completion"] == "4"
+    assert checker.one(_record({"prompt": "is it", "completion": True}))["completion"] == "true"
 
 
 def test_chat_records_multi_turn(tmp_path):

@@ -1,0 +1,56 @@
+"""The per-file accounting: lines read = train + eval + quarantine + blank, each line once."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from ftray.data.prepare import _accounts, _counts
+
+SOURCES = [{"path": "a.jsonl", "format": "jsonl"}, {"path": "b.csv", "format": "csv"}]
+
+
+def _table(rows):
+    columns = ["source", "row", "read", "split", "rule"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+GOOD = [
+    ("a.jsonl", 1, 4, "train", ""),
+    ("a.jsonl", 2, 4, "quarantine", "malformed"),
+    ("a.jsonl", 3, 4, "blank", "blank"),
+    ("a.jsonl", 4, 4, "eval", ""),
+    ("b.csv", 2, 1, "train", ""),
+]
+
+
+def test_accounts_per_file_and_counts():
+    table = _table(GOOD)
+    first, second = _accounts(table, SOURCES)
+    assert first == {
+        "path": "a.jsonl",
+        "format": "jsonl",
+        "read": 4,
+        "train": 1,
+        "eval": 1,
+        "quarantine": 1,
+        "blank": 1,
+    }
+    assert second["read"] == 1 and second["train"] == 1
+    counts = _counts(table)
+    assert counts["read"] == 5 and counts["input"] == 4 and counts["blank"] == 1
+    assert counts["quarantine_by_rule"] == {"malformed": 1}
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        GOOD[1:],  # line 1 lost
+        [*GOOD, ("a.jsonl", 4, 4, "train", "")],  # line 4 twice
+        [GOOD[0], ("a.jsonl", 1, 4, "quarantine", "x"), *GOOD[2:]],  # 1 twice, 2 lost
+    ],
+    ids=["lost", "doubled", "doubled_and_lost"],
+)
+def test_a_lost_or_doubled_line_fails_the_stage(rows):
+    with pytest.raises(RuntimeError, match="lost or doubled"):
+        _accounts(_table(rows), SOURCES)
