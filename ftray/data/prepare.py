@@ -15,6 +15,7 @@ never blocks the next one.
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from dataclasses import asdict, dataclass
 
@@ -37,6 +38,7 @@ EXAMPLE_COLUMNS = ["source", "row", "prompt", "completion", "messages", "input_i
 EXAMPLE_COLUMNS += ["num_tokens"]
 QUARANTINE_COLUMNS = ["source", "row", "prompt", "completion", "fields", "raw", "rule", "reason"]
 _ATTEMPT = ".attempt-"  # `<dataset_id>.attempt-<hex>`: an attempt being written
+_STALE_ATTEMPT_S = 24 * 3600  # an attempt folder untouched this long was abandoned
 
 
 @dataclass(frozen=True)
@@ -160,12 +162,28 @@ def _check_settings(data: DataSpec) -> None:
 
 
 def _clear_incomplete(store: Store, dataset_id: str) -> None:
-    """Remove what interrupted attempts at this dataset left: its folder without a manifest,
-    and attempt folders. (Two prepares of the same data at once are not supported: the
-    later one's start removes the earlier one's attempt.)"""
+    """Remove what interrupted attempts at this dataset left: its folder without a manifest
+    (a crash between the move and the manifest), and attempt folders untouched for a day.
+    Younger attempt folders may belong to a prepare of the same data still running."""
+    cutoff = time.time() - _STALE_ATTEMPT_S
     for name in store.list_dirs("datasets"):
-        if name == dataset_id or name.startswith(f"{dataset_id}{_ATTEMPT}"):
+        if name == dataset_id or (
+            name.startswith(f"{dataset_id}{_ATTEMPT}") and _modified(store, name) < cutoff
+        ):
             store.fs.rm(store.path("datasets", name), recursive=True)
+
+
+def _modified(store: Store, name: str) -> float:
+    """When a dataset folder last changed (its newest file), or now where the storage cannot
+    tell (object stores keep no folder times), so such folders are left alone."""
+    try:
+        times = [
+            info["mtime"] if "mtime" in info else info["LastModified"].timestamp()
+            for info in store.fs.find(store.path("datasets", name), detail=True).values()
+        ]
+    except (KeyError, AttributeError, OSError):
+        return time.time()
+    return max(times, default=time.time())
 
 
 def _publish(store: Store, attempt: str, dataset_id: str, manifest: dict) -> dict:

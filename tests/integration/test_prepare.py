@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -234,9 +236,16 @@ def test_clean_file_then_an_interrupted_prepare_is_rerun(tmp_path, run_cli):
         break
     stale = dataset.parent / f"{dataset.name}.attempt-0000dead"
     (stale / "train").mkdir(parents=True)
+    (stale / "train" / "part.parquet").write_bytes(b"")
+    day_old = time.time() - 2 * 24 * 3600
+    os.utime(stale / "train" / "part.parquet", (day_old, day_old))
+    running = dataset.parent / f"{dataset.name}.attempt-0000beef"  # another prepare, writing
+    (running / "train").mkdir(parents=True)
+    (running / "train" / "part.parquet").write_bytes(b"")
     out = run_cli("prepare", str(job)).stdout
     assert "new dataset" in out, out
-    assert [p.name for p in dataset.parent.iterdir()] == [dataset.name], "leftovers cleared"
+    left = sorted(p.name for p in dataset.parent.iterdir())
+    assert left == sorted([dataset.name, running.name]), "stale leftovers cleared, live kept"
     again = json.loads((dataset / "manifest.json").read_text())["counts"]
     assert again == counts and len(_rows(dataset / "train")) == counts["train"]
 
