@@ -5,6 +5,7 @@ cache, Prometheus metrics, and a quantized replica."""
 from __future__ import annotations
 
 import concurrent.futures
+import ipaddress
 import os
 import re
 import subprocess
@@ -248,3 +249,29 @@ def test_two_hundred_requests_at_concurrency_sixteen(served, registry_store, ray
     ]
     assert "ray_ftray_request_latency_s_bucket" in text and "ray_ftray_batch_size" in text
     assert "ray_serve_" in text
+
+
+def test_serve_listens_on_loopback_only(served, ray_address):
+    """Every socket the session's Ray processes and `ftray serve` listen on is on loopback
+    (the replica's gRPC server included). Other Rays on the machine are not looked at."""
+    import psutil
+
+    from tests.conftest import ENV, ray_processes
+
+    url, _ = served
+    ours = ray_processes(ENV["RAY_TMPDIR"], int(ray_address.rsplit(":", 1)[1]))
+    ours.update({p.pid: p for p in psutil.Process().children(recursive=True)})
+    listening = [
+        (c.laddr.ip, c.laddr.port, ours[c.pid].name())
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.pid in ours
+    ]
+    assert ("127.0.0.1", int(url.rsplit(":", 1)[1])) in {(ip, port) for ip, port, _ in listening}
+    exposed = [s for s in listening if not _loopback(s[0])]
+    assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+def _loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    # gRPC binds 127.0.0.1 on an IPv6 socket, listed as ::ffff:127.0.0.1
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
