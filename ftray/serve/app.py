@@ -47,6 +47,8 @@ from ftray.store import Store, download_dir
 api = FastAPI(title="ftray", description="OpenAI-compatible completions for ftray models")
 install_error_handlers(api)
 _log = logging.getLogger("ray.serve")
+# Prompts up to this many characters are tokenized on the event loop (well under 1 ms).
+INLINE_PROMPT_CHARS = 4096
 
 
 def _replica_grpc_on_loopback() -> None:
@@ -181,6 +183,7 @@ class ChatModel:
             "cache": self.cache.stats(),
             "batching": self.batching,
             "sampling": self.sampler.stats(),
+            "models": dict(self.engine.counts),
             "busy_s": round(self.lock.held_for(), 3),
         }
 
@@ -244,17 +247,15 @@ class ChatModel:
         model_id, loaded = await self._route(body.model)
         in_use = loaded.name if loaded else None
         try:
-            if chat:
-                system_prompt = loaded.system_prompt if loaded else self.config["system_prompt"]
-                messages = [m.model_dump() for m in body.messages]
-                if system_prompt and messages[0]["role"] != "system":
-                    messages.insert(0, {"role": "system", "content": system_prompt})
-                # `prompt` is what the model reads, `said` the user's own text (sampled).
-                prompt = await asyncio.to_thread(self.engine.render, messages)
-                said = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+            # Long prompts are tokenized in a thread, not to block the event loop; short ones
+            # in place, where it costs less than a thread hop (which waits for the GIL behind
+            # a generating thread, and so would thin the batches).
+            if body.characters() > INLINE_PROMPT_CHARS:
+                prompt, said, prompt_tokens = await asyncio.to_thread(
+                    self._prompt, body, loaded, chat
+                )
             else:
-                prompt = said = body.prompt
-            prompt_tokens = await asyncio.to_thread(self.engine.count_tokens, prompt)
+                prompt, said, prompt_tokens = self._prompt(body, loaded, chat)
             if prompt_tokens > self.config["max_prompt_tokens"]:
                 raise HTTPException(
                     400,
@@ -285,6 +286,20 @@ class ChatModel:
         response = completion(body.model, answer, prompt_tokens, chat)
         self._sample(response["id"], model_id, chat, said, answer, prompt_tokens, latency)
         return response
+
+    def _prompt(self, body, loaded: _Loaded | None, chat: bool) -> tuple[str, str, int]:
+        """(what the model reads, template included; the user's own text, which is sampled;
+        the tokens the model reads)."""
+        if chat:
+            system_prompt = loaded.system_prompt if loaded else self.config["system_prompt"]
+            messages = [m.model_dump() for m in body.messages]
+            if system_prompt and messages[0]["role"] != "system":
+                messages.insert(0, {"role": "system", "content": system_prompt})
+            prompt = self.engine.render(messages)
+            said = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        else:
+            prompt = said = body.prompt
+        return prompt, said, self.engine.count_tokens(prompt)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def generate_batch(self, requests: list[Completion]) -> list[dict]:
@@ -348,7 +363,7 @@ class ChatModel:
                 else "the generation failed; the replica's log has the details"
             )
             return
-        tokens = await asyncio.to_thread(self.engine.count_tokens, "".join(text))
+        tokens = self.engine.count_tokens("".join(text))  # at most max_tokens: quick
         finish = "length" if tokens >= request.max_tokens else "stop"
         yield event(ident, kind, request.model, "", finish, chat)
         yield "data: [DONE]\n\n"

@@ -59,7 +59,8 @@ class Engine:
         self.full: dict[str, object] = {}
         self._uses: Counter[str] = Counter()
         self._retired: set[str] = set()
-        self._books = threading.Lock()  # guards _uses and _retired
+        self._books = threading.Lock()  # guards _uses, _retired and the counts
+        self.counts = Counter(loads=0, unloads=0, evicted_in_use=0)
 
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` as the model reads it (no special tokens added)."""
@@ -91,6 +92,8 @@ class Engine:
         """Unload `name` at the next `unload_retired` after no request uses it."""
         with self._books:
             self._retired.add(name)
+            if self._uses[name]:
+                self.counts["evicted_in_use"] += 1
 
     def revive(self, name: str) -> bool:
         """Keep a retired `name` loaded after all; False when it is not loaded any more."""
@@ -107,6 +110,7 @@ class Engine:
         unloaded = [name for name in idle if self.unload(name)]
         with self._books:
             self._retired.difference_update(unloaded)
+            self.counts["unloads"] += len(unloaded)
         return unloaded
 
     def load_adapter(self, name: str, folder: str) -> None:
@@ -118,10 +122,12 @@ class Engine:
         else:
             self.peft.load_adapter(folder, adapter_name=name)
         self.peft.eval()
+        self.counts["loads"] += 1
 
     def load_full(self, name: str, folder: str, dtype: str) -> None:
         """Load a fully fine-tuned model (same tokenizer as the base) under `name`."""
         self.full[name] = load_model(folder, dtype).eval()
+        self.counts["loads"] += 1
 
     def unload(self, name: str) -> bool:
         """Free an adapter or a full model. False for the only adapter on the base (peft needs

@@ -172,6 +172,7 @@ def test_an_evicted_adapter_stays_until_its_last_request_ends(tiny_dir, adapters
     engine.load_adapter("a1", adapters["a1"])
     assert engine.unload_retired() == ["a2"] and engine.memory()["adapters"] == ["a1"]
     assert _texts(engine, [Request("a1", PROMPTS[0], 6)]) == before
+    assert engine.counts == {"loads": 3, "unloads": 2, "evicted_in_use": 1}
 
 
 def test_cache_lru_ttl_and_counts():
