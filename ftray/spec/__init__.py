@@ -433,8 +433,8 @@ class ServeSpec(_Section):
         default=300,
         gt=0,
         description="Longest one generation (a batch or a stream) runs before it stops; a "
-        "stream also gives up after this long without a token. /ready answers 503 once the "
-        "model has been busy for twice this long.",
+        "stream also gives up after this long without a token. /ready answers 503 once a "
+        "generation or model load has held the replica's model for over twice this long.",
     )
     example_prompt: str = Field(
         default="Hello!",
