@@ -175,16 +175,38 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         return error_response(400, f"invalid request: {describe(list(error.errors()))}")
 
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, error: Exception) -> JSONResponse:
-        # The traceback goes to the replica's log, never to the client: it names files.
-        _log.error("%s %s failed", request.method, request.url.path, exc_info=error)
-        return error_response(500, "internal error; the replica's log has the details")
+    app.add_middleware(_InternalErrors)
 
 
 def error_response(status: int, message: str) -> JSONResponse:
     body = {"message": message, "type": _ERROR_TYPES.get(status, "server_error")}
     return JSONResponse({"error": body}, status_code=status)
+
+
+class _InternalErrors:
+    """Any other error before the response starts: a 500 in OpenAI's shape. The traceback
+    goes to the replica's log, never to the client (it names files). Unlike Starlette's own
+    500 handler this does not raise again, so Serve sees an answered request."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        started = False
+
+        async def watched(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            if scope["type"] != "http" or started:
+                raise
+            _log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            response = error_response(500, "internal error; the replica's log has the details")
+            await response(scope, receive, send)
 
 
 class ModelLock:

@@ -135,7 +135,7 @@ def client():
     async def fail():
         raise RuntimeError("cannot open /srv/secret/weights.bin")
 
-    return TestClient(app, raise_server_exceptions=False)
+    return TestClient(app)  # raises what escapes the app: nothing may
 
 
 def _error(response, status: int) -> dict:
