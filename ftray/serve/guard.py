@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Literal, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -126,11 +125,11 @@ async def read_body(request: Request, schema: type[_Body], max_bytes: int) -> _B
 
 
 def describe(errors: list[dict]) -> str:
-    """Pydantic's errors as `field: problem; ...` (fields dotted, without the `body` root)."""
+    """Pydantic's errors as `field: problem; ...` (nested fields dotted)."""
     problems = []
     for error in errors:
-        place = [str(p) for p in error["loc"] if p != "body"]
-        problems.append(f"{'.'.join(place)}: {error['msg']}" if place else error["msg"])
+        place = ".".join(str(p) for p in error["loc"])
+        problems.append(f"{place}: {error['msg']}" if place else error["msg"])
     return "; ".join(problems)
 
 
@@ -170,10 +169,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def _http(request: Request, error: HTTPException) -> JSONResponse:
         return error_response(error.status_code, str(error.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        return error_response(400, f"invalid request: {describe(list(error.errors()))}")
 
     app.add_middleware(_InternalErrors)
 
