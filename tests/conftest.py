@@ -85,9 +85,23 @@ def stop_ray_head(temp_dir: str, port: int) -> None:
     """Stop the Ray processes of one head (and their workers), not every Ray on the machine.
 
     `ray stop` kills every Ray process of the user, which would end other test sessions (and
-    any process whose command line names a Ray script). Ray's own daemons name the head's
-    temp dir or GCS port on their command line; workers are their descendants.
+    any process whose command line names a Ray script).
     """
+    import psutil
+
+    procs = ray_processes(temp_dir, port)
+    for proc in procs.values():
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=10)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+
+
+def ray_processes(temp_dir: str, port: int) -> dict:
+    """The processes of one Ray head (by pid): Ray's own daemons name the head's temp dir or
+    GCS port on their command line; workers are their descendants."""
     import psutil
 
     marks = (temp_dir, f"127.0.0.1:{port}")
@@ -98,13 +112,7 @@ def stop_ray_head(temp_dir: str, port: int) -> None:
             roots.append(proc)
     procs = {p.pid: p for root in roots for p in [root, *_descendants(root)]}
     procs.pop(os.getpid(), None)
-    for proc in procs.values():
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=10)
-    for proc in alive:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
+    return procs
 
 
 def _descendants(proc) -> list:

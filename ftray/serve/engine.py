@@ -3,13 +3,21 @@
 One base model (optionally INT8/INT4-quantized by bitsandbytes) carries every loaded LoRA
 adapter by name; a batch of requests for different adapters runs as one `generate` call with
 peft's per-row `adapter_names`. Fully fine-tuned models load beside it and run in their own
-groups. Not thread-safe: the Serve replica serializes calls.
+groups. Loading, unloading and generating are not thread-safe: the Serve replica serializes
+them. Counting tokens, rendering prompts and the in-use counts are safe from any thread.
+
+A loaded model is unloaded only when nothing uses it: requests take it with `use` and give it
+back with `done`; `retire` marks it for unloading (Serve's LRU evicted it), and
+`unload_retired` unloads the retired models no request uses, at a point where no generation
+runs.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ftray.models import generate_texts, load_model, load_quantized_model, load_tokenizer
@@ -31,8 +39,15 @@ class Request:
 class Engine:
     """The base model, the loaded adapters and full models, and batched generation."""
 
-    def __init__(self, model_dir: str, dtype: str, quantization: str = "none"):
+    def __init__(
+        self, model_dir: str, dtype: str, quantization: str = "none", timeout_s: float = 300
+    ):
         self.tokenizer = load_tokenizer(model_dir)
+        # A second tokenizer for requests outside generation: batched generation switches the
+        # first one's padding on, and a fast tokenizer changed in one thread while another
+        # thread encodes with it fails ("Already borrowed").
+        self._reader = load_tokenizer(model_dir)
+        self.timeout_s = timeout_s
         if quantization == "none":
             self.base = load_model(model_dir, dtype)
         else:
@@ -42,6 +57,61 @@ class Engine:
         self.quantization = quantization
         self.peft = None
         self.full: dict[str, object] = {}
+        self._uses: Counter[str] = Counter()
+        self._retired: set[str] = set()
+        self._books = threading.Lock()  # guards _uses, _retired and the counts
+        self.counts = Counter(loads=0, unloads=0, evicted_in_use=0)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` as the model reads it (no special tokens added)."""
+        return len(self._reader(text, add_special_tokens=False)["input_ids"])
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        """The chat template applied to `messages`, ending where the answer starts."""
+        return self._reader.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+    def has(self, name: str) -> bool:
+        """Whether the adapter or full model `name` is loaded (retired or not)."""
+        return name in self.full or (self.peft is not None and name in self.peft.peft_config)
+
+    def use(self, name: str) -> None:
+        """Count one more request using `name`: it stays loaded until the matching `done`."""
+        with self._books:
+            self._uses[name] += 1
+
+    def done(self, name: str) -> None:
+        """A request that called `use(name)` no longer needs it."""
+        with self._books:
+            self._uses[name] -= 1
+            if self._uses[name] <= 0:
+                del self._uses[name]
+
+    def retire(self, name: str) -> None:
+        """Unload `name` at the next `unload_retired` after no request uses it."""
+        with self._books:
+            self._retired.add(name)
+            if self._uses[name]:
+                self.counts["evicted_in_use"] += 1
+
+    def revive(self, name: str) -> bool:
+        """Keep a retired `name` loaded after all; False when it is not loaded any more."""
+        with self._books:
+            self._retired.discard(name)
+            return self.has(name)
+
+    def unload_retired(self, keep: Iterable[str | None] = ()) -> list[str]:
+        """Unload the retired models that no request uses and that are not in `keep` (the
+        models of the generation about to run); returns their names."""
+        keep = set(keep)
+        with self._books:
+            idle = sorted(n for n in self._retired if not self._uses[n] and n not in keep)
+        unloaded = [name for name in idle if self.unload(name)]
+        with self._books:
+            self._retired.difference_update(unloaded)
+            self.counts["unloads"] += len(unloaded)
+        return unloaded
 
     def load_adapter(self, name: str, folder: str) -> None:
         """Put the LoRA adapter in `folder` on the base model under `name`."""
@@ -52,20 +122,23 @@ class Engine:
         else:
             self.peft.load_adapter(folder, adapter_name=name)
         self.peft.eval()
+        self.counts["loads"] += 1
 
     def load_full(self, name: str, folder: str, dtype: str) -> None:
         """Load a fully fine-tuned model (same tokenizer as the base) under `name`."""
         self.full[name] = load_model(folder, dtype).eval()
+        self.counts["loads"] += 1
 
-    def unload(self, name: str) -> None:
-        """Free an adapter or a full model (the last adapter stays: peft needs one)."""
-        self.full.pop(name, None)
-        if (
-            self.peft is not None
-            and name in self.peft.peft_config
-            and len(self.peft.peft_config) > 1
-        ):
+    def unload(self, name: str) -> bool:
+        """Free an adapter or a full model. False for the only adapter on the base (peft needs
+        one), which stays until another is loaded."""
+        if self.full.pop(name, None) is not None:
+            return True
+        if self.peft is not None and name in self.peft.peft_config:
+            if len(self.peft.peft_config) == 1:
+                return False
             self.peft.delete_adapter(name)
+        return True
 
     def generate(self, requests: list[Request]) -> list[dict]:
         """Answers in request order. Base and adapter requests with equal temperature share one
@@ -85,6 +158,7 @@ class Engine:
                 max(r.max_tokens for r in batch),
                 temperature=temperature,
                 limits=[r.max_tokens for r in batch],
+                max_time=self.timeout_s,
                 **extra,
             )
             for i, answer in zip(rows, answers, strict=True):
@@ -92,29 +166,51 @@ class Engine:
         return results
 
     def stream(self, request: Request) -> Iterator[str]:
-        """The answer's text in pieces as it is generated."""
+        """The answer's text in pieces as it is generated.
+
+        Raises the generation's own error if it fails, and TimeoutError when no piece comes
+        for `timeout_s` (the generation then runs on in its thread until its `max_time`).
+        """
         from transformers import TextIteratorStreamer
 
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=self.timeout_s
+        )
         model, extra = self._model_for(
             request.model if request.model in self.full else "peft", [request]
         )
         encoded = self.tokenizer([request.prompt], return_tensors="pt", add_special_tokens=False)
         sampling = {"do_sample": True, "temperature": request.temperature}
-        worker = threading.Thread(
-            target=model.generate,
-            kwargs={
-                **encoded.to(model.device),
-                **extra,
-                "max_new_tokens": request.max_tokens,
-                "streamer": streamer,
-                "pad_token_id": self.tokenizer.pad_token_id,
-                **(sampling if request.temperature else {"do_sample": False}),
-            },
-        )
+        failures: list[BaseException] = []
+
+        def generate() -> None:
+            try:
+                model.generate(
+                    **encoded.to(model.device),
+                    **extra,
+                    max_new_tokens=request.max_tokens,
+                    max_time=self.timeout_s,
+                    streamer=streamer,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    **(sampling if request.temperature else {"do_sample": False}),
+                )
+            except BaseException as error:  # handed to the reading thread
+                failures.append(error)
+            finally:
+                # A generation that fails never ends the stream itself: the reader would wait
+                # forever (and hold the replica's lock). A second end after a normal one only
+                # queues a stop signal nobody reads.
+                streamer.end()
+
+        worker = threading.Thread(target=generate, daemon=True, name="ftray-stream")
         worker.start()
-        yield from (piece for piece in streamer if piece)
+        try:
+            yield from (piece for piece in streamer if piece)
+        except queue.Empty:
+            raise TimeoutError(f"no token for {self.timeout_s:g} s") from None
         worker.join()
+        if failures:
+            raise failures[0]
 
     def memory(self) -> dict:
         """Bytes held by the base model's weights and by each full model."""

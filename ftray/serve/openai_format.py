@@ -1,4 +1,4 @@
-"""OpenAI's response shapes: completions, chat completions and their streamed chunks."""
+"""OpenAI's response shapes: completions, chat completions, their streamed chunks, errors."""
 
 from __future__ import annotations
 
@@ -56,3 +56,9 @@ def event(ident: str, kind: str, model: str | None, piece: str, finish, chat: bo
         "choices": [choice],
     }
     return f"data: {json.dumps(chunk)}\n\n"
+
+
+def error_event(message: str) -> str:
+    """The server-sent event that ends a stream whose generation failed (OpenAI's clients
+    raise it as an APIError)."""
+    return f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"

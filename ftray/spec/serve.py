@@ -45,6 +45,22 @@ class ServeSpec(_Section):
         ge=1,
         description="Longest prompt accepted, in tokens after the chat template (else 400).",
     )
+    max_prompt_chars: int = Field(
+        default=65_536,
+        ge=1,
+        description="Longest prompt accepted, in characters (all messages together), checked "
+        "before tokenizing (else 400).",
+    )
+    max_request_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body accepted (else 413)."
+    )
+    generation_timeout_s: float = Field(
+        default=300,
+        gt=0,
+        description="Longest one generation (a batch or a stream) runs before it stops; a "
+        "stream also gives up after this long without a token. /ready answers 503 once a "
+        "generation or model load has held the replica's model for over twice this long.",
+    )
     example_prompt: str = Field(
         default="Hello!",
         description="The request `ftray serve` sends through the served model after start-up.",

@@ -1,14 +1,20 @@
-"""`ftray serve` on the session's local Ray, driven by the real `openai` client: routing of
-the base model and two registry adapters, streaming, errors, auth, batching under load, the
-cache, Prometheus metrics, and a quantized replica."""
+"""`ftray serve` on the session's local Ray, driven by the real `openai` client and raw HTTP:
+routing of the base model and registry adapters, adapters evicted while in use, streaming,
+errors, auth, batching under load, the cache, Prometheus metrics, a quantized replica,
+hostile requests, and sockets on loopback only."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import ipaddress
+import json
 import os
 import re
+import shutil
+import statistics
 import subprocess
 import time
+import urllib.parse
 
 import httpx
 import openai
@@ -30,14 +36,14 @@ SYSTEM = "Answer briefly."
 
 @pytest.fixture(scope="module")
 def registry_store(tmp_path_factory):
-    """A store holding two registered adapters (random LoRA weights), the second in
+    """A store holding three registered adapters (random LoRA weights), the second in
     production, and a job spec serving it with auth."""
     root = tmp_path_factory.mktemp("serve")
     (root / "unused.csv").write_text("prompt,completion\nhi,hello\n")  # the spec must name data
     store = Store(str(root / "store"), "serving")
     model_dir = resolve_model(ModelSpec(base="tiny"), store)
     ids = []
-    for seed in (1, 2):
+    for seed in (1, 2, 3):
         folder = random_adapter(model_dir, root / f"adapter-{seed}", seed)
         card = registry.register(
             store,
@@ -152,12 +158,54 @@ def test_quantized_replica_serves_the_adapters(ray_address, registry_store):
         _stop(process)
 
 
+def test_evicted_adapters_serve_their_requests_to_the_end(ray_address, registry_store):
+    """One adapter slot per replica, concurrent requests for three adapters (some streamed):
+    each request evicts adapters others are using, and every answer is still the one each
+    adapter gives alone. Its own app, before `served` starts: one app at a time."""
+    path, _, store, model_dir, ids = registry_store
+    port = free_port()
+    process, _ = _start(
+        ray_address,
+        path,
+        "--set",
+        "serve.max_adapters_per_replica=1",
+        "--set",
+        f"serve.port={port}",
+    )
+    try:
+        _ask_three_adapters_at_once(f"http://127.0.0.1:{port}", store, model_dir, ids)
+    finally:
+        _stop(process)
+
+
+def _ask_three_adapters_at_once(url, store, model_dir, ids):
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=120)
+    prompts = [(ids[i % 3], f"eviction {i}") for i in range(36)]
+    expected = _expected(model_dir, {name: name for name in ids}, store, prompts)
+    before = httpx.get(f"{url}/ready").json()["models"]
+
+    def ask(index: int) -> str:
+        model, prompt = prompts[index]
+        messages = [{"role": "user", "content": prompt}]
+        if index % 4 == 0:
+            stream = client.chat.completions.create(model=model, messages=messages, stream=True)
+            return "".join(c.choices[0].delta.content or "" for c in stream).strip()
+        reply = client.chat.completions.create(model=model, messages=messages)
+        return reply.choices[0].message.content
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(ask, range(len(prompts))))
+    assert answers == expected
+    after = httpx.get(f"{url}/ready").json()["models"]
+    assert after["evicted_in_use"] > before["evicted_in_use"], (before, after)
+
+
 def test_routes_base_adapters_aliases_and_streams(served, registry_store):
     url, out = served
-    _, _, store, model_dir, (first, second) = registry_store
+    _, _, store, model_dir, (first, second, third) = registry_store
     assert re.search(r"answer from production: '.*'", out), out
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY)
-    assert {m.id for m in client.models.list()} == {"base", first, second}
+    assert {m.id for m in client.models.list()} == {"base", first, second, third}
     names = {
         "base": None,
         first: first,
@@ -214,7 +262,7 @@ def test_errors_are_openai_errors(served):
 
 def test_two_hundred_requests_at_concurrency_sixteen(served, registry_store, ray_cluster):
     url, _ = served
-    _, _, store, model_dir, (first, second) = registry_store
+    _, _, store, model_dir, (first, second, _) = registry_store
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
     models = ["base", first, second]
     prompts = [(models[i % 3], f"query number {i // 3}") for i in range(200)]
@@ -249,3 +297,156 @@ def test_two_hundred_requests_at_concurrency_sixteen(served, registry_store, ray
     ]
     assert "ray_ftray_request_latency_s_bucket" in text and "ray_ftray_batch_size" in text
     assert "ray_serve_" in text
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def _answer_time(client, tag: str) -> float:
+    """The median seconds of three uncached requests to the base model."""
+    times = []
+    for i in range(3):
+        started = time.perf_counter()
+        reply = client.completions.create(model="base", prompt=f"{tag} {i} {time.time_ns()}")
+        times.append(time.perf_counter() - started)
+        assert reply.usage.completion_tokens >= 1
+    return statistics.median(times)
+
+
+def test_model_names_outside_the_registry_are_404s(served, registry_store):
+    url, _ = served
+    path, _, store, _, (first, *_) = registry_store
+    # A complete registered model outside the registry, where `../../../somewhere` leads from
+    # the models folder: such a name once loaded and served it.
+    outside = path.parent / "somewhere"
+    shutil.copytree(store.path("models", first), outside, dirs_exist_ok=True)
+    up = os.path.relpath(outside, store.path("models"))
+    assert up == "../../../somewhere"
+    names = [
+        up,
+        f"tiny:{up}",
+        f"base:{up}",
+        str(outside),
+        f"{first}/../{up}",
+        f"{first}/adapter",
+        f"./{first}",
+        "..",
+        urllib.parse.quote(up, safe=""),
+        urllib.parse.quote(f"tiny:{up}"),
+        up.replace("/", "%2F").replace(".", "%2e"),
+    ]
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+    for name in names:
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}])
+        raw = httpx.post(
+            f"{url}/v1/completions", json={"model": name, "prompt": "hi"}, headers=AUTH
+        )
+        assert raw.status_code == 404 and raw.json()["error"]["type"] == "not_found_error", name
+        header = httpx.post(
+            f"{url}/v1/completions",
+            json={"model": "base", "prompt": "hi"},
+            headers={**AUTH, "serve_multiplexed_model_id": name},
+        )
+        assert header.status_code == 404, (name, header.text)
+    # the answer is the same whether the folder exists or not: it reveals nothing
+    messages = [
+        httpx.post(f"{url}/v1/completions", json={"model": n, "prompt": "hi"}, headers=AUTH)
+        .json()["error"]["message"]
+        .replace(repr(n), "NAME")
+        for n in (up, f"{up}-absent")
+    ]
+    assert messages[0] == messages[1] and "available: " in messages[0]
+    memory = httpx.get(f"{url}/ready").json()["memory"]
+    assert set(memory["adapters"]) <= set(registry_store[4]) and not memory["full_models"]
+
+
+def test_empty_prompts_are_400s_and_the_replica_keeps_answering(served):
+    url, _ = served
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)
+    baseline = _answer_time(client, "before")
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError, match="the prompt is empty"):
+            client.completions.create(model="base", prompt="", stream=stream)
+        with pytest.raises(openai.BadRequestError, match="every message is empty"):
+            client.chat.completions.create(
+                model="production", messages=[{"role": "user", "content": ""}], stream=stream
+            )
+    # as reported: more streamed empty prompts than it took to hang every request
+    for _ in range(10):
+        response = httpx.post(
+            f"{url}/v1/completions",
+            json={"model": "base", "prompt": "", "stream": True},
+            headers=AUTH,
+            timeout=60,
+        )
+        assert response.status_code == 400
+    after = _answer_time(client, "after")
+    assert after < 20 * baseline, (baseline, after)
+    ready = httpx.get(f"{url}/ready")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+def test_oversized_and_unsupported_requests_are_refused(served):
+    url, _ = served
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=120)
+    baseline = _answer_time(client, "before")
+    headers = {**AUTH, "Content-Type": "application/json"}
+    huge = json.dumps({"model": "base", "prompt": "x" * 10_000_000})
+    response = httpx.post(f"{url}/v1/completions", content=huge, headers=headers, timeout=120)
+    assert response.status_code == 413, response.text
+    assert "serve.max_request_bytes" in response.json()["error"]["message"]
+
+    def chunked():  # no Content-Length: counted as it arrives
+        yield b'{"model": "base", "prompt": "'
+        for _ in range(40):
+            yield b"x" * 100_000
+        yield b'"}'
+
+    response = httpx.post(f"{url}/v1/completions", content=chunked(), headers=headers, timeout=120)
+    assert response.status_code == 413, response.text
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.completions.create(model="base", prompt="x" * 2_000_000)
+    assert refused.value.status_code == 413
+    with pytest.raises(
+        openai.BadRequestError, match=r"the limit is 65536 \(serve.max_prompt_chars"
+    ):
+        client.completions.create(model="base", prompt="word " * 20_000)
+    with pytest.raises(openai.BadRequestError, match="one answer per request"):
+        client.chat.completions.create(
+            model="base", messages=[{"role": "user", "content": "hi"}], n=2
+        )
+    feedback = httpx.post(
+        f"{url}/v1/feedback",
+        json={"request_id": "x", "flag": True, "comment": "y" * 3000},
+        headers=AUTH,
+    )
+    assert feedback.status_code == 400 and "comment" in feedback.json()["error"]["message"]
+    after = _answer_time(client, "after")
+    assert after < 20 * baseline, (baseline, after)
+
+
+def test_serve_listens_on_loopback_only(served, ray_address):
+    """Every socket the session's Ray processes and `ftray serve` listen on is on loopback
+    (the replica's gRPC server included). Other Rays on the machine are not looked at."""
+    import psutil
+
+    from tests.conftest import ENV, ray_processes
+
+    url, _ = served
+    ours = ray_processes(ENV["RAY_TMPDIR"], int(ray_address.rsplit(":", 1)[1]))
+    ours.update({p.pid: p for p in psutil.Process().children(recursive=True)})
+    listening = [
+        (c.laddr.ip, c.laddr.port, ours[c.pid].name())
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.pid in ours
+    ]
+    assert ("127.0.0.1", int(url.rsplit(":", 1)[1])) in {(ip, port) for ip, port, _ in listening}
+    exposed = [s for s in listening if not _loopback(s[0])]
+    assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+def _loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    # gRPC binds 127.0.0.1 on an IPv6 socket, listed as ::ffff:127.0.0.1
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback

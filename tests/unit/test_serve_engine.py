@@ -1,7 +1,11 @@
-"""The serving engine without Ray: mixed-adapter batches, quantized bases, streaming, the
+"""The serving engine without Ray: mixed-adapter batches, quantized bases, streaming (and its
+failures), the in-use counts that keep an evicted adapter until its last request, the
 completion cache."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import pytest
 
@@ -99,6 +103,76 @@ def test_unloading_keeps_other_adapters(tiny_dir, adapters):
     engine.unload("a1")
     assert engine.memory()["adapters"] == ["a2"]
     assert _texts(engine, [Request("a2", PROMPTS[0], 4)])
+
+
+def _within(seconds: float, work):
+    """`work()`'s result, failing (not hanging) when it takes longer than `seconds`."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = work()
+        except BaseException as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)  # a hung one must not block the exit
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def test_a_failed_stream_raises_instead_of_hanging(tiny_dir):
+    engine = Engine(tiny_dir, "float32")
+    # An empty prompt makes `generate` fail in its thread; the stream once waited forever.
+    with pytest.raises(RuntimeError, match="reshape"):
+        _within(60, lambda: list(engine.stream(Request(None, "", 4))))
+    assert list(engine.stream(Request(None, PROMPTS[0], 4)))  # the engine still answers
+
+
+def test_a_stream_with_no_token_for_the_timeout_stops(tiny_dir, monkeypatch):
+    engine = Engine(tiny_dir, "float32", timeout_s=0.5)
+    real = engine.base.generate
+
+    def stalled(**kwargs):  # a forward pass that hangs (for longer than the test waits)
+        time.sleep(10)
+        return real(**kwargs)
+
+    monkeypatch.setattr(engine.base, "generate", stalled)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"no token for 0\.5 s"):
+        _within(60, lambda: list(engine.stream(Request(None, PROMPTS[0], 4))))
+    assert time.monotonic() - started < 8, "gave up after the timeout, not after the stall"
+
+
+def test_an_evicted_adapter_stays_until_its_last_request_ends(tiny_dir, adapters):
+    engine = Engine(tiny_dir, "float32")
+    for name, folder in adapters.items():
+        engine.load_adapter(name, folder)
+    before = _texts(engine, [Request("a1", PROMPTS[0], 6)])
+    engine.use("a1")
+    engine.use("a1")
+    engine.retire("a1")  # Serve's LRU evicted it while two requests use it
+    assert engine.unload_retired() == [] and engine.has("a1")
+    engine.done("a1")
+    assert engine.unload_retired() == []
+    assert _texts(engine, [Request("a1", PROMPTS[0], 6)]) == before
+    engine.done("a1")
+    assert engine.unload_retired(keep={"a1"}) == []  # its batch is about to run
+    assert engine.unload_retired() == ["a1"] and not engine.has("a1")
+    assert engine.memory()["adapters"] == ["a2"]
+    # evicted, then asked for again before it was unloaded: it stays, no second load
+    engine.retire("a2")
+    assert engine.revive("a2") and engine.unload_retired() == [] and engine.has("a2")
+    # the only adapter left stays on the base (peft needs one) until another is loaded
+    engine.retire("a2")
+    assert engine.unload_retired() == [] and engine.has("a2")
+    engine.load_adapter("a1", adapters["a1"])
+    assert engine.unload_retired() == ["a2"] and engine.memory()["adapters"] == ["a1"]
+    assert _texts(engine, [Request("a1", PROMPTS[0], 6)]) == before
+    assert engine.counts == {"loads": 3, "unloads": 2, "evicted_in_use": 1}
 
 
 def test_cache_lru_ttl_and_counts():

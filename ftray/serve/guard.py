@@ -1,0 +1,237 @@
+"""What a request must pass before it reaches a model, and the watch on the model's lock.
+
+Runs without Ray. A request body is read up to `serve.max_request_bytes` and validated here;
+the `model` it names must be one of the names the registry can produce (never a path); the
+prompt's length is checked in characters before anything tokenizes it. Errors leave in
+OpenAI's `{"error": {...}}` shape, 500s without a traceback or a path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Literal, TypeVar
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from ftray.serve.openai_format import BASE_MODEL_NAME
+
+PRODUCTION = "production"
+# The ids `ftray.registry.register` gives models: content_id("model", ...).
+MODEL_ID = re.compile(r"model-[0-9a-f]{12}")
+# How long the model lock may be held, in units of serve.generation_timeout_s, before the
+# replica counts as stuck: a generation stops itself after one unit, a load takes less.
+STUCK_AFTER = 2
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+}
+_log = logging.getLogger("ray.serve")
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class _Common(BaseModel):
+    model: str = Field(
+        max_length=256,
+        description="'base', a registered model id, '<base>:<model id>' or 'production'.",
+    )
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    stream: bool = False
+    n: int = Field(default=1, description="Answers per request: only 1 is supported.")
+
+    @field_validator("n")
+    @classmethod
+    def _one_answer(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError(f"this server gives one answer per request; send {n} requests")
+        return n
+
+
+class ChatRequest(_Common):
+    messages: list[ChatMessage] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _not_blank(self) -> ChatRequest:
+        if not any(m.content.strip() for m in self.messages):
+            raise ValueError("every message is empty: send some text to answer")
+        return self
+
+    def characters(self) -> int:
+        return sum(len(m.content) for m in self.messages)
+
+
+class CompletionRequest(_Common):
+    prompt: str
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, prompt: str) -> str:
+        if not prompt.strip():
+            raise ValueError("the prompt is empty: send some text to complete")
+        return prompt
+
+    def characters(self) -> int:
+        return len(self.prompt)
+
+
+class FeedbackRequest(BaseModel):
+    request_id: str = Field(min_length=1, max_length=200, description="The response's `id`.")
+    rating: int | None = Field(default=None, ge=1, le=5, description="1 (bad) to 5 (good).")
+    flag: bool = Field(default=False, description="Ask a person to look at this answer.")
+    correction: str | None = Field(default=None, max_length=20_000, description="The right answer.")
+    comment: str | None = Field(default=None, max_length=2000)
+    prompt: str | None = Field(
+        default=None,
+        max_length=20_000,
+        description="Only needed when the request is no longer known to the replica.",
+    )
+    output: str | None = Field(default=None, max_length=20_000)
+    model: str | None = Field(default=None, max_length=256)
+
+
+async def read_body(request: Request, schema: type[_Body], max_bytes: int) -> _Body:
+    """The request's JSON body as `schema`; 413 past `max_bytes` (stops reading there), 400
+    when it is not valid."""
+    too_large = HTTPException(
+        413, f"the request body is larger than {max_bytes} bytes (serve.max_request_bytes)"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise too_large
+    try:
+        return schema.model_validate_json(bytes(body))
+    except ValidationError as error:
+        raise HTTPException(400, f"invalid request: {describe(error.errors())}") from None
+
+
+def describe(errors: list[dict]) -> str:
+    """Pydantic's errors as `field: problem; ...` (nested fields dotted)."""
+    problems = []
+    for error in errors:
+        place = ".".join(str(p) for p in error["loc"])
+        problems.append(f"{place}: {error['msg']}" if place else error["msg"])
+    return "; ".join(problems)
+
+
+def check_prompt(characters: int, limit: int) -> None:
+    """400 when the prompt has more than `limit` characters (before it is tokenized)."""
+    if characters > limit:
+        raise HTTPException(
+            400,
+            f"the prompt has {characters} characters; the limit is {limit} "
+            "(serve.max_prompt_chars)",
+        )
+
+
+def model_name(requested: str, base_name: str) -> str | None:
+    """What a request's `model` names: 'base', 'production' or a registry model id; None
+    when it is none of these (then nothing may be looked up with it)."""
+    bases = sorted({BASE_MODEL_NAME, base_name}, key=len, reverse=True)
+    if requested in bases:
+        return BASE_MODEL_NAME
+    for base in bases:
+        if requested.startswith(f"{base}:"):
+            requested = requested.removeprefix(f"{base}:")
+            break
+    if requested == PRODUCTION or MODEL_ID.fullmatch(requested):
+        return requested
+    return None
+
+
+def authorized(header: str | None, api_key: str) -> bool:
+    """Whether the Authorization header carries `api_key`, compared in constant time."""
+    return hmac.compare_digest((header or "").encode(), f"Bearer {api_key}".encode())
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error in OpenAI's shape, so clients raise their usual exception types."""
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, error: HTTPException) -> JSONResponse:
+        return error_response(error.status_code, str(error.detail))
+
+    app.add_middleware(_InternalErrors)
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    body = {"message": message, "type": _ERROR_TYPES.get(status, "server_error")}
+    return JSONResponse({"error": body}, status_code=status)
+
+
+class _InternalErrors:
+    """Any other error before the response starts: a 500 in OpenAI's shape. The traceback
+    goes to the replica's log, never to the client (it names files). Unlike Starlette's own
+    500 handler this does not raise again, so Serve sees an answered request."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        started = False
+
+        async def watched(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            if scope["type"] != "http" or started:
+                raise
+            _log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            response = error_response(500, "internal error; the replica's log has the details")
+            await response(scope, receive, send)
+
+
+class ModelLock:
+    """The replica's lock on its engine (one generation or load at a time), which knows how
+    long it has been held."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._lock = asyncio.Lock()
+        self._clock = clock
+        self._since: float | None = None
+
+    async def __aenter__(self) -> None:
+        await self._lock.acquire()
+        self._since = self._clock()
+
+    async def __aexit__(self, *exc) -> None:
+        self._since = None
+        self._lock.release()
+
+    def held_for(self) -> float:
+        """Seconds the current holder has held the lock (0 when free)."""
+        return 0.0 if self._since is None else self._clock() - self._since
+
+    def stuck(self, timeout_s: float) -> str | None:
+        """Why the replica counts as stuck, or None: the lock held past STUCK_AFTER times
+        `timeout_s` (serve.generation_timeout_s)."""
+        held = self.held_for()
+        if held <= STUCK_AFTER * timeout_s:
+            return None
+        return (
+            f"the model has been busy for {held:.0f} s, over {STUCK_AFTER} x "
+            f"serve.generation_timeout_s ({timeout_s:g} s): a generation or load is stuck"
+        )
