@@ -13,6 +13,7 @@ from pathlib import Path
 
 import fsspec
 
+from ftray.errors import UserError
 from ftray.spec import JobSpec, ModelSpec, SourceSpec, ToxicitySpec
 from ftray.spec._base import SpecRuleError
 
@@ -140,16 +141,13 @@ def _word_list_problems(toxicity: ToxicitySpec) -> list[SpecRuleError]:
             )
         ]
     try:
-        words = load_word_list(str(path))
-    except (OSError, UnicodeDecodeError) as err:
-        return [SpecRuleError(where, toxicity.word_list, f"cannot read it: {err}", "fix the file")]
-    if not words:
+        load_word_list(str(path))  # refuses an unreadable file or one that lists no word
+    except UserError as err:
         return [
             SpecRuleError(
                 where,
                 toxicity.word_list,
-                "the file lists no words (only blank or '#' lines), which would quarantine "
-                "every record",
+                str(err).removeprefix(f"{where}: "),
                 "add words, one per line, or remove word_list to use the built-in list",
             )
         ]

@@ -204,13 +204,13 @@ MALFORMED = [
         "word-list-empty",
         spec(data="  toxicity: {word_list: empty.txt}\n"),
         "data.toxicity.word_list",
-        "lists no words",
+        "holds no words",
     ),
     (
         "word-list-comments-only",
         spec(data="  toxicity: {word_list: comments.txt}\n"),
         "data.toxicity.word_list",
-        "lists no words",
+        "holds no words",
     ),
 ]
 IDS = [case[0] for case in MALFORMED]
