@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 
 from ftray.assess import AssessRef, assess
+from ftray.assess import summary as assess_summary
 from ftray.data.prepare import DatasetRef, prepare
 from ftray.errors import UserError
 from ftray.evaluate import EvalRef, evaluate
@@ -47,18 +48,8 @@ class Pipeline:
         with self.progress.stage("assess"):
             ref = assess(self.spec, dataset, self.store, self.progress)
             self._said(ref.reused, "assessment", ref.assess_id)
-            manifest = ref.manifest
-            self.progress.note(f"verdict: {ref.decision}")
-            for reason in manifest["reasons"]:
-                self.progress.note(f"  - {reason}")
-            for row in manifest["estimates"]:
-                self.progress.note(
-                    f"  {row['method']:<5} {row['memory_gib_per_gpu']:>7.1f} GiB/GPU "
-                    f"{'fits' if row['fits'] else 'does not fit':<12} {row['hours']:.2f} h  "
-                    f"${row['cost_usd']:.2f}  on {self.spec.assess.num_gpus} × "
-                    f"{self.spec.assess.gpu}"
-                )
-            self.progress.note(f"recommended method: {manifest['recommended_method']}")
+            for line in assess_summary(ref.manifest, self.spec):
+                self.progress.note(line)
             self.progress.artifact("assessment", self.store.uri("assessments", ref.assess_id))
         return ref
 
