@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from functools import cached_property
 
 from ftray.assess import AssessRef, assess
@@ -18,6 +19,7 @@ from ftray.specload import spec_hash
 from ftray.store import Store
 from ftray.sweep import SweepRef, print_leaderboard, sweep
 from ftray.train.ray_train import RunRef, train
+from ftray.train.tracking import log_evaluation, wandb_settings
 
 
 class Pipeline:
@@ -113,6 +115,8 @@ class Pipeline:
                 self.progress,
             )
             self._said(ref.reused, "evaluation", ref.eval_id)
+            if not ref.reused or ref.regated:
+                self._track(run, ref)
             if ref.regated:
                 self.progress.note(
                     "eval.gate changed: its rules re-applied to the stored evaluation (no new "
@@ -200,6 +204,23 @@ class Pipeline:
         card = self.model_card
         with self.progress.stage("serve"):
             return serve_model(self.spec, self.store, card["model_id"], self.progress, keep_serving)
+
+    def _track(self, run: RunRef, ref: EvalRef) -> None:
+        """The evaluation as a W&B run in the trained model's group (its sweep's, or its own)."""
+        # W&B writes its files locally; a remote store's evaluation logs from a temp folder
+        folder = self.store.path("evals", ref.eval_id) if self.store.is_local else None
+        group = (run.manifest.get("wandb") or {}).get("group") or run.run_id
+        settings = wandb_settings(
+            self.spec.wandb,
+            self.spec.project,
+            ref.eval_id,
+            folder or tempfile.gettempdir(),
+            group=group,
+        )
+        report = self.store.path("evals", ref.eval_id, "report.html")
+        with self.store.fs.open(report, "r", encoding="utf-8") as handle:
+            html = handle.read()
+        log_evaluation(settings, ref.manifest, html)
 
     def _said(self, reused: bool, what: str, ident: str) -> None:
         self.progress.note(f"{'reused' if reused else 'new'} {what} {ident}")

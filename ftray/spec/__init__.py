@@ -358,7 +358,9 @@ class WandbSpec(_Section):
     project: str | None = Field(default=None, description="W&B project; unset: the job's project.")
     entity: str | None = Field(default=None, description="W&B team or user.")
     group: str | None = Field(
-        default=None, description="Run group; unset: none for runs, the sweep id for sweeps."
+        default=None,
+        description="Run group; unset: the run id for a training run, the sweep id for a "
+        "sweep's trials. A model's evaluation joins its training run's group.",
     )
     tags: list[str] = Field(default_factory=list, description="Tags on every run.")
 
