@@ -176,7 +176,7 @@ def _baseline(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progre
         len(tokenizer(render_prompt(tokenizer, json.loads(m)), add_special_tokens=False).input_ids)
         for m in table["messages"]
     ]
-    tuned_output = [
+    tuned_output = [  # + 1: the end-of-turn token that closes an answer
         min(len(tokenizer(c, add_special_tokens=False).input_ids) + 1, spec.eval.max_new_tokens)
         for c in table["completion"]
     ]
@@ -203,12 +203,20 @@ def _baseline(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progre
 
 
 def _task(spec: JobSpec) -> Task:
-    """The task the evaluation will score, as `ftray.evaluate` resolves it."""
+    """The task the evaluation will score, as `ftray.evaluate` resolves it; one whose primary
+    metric assess cannot compute is refused before any model runs."""
     name = spec.eval.resolved_task(spec.data.labels, spec.data.output_schema)
+    primary = spec.eval.resolved_primary(name)
+    if primary in METRIC_GROUPS["consistency"]:
+        raise UserError(
+            f"assess scores the prompted base model on the primary metric, and {primary!r} "
+            "needs sampled answers; set eval.primary_metric to a metric computed from the "
+            "greedy answers (e.g. exact_match, rouge_l)."
+        )
     return Task(
         name=name,
         groups=spec.eval.resolved_metrics(name),
-        primary=spec.eval.resolved_primary(name),
+        primary=primary,
         labels=spec.data.labels,
         schema=spec.data.output_schema,
         threshold=spec.eval.confidence_threshold,
@@ -224,12 +232,6 @@ def score_base(table, task: Task) -> dict[str, float | None]:
     """
     wanted = [task.primary, "exact_match"] + (["parse_rate"] if task.name == "json" else [])
     groups = [g for g, names in METRIC_GROUPS.items() if set(names) & set(wanted)]
-    if "consistency" in [g for g in groups if task.primary in METRIC_GROUPS[g]]:
-        raise UserError(
-            f"assess scores the prompted base model on the primary metric, and "
-            f"{task.primary!r} needs sampled answers; set eval.primary_metric to a metric "
-            "computed from the greedy answers (e.g. exact_match, rouge_l)."
-        )
     scoped = Task(**{**task.__dict__, "groups": groups})
     both = table.copy()
     for arm in ARMS:
