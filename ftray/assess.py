@@ -5,10 +5,14 @@ Three questions, answered into one artifact (`assessments/<id>/manifest.json`):
 1. Is there enough data? Below `assess.min_examples` usable training examples: refuse;
    below `assess.warn_examples`: warn.
 2. Does the base model already do the job? It answers the held-out examples, with the job's
-   system prompt and optionally a few solved examples first; at or above `assess.target`
-   exact match, the verdict is "don't fine-tune": prompting is enough.
+   system prompt and `assess.few_shot` solved examples first (the prompt a user would
+   write), scored by the evaluation's own scorers on the task's primary metric (macro-F1,
+   field micro-F1, ROUGE-L, or `eval.primary_metric`); at or above `assess.target`, the
+   verdict is "don't fine-tune": prompting is enough.
 3. What would each method cost? Memory per GPU, hours and dollars for full, LoRA and QLoRA
-   on the configured GPUs (`ftray.estimate`), and the recommended method.
+   on the configured GPUs (`ftray.estimate`), and the recommended method; and what each
+   answer costs to serve: the prompted base model's few-shot prompt against the tuned
+   model's zero-shot one (tokens, latency, dollars per million requests).
 """
 
 from __future__ import annotations
@@ -16,16 +20,29 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import numpy as np
+
 from ftray.data.prepare import DatasetRef
-from ftray.estimate import METHODS, estimate, model_shape, recommend
+from ftray.data.tokenize import render_prompt
+from ftray.errors import UserError
+from ftray.estimate import (
+    METHODS,
+    estimate,
+    gpu_price,
+    model_shape,
+    recommend,
+    serving_cost,
+    significant,
+    usd,
+)
 from ftray.evaluate.generate import generate
-from ftray.evaluate.metrics import exact_match
-from ftray.models import resolve_model
+from ftray.evaluate.score import ARMS, Task, score_examples, scorers
+from ftray.models import load_tokenizer, resolve_model
 from ftray.progress import Progress
-from ftray.spec import JobSpec
+from ftray.spec import METRIC_GROUPS, JobSpec
 from ftray.store import Store, content_id
 
-ASSESS_VERSION = 1
+ASSESS_VERSION = 2
 FINE_TUNE, DONT, TOO_LITTLE = "fine-tune", "don't fine-tune", "not enough data"
 
 
@@ -51,6 +68,7 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
         settings.model_dump(mode="json"),
         spec.train.model_dump(mode="json"),
         generation,
+        _task(spec).__dict__,
         ASSESS_VERSION,
     )
     if store.is_complete("assessments", assess_id):
@@ -63,9 +81,10 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
             f"only {usable} usable training examples (warn below {settings.warn_examples}): "
             "a few hundred or more good examples usually make the difference"
         )
-    baseline = None
+    baseline = requests = None
     if usable >= settings.min_examples:
         baseline = _baseline(spec, dataset, store, progress)
+        requests = baseline.pop("requests")
     decision = decide(usable, baseline, spec)
     if decision == TOO_LITTLE:
         reasons.insert(
@@ -77,13 +96,21 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
     elif decision == DONT:
         reasons.insert(
             0,
-            f"the base model already scores {baseline['exact_match']:.1%} exact match, at or "
-            f"above assess.target {settings.target:.0%}: ship the prompt, not a fine-tune",
+            f"the prompted base model already scores {baseline['metric']} "
+            f"{baseline['score']:.3f}, at or above assess.target {settings.target:g}: ship the "
+            "prompt, not a fine-tune",
         )
     else:
-        score = "not measured" if baseline is None else f"{baseline['exact_match']:.1%}"
-        reasons.insert(0, f"the base model scores {score}, below the {settings.target:.0%} target")
-    estimates = _estimates(spec, dataset, store)
+        measured = baseline is not None and baseline["score"] is not None
+        score = f"{baseline['score']:.3f}" if measured else "not measured"
+        metric = baseline["metric"] if baseline else _task(spec).primary
+        reasons.insert(
+            0,
+            f"the prompted base model scores {metric} {score}, below assess.target "
+            f"{settings.target:g}",
+        )
+    shape = model_shape(resolve_model(spec.model, store))
+    estimates = _estimates(spec, dataset, shape)
     manifest = store.finish(
         {
             "assess_id": assess_id,
@@ -94,6 +121,7 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
             "baseline": baseline,
             "estimates": [e.as_dict() for e in estimates],
             "recommended_method": recommend(estimates),
+            "serving": _serving(spec, requests, shape) if requests else None,
             "settings": settings.model_dump(mode="json"),
         },
         "assessments",
@@ -106,7 +134,8 @@ def decide(usable: int, baseline: dict | None, spec: JobSpec) -> str:
     """The verdict from the data count and the base model's score."""
     if usable < spec.assess.min_examples:
         return TOO_LITTLE
-    if baseline is not None and baseline["exact_match"] >= spec.assess.target:
+    score = baseline["score"] if baseline is not None else None
+    if score is not None and score >= spec.assess.target:
         return DONT
     return FINE_TUNE
 
@@ -118,12 +147,14 @@ def _baseline(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progre
     examples = ray.data.read_parquet(f"{dataset.uri}/eval").select_columns(columns)
     examples = examples.limit(spec.assess.max_examples)
     shots = _few_shot(dataset, spec.assess.few_shot)
+    task = _task(spec)
     progress.note(
-        f"scoring the base model on up to {spec.assess.max_examples} held-out examples"
+        f"scoring the prompted base model on {task.primary}, on up to "
+        f"{spec.assess.max_examples} held-out examples"
         + (f" with {spec.assess.few_shot} solved examples first" if shots else "")
     )
     model_dir = resolve_model(spec.model, store)
-    table = generate(
+    answered = generate(
         examples,
         {"base": {"kind": "base"}},
         model_dir=model_dir,
@@ -133,14 +164,87 @@ def _baseline(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progre
         num_workers=spec.eval.num_workers,
         cpus_per_worker=spec.eval.cpus_per_worker,
         few_shot=shots,
-    ).to_pandas()
-    hits = exact_match(list(table["base_output"]), list(table["completion"]))
+    )
+    if task.primary == "bertscore_f1":
+        from ftray.evaluate.bertscore import add_bertscore
+
+        answered = add_bertscore(answered, ["base"], num_cpus=spec.eval.cpus_per_worker)
+    table = answered.to_pandas()
+    # The tuned model is asked without examples and answers like the references.
+    tokenizer = load_tokenizer(model_dir)
+    tuned_prompt = [
+        len(tokenizer(render_prompt(tokenizer, json.loads(m)), add_special_tokens=False).input_ids)
+        for m in table["messages"]
+    ]
+    tuned_output = [  # + 1: the end-of-turn token that closes an answer
+        min(len(tokenizer(c, add_special_tokens=False).input_ids) + 1, spec.eval.max_new_tokens)
+        for c in table["completion"]
+    ]
+    scores = score_base(table, task)
     return {
-        "examples": len(hits),
-        "exact_match": round(sum(hits) / max(len(hits), 1), 4),
+        "examples": len(table),
+        "metric": task.primary,
+        "score": scores[task.primary],
+        "scores": scores,
         "few_shot": spec.assess.few_shot,
+        "requests": {
+            "prompted_base": {
+                "prompt_tokens": round(float(np.mean(table["base_prompt_tokens"])), 1),
+                "output_tokens": round(float(np.mean(table["base_tokens"])), 1),
+                "latency_s": significant(float(np.mean(table["base_latency_s"])), 3),
+            },
+            "tuned": {
+                "prompt_tokens": round(float(np.mean(tuned_prompt)), 1),
+                "output_tokens": round(float(np.mean(tuned_output)), 1),
+            },
+        },
         "samples": table[["prompt", "completion", "base_output"]].head(5).to_dict("records"),
     }
+
+
+def _task(spec: JobSpec) -> Task:
+    """The task the evaluation will score, as `ftray.evaluate` resolves it; one whose primary
+    metric assess cannot compute is refused before any model runs."""
+    name = spec.eval.resolved_task(spec.data.labels, spec.data.output_schema)
+    primary = spec.eval.resolved_primary(name)
+    if primary in METRIC_GROUPS["consistency"]:
+        raise UserError(
+            f"assess scores the prompted base model on the primary metric, and {primary!r} "
+            "needs sampled answers; set eval.primary_metric to a metric computed from the "
+            "greedy answers (e.g. exact_match, rouge_l)."
+        )
+    return Task(
+        name=name,
+        groups=spec.eval.resolved_metrics(name),
+        primary=primary,
+        labels=spec.data.labels,
+        schema=spec.data.output_schema,
+        threshold=spec.eval.confidence_threshold,
+    )
+
+
+def score_base(table, task: Task) -> dict[str, float | None]:
+    """The base model's answers (`base_output`, `base_confidence`) scored by the
+    evaluation's own scorers: the primary metric, exact match and, for JSON, the parse rate.
+
+    The scorers compare two arms; the base model's answers fill both, so every number is
+    computed exactly as the evaluation computes it.
+    """
+    wanted = [task.primary, "exact_match"] + (["parse_rate"] if task.name == "json" else [])
+    groups = [g for g, names in METRIC_GROUPS.items() if set(names) & set(wanted)]
+    scoped = Task(**{**task.__dict__, "groups": groups})
+    both = table.copy()
+    for arm in ARMS:
+        for column in ("output", "confidence", "bertscore"):
+            if f"base_{column}" in table:
+                both[f"{arm}_{column}"] = table[f"base_{column}"]
+    found = scorers(score_examples(both, scoped), scoped)
+    every = np.arange(len(both))
+    return {name: _round(found[name]("candidate", every)) for name in wanted}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
 
 
 def _few_shot(dataset: DatasetRef, count: int) -> list[dict]:
@@ -165,8 +269,7 @@ def _few_shot(dataset: DatasetRef, count: int) -> list[dict]:
     return shots
 
 
-def _estimates(spec: JobSpec, dataset: DatasetRef, store: Store) -> list:
-    shape = model_shape(resolve_model(spec.model, store))
+def _estimates(spec: JobSpec, dataset: DatasetRef, shape) -> list:
     tokens = dataset.manifest.get("tokens") or {}
     per_epoch = tokens.get("total", 0)
     steps = spec.train.max_steps
@@ -185,6 +288,71 @@ def _estimates(spec: JobSpec, dataset: DatasetRef, store: Store) -> list:
             gpu=spec.assess.gpu,
             num_gpus=spec.assess.num_gpus,
             lora_r=spec.train.lora.r,
+            prices=spec.assess.gpu_prices,
         )
         for method in METHODS
     ]
+
+
+def _serving(spec: JobSpec, requests: dict, shape) -> dict:
+    """Per request, the prompted base model (few-shot prompt, measured) against the tuned
+    model (zero-shot prompt, reference-length answers): tokens, latency, cost."""
+    gpu = spec.assess.gpu
+    price = gpu_price(gpu, spec.assess.gpu_prices)
+    base, tuned = requests["prompted_base"], requests["tuned"]
+    rows = {}
+    for name, row in (("prompted_base", base), ("tuned", tuned)):
+        tokens = row["prompt_tokens"] + row["output_tokens"]
+        rows[name] = {
+            **row,
+            "cost_per_million_usd": significant(serving_cost(shape, tokens, gpu, price)),
+        }
+    # No tuned model yet: its latency scales the base model's measured time per token.
+    per_token = base["latency_s"] / max(base["prompt_tokens"] + base["output_tokens"], 1)
+    rows["tuned"]["latency_s"] = significant(
+        per_token * (tuned["prompt_tokens"] + tuned["output_tokens"]), 3
+    )
+    rows["prompted_base"]["latency"], rows["tuned"]["latency"] = "measured", "estimated"
+    return {
+        "gpu": gpu,
+        "usd_per_gpu_hour": price,
+        **rows,
+        "notes": [
+            "latency measured here (batches of eval.batch_size) for the prompted base model; "
+            "for the tuned model estimated as the base model's seconds per token × its tokens",
+            "cost per 1M requests: 2 FLOPs per parameter per token at 40% of the GPU's peak, "
+            "a batched server's lower bound, at usd_per_gpu_hour (assess.gpu_prices)",
+        ],
+    }
+
+
+def summary(manifest: dict, spec: JobSpec) -> list[str]:
+    """The assessment in lines for the terminal: verdict, reasons, estimates, serving."""
+    lines = [f"verdict: {manifest['decision']}"]
+    lines += [f"  - {reason}" for reason in manifest["reasons"]]
+    where = f"on {spec.assess.num_gpus} × {spec.assess.gpu}"
+    for row in manifest["estimates"]:
+        lines.append(
+            f"  {row['method']:<5} {row['memory_gib_per_gpu']:>7.1f} GiB/GPU "
+            f"{'fits' if row['fits'] else 'does not fit':<12} {row['hours']:.3g} h  "
+            f"{usd(row['cost_usd'])}  {where}"
+        )
+    lines.append(f"recommended method: {manifest['recommended_method']}")
+    serving = manifest.get("serving")
+    if serving:
+        lines.append(
+            f"serving per request on {serving['gpu']} at "
+            f"{usd(serving['usd_per_gpu_hour'])}/GPU-hour:"
+        )
+        for name, title in (
+            ("prompted_base", "prompted base (few-shot)"),
+            ("tuned", "tuned (zero-shot)"),
+        ):
+            row = serving[name]
+            lines.append(
+                f"  {title:<25} {row['prompt_tokens']:>7.1f} prompt + {row['output_tokens']:.1f} "
+                f"answer tokens, {row['latency_s'] * 1000:.3g} ms "
+                f"({row['latency']}), "
+                f"{usd(row['cost_per_million_usd'])} per 1M requests"
+            )
+    return lines

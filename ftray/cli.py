@@ -264,10 +264,10 @@ def _summary(pipeline, progress: Progress) -> None:
     ]
     if "assessment" in vars(pipeline):
         verdict = pipeline.assessment.manifest
-        base = (verdict["baseline"] or {}).get("exact_match")
+        base = verdict["baseline"]
         lines.append(
-            f"assess: {verdict['decision']} (base model {base:.1%} prompted; "
-            f"recommended method {verdict['recommended_method']})"
+            f"assess: {verdict['decision']} (prompted base model {base['metric']} "
+            f"{_value(base['score'])}; recommended method {verdict['recommended_method']})"
             if base is not None
             else f"assess: {verdict['decision']}"
         )
@@ -279,6 +279,14 @@ def _summary(pipeline, progress: Progress) -> None:
         f"{m['primary_metric']}: incumbent {_value(m['incumbent'][m['primary_metric']])}, "
         f"candidate {_value(m['candidate'][m['primary_metric']])}; gate "
         f"{'passed' if card['gate']['passed'] else 'failed'}",
+        *(
+            [
+                f"general_ppl (forgetting probe): base {g['base']:.4g}, candidate "
+                f"{g['candidate']:.4g} (ratio {g['ratio']:.3f})"
+            ]
+            if (g := m.get("general_ppl"))
+            else []
+        ),
         f"model id {card['model_id']} (stage: {card['stage']})",
         "stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in progress.timings.items()),
     ]

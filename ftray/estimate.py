@@ -11,10 +11,14 @@ Rules of thumb, stated so they can be checked:
   plus the logits of the micro-batch (4 bytes × vocab × tokens).
 - compute: 6 FLOPs per parameter per token for a full fine-tune, 4 for (Q)LoRA (no weight
   gradients), at 40% of the GPU's bf16 peak (QLoRA's dequantization costs ≈ 30% more).
+- serving: 2 FLOPs per parameter per token (prompt and answer), at the same 40% of peak; a
+  batched server's lower bound (one request at a time is slower: decoding is memory-bound).
+- prices: the indicative on-demand USD per GPU-hour below, unless `assess.gpu_prices` sets one.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # name: (memory GiB, dense bf16 TFLOP/s, on-demand USD per GPU-hour, indicative)
@@ -52,9 +56,35 @@ class Estimate:
             "method": self.method,
             "memory_gib_per_gpu": round(self.memory_gib, 1),
             "fits": self.fits,
-            "hours": round(self.hours, 3),
-            "cost_usd": round(self.cost_usd, 2),
+            "hours": significant(self.hours, 3),
+            "cost_usd": significant(self.cost_usd),
         }
+
+
+def gpu_price(gpu: str, prices: dict[str, float] | None = None) -> float:
+    """USD per GPU-hour: the user's price when given, else the indicative one."""
+    return (prices or {}).get(gpu, GPUS[gpu][2])
+
+
+def serving_cost(shape: ModelShape, tokens_per_request: float, gpu: str, price: float) -> float:
+    """USD per million requests of `tokens_per_request` tokens (prompt + answer) each."""
+    seconds = 1e6 * tokens_per_request * 2 * shape.params / (GPUS[gpu][1] * 1e12 * MFU)
+    return seconds / 3600 * price
+
+
+def significant(value: float, digits: int = 2) -> float:
+    """`value` rounded to `digits` significant figures (a tiny cost stays visible)."""
+    return float(f"{value:.{digits}g}")
+
+
+def usd(value: float) -> str:
+    """Dollars for people: cents above $1, else two significant figures ($0.0004), never
+    a misleading $0.00 for a cost that is small but not zero."""
+    if value == 0:
+        return "$0"
+    if value >= 1:
+        return f"${value:,.2f}"
+    return f"${significant(value):.{max(2, 1 - math.floor(math.log10(abs(value))))}f}"
 
 
 def model_shape(model_dir: str) -> ModelShape:
@@ -84,9 +114,11 @@ def estimate(
     num_gpus: int,
     lora_r: int = 16,
     zero_stage: int = 3,
+    prices: dict[str, float] | None = None,
 ) -> Estimate:
     """Per-GPU memory and the wall time and cost of training on `tokens` tokens."""
-    memory_gib, tflops, price = GPUS[gpu]
+    memory_gib, tflops, _ = GPUS[gpu]
+    price = gpu_price(gpu, prices)
     n = shape.params
     if method == "full":
         per_param = 16 / num_gpus if zero_stage == 3 else 2 + 14 / num_gpus

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import tempfile
 from functools import cached_property
 
 from ftray.assess import AssessRef, assess
+from ftray.assess import summary as assess_summary
 from ftray.data.prepare import DatasetRef, prepare
 from ftray.errors import UserError
 from ftray.evaluate import EvalRef, evaluate
@@ -17,6 +19,7 @@ from ftray.specload import spec_hash
 from ftray.store import Store
 from ftray.sweep import SweepRef, print_leaderboard, sweep
 from ftray.train.ray_train import RunRef, train
+from ftray.train.tracking import log_evaluation, wandb_settings
 
 
 class Pipeline:
@@ -47,18 +50,8 @@ class Pipeline:
         with self.progress.stage("assess"):
             ref = assess(self.spec, dataset, self.store, self.progress)
             self._said(ref.reused, "assessment", ref.assess_id)
-            manifest = ref.manifest
-            self.progress.note(f"verdict: {ref.decision}")
-            for reason in manifest["reasons"]:
-                self.progress.note(f"  - {reason}")
-            for row in manifest["estimates"]:
-                self.progress.note(
-                    f"  {row['method']:<5} {row['memory_gib_per_gpu']:>7.1f} GiB/GPU "
-                    f"{'fits' if row['fits'] else 'does not fit':<12} {row['hours']:.2f} h  "
-                    f"${row['cost_usd']:.2f}  on {self.spec.assess.num_gpus} × "
-                    f"{self.spec.assess.gpu}"
-                )
-            self.progress.note(f"recommended method: {manifest['recommended_method']}")
+            for line in assess_summary(ref.manifest, self.spec):
+                self.progress.note(line)
             self.progress.artifact("assessment", self.store.uri("assessments", ref.assess_id))
         return ref
 
@@ -122,6 +115,8 @@ class Pipeline:
                 self.progress,
             )
             self._said(ref.reused, "evaluation", ref.eval_id)
+            if not ref.reused or ref.regated:
+                self._track(run, ref)
             if ref.regated:
                 self.progress.note(
                     "eval.gate changed: its rules re-applied to the stored evaluation (no new "
@@ -209,6 +204,23 @@ class Pipeline:
         card = self.model_card
         with self.progress.stage("serve"):
             return serve_model(self.spec, self.store, card["model_id"], self.progress, keep_serving)
+
+    def _track(self, run: RunRef, ref: EvalRef) -> None:
+        """The evaluation as a W&B run in the trained model's group (its sweep's, or its own)."""
+        # W&B writes its files locally; a remote store's evaluation logs from a temp folder
+        folder = self.store.path("evals", ref.eval_id) if self.store.is_local else None
+        group = (run.manifest.get("wandb") or {}).get("group") or run.run_id
+        settings = wandb_settings(
+            self.spec.wandb,
+            self.spec.project,
+            ref.eval_id,
+            folder or tempfile.gettempdir(),
+            group=group,
+        )
+        report = self.store.path("evals", ref.eval_id, "report.html")
+        with self.store.fs.open(report, "r", encoding="utf-8") as handle:
+            html = handle.read()
+        log_evaluation(settings, ref.manifest, html)
 
     def _said(self, reused: bool, what: str, ident: str) -> None:
         self.progress.note(f"{'reused' if reused else 'new'} {what} {ident}")

@@ -5,6 +5,9 @@ scored per example, the arms are compared with paired bootstrap intervals (and M
 test for right/wrong answers), the spec's gate gives its verdict, and `report.md` /
 `report.html` show it all. The verdict is applied to the registry by the pipeline.
 
+Beside the task, a forgetting probe: every model's perplexity on a general-text sample shipped
+with ftray (`general/general.txt`), the candidate's as a ratio to the base model's.
+
 The evaluation's id leaves the gate out: changing only `eval.gate` re-applies the new rules
 to the stored comparison (no generation) and rewrites the verdict and the reports.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from ftray.data.prepare import DatasetRef
 from ftray.errors import UserError
@@ -26,7 +30,8 @@ from ftray.spec import DataSpec, EvalSpec, ModelSpec
 from ftray.store import Store, content_id
 from ftray.train.ray_train import RunRef
 
-EVAL_VERSION = 3
+EVAL_VERSION = 4
+GENERAL_TEXT = Path(__file__).with_name("general") / "general.txt"
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,12 @@ def evaluate(
     }
     arms = {"candidate": candidate_arm, "incumbent": incumbent_arm}
     progress.note(f"generating for {len(examples)} held-out examples with both arms")
-    answered = generate(ray.data.from_pandas(examples), arms, **options)
+    answered = generate(
+        ray.data.from_pandas(examples),
+        arms,
+        **options,
+        probe_text=GENERAL_TEXT.read_text(encoding="utf-8"),
+    )
     if "bertscore" in task.groups:
         from ftray.evaluate.bertscore import add_bertscore
 
@@ -158,7 +168,13 @@ def regate(store: Store, eval_id: str, spec: EvalSpec) -> EvalRef:
     gate_spec = spec.gate.model_dump(mode="json")
     if manifest["spec"]["gate"] == gate_spec:
         return EvalRef(eval_id, manifest, True)
-    gate = apply_gate(spec.gate, manifest["metrics"]["primary_metric"], manifest["comparison"])
+    metrics = manifest["metrics"]
+    gate = apply_gate(
+        spec.gate,
+        metrics["primary_metric"],
+        manifest["comparison"],
+        general_ppl=metrics.get("general_ppl"),
+    )
     manifest = {
         **manifest,
         "spec": {**manifest["spec"], "gate": gate_spec},

@@ -17,13 +17,18 @@ NOT_GATED = ("precision_at_threshold", "recall_at_threshold", "abstain_rate")
 
 
 def apply_gate(
-    gate: GateSpec, primary: str, comparison: dict[str, dict], human: dict | None = None
+    gate: GateSpec,
+    primary: str,
+    comparison: dict[str, dict],
+    human: dict | None = None,
+    general_ppl: dict | None = None,
 ) -> dict:
     """`{"passed": bool, "pending": bool, "rules": [{"rule", "passed", "skipped", "detail"}]}`
     for one comparison.
 
     `comparison` maps metric name to `paired_bootstrap`'s result for it; `human` is
-    `ftray.review.stats.summarize`'s result for the evaluation's ratings (None before any).
+    `ftray.review.stats.summarize`'s result for the evaluation's ratings (None before any);
+    `general_ppl` the forgetting probe's perplexities and their `ratio` (candidate / base).
     `pending`: only the human win-rate rule fails, for want of ratings. A skipped rule
     passes; its detail says why it could not be applied.
     """
@@ -62,6 +67,17 @@ def apply_gate(
             continue
         holds = value >= limit if sign == "≥" else value <= limit
         rule(title, holds, f"candidate {value:.4f}")
+    if gate.max_general_ppl_ratio is not None:
+        title = f"general_ppl ratio to the base model ≤ {gate.max_general_ppl_ratio:g}"
+        if general_ppl is None:
+            rule(title, False, "not measured (an evaluation from before the forgetting probe)")
+        else:
+            rule(
+                title,
+                general_ppl["ratio"] <= gate.max_general_ppl_ratio,
+                f"candidate {general_ppl['candidate']:.4g}, base {general_ppl['base']:.4g}, "
+                f"ratio {general_ppl['ratio']:.4f}",
+            )
     awaiting = False
     if gate.min_human_win_rate is not None:
         name = f"human win rate ≥ {gate.min_human_win_rate:g}"

@@ -5,11 +5,16 @@ An arm is the base model (`{"kind": "base"}`), a LoRA adapter on it (`{"kind": "
 base model once and puts every adapter on it by name, so A/B arms share one copy of the base
 weights. Used by evaluate (candidate vs incumbent) and by assess (the base model alone,
 optionally shown a few solved examples first).
+
+Evaluate's forgetting probe runs in the same actors, where the models already are: the
+perplexity of every arm, and of the base model, on a general-text sample.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import tempfile
 import time
 
@@ -32,10 +37,12 @@ def generate(
     temperature: float = 0.0,
     samples: int = 1,
     seed: int = 0,
+    probe_text: str | None = None,
 ):
     """`examples` (with a `messages` column) plus, per arm, `<arm>_output`, `<arm>_tokens`,
-    `<arm>_confidence` and `<arm>_latency_s` (greedy), or `<arm>_samples` (a list of
-    `samples` answers at `temperature`); materialized."""
+    `<arm>_prompt_tokens`, `<arm>_confidence` and `<arm>_latency_s` (greedy), or
+    `<arm>_samples` (a list of `samples` answers at `temperature`); materialized. With
+    `probe_text`, also `<arm>_general_ppl` and `base_general_ppl` (the same on every row)."""
     import ray.data
 
     return examples.map_batches(
@@ -49,6 +56,7 @@ def generate(
             "temperature": temperature,
             "samples": samples,
             "seed": seed,
+            "probe_text": probe_text,
         },
         batch_size=batch_size,
         batch_format="pandas",
@@ -68,7 +76,16 @@ class _Generate:
     it; per batch: every arm's answers."""
 
     def __init__(
-        self, model_dir, dtype, arms, max_new_tokens, few_shot, temperature, samples, seed
+        self,
+        model_dir,
+        dtype,
+        arms,
+        max_new_tokens,
+        few_shot,
+        temperature,
+        samples,
+        seed,
+        probe_text,
     ):
         import torch
 
@@ -100,10 +117,19 @@ class _Generate:
         self.few_shot = few_shot
         self.temperature = temperature
         self.samples = samples
+        self.general = {}
+        if probe_text:
+            for name, kind in [("base", "base")] + [(n, a["kind"]) for n, a in arms.items()]:
+                self.general[name] = self._perplexity(name, kind, probe_text)
 
     def __call__(self, batch):
         chats = [with_few_shot(json.loads(m), self.few_shot) for m in batch["messages"]]
         prompts = [render_prompt(self.tokenizer, chat) for chat in chats]
+        prompt_tokens = [
+            len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        ]
+        for name, value in self.general.items():
+            batch[f"{name}_general_ppl"] = [value] * len(prompts)
         for name, arm in self.arms.items():
             started = time.perf_counter()
             results = self._run(name, arm["kind"], prompts)
@@ -117,21 +143,43 @@ class _Generate:
             batch[f"{name}_output"] = [r["text"] for r in results]
             batch[f"{name}_tokens"] = [r["tokens"] for r in results]
             batch[f"{name}_confidence"] = [r["confidence"] for r in results]
+            batch[f"{name}_prompt_tokens"] = prompt_tokens
             batch[f"{name}_latency_s"] = [latency] * len(prompts)
         return batch
 
     def _run(self, name: str, kind: str, prompts: list[str]) -> list[dict]:
         options = {"temperature": self.temperature, "samples": self.samples}
+        with self._model(name, kind) as model:
+            return generate_texts(model, self.tokenizer, prompts, self.max_new_tokens, **options)
+
+    @contextlib.contextmanager
+    def _model(self, name: str, kind: str):
+        """The arm's model: a full model, the base with the arm's adapter, or the bare base."""
         if kind == "model":
-            model = self.full[name]
+            yield self.full[name]
         elif kind == "adapter":
             self.peft.set_adapter(name)
-            model = self.peft
+            yield self.peft
         elif self.peft is not None:
             with self.peft.disable_adapter():
-                return generate_texts(
-                    self.peft, self.tokenizer, prompts, self.max_new_tokens, **options
-                )
+                yield self.peft
         else:
-            model = self.base
-        return generate_texts(model, self.tokenizer, prompts, self.max_new_tokens, **options)
+            yield self.base
+
+    def _perplexity(self, name: str, kind: str, text: str) -> float:
+        """exp(mean next-token loss) over `text`, in consecutive windows of the model's
+        context (at most 512 tokens each: the probe's score does not depend on batch size)."""
+        import torch
+
+        ids = self.tokenizer(text, return_tensors="pt").input_ids[0]
+        window = min(512, getattr(self.base.config, "max_position_embeddings", 512))
+        total, count = 0.0, 0
+        with self._model(name, kind) as model, torch.no_grad():
+            for start in range(0, len(ids) - 1, window):
+                chunk = ids[start : start + window].unsqueeze(0).to(model.device)
+                if chunk.shape[1] < 2:
+                    break
+                loss = model(input_ids=chunk, labels=chunk).loss.item()
+                total += loss * (chunk.shape[1] - 1)
+                count += chunk.shape[1] - 1
+        return math.exp(total / count)

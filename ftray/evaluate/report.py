@@ -222,6 +222,15 @@ def _tables(manifest: dict, examples: list[dict]) -> dict[str, tuple[list, list]
         )
     fields = manifest["details"]["candidate"].get("per_field")
     tables = {}
+    general = manifest["metrics"].get("general_ppl")
+    if general:
+        tables["forgetting"] = (
+            ["model", "general_ppl", "ratio to the base model"],
+            [
+                [name, f"{general[name]:.4g}", f"{general[name] / general['base']:.4f}"]
+                for name in ("base", "candidate", "incumbent")
+            ],
+        )
     if fields:
         incumbent = manifest["details"]["incumbent"]["per_field"]
         tables["fields"] = (
@@ -290,6 +299,13 @@ def _number(value: float | None, n: int | None = None, sign: bool = False) -> st
     text = "n/a" if value is None else f"{value:+.4f}" if sign else f"{value:.4f}"
     return text if n is None else f"{text} (n={n})"
 
+
+FORGETTING = (
+    "Forgetting probe: each model's perplexity on a general-text sample shipped with ftray "
+    "(ftray/evaluate/general/general.txt, everyday English prose); lower is better. A "
+    "candidate far above the base model has lost general ability while learning its task "
+    "(gate: eval.gate.max_general_ppl_ratio)."
+)
 
 FIELDS = (
     "Per field (candidate; top-level fields of the reference and the answer): precision = "
@@ -384,6 +400,11 @@ def _markdown(manifest: dict, plots: dict, examples: list[dict], human=None) -> 
         "## Metrics",
         table("metrics"),
         _mcnemar(manifest),
+        *(
+            [f"## Forgetting\n\n{FORGETTING}", table("forgetting")]
+            if "forgetting" in tables
+            else []
+        ),
         *([f"## Per field\n\n{FIELDS}", table("fields")] if "fields" in tables else []),
         *[f"![{name}](plots/{name}.png)" for name in plots],
         "## Per slice",
@@ -409,12 +430,18 @@ def _html(manifest: dict, plots: dict, examples: list[dict], human=None) -> str:
         if "fields" in tables
         else ""
     )
+    forgetting = (
+        f"<h2>Forgetting</h2>\n<p>{html.escape(FORGETTING)}</p>\n{table('forgetting')}"
+        if "forgetting" in tables
+        else ""
+    )
     body = f"""<p>{html.escape(_intro(manifest))}</p>
 <h2 class="{verdict}">Gate: {html.escape(_verdict(manifest))}</h2>
 {table("gate")}
 <h2>Metrics</h2>
 {table("metrics")}
 <p>{html.escape(_mcnemar(manifest))}</p>
+{forgetting}
 {fields}
 <section id="plots">{figures}</section>
 <h2>Per slice</h2>

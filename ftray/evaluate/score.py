@@ -66,6 +66,7 @@ def judge(table, sampled, task: Task, spec: EvalSpec):
     if sampled is not None:
         agree = consistency({arm: list(sampled[f"{arm}_samples"]) for arm in ARMS})
         comparison["consistency"] = paired_bootstrap(mean_scorer(agree), len(sampled), **options)
+    general = general_ppl(table)
     right = "correct" if task.labels else "exact"
     details = {arm: arm_details(table, task, arm) for arm in ARMS}
     metrics = {
@@ -85,6 +86,7 @@ def judge(table, sampled, task: Task, spec: EvalSpec):
             }
             for arm in ARMS
         },
+        **({"general_ppl": general} if general else {}),
     }
     return table, {
         "metrics": metrics,
@@ -96,8 +98,18 @@ def judge(table, sampled, task: Task, spec: EvalSpec):
             "accuracy" if task.labels else "exact_match",
         ),
         "details": details,
-        "gate": apply_gate(spec.gate, task.primary, comparison),
+        "gate": apply_gate(spec.gate, task.primary, comparison, general_ppl=general),
     }
+
+
+def general_ppl(table) -> dict | None:
+    """The forgetting probe: each model's perplexity on the general-text sample (lower is
+    better) and the candidate's ratio to the base model's; None when it was not measured."""
+    if "base_general_ppl" not in table:
+        return None
+    found = {name: float(table[f"{name}_general_ppl"].iloc[0]) for name in ("base", *ARMS)}
+    ratio = found["candidate"] / found["base"]
+    return {**{k: round(v, 4) for k, v in found.items()}, "ratio": round(ratio, 4)}
 
 
 def _round(value: float | None) -> float | None:

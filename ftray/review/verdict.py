@@ -96,7 +96,14 @@ def _apply(store: Store, eval_id: str) -> tuple[dict, list[dict]]:
     spec = GateSpec.model_validate(manifest["spec"]["gate"])
     ratings = latest(RatingLog(store, eval_id).all())
     human = summarize(ratings, manifest["spec"].get("confidence_level", 0.95))
-    gate = apply_gate(spec, manifest["metrics"]["primary_metric"], manifest["comparison"], human)
+    metrics = manifest["metrics"]
+    gate = apply_gate(
+        spec,
+        metrics["primary_metric"],
+        manifest["comparison"],
+        human,
+        general_ppl=metrics.get("general_ppl"),
+    )
     if spec.min_human_win_rate is None:
         status = "final"
     elif gate["pending"]:

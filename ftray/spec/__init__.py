@@ -7,7 +7,7 @@ spec reference are generated from these models. Loading, overrides and error mes
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -392,7 +392,9 @@ class WandbSpec(_Section):
     project: str | None = Field(default=None, description="W&B project; unset: the job's project.")
     entity: str | None = Field(default=None, description="W&B team or user.")
     group: str | None = Field(
-        default=None, description="Run group; unset: none for runs, the sweep id for sweeps."
+        default=None,
+        description="Run group; unset: the run id for a training run, the sweep id for a "
+        "sweep's trials. A model's evaluation joins its training run's group.",
     )
     tags: list[str] = Field(default_factory=list, description="Tags on every run.")
 
@@ -411,23 +413,33 @@ class AssessSpec(_Section):
         default=0.9,
         ge=0,
         le=1,
-        description="Exact match the base model must reach, prompted, for the verdict "
-        "'don't fine-tune'.",
+        description="Value of the task's primary metric (eval.primary_metric; by default "
+        "macro_f1 for classification, field_f1_micro for json, rouge_l for generation) the "
+        "prompted base model must reach for the verdict 'don't fine-tune'.",
     )
     max_examples: int = Field(
         default=50, ge=1, description="Held-out examples the base model is scored on."
     )
     few_shot: int = Field(
-        default=0,
+        default=3,
         ge=0,
         le=16,
         description="Solved training examples shown before each query (distinct answers "
-        "first), to judge the base model at its best.",
+        "first), as a user writing a prompt would, to judge the base model at its best.",
     )
     gpu: Literal["T4-16GB", "L4-24GB", "A10G-24GB", "A100-40GB", "A100-80GB", "H100-80GB"] = Field(
-        default="A100-80GB", description="GPU type the estimates are for."
+        default="A100-80GB", description="GPU type the training and serving estimates are for."
     )
     num_gpus: int = Field(default=1, ge=1, description="GPUs the estimates are for.")
+    gpu_prices: dict[
+        Literal["T4-16GB", "L4-24GB", "A10G-24GB", "A100-40GB", "A100-80GB", "H100-80GB"],
+        Annotated[float, Field(gt=0)],
+    ] = Field(
+        default_factory=dict,
+        description="USD per GPU-hour by GPU type, replacing the indicative on-demand prices "
+        "(T4 0.53, L4 0.80, A10G 1.01, A100-40GB 3.67, A100-80GB 4.10, H100 6.98), e.g. "
+        "{A100-80GB: 1.8} for a reserved price.",
+    )
 
 
 class RaySpec(_Section):

@@ -105,6 +105,13 @@ class GateSpec(_Section):
         default=None,
         description="Floor on the candidate's primary metric, whatever the incumbent scores.",
     )
+    max_general_ppl_ratio: float | None = Field(
+        default=None,
+        gt=0,
+        description="Forgetting check: ceiling on the candidate's perplexity on the general-"
+        "text sample divided by the base model's (e.g. 1.2: at most 20% worse); unset: "
+        "reported only.",
+    )
     min_human_win_rate: float | None = Field(
         default=None,
         ge=0,

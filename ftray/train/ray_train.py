@@ -198,7 +198,8 @@ def _wandb(
     if spec is None:
         return None
     folder = store.path(*run) if store.is_local else tempfile.gettempdir()
-    group = trial["sweep_id"] if trial else None
+    # a plain run is its own group: its evaluation joins it there
+    group = trial["sweep_id"] if trial else run[-1]
     return wandb_settings(spec, project, run[-1], folder, group=group)
 
 

@@ -1,4 +1,5 @@
-"""Training metrics: throughput, memory, MFU, and their W&B run (rank 0 only)."""
+"""Training metrics: throughput, memory, MFU, and their W&B run (rank 0 only); and the
+evaluation's metrics, report and gate verdict as a W&B run in the trained model's group."""
 
 from __future__ import annotations
 
@@ -62,6 +63,66 @@ class Tracker:
         if self.run is not None:
             self.run.summary.update(summary)
             self.run.finish()
+
+
+def log_evaluation(settings: dict, manifest: dict, report_html: str | None) -> None:
+    """One W&B run for an evaluation (`settings` from `wandb_settings`, id = the eval id):
+    its summary holds every metric (`evaluation/<arm>/<metric>`), the forgetting probe
+    (`evaluation/general_ppl/...`) and the verdict (`gate/passed`, `gate/verdict`,
+    `gate/failed_rules`); tables hold the comparison and the gate's rules, and the HTML
+    report is attached (`report`). Logged again, with the same id, when the gate changes."""
+    if settings["mode"] == "disabled":
+        return
+    import wandb
+
+    os.makedirs(settings["dir"], exist_ok=True)
+    gate = manifest["gate"]
+    verdict = "pending" if gate.get("pending") else "passed" if gate["passed"] else "failed"
+    summary = {
+        "eval_id": manifest["eval_id"],
+        "run_id": manifest["run_id"],
+        "incumbent": manifest["incumbent"]["label"],
+        "gate/passed": gate["passed"],
+        "gate/verdict": verdict,
+        "gate/failed_rules": "; ".join(r["rule"] for r in gate["rules"] if not r["passed"]),
+    }
+    metrics = manifest["metrics"]
+    for arm in ("candidate", "incumbent"):
+        for name, value in metrics[arm].items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                summary[f"evaluation/{arm}/{name}"] = value
+    for name, value in (metrics.get("general_ppl") or {}).items():
+        summary[f"evaluation/general_ppl/{name}"] = value
+    rules = [[r["rule"], r["passed"], bool(r.get("skipped")), r["detail"]] for r in gate["rules"]]
+    comparison = [
+        [name, row["candidate"], row["incumbent"], row["difference"]]
+        for name, row in manifest["comparison"].items()
+    ]
+    logged = {
+        "gate_rules": wandb.Table(columns=["rule", "passed", "skipped", "detail"], data=rules),
+        "comparison": wandb.Table(
+            columns=["metric", "candidate", "incumbent", "difference"], data=comparison
+        ),
+    }
+    if report_html is not None:
+        logged["report"] = wandb.Html(report_html, inject=False)
+    run = wandb.init(
+        project=settings["project"],
+        entity=settings["entity"],
+        group=settings["group"],
+        tags=settings["tags"],
+        id=settings["id"],
+        name=settings["id"],
+        job_type="eval",
+        resume="allow",
+        dir=settings["dir"],
+        mode=settings["mode"],
+        config={"eval": manifest["spec"], "task": manifest["metrics"]["task"]},
+        settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+    )
+    run.log(logged)
+    run.summary.update(summary)
+    run.finish()
 
 
 class Meter:

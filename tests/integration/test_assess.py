@@ -25,6 +25,18 @@ def test_assess_says_fine_tune_with_estimates(store, run_cli):
     (dataset,) = (store / "tiny" / "datasets").iterdir()
     held_out = json.loads((dataset / "manifest.json").read_text())["counts"]["eval"]
     assert manifest["baseline"]["examples"] == min(held_out, 50)  # assess.max_examples
+    # judged on the task's primary metric, with the few-shot prompt a user would write
+    baseline = manifest["baseline"]
+    assert baseline["metric"] == "macro_f1" and baseline["few_shot"] == 3
+    assert 0 <= baseline["score"] <= 1 and "exact_match" in baseline["scores"]
+    assert "the prompted base model scores macro_f1" in out
+    serving = manifest["serving"]
+    base, tuned = serving["prompted_base"], serving["tuned"]
+    assert base["prompt_tokens"] > tuned["prompt_tokens"] > 0, "few-shot examples cost tokens"
+    assert base["latency"] == "measured" and tuned["latency"] == "estimated"
+    assert base["cost_per_million_usd"] > tuned["cost_per_million_usd"] > 0
+    assert out.count("per 1M requests") == 2
+    assert "$0.00 " not in out, "a small cost is printed with its digits"
     assert {e["method"] for e in manifest["estimates"]} == {"full", "lora", "qlora"}
     assert f"only {manifest['usable_examples']} usable training examples (warn below 1000)" in out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def test_run_prints_every_stage_and_the_summary(tiny_run):
     assert re.search(r"held-out exact match: incumbent \d+\.\d%, candidate \d+\.\d%", out)
     assert re.search(r"macro_f1: incumbent \d\.\d{3}, candidate \d\.\d{3}; gate passed", out)
     assert re.search(r"model id model-[0-9a-f]{12} \(stage: production\)", out)
-    assert "assess: fine-tune (base model 0.0% prompted" in out
+    assert re.search(r"assess: fine-tune \(prompted base model macro_f1 \d\.\d{3}", out)
+    assert re.search(r"general_ppl \(forgetting probe\): base [\d.e+]+, candidate", out)
     assert re.search(r"answer from model-[0-9a-f]{12}:", out)
 
 
@@ -93,6 +95,20 @@ def test_evaluation_outputs_and_metrics(tiny_run):
         assert 0.0 <= metrics[name]["exact_match"] <= 1.0
         assert metrics[name]["output_tokens"]["mean"] > 0
     assert (evaluation / "report.html").is_file() and (evaluation / "report.md").is_file()
+    # the forgetting probe: meaningless for a random model, but measured and finite
+    general = metrics["general_ppl"]
+    assert all(math.isfinite(general[k]) and general[k] > 0 for k in general), general
+    assert general["ratio"] == pytest.approx(general["candidate"] / general["base"], rel=1e-3)
+    assert "## Forgetting" in (evaluation / "report.md").read_text()
+    # W&B (offline): the evaluation's run, in the trained model's group, holds the metrics,
+    # the verdict and the report
+    run_id = _one(root / "runs").name
+    (wandb_run,) = (evaluation / "wandb").glob(f"offline-run-*-{evaluation.name}")
+    records = b"".join(f.read_bytes() for f in wandb_run.glob("*.wandb"))
+    for key in (b"evaluation/candidate/macro_f1", b"evaluation/general_ppl", b"gate/verdict"):
+        assert key in records, key
+    assert run_id.encode() in records, "the training run's id is the evaluation run's group"
+    assert list((wandb_run / "files" / "media" / "html").glob("report_*.html"))
 
 
 def test_rerun_reuses_every_artifact(tiny_run, run_cli):

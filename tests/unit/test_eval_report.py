@@ -335,3 +335,44 @@ def test_a_changed_gate_is_reapplied_to_the_stored_evaluation(tmp_path):
     assert "## Gate: FAILED: keep the incumbent (gate re-applied" in text
     assert "| hallucination_rate ≤ 0.1 | NO | candidate 0.1667 |" in text
     assert "skipped" in text  # the rules without signal say so in the report too
+
+
+def test_the_forgetting_probe_is_reported_and_gated_on_its_ratio(tmp_path):
+    from ftray.evaluate import regate
+    from ftray.spec import GateSpec
+
+    answers = _answers(candidate_right=50).assign(
+        base_general_ppl=40.0, candidate_general_ppl=50.0, incumbent_general_ppl=40.0
+    )
+    spec = EvalSpec(bootstrap_samples=300)
+    table, results = judge(answers, None, TASK, spec)
+    assert results["metrics"]["general_ppl"] == {
+        "base": 40.0,
+        "candidate": 50.0,
+        "incumbent": 40.0,
+        "ratio": 1.25,
+    }
+    assert results["gate"]["passed"], "report only while no ceiling is set"
+    store = _stored_eval(tmp_path, table, results, TASK, spec)
+    text = (tmp_path / "proj" / "evals" / "eval-r" / "report.md").read_text()
+    assert "## Forgetting" in text and "| candidate | 50 | 1.2500 |" in text
+    assert (
+        "<h2>Forgetting</h2>"
+        in (tmp_path / "proj" / "evals" / "eval-r" / "report.html").read_text()
+    )
+
+    strict = regate(store, "eval-r", EvalSpec(gate=GateSpec(max_general_ppl_ratio=1.2)))
+    (rule,) = [r for r in strict.gate["rules"] if r["rule"].startswith("general_ppl")]
+    assert not strict.gate["passed"] and not rule["passed"]
+    assert rule["detail"] == "candidate 50, base 40, ratio 1.2500"
+    lenient = regate(store, "eval-r", EvalSpec(gate=GateSpec(max_general_ppl_ratio=1.3)))
+    assert lenient.gate["passed"]
+
+    # an evaluation without the probe cannot pass a ceiling on it
+    _, old = judge(
+        _answers(candidate_right=50), None, TASK, EvalSpec(gate=GateSpec(max_general_ppl_ratio=2))
+    )
+    assert "general_ppl" not in old["metrics"]
+    assert [r["rule"] for r in old["gate"]["rules"] if not r["passed"]] == [
+        "general_ppl ratio to the base model ≤ 2"
+    ]
