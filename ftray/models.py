@@ -129,25 +129,41 @@ def add_lora(model, spec: LoraSpec):
 
 
 def _cached(store: Store, key: str, build) -> str:
-    """Build a model folder once into the store's cache; return its local path."""
+    """Build a model folder once into the store's cache; return its local path.
+
+    The entry counts only once its manifest is written, last: an interrupted build or copy
+    leaves an incomplete folder, which the next call clears and builds again.
+    """
     if store.is_complete("cache", "models", key):
         return _local(store, key)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         build(Path(tmp))
+        if store.fs.exists(store.path("cache", "models", key)):  # left by an interrupted run
+            store.fs.rm(store.path("cache", "models", key), recursive=True)
         store.put_dir(tmp, "cache", "models", key)
     store.finish({"key": key}, "cache", "models", key)
     return _local(store, key)
 
 
 def _local(store: Store, key: str) -> str:
+    """The cache entry on local disk: the store itself, or a copy of a remote store's entry
+    that counts once its marker (written after the last file) exists."""
     if store.is_local:
         return store.path("cache", "models", key)
+    import shutil
+
     target = Path.home() / ".cache" / "ftray" / "models" / key
-    if not (target / "config.json").exists():
+    marker = target / _COPIED
+    if not marker.exists():
+        shutil.rmtree(target, ignore_errors=True)  # a copy cut short
         store.get_dir(target, "cache", "models", key)
+        marker.write_text(key)
     return str(target)
+
+
+_COPIED = ".ftray-complete"
 
 
 def _package_gguf(module: str, gguf_file: str | None) -> Path:
