@@ -2,9 +2,9 @@
 
 `ftray monitor JOB.yaml` (meant to run on a schedule, as a Ray job) reads the samples of the
 last `monitor.window_hours`, compares them with what the production model was trained and
-evaluated on, and writes under `monitor/`: `checks/<time>.json` (every run), `latest.json`,
-`alerts/<time>-<check>.json` (one per alert, with example requests, also posted to the
-webhook), `metrics.prom` (Prometheus text format) and `report.md` / `report.html`.
+evaluated on, and writes under `monitor/`: `checks/<sequence>.json` (every run, in order),
+`latest.json`, `alerts/<time>-<check>.json` (one per alert, with example requests, also posted
+to the webhook), `metrics.prom` (Prometheus text format) and `report.md` / `report.html`.
 """
 
 from __future__ import annotations
