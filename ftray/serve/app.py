@@ -23,13 +23,14 @@ from pydantic import BaseModel, Field
 from ray import serve
 
 from ftray.data.tokenize import render_prompt
+from ftray.errors import UserError
 from ftray.monitor.sampler import Sampler
 from ftray.serve.cache import CompletionCache
 from ftray.serve.engine import Engine
 from ftray.serve.engine import Request as Completion
 from ftray.serve.metrics import ServeMetrics
 from ftray.serve.openai_format import BASE_MODEL_NAME, completion, event, new_id
-from ftray.store import Store, download_dir
+from ftray.store import Store, check_name, download_dir
 
 PRODUCTION = "production"
 
@@ -144,7 +145,7 @@ class ChatModel:
             await self.sampler.drain()
 
     async def _load(self, model_id: str) -> _Loaded:
-        if not self.store.is_complete("models", model_id):
+        if not _is_id(model_id) or not self.store.is_complete("models", model_id):
             raise HTTPException(404, f"model {model_id!r} not found; available: {self._names()}")
         card = self.store.manifest("models", model_id)
         kind = card.get("kind", "adapter")
@@ -366,7 +367,6 @@ def build_app(args: dict):
     list of KEY=VALUE overrides). E.g. `serve run ftray.serve.app:build_app
     job_spec=jobs/quickstart.yaml`. Requests pick a registered model by its id.
     """
-    from ftray.errors import UserError
     from ftray.models import resolve_model
     from ftray.specload import load_spec
 
@@ -424,3 +424,12 @@ def deployment_for(spec, store: Store, model_dir: str, env: dict | None = None):
         max_ongoing_requests=max(32, 4 * serving.max_batch_size),
         **scaling,
     ).bind(config)
+
+
+def _is_id(name: str) -> bool:
+    """Whether a requested model name can be a model id (never a path like '../x')."""
+    try:
+        check_name(name)
+    except UserError:
+        return False
+    return True
