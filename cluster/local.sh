@@ -62,6 +62,13 @@ own_pids() {
   done | sort -u
 }
 
+# Running, and not a zombie waiting for its parent to collect it.
+alive() {
+  local state
+  state="$(ps -o stat= -p "$1" 2>/dev/null || true)"
+  [ -n "$state" ] && [ "${state#Z}" = "$state" ]
+}
+
 stop() {
   local pids pass
   if [ -z "$(own_pids)" ]; then
@@ -75,7 +82,7 @@ stop() {
     # shellcheck disable=SC2086  # one PID per word
     kill -TERM $pids 2>/dev/null || true
     for _ in $(seq 20); do
-      pids="$(for pid in $pids; do kill -0 "$pid" 2>/dev/null && echo "$pid"; done)"
+      pids="$(for pid in $pids; do if alive "$pid"; then echo "$pid"; fi; done)"
       [ -z "$pids" ] && break
       sleep 0.5
     done
