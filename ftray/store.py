@@ -257,6 +257,7 @@ class Store:
         """The log's event files in order: numbered ones by number, after any written by
         ftray 0.x under clock-based names (`<time ns>-<hex>.json`), which keep name order."""
         folder = self.path(*parts)
+        self.fs.invalidate_cache(folder)  # object stores cache listings; others write here
         if not self.fs.exists(folder):
             return []
         names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False)]
