@@ -255,7 +255,7 @@ class Store:
 
     def _event_names(self, parts: tuple[str, ...]) -> list[str]:
         """The log's event files in order: numbered ones by number, after any written by
-        ftray 0.x under clock-based names (`<time ns>-<hex>.json`), which keep name order."""
+        earlier versions under clock-based names (`<time ns>-<hex>.json`), which keep name order."""
         folder = self.path(*parts)
         self.fs.invalidate_cache(folder)  # object stores cache listings; others write here
         if not self.fs.exists(folder):
