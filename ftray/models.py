@@ -153,13 +153,20 @@ def _local(store: Store, key: str) -> str:
     if store.is_local:
         return store.path("cache", "models", key)
     import shutil
+    import tempfile
 
     target = Path.home() / ".cache" / "ftray" / "models" / key
-    marker = target / _COPIED
-    if not marker.exists():
-        shutil.rmtree(target, ignore_errors=True)  # a copy cut short
-        store.get_dir(target, "cache", "models", key)
-        marker.write_text(key)
+    if not (target / _COPIED).exists():
+        # Copy beside the target, mark it complete, then rename it into place.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=target.parent))
+        store.get_dir(staging, "cache", "models", key)
+        (staging / _COPIED).write_text(key)
+        shutil.rmtree(target, ignore_errors=True)  # a copy cut short (it has no marker)
+        try:
+            staging.rename(target)
+        except OSError:  # another process put its finished copy there first
+            shutil.rmtree(staging, ignore_errors=True)
     return str(target)
 
 
