@@ -34,6 +34,18 @@ from ftray.store import Store, check_name, download_dir
 
 PRODUCTION = "production"
 
+
+# Above ChatModel on purpose: Serve pickles the class when it is decorated, with only the
+# module globals defined by then.
+def _is_id(name: str) -> bool:
+    """Whether a requested model name can be a model id (never a path like '../x')."""
+    try:
+        check_name(name)
+    except UserError:
+        return False
+    return True
+
+
 api = FastAPI(title="ftray", description="OpenAI-compatible completions for ftray models")
 
 
@@ -424,12 +436,3 @@ def deployment_for(spec, store: Store, model_dir: str, env: dict | None = None):
         max_ongoing_requests=max(32, 4 * serving.max_batch_size),
         **scaling,
     ).bind(config)
-
-
-def _is_id(name: str) -> bool:
-    """Whether a requested model name can be a model id (never a path like '../x')."""
-    try:
-        check_name(name)
-    except UserError:
-        return False
-    return True
