@@ -24,6 +24,11 @@ RAY_VERSION = "2.60.0"
 IMAGE_WORKDIR = "/home/ray/ftray"
 DEFAULT_IMAGE = "ghcr.io/ftray/ftray:0.1.0"
 SECRETS = "ftray-secrets"
+# Ray token auth (RAY_AUTH_MODE=token) on every Ray pod and the submitter; the token lives in
+# this Secret under KubeRay's key name (the Helm chart's default too).
+RAY_TOKEN_SECRET, RAY_TOKEN_KEY = "ftray-ray-token", "auth_token"
+# The label the Helm chart's NetworkPolicy admits to a Ray head besides the Ray pods.
+RAY_CLIENT_LABEL = {"ftray.io/ray-client": "true"}
 _POD_SECURITY = {
     "runAsNonRoot": True,
     "runAsUser": 1000,
@@ -70,10 +75,14 @@ def rayjob_manifest(
             "metadata": {"ftray_project": spec.project, "ftray_stage": stage},
         },
     }
+    image = image or DEFAULT_IMAGE
     if cluster:
         body["spec"]["clusterSelector"] = {"ray.io/cluster": cluster}
+        # The submitter carries the cluster's token to its Jobs API.
+        body["spec"]["submitterPodTemplate"] = _pod(
+            "ray-job-submitter", image, "500m", "1Gi", 0, False
+        )
         return body
-    image = image or DEFAULT_IMAGE
     body["spec"].update(
         {
             "shutdownAfterJobFinishes": True,
@@ -177,6 +186,13 @@ def _pod(name: str, image: str, cpu: str, memory: str, gpus: int, ray: bool) -> 
                 "valueFrom": {"secretKeyRef": {"name": SECRETS, "key": key, "optional": True}},
             }
             for key in ("WANDB_API_KEY", "HF_TOKEN")
+        ]
+        + [
+            {"name": "RAY_AUTH_MODE", "value": "token"},
+            {
+                "name": "RAY_AUTH_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": RAY_TOKEN_SECRET, "key": RAY_TOKEN_KEY}},
+            },
         ],
     }
     pod: dict = {"securityContext": _POD_SECURITY, "containers": [container]}
@@ -185,6 +201,7 @@ def _pod(name: str, image: str, cpu: str, memory: str, gpus: int, ray: bool) -> 
         container["volumeMounts"] = [{"name": "shm", "mountPath": "/dev/shm"}]
     else:
         pod["restartPolicy"] = "Never"
+        return {"metadata": {"labels": RAY_CLIENT_LABEL}, "spec": pod}
     return {"spec": pod}
 
 

@@ -129,25 +129,48 @@ def add_lora(model, spec: LoraSpec):
 
 
 def _cached(store: Store, key: str, build) -> str:
-    """Build a model folder once into the store's cache; return its local path."""
+    """Build a model folder once into the store's cache; return its local path.
+
+    The entry counts only once its manifest is written, last: an interrupted build or copy
+    leaves an incomplete folder, which the next call clears and builds again.
+    """
     if store.is_complete("cache", "models", key):
         return _local(store, key)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         build(Path(tmp))
+        if store.fs.exists(store.path("cache", "models", key)):  # left by an interrupted run
+            store.fs.rm(store.path("cache", "models", key), recursive=True)
         store.put_dir(tmp, "cache", "models", key)
     store.finish({"key": key}, "cache", "models", key)
     return _local(store, key)
 
 
 def _local(store: Store, key: str) -> str:
+    """The cache entry on local disk: the store itself, or a copy of a remote store's entry
+    that counts once its marker (written after the last file) exists."""
     if store.is_local:
         return store.path("cache", "models", key)
+    import shutil
+    import tempfile
+
     target = Path.home() / ".cache" / "ftray" / "models" / key
-    if not (target / "config.json").exists():
-        store.get_dir(target, "cache", "models", key)
+    if not (target / _COPIED).exists():
+        # Copy beside the target, mark it complete, then rename it into place.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=target.parent))
+        store.get_dir(staging, "cache", "models", key)
+        (staging / _COPIED).write_text(key)
+        shutil.rmtree(target, ignore_errors=True)  # a copy cut short (it has no marker)
+        try:
+            staging.rename(target)
+        except OSError:  # another process put its finished copy there first
+            shutil.rmtree(staging, ignore_errors=True)
     return str(target)
+
+
+_COPIED = ".ftray-complete"
 
 
 def _package_gguf(module: str, gguf_file: str | None) -> Path:

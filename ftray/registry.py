@@ -4,8 +4,10 @@ production.
 
 Cards never change once written. A model's stage is read from the log: `production` (the
 current one), `archived` (was production), `rejected` (the gate said no), or `candidate`.
-Events live one per file under `registry/` with time-ordered names, so concurrent writers on
-object storage never overwrite each other.
+Events live one per file under `registry/`, numbered in log order (`Store.append_event`):
+each decision is checked against the log it extends, so of two concurrent promotions neither
+is lost, and the second is decided again with the first in place. The writers' clocks play
+no part in the order.
 """
 
 from __future__ import annotations
@@ -117,8 +119,7 @@ def production(store: Store) -> str | None:
 def promote(store: Store, model_id: str, *, reason: str, force: bool = False) -> dict:
     """Make `model_id` the production model; the gate's rejection stands unless `force`."""
     card = get_model(store, model_id)
-    current = production(store)
-    if current == model_id:
+    if production(store) == model_id:
         raise UserError(f"{model_id} is already the production model.")
     gate = card.get("gate") or {}
     if gate and not gate.get("passed") and not force:
@@ -127,34 +128,51 @@ def promote(store: Store, model_id: str, *, reason: str, force: bool = False) ->
             f"the gate rejected {model_id} (failed: {failed}). Promote it anyway with "
             "`ftray models promote --force`, after reading its report."
         )
-    return _record(store, "promote", model_id, previous=current, reason=reason)
+
+    def event(events: list[dict]) -> dict:
+        stack = _production_stack(events)
+        current = stack[-1] if stack else None
+        if current == model_id:  # a concurrent promotion of the same model won
+            raise UserError(f"{model_id} is already the production model.")
+        return _event("promote", model_id, previous=current, reason=reason)
+
+    return store.append_event(event, "registry")
 
 
 def reject(store: Store, model_id: str, *, reason: str) -> dict:
     """Record that the gate turned `model_id` down; production is unchanged."""
-    return _record(store, "reject", model_id, previous=production(store), reason=reason)
+
+    def event(events: list[dict]) -> dict:
+        stack = _production_stack(events)
+        return _event("reject", model_id, previous=stack[-1] if stack else None, reason=reason)
+
+    return store.append_event(event, "registry")
 
 
 def rollback(store: Store, *, to: str | None = None, reason: str) -> dict:
     """Put back the model that was production before the current one (or `to`, any earlier
     production model still below it), and record it."""
-    stack = _production_stack(history(store))
-    if len(stack) < 2:
-        raise UserError(
-            "nothing to roll back to: "
-            + (
-                f"{stack[0]} is the only model ever promoted."
-                if stack
-                else "no model has been promoted yet."
+
+    def event(events: list[dict]) -> dict:
+        stack = _production_stack(events)
+        if len(stack) < 2:
+            raise UserError(
+                "nothing to roll back to: "
+                + (
+                    f"{stack[0]} is the only model ever promoted."
+                    if stack
+                    else "no model has been promoted yet."
+                )
             )
-        )
-    target = to or stack[-2]
-    if target not in stack[:-1]:
-        raise UserError(
-            f"{target} was not production before {stack[-1]}; roll back to one of: "
-            + ", ".join(reversed(stack[:-1]))
-        )
-    return _record(store, "rollback", target, previous=stack[-1], reason=reason)
+        target = to or stack[-2]
+        if target not in stack[:-1]:
+            raise UserError(
+                f"{target} was not production before {stack[-1]}; roll back to one of: "
+                + ", ".join(reversed(stack[:-1]))
+            )
+        return _event("rollback", target, previous=stack[-1], reason=reason)
+
+    return store.append_event(event, "registry")
 
 
 def was_decided(store: Store, model_id: str) -> bool:
@@ -162,8 +180,9 @@ def was_decided(store: Store, model_id: str) -> bool:
     return any(model_id in (e["model_id"], e.get("previous")) for e in history(store))
 
 
-def _record(store: Store, action: str, model_id: str, *, previous, reason: str) -> dict:
-    event = {
+def _event(action: str, model_id: str, *, previous, reason: str) -> dict:
+    """One registry event; `at` is for people, the log's order is its sequence."""
+    return {
         "action": action,
         "model_id": model_id,
         "previous": previous,
@@ -171,8 +190,6 @@ def _record(store: Store, action: str, model_id: str, *, previous, reason: str) 
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "by": current_user(),
     }
-    store.write_event(event, "registry")
-    return event
 
 
 def _production_stack(events: list[dict]) -> list[str]:

@@ -12,18 +12,36 @@ import getpass
 import hashlib
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 import ftray
 from ftray.errors import UserError
 
 MANIFEST = "manifest.json"
+# One folder or file name inside the store: ids, file names, `date=...` partitions. No
+# separators, no leading dot, no `..`, so no id from a user or a request can leave the project.
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=-]{0,199}")
+_EVENT = re.compile(r"(\d{12})\.json")
+_APPEND_ATTEMPTS = 50
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """`name` if it is a safe single name in the store (an id, a file name); else UserError."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise UserError(
+            f"{what} {name!r} is not a valid id: use letters, digits, '_', '-', '.' and '=' "
+            "(up to 200), starting with a letter, digit or '_', without '..', '/' or '\\'."
+        )
+    return name
 
 
 def content_id(prefix: str, *parts: Any) -> str:
@@ -59,8 +77,9 @@ def code_version() -> str:
 
 
 def event_id() -> str:
-    """A unique, time-ordered name for an event file (`<time ns>-<8 hex>`): concurrent
-    writers on object storage never collide, and names sort in time order."""
+    """A unique name for a file many writers add to (`<time ns>-<8 hex>`): concurrent writers
+    never collide. Names sort by the writers' clocks, so where order matters use
+    `Store.write_event`, whose order is a sequence, not a clock."""
     return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
 
 
@@ -84,6 +103,56 @@ def download_dir(uri: str, local_dir: str | Path) -> Path:
     return local_dir
 
 
+def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> str:
+    """Write `data` to a temp name next to `path`, then move it into place: a reader sees
+    the old file or the whole new one, never a part (a crash leaves at most a `.tmp-` file,
+    which readers skip)."""
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with fs.open(tmp, "wb") as handle:
+            handle.write(data)
+        fs.mv(tmp, path)
+    except BaseException:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        raise
+    return path
+
+
+def _create_new(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+    """Write `data` at `path` only if nothing is there; False if something already was.
+
+    Locally the whole file is written under a temp name and hard-linked into place, which
+    fails atomically when the name exists. Elsewhere it is the driver's exclusive create
+    (`pipe_file(mode="create")`): atomic where the driver implements it with a conditional
+    write, otherwise an existence check just before the write (best effort).
+    """
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    if isinstance(fs, LocalFileSystem):
+        tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: exclusive create, then write
+            try:
+                with open(path, "xb") as handle:
+                    handle.write(data)
+            except FileExistsError:
+                return False
+        finally:
+            os.unlink(tmp)
+        return True
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except FileExistsError:
+        return False
+    return True
+
+
 class Store:
     """One project's artifacts under a storage root (local path or fsspec URI)."""
 
@@ -97,6 +166,7 @@ class Store:
                 f"storage {storage!r} cannot be opened: {err}. Use a local path, or install "
                 "the fsspec driver for its scheme (s3fs, gcsfs, adlfs)."
             ) from None
+        check_name(project, "project")
         self.storage = storage
         self.root = f"{root.rstrip('/')}/{project}"
         self.project = project
@@ -108,8 +178,9 @@ class Store:
         return not self._protocol or self._protocol == "file"
 
     def path(self, *parts: str) -> str:
-        """A path inside the project, as the store's filesystem names it."""
-        return "/".join([self.root, *parts])
+        """A path inside the project, as the store's filesystem names it; every part must be
+        one safe name (`check_name`), so an id can never point outside its folder."""
+        return "/".join([self.root, *(check_name(part) for part in parts)])
 
     def uri(self, *parts: str) -> str:
         """A path inside the project as a URI other libraries (Ray, pyarrow) open."""
@@ -120,15 +191,17 @@ class Store:
         """Whether the artifact at `parts` finished (its manifest exists)."""
         return self.fs.exists(self.path(*parts, MANIFEST))
 
+    def write_bytes(self, data: bytes, *parts: str) -> str:
+        """Write a file atomically (`write_bytes_atomic`); returns its path."""
+        return write_bytes_atomic(self.fs, self.path(*parts), data)
+
+    def write_text(self, text: str, *parts: str) -> str:
+        """Write a UTF-8 text file atomically; returns its path."""
+        return self.write_bytes(text.encode(), *parts)
+
     def write_json(self, obj: Any, *parts: str) -> str:
-        """Write `obj` as JSON; the write goes to a temp name first, then moves into place."""
-        path = self.path(*parts)
-        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}-{time.monotonic_ns()}"
-        with self.fs.open(tmp, "w") as handle:
-            json.dump(obj, handle, indent=2, sort_keys=True, default=str)
-        self.fs.mv(tmp, path)
-        return path
+        """Write `obj` as JSON, atomically; returns its path."""
+        return self.write_bytes(_json_bytes(obj), *parts)
 
     def read_json(self, *parts: str) -> Any:
         with self.fs.open(self.path(*parts)) as handle:
@@ -144,19 +217,60 @@ class Store:
         return self.read_json(*parts, MANIFEST)
 
     def write_event(self, event: dict, *parts: str) -> str:
-        """Append one event to the log folder `parts` (one JSON file, never overwritten);
-        returns its file name."""
-        name = f"{event_id()}.json"
-        self.write_json(event, *parts, name)
-        return name
+        """Append one event to the log folder `parts`; returns its file name.
+
+        Events are numbered files (`<sequence:012d>.json`) created only if absent, so two
+        writers never overwrite each other: the one that loses a number takes the next. The
+        log's order is that sequence, never the writers' clocks.
+        """
+        data = _json_bytes(event)
+        seq = self._last_sequence(parts) + 1
+        for _ in range(_APPEND_ATTEMPTS):
+            name = f"{seq:012d}.json"
+            if _create_new(self.fs, self.path(*parts, name), data):
+                return name
+            seq = self._last_sequence(parts) + 1
+        raise self._busy(parts)
+
+    def append_event(self, build: Callable[[list[dict]], dict], *parts: str) -> dict:
+        """Append `build(events so far)` to the log `parts`, only if no other event landed in
+        between; otherwise read the log again and rebuild (`build` may raise UserError when
+        the new state makes the event wrong, e.g. the model is already in production).
+
+        This is what makes concurrent registry writes safe: each is decided on the log it
+        extends, and the loser of a race is decided again on the log with the winner in it.
+        """
+        self.fs.makedirs(self.path(*parts), exist_ok=True)
+        for _ in range(_APPEND_ATTEMPTS):
+            names = self._event_names(parts)
+            event = build([self.read_json(*parts, name) for name in names])
+            seq = max((_sequence(name) for name in names), default=0) + 1
+            if _create_new(self.fs, self.path(*parts, f"{seq:012d}.json"), _json_bytes(event)):
+                return event
+        raise self._busy(parts)
 
     def read_events(self, *parts: str) -> list[dict]:
-        """Every event in the log folder `parts`, oldest first (temp files skipped)."""
+        """Every event in the log folder `parts`, in log order (temp files skipped)."""
+        return [self.read_json(*parts, name) for name in self._event_names(parts)]
+
+    def _event_names(self, parts: tuple[str, ...]) -> list[str]:
+        """The log's event files in order: numbered ones by number, after any written by
+        earlier versions under clock-based names (`<time ns>-<hex>.json`), which keep name order."""
         folder = self.path(*parts)
+        self.fs.invalidate_cache(folder)  # object stores cache listings; others write here
         if not self.fs.exists(folder):
             return []
-        names = sorted(p.rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False))
-        return [self.read_json(*parts, name) for name in names if name.endswith(".json")]
+        names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False)]
+        return sorted((n for n in names if n.endswith(".json")), key=lambda n: (_sequence(n), n))
+
+    def _last_sequence(self, parts: tuple[str, ...]) -> int:
+        return max((_sequence(name) for name in self._event_names(parts)), default=0)
+
+    def _busy(self, parts: tuple[str, ...]) -> UserError:
+        return UserError(
+            f"could not add an event to {self.uri(*parts)}: other writers took the next "
+            f"{_APPEND_ATTEMPTS} places first. Nothing was written; run the command again."
+        )
 
     def put_dir(self, local_dir: str | Path, *parts: str) -> str:
         """Copy a local folder into the store."""
@@ -189,3 +303,13 @@ class Store:
         names = [name for name in self.list_dirs(kind) if self.is_complete(kind, name)]
         found = [self.manifest(kind, name) for name in names]
         return sorted(found, key=lambda manifest: manifest["created_at"])
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+
+
+def _sequence(name: str) -> int:
+    """An event file's sequence number (0 for clock-named events of older versions)."""
+    match = _EVENT.fullmatch(name)
+    return int(match.group(1)) if match else 0

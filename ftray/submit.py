@@ -20,8 +20,55 @@ from ftray.progress import Progress
 from ftray.spec import JobSpec
 from ftray.specload import load_spec
 
-# Never uploaded: environments, caches, local artifacts. `.gitignore`/`.rayignore` apply too.
+# Never uploaded: credentials and keys (the job's working_dir is readable by everything that
+# runs on the cluster, and Ray keeps it in the GCS), environments, caches, local artifacts.
+# gitignore syntax: a pattern without '/' matches at any depth. `.gitignore`/`.rayignore` apply
+# too. Secrets reach jobs as environment variables from the cluster (Kubernetes Secrets).
+SECRET_EXCLUDES = [
+    ".env",
+    ".env.*",
+    "*.env",
+    ".envrc",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "*.jks",
+    "*.keystore",
+    "*.gpg",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    "*token",
+    "*token.txt",
+    "*token.json",
+    ".netrc",
+    "_netrc",
+    ".pgpass",
+    ".git-credentials",
+    ".npmrc",
+    ".pypirc",
+    "credentials",
+    "*credentials*.json",
+    "*credentials*.yaml",
+    "*credentials*.yml",
+    "client_secret*.json",
+    "*secret*.json",
+    "*secret*.yaml",
+    "*secret*.yml",
+    "*service-account*.json",
+    "kubeconfig",
+    "*.kubeconfig",
+    ".kube",
+    ".ssh",
+    ".aws",
+    ".gnupg",
+    ".docker",
+    ".huggingface",
+]
 DEFAULT_EXCLUDES = [
+    *SECRET_EXCLUDES,
     ".git",
     ".venv",
     "venv",
@@ -70,7 +117,10 @@ def build_submission(
         )
     notes = _source_notes(spec, root)
     all_excludes = [*DEFAULT_EXCLUDES, *(excludes or [])]
-    size, biggest = package_size(root, all_excludes)
+    files = package_files(root, all_excludes)
+    _check_sources_uploaded(spec, root, files)
+    size = sum(files.values())
+    biggest = sorted(files.items(), key=lambda item: -item[1])[:5]
     limit = _package_limit()
     if size >= limit:
         listing = ", ".join(f"{path} ({_mib(n)})" for path, n in biggest)
@@ -96,25 +146,30 @@ def build_submission(
     )
 
 
-def package_size(root: Path, excludes: list[str]) -> tuple[int, list[tuple[str, int]]]:
-    """Bytes Ray would upload from `root`, and the five largest files.
+def package_files(root: Path, excludes: list[str]) -> dict[str, int]:
+    """The files Ray would upload from `root` (relative POSIX path → bytes).
 
     Walks the folder with Ray's own packaging rules (excludes, .gitignore, .rayignore), so
     the check agrees with what `ray job submit` sends.
     """
     from ray._private.runtime_env import packaging
 
-    sizes: list[tuple[str, int]] = []
+    sizes: dict[str, int] = {}
 
     def handler(path: Path) -> None:
         if path.is_file():
-            sizes.append((path.relative_to(root).as_posix(), path.stat().st_size))
+            sizes[path.relative_to(root).as_posix()] = path.stat().st_size
 
     packaging._dir_travel(
         root, [packaging._get_excludes(root, excludes)], handler, include_gitignore=True
     )
-    biggest = sorted(sizes, key=lambda item: -item[1])[:5]
-    return sum(n for _, n in sizes), biggest
+    return sizes
+
+
+def package_size(root: Path, excludes: list[str]) -> tuple[int, list[tuple[str, int]]]:
+    """Bytes Ray would upload from `root`, and the five largest files."""
+    files = package_files(root, excludes)
+    return sum(files.values()), sorted(files.items(), key=lambda item: -item[1])[:5]
 
 
 def submit(submission: Submission, address: str, progress: Progress, follow: bool = True) -> int:
@@ -187,11 +242,36 @@ def jobs_address(address: str | None) -> str:
     return found
 
 
+def ray_token_headers() -> dict[str, str]:
+    """The cluster's Ray token as an Authorization header, from Ray's own variables:
+    $RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH. Sent whenever one is set, so a
+    token-auth cluster works without RAY_AUTH_MODE=token here; with neither, Ray's client
+    finds ~/.ray/auth_token itself when RAY_AUTH_MODE=token."""
+    import os
+
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH", "")
+    if not token and path:
+        try:
+            token = Path(path).expanduser().read_text().strip()
+        except OSError as err:
+            raise UserError(f"RAY_AUTH_TOKEN_PATH={path}: cannot read the token: {err}") from None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _client(address: str):
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     try:
-        return JobSubmissionClient(address)
+        return JobSubmissionClient(address, headers=ray_token_headers() or None)
+    except AuthenticationError as err:
+        refusal = str(err).split("\n", 1)[0]
+        raise UserError(
+            f"the Ray Jobs API at {address} refused ftray ({refusal}): it needs the cluster's "
+            "Ray token. Set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to it; with the Helm chart "
+            "it is in the Secret named by rayAuth.secretName (see the chart's notes)."
+        ) from None
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise UserError(
             f"cannot reach the Ray Jobs API at {address}: {err}. Is the cluster up, and is "
@@ -234,6 +314,27 @@ def _source_notes(spec: JobSpec, root: Path) -> list[str]:
             "none); on a multi-node cluster it must be shared: a mounted volume or s3://"
         )
     return notes
+
+
+def _check_sources_uploaded(spec: JobSpec, root: Path, files: dict[str, int]) -> None:
+    """A local data source the excludes leave out (e.g. named like a credentials file) would
+    be missing on the cluster: say so now, not after the upload."""
+    for index, source in enumerate(spec.data.sources):
+        if "://" in source.path:
+            continue
+        path = Path(source.path)
+        resolved = (root / path if not path.is_absolute() else path).resolve()
+        relative = resolved.relative_to(root).as_posix()
+        if not resolved.exists() or relative in files:
+            continue
+        if resolved.is_dir() and any(name.startswith(f"{relative}/") for name in files):
+            continue
+        raise UserError(
+            f"data.sources[{index}].path: {source.path} is excluded from the upload (by "
+            ".gitignore, .rayignore, --exclude, or ftray's rule that never uploads files named "
+            "like credentials or keys: .env, *.key, *token, *secret*.json, ...), so it would "
+            "be missing on the cluster. Rename it, or put it on shared storage and use its URI."
+        )
 
 
 def _requirements(path: str) -> list[str]:

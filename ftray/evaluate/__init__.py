@@ -228,7 +228,6 @@ def _write_outputs(table, store: Store, eval_id: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = store.path("evals", eval_id, "outputs", "part-0.parquet")
-    store.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with store.fs.open(path, "wb") as handle:
-        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), handle)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), buffer)
+    store.write_bytes(buffer.getvalue().to_pybytes(), "evals", eval_id, "outputs", "part-0.parquet")

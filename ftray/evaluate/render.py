@@ -54,10 +54,8 @@ def png(figure) -> bytes:
 
 def write_plots(store, plots: dict[str, bytes], *folder: str) -> None:
     """Each PNG as `<folder>/<name>.png` in the store (what the Markdown report links)."""
-    store.fs.makedirs(store.path(*folder), exist_ok=True)
     for name, data in plots.items():
-        with store.fs.open(store.path(*folder, f"{name}.png"), "wb") as handle:
-            handle.write(data)
+        store.write_bytes(data, *folder, f"{name}.png")
 
 
 def figures_html(plots: dict[str, bytes]) -> str:

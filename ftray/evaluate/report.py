@@ -48,8 +48,7 @@ def write_report(
         ("report.md", _markdown(manifest, plots, examples, human)),
         ("report.html", _html(manifest, plots, examples, human)),
     ):
-        with store.fs.open(store.path("evals", eval_id, name), "w") as handle:
-            handle.write(text)
+        store.write_text(text, "evals", eval_id, name)
 
 
 # --- plots -----------------------------------------------------------------------------------

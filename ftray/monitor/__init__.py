@@ -2,9 +2,9 @@
 
 `ftray monitor JOB.yaml` (meant to run on a schedule, as a Ray job) reads the samples of the
 last `monitor.window_hours`, compares them with what the production model was trained and
-evaluated on, and writes under `monitor/`: `checks/<time>.json` (every run), `latest.json`,
-`alerts/<time>-<check>.json` (one per alert, with example requests, also posted to the
-webhook), `metrics.prom` (Prometheus text format) and `report.md` / `report.html`.
+evaluated on, and writes under `monitor/`: `checks/<sequence>.json` (every run, in order),
+`latest.json`, `alerts/<time>-<check>.json` (one per alert, with example requests, also posted
+to the webhook), `metrics.prom` (Prometheus text format) and `report.md` / `report.html`.
 """
 
 from __future__ import annotations
@@ -39,12 +39,19 @@ def monitor(spec: JobSpec, store: Store, progress: Progress) -> MonitorRef:
     settings = spec.monitor
     started = time.time()
     since = started - settings.window_hours * 3600
-    samples = load_samples(store, since)
+    samples, unreadable = load_samples(store, since)
     reference = _reference(spec, store)
     progress.note(
         f"{len(samples)} sampled requests in the last {settings.window_hours:g} h; reference: "
         f"{reference['label']}"
     )
+    for path, reason in unreadable:
+        log.warning("skipped unreadable sample file %s: %s", path, reason)
+    if unreadable:
+        progress.note(
+            f"skipped {len(unreadable)} unreadable sample file(s), e.g. {unreadable[0][0]} "
+            f"({unreadable[0][1]}); the log lists them all"
+        )
     found = _checks(spec, samples, reference, store, since)
     alerts = [check for check in found if check["alert"]]
     for check in found:
@@ -59,6 +66,7 @@ def monitor(spec: JobSpec, store: Store, progress: Progress) -> MonitorRef:
         "time": stamp,
         "window_hours": settings.window_hours,
         "samples": len(samples),
+        "unreadable_sample_files": len(unreadable),
         "reference": reference["label"],
         "checks": found,
     }
@@ -74,8 +82,10 @@ def monitor(spec: JobSpec, store: Store, progress: Progress) -> MonitorRef:
     return MonitorRef(found, alerts)
 
 
-def load_samples(store: Store, since: float):
-    """Sampled requests logged at or after `since` (epoch seconds), as a DataFrame."""
+def load_samples(store: Store, since: float) -> tuple:
+    """Sampled requests logged at or after `since` (epoch seconds), as a DataFrame, and the
+    sample files that could not be read, as (path, reason): a truncated or foreign file is
+    skipped, never the end of the run."""
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -84,15 +94,25 @@ def load_samples(store: Store, since: float):
     folder = store.path("monitor", "samples")
     first_day = time.strftime("%Y-%m-%d", time.gmtime(since))
     start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
-    frames = []
+    frames, unreadable = [], []
     if store.fs.exists(folder):
         for path in sorted(store.fs.find(folder)):
             day = path.rsplit("date=", 1)[-1].split("/", 1)[0]
-            if path.endswith(".parquet") and day >= first_day:
+            if not (path.endswith(".parquet") and day >= first_day):
+                continue
+            try:
                 with store.fs.open(path, "rb") as handle:
-                    frames.append(pq.read_table(handle).to_pandas())
+                    frame = pq.read_table(handle).to_pandas()
+            except (OSError, ValueError) as err:  # pyarrow's errors derive from these
+                unreadable.append((path, str(err).splitlines()[0][:200]))
+                continue
+            missing = [column for column in COLUMNS if column not in frame.columns]
+            if missing:
+                unreadable.append((path, f"no column(s) {', '.join(missing)}"))
+                continue
+            frames.append(frame[list(COLUMNS)])
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
-    return table[table["time"] >= start].reset_index(drop=True)
+    return table[table["time"] >= start].reset_index(drop=True), unreadable
 
 
 def _reference(spec: JobSpec, store: Store) -> dict:
@@ -286,5 +306,4 @@ def _write_prometheus(spec: JobSpec, store: Store, found: list[dict]) -> None:
         tags = f'project="{spec.project}",check="{check["check"]}"'
         lines.append(f"ftray_monitor_value{{{tags}}} {check['value']}")
         lines.append(f"ftray_monitor_alert{{{tags}}} {int(check['alert'])}")
-    with store.fs.open(store.path("monitor", "metrics.prom"), "w") as handle:
-        handle.write("\n".join(lines) + "\n")
+    store.write_text("\n".join(lines) + "\n", "monitor", "metrics.prom")

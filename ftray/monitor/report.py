@@ -40,6 +40,11 @@ def write_report(store: Store) -> None:
         f"Latest run {latest['time']}: {latest['samples']} sampled requests in the last "
         f"{latest['window_hours']:g} h, against {latest['reference']}; {len(runs)} runs."
     )
+    if latest.get("unreadable_sample_files"):
+        intro += (
+            f" {latest['unreadable_sample_files']} unreadable sample file(s) were skipped "
+            "(the monitor's log names them)."
+        )
     markdown = (
         "\n\n".join(
             [
@@ -59,8 +64,7 @@ def write_report(store: Store) -> None:
         f'<h2>Over time</h2><section id="plots">{figures}</section>'
     )
     for name, text in (("report.md", markdown), ("report.html", page("Monitoring", body))):
-        with store.fs.open(store.path("monitor", name), "w") as handle:
-            handle.write(text)
+        store.write_text(text, "monitor", name)
 
 
 def _plot(name: str, runs: list[dict]) -> bytes:

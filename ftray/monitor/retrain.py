@@ -34,12 +34,10 @@ def retrain_spec(spec: JobSpec, store: Store, progress: Progress) -> JobSpec:
     lines = [json.dumps(_record(spec, row), sort_keys=True) for row in corrections]
     body = "\n".join(lines) + "\n"
     digest = hashlib.sha256(body.encode()).hexdigest()[:12]
-    path = store.path("monitor", "corrections", f"corrections-{digest}.jsonl")
-    if not store.fs.exists(path):
-        store.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with store.fs.open(path, "w") as handle:
-            handle.write(body)
-    uri = store.uri("monitor", "corrections", path.rsplit("/", 1)[-1])
+    name = f"corrections-{digest}.jsonl"
+    if not store.fs.exists(store.path("monitor", "corrections", name)):
+        store.write_text(body, "monitor", "corrections", name)
+    uri = store.uri("monitor", "corrections", name)
     progress.note(f"{len(corrections)} accepted correction(s) → {uri}")
     sources = [*spec.data.sources, SourceSpec(path=uri)]
     incumbent = "production" if production(store) else spec.eval.incumbent

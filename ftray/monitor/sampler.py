@@ -119,8 +119,9 @@ class Sampler:
 
         table = pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS} for row in rows])
         day = time.strftime("%Y-%m-%d", time.gmtime())
-        folder = self.store.path("monitor", "samples", f"date={day}")
-        self.store.fs.makedirs(folder, exist_ok=True)
-        name = f"{event_id()}.parquet"
-        with self.store.fs.open(f"{folder}/{name}", "wb") as handle:
-            pq.write_table(table, handle)
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer)
+        name = f"{event_id()}.parquet"  # unique per writer; `time` in the rows orders them
+        self.store.write_bytes(
+            buffer.getvalue().to_pybytes(), "monitor", "samples", f"date={day}", name
+        )

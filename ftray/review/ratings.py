@@ -63,7 +63,7 @@ def load_pairs(store: Store, eval_id: str) -> list[Pair]:
     eval_manifest(store, eval_id)
     columns = ["source", "row", "prompt", "completion", "candidate_output", "incumbent_output"]
     pairs: list[Pair] = []
-    for path in sorted(store.fs.glob(store.path("evals", eval_id, "outputs", "*.parquet"))):
+    for path in sorted(store.fs.glob(store.path("evals", eval_id, "outputs") + "/*.parquet")):
         with store.fs.open(path, "rb") as handle:
             table = pq.read_table(handle, columns=columns).to_pylist()
         pairs += [

@@ -25,15 +25,13 @@ def write_review_report(
     store: Store, eval_id: str, found: dict, ratings: list[dict], *, decided: bool
 ) -> None:
     """Render both formats into `evals/<eval_id>/reviews/`."""
-    store.fs.makedirs(store.path("evals", eval_id, "reviews"), exist_ok=True)
     heading = _heading(found, decided)
     tables = _tables(found, ratings)
     for name, text in (
         ("report.md", _markdown(found, heading, tables)),
         ("report.html", _html(found, heading, tables)),
     ):
-        with store.fs.open(store.path("evals", eval_id, "reviews", name), "w") as handle:
-            handle.write(text)
+        store.write_text(text, "evals", eval_id, "reviews", name)
 
 
 def _heading(found: dict, decided: bool) -> str:

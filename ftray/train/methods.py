@@ -107,7 +107,8 @@ class AdapterEngine:
 
         weights = load_file(str(Path(folder, "adapter", "adapter_model.safetensors")))
         set_peft_model_state_dict(self.module, weights)
-        state = torch.load(Path(folder, "optimizer.pt"), weights_only=False)
+        # weights_only: a checkpoint must not run code on load (tensors and plain state only)
+        state = torch.load(Path(folder, "optimizer.pt"), weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 

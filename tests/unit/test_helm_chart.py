@@ -143,6 +143,14 @@ def env_problems(node, where: str) -> list[str]:
     return problems
 
 
+def has_token_auth(env: list[dict] | None) -> bool:
+    """RAY_AUTH_MODE=token, and RAY_AUTH_TOKEN from a Secret that must exist (not optional)."""
+    found = {item["name"]: item for item in env or []}
+    token = found.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef", {})
+    mode = found.get("RAY_AUTH_MODE", {}).get("value")
+    return mode == "token" and bool(token.get("name")) and not token.get("optional")
+
+
 def ray_problems(doc: dict) -> list[str]:
     """A KubeRay object against its schema (cluster/crds), then against ftray's own rules.
 
@@ -154,8 +162,9 @@ def ray_problems(doc: dict) -> list[str]:
     problems = []
     spec = cluster_spec(doc)
     head = spec.get("headGroupSpec", {})
-    if head.get("serviceType", "ClusterIP") != "ClusterIP":
-        problems.append(f"head serviceType {head['serviceType']}, want ClusterIP")
+    exposed = head.get("serviceType", "ClusterIP") != "ClusterIP"
+    if exposed and not all(has_token_auth(c.get("env")) for c in containers(doc)):
+        problems.append(f"head serviceType {head['serviceType']} without Ray token auth")
     for group in spec.get("workerGroupSpecs") or []:
         name = group["groupName"]
         # Optional for KubeRay, but its default maxReplicas (2**31 - 1) lets autoscaling run away.
@@ -176,6 +185,8 @@ def ray_problems(doc: dict) -> list[str]:
         resources = spec.get("autoscalerOptions", {}).get("resources", {})
         if not (resources.get("requests") and resources.get("limits")):
             problems.append("autoscaler container without requests and limits")
+        if not has_token_auth(spec.get("autoscalerOptions", {}).get("env")):
+            problems.append("autoscaler: no Ray token auth (it talks to the GCS)")
     for where, template in pod_templates(doc).items():
         pod = template["spec"]
         for container in pod["containers"]:
@@ -191,6 +202,8 @@ def ray_problems(doc: dict) -> list[str]:
                 problems.append(f"{label}: allowPrivilegeEscalation is not false")
             if "ALL" not in context.get("capabilities", {}).get("drop", []):
                 problems.append(f"{label}: capabilities not dropped")
+            if not has_token_auth(container.get("env")):
+                problems.append(f"{label}: no Ray token auth (RAY_AUTH_MODE, RAY_AUTH_TOKEN)")
     return problems + env_problems(doc, doc["kind"])
 
 
@@ -211,7 +224,12 @@ def containers(doc: dict) -> list[dict]:
 
 def test_default_values_render_a_valid_cpu_cluster(chart):
     docs, notes = render(chart)
-    assert {d["kind"] for d in docs} == {"PersistentVolumeClaim", "RayCluster", "ServiceAccount"}
+    assert {d["kind"] for d in docs} == {
+        "NetworkPolicy",
+        "PersistentVolumeClaim",
+        "RayCluster",
+        "ServiceAccount",
+    }
     assert [p for d in docs for p in manifest_problems(d)] == []
     cluster = only(docs, "RayCluster")
     assert cluster["metadata"]["name"] == "ftray"
@@ -251,6 +269,49 @@ def test_gpu_groups_and_rayservice_render_valid(chart):
     assert f"svc/{service['metadata']['name']}-serve-svc" in notes
 
 
+def test_ray_token_auth_is_on_by_default_in_every_ray_container(chart):
+    docs, notes = render(chart, GPU_AND_SERVE | {"autoscaling": {"enabled": True}})
+    rays = [d for d in docs if d["apiVersion"].startswith("ray.io/")]
+    assert sorted(d["kind"] for d in rays) == ["RayCluster", "RayService"]
+    for doc in rays:
+        assert all(has_token_auth(c["env"]) for c in containers(doc)), doc["kind"]
+        assert has_token_auth(cluster_spec(doc)["autoscalerOptions"]["env"]), doc["kind"]
+    token = {e["name"]: e for e in containers(rays[0])[0]["env"]}["RAY_AUTH_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "ftray-ray-token", "key": "auth_token"}
+    assert "export RAY_AUTH_TOKEN=" in notes and "export RAY_AUTH_MODE=token" in notes
+
+
+def test_a_network_policy_admits_only_ray_pods_and_the_allow_list(chart):
+    docs, _ = render(chart)
+    policy = only(docs, "NetworkPolicy")
+    assert k8s_problems(policy, "NetworkPolicy") == []
+    head = {"app.kubernetes.io/name": "ftray", "app.kubernetes.io/instance": "ftray"}
+    assert policy["spec"]["podSelector"]["matchLabels"] == head | {"ray.io/node-type": "head"}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    ray_pods, allowed = policy["spec"]["ingress"]
+    # The head's Ray pods carry the labels the first rule admits (on every port).
+    pod_labels = only(docs, "RayCluster")["spec"]["headGroupSpec"]["template"]["metadata"]
+    assert ray_pods == {"from": [{"podSelector": {"matchLabels": head}}]}
+    assert head.items() <= pod_labels["labels"].items()
+    assert {p["port"] for p in allowed["ports"]} == {6379, 8265, 10001, 8000, 8080}
+    operator = allowed["from"][0]["podSelector"]["matchLabels"]
+    assert operator == {"app.kubernetes.io/name": "kuberay-operator"}
+    peers = [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
+    docs, _ = render(chart, {"networkPolicy": {"allowFrom": peers}})
+    assert only(docs, "NetworkPolicy")["spec"]["ingress"][1]["from"] == peers
+    docs, _ = render(chart, {"networkPolicy": {"allowFrom": []}})
+    assert len(only(docs, "NetworkPolicy")["spec"]["ingress"]) == 1, "ray pods only"
+    docs, _ = render(chart, {"networkPolicy": {"enabled": False}})
+    assert "NetworkPolicy" not in {d["kind"] for d in docs}
+
+
+def test_a_load_balancer_renders_only_with_token_auth(chart):
+    docs, _ = render(chart, {"head": {"serviceType": "LoadBalancer"}})
+    cluster = only(docs, "RayCluster")
+    assert cluster["spec"]["headGroupSpec"]["serviceType"] == "LoadBalancer"
+    assert ray_problems(cluster) == []
+
+
 def test_object_storage_reads_credentials_from_a_secret(chart):
     values = yaml.safe_load(
         "storage: {type: object, object: {uri: s3://bucket/ftray, existingSecret: s3-creds}}"
@@ -282,6 +343,15 @@ GOOD_GROUP = GPU_AND_SERVE["workerGroups"][0]
         ({"secrets": {"wandb": {"secretName": "s", "key": "k", "value": "hunter2"}}}, "'value'"),
         ({"head": {"serviceType": "Public"}}, "/head/serviceType"),
         ({"workerGroups": [GOOD_GROUP | {"minReplicas": 3}]}, '"cpu": minReplicas (3) is above'),
+        (
+            {"rayAuth": {"enabled": False}, "head": {"serviceType": "LoadBalancer"}},
+            "head.serviceType LoadBalancer exposes the Ray dashboard",
+        ),
+        (
+            {"rayAuth": {"enabled": False}, "head": {"serviceType": "NodePort"}},
+            "that needs rayAuth.enabled: true",
+        ),
+        ({"rayAuth": {"secretName": "s", "key": "k", "value": "hunter2"}}, "'value'"),
     ],
 )
 def test_bad_values_fail_the_install_with_a_clear_error(chart, values, expected):
@@ -291,7 +361,8 @@ def test_bad_values_fail_the_install_with_a_clear_error(chart, values, expected)
 
 
 BREAKS_REPORTED = (
-    "head serviceType LoadBalancer, want ClusterIP",
+    "head serviceType LoadBalancer without Ray token auth",
+    "worker group cpu/ray-worker: no Ray token auth",
     "WANDB_API_KEY has a literal value",
     "worker group cpu: maxReplicas missing",
     "worker group gpu-a100: replicas outside [0, 4]",
@@ -312,6 +383,8 @@ def test_ftray_rules_catch_broken_manifests(chart):
     del head_container["resources"]["limits"]
     cpu, gpu = cluster["spec"]["workerGroupSpecs"]
     del cpu["maxReplicas"]
+    cpu_env = cpu["template"]["spec"]["containers"][0]["env"]
+    cpu_env[:] = [e for e in cpu_env if e["name"] != "RAY_AUTH_TOKEN"]
     gpu["replicas"] = 5
     gpu_pod = gpu["template"]["spec"]
     del gpu_pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]

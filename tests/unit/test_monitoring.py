@@ -219,3 +219,43 @@ def test_retrain_without_corrections_says_how_to_get_them(store, tmp_path):
     )
     with pytest.raises(UserError, match="ftray feedback accept"):
         retrain_spec(spec, store, Progress())
+
+
+def test_monitor_skips_counts_and_reports_unreadable_sample_files(store, tmp_path, capsys):
+    from ftray.monitor import load_samples, monitor
+
+    asyncio.run(_write_samples(store, 4))
+    day = store.list_dirs("monitor", "samples")[0]
+    store.write_bytes(b"PAR1 cut off", "monitor", "samples", day, "truncated.parquet")
+    store.write_bytes(b"not parquet at all", "monitor", "samples", day, "foreign.parquet")
+    samples, unreadable = load_samples(store, time.time() - 3600)
+    assert len(samples) == 4
+    assert sorted(path.rsplit("/", 1)[-1] for path, _ in unreadable) == [
+        "foreign.parquet",
+        "truncated.parquet",
+    ]
+    spec = JobSpec.model_validate(
+        {
+            "project": "proj",
+            "storage": str(tmp_path / "store"),
+            "model": {"base": "tiny"},
+            "data": {"sources": [{"path": "data.csv"}]},
+        }
+    )
+    ref = monitor(spec, store, Progress())
+    assert ref.checks, "the run went on with the readable samples"
+    latest = store.read_json("monitor", "latest.json")
+    assert latest["samples"] == 4 and latest["unreadable_sample_files"] == 2
+    assert (
+        "2 unreadable sample file(s) were skipped"
+        in store.fs.cat(store.path("monitor", "report.md")).decode()
+    )
+    assert "skipped 2 unreadable sample file(s)" in capsys.readouterr().out
+
+
+async def _write_samples(store, n):
+    sampler = _sampler(store)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for i in range(n):
+        sampler.record({**_row(i), "time": now})
+    await sampler.drain()

@@ -98,3 +98,51 @@ def test_cards_link_their_lineage_and_never_change(store, tmp_path):
     assert store.manifest("models", model_id) == stored
     with pytest.raises(UserError, match="registered: "):
         registry.get_model(store, "model-000000000000")
+
+
+def test_a_promotion_from_a_host_whose_clock_is_behind_still_changes_production(
+    store, tmp_path, monkeypatch
+):
+    import time
+
+    a, b = _register(store, tmp_path, "a"), _register(store, tmp_path, "b")
+    registry.promote(store, a, reason="first")
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 10)
+    monkeypatch.setattr(time, "time_ns", lambda: int((real() - 10) * 1e9))
+    monkeypatch.setattr(time, "gmtime", lambda secs=None: time.localtime(0))
+    registry.promote(store, b, reason="from a slow clock")
+    assert registry.production(store) == b
+    assert [e["model_id"] for e in registry.history(store)] == [a, b]
+
+
+def test_concurrent_promotions_both_land_and_the_second_knows_the_first(store, tmp_path):
+    import threading
+
+    models = [_register(store, tmp_path, name) for name in "abcdef"]
+    start = threading.Barrier(len(models))
+    errors = []
+
+    def promote(model_id):
+        start.wait()
+        try:
+            registry.promote(store, model_id, reason="race")
+        except UserError as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=promote, args=(m,)) for m in models]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    events = registry.history(store)
+    assert sorted(e["model_id"] for e in events) == sorted(models), "none lost"
+    # A total order: each promotion names the one before it as the model it replaced.
+    assert [e["previous"] for e in events] == [None] + [e["model_id"] for e in events[:-1]]
+    assert registry.production(store) == events[-1]["model_id"]
+
+
+def test_ids_from_the_command_line_cannot_leave_the_models_folder(store):
+    with pytest.raises(UserError, match="is not a valid id"):
+        registry.get_model(store, "../../etc")

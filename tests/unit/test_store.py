@@ -68,3 +68,94 @@ def test_code_version_names_the_package_version():
     from ftray import __version__
 
     assert code_version().startswith(__version__)
+
+
+@pytest.mark.parametrize(
+    "bad", ["../etc", "a/b", "a\\b", ".hidden", "..", "", "model-1/../../x", "a b", "é"]
+)
+def test_ids_that_could_leave_their_folder_are_refused(tmp_path, bad):
+    store = Store(str(tmp_path), "proj")
+    with pytest.raises(UserError, match="is not a valid id"):
+        store.is_complete("models", bad)
+    with pytest.raises(UserError, match="is not a valid id"):
+        store.write_json({}, "models", bad, "x.json")
+    assert not any(tmp_path.rglob("x.json"))
+
+
+def test_project_names_are_checked_too(tmp_path):
+    with pytest.raises(UserError, match="is not a valid id"):
+        Store(str(tmp_path), "../elsewhere")
+
+
+def test_event_log_order_is_its_sequence_not_the_clock(tmp_path, monkeypatch):
+    import time
+
+    store = Store(str(tmp_path), "proj")
+    assert store.write_event({"n": 1}, "log") == "000000000001.json"
+    real = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real() - 10 * 10**9)  # a clock 10 s behind
+    monkeypatch.setattr(time, "time", lambda: real() / 1e9 - 10)
+    assert store.write_event({"n": 2}, "log") == "000000000002.json"
+    assert [e["n"] for e in store.read_events("log")] == [1, 2]
+
+
+def test_events_of_older_versions_stay_first_in_their_order(tmp_path):
+    store = Store(str(tmp_path), "proj")
+    store.write_json({"n": 1}, "log", "01733000000000000000-aaaaaaaa.json")
+    store.write_json({"n": 2}, "log", "01733000000000000001-bbbbbbbb.json")
+    store.write_event({"n": 3}, "log")
+    assert [e["n"] for e in store.read_events("log")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("storage", ["local", "memory://ftray-race"])
+def test_racing_writers_all_land_in_one_total_order(tmp_path, storage):
+    import threading
+
+    store = Store(str(tmp_path) if storage == "local" else storage, "race")
+    start = threading.Barrier(4)
+
+    def writer(who: int) -> None:
+        start.wait()
+        for n in range(25):
+            store.write_event({"who": who, "n": n}, "log")
+
+    threads = [threading.Thread(target=writer, args=(who,)) for who in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    events = store.read_events("log")
+    assert len(events) == 100, "no event lost"
+    names = sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(store.path("log"), detail=False))
+    assert names == [f"{seq:012d}.json" for seq in range(1, 101)], "one gap-free sequence"
+    for who in range(4):  # each writer's own events keep their order
+        assert [e["n"] for e in events if e["who"] == who] == list(range(25))
+
+
+def test_append_is_decided_again_when_another_writer_got_there_first(tmp_path):
+    store = Store(str(tmp_path), "proj")
+    seen = []
+
+    def build(events):
+        seen.append(len(events))
+        if len(seen) == 1:  # another writer lands between this read and this write
+            store.write_event({"by": "other"}, "log")
+        return {"by": "me", "after": len(events)}
+
+    assert store.append_event(build, "log") == {"by": "me", "after": 1}
+    assert seen == [0, 1]
+    assert [e["by"] for e in store.read_events("log")] == ["other", "me"]
+
+
+def test_interrupted_writes_leave_the_old_file_whole(tmp_path, monkeypatch):
+    store = Store(str(tmp_path), "proj")
+    store.write_text("old", "monitor", "report.md")
+
+    def broken_mv(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store.fs, "mv", broken_mv)
+    with pytest.raises(OSError, match="disk full"):
+        store.write_text("new", "monitor", "report.md")
+    assert (tmp_path / "proj" / "monitor" / "report.md").read_text() == "old"
+    assert [p.name for p in (tmp_path / "proj" / "monitor").iterdir()] == ["report.md"]

@@ -9,7 +9,7 @@ from ftray.cli import main
 from ftray.errors import UserError
 from ftray.k8s import rayjob_manifest
 from ftray.specload import load_spec
-from ftray.submit import build_submission, package_size
+from ftray.submit import build_submission, package_files, package_size
 from tests.unit.test_helm_chart import ray_problems
 
 JOB = {
@@ -107,3 +107,93 @@ def test_k8s_without_credentials_is_a_clear_error(workdir, monkeypatch, capsys):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     assert main(["submit", "jobs/demo.yaml", "--k8s"]) == 2
     assert "no Kubernetes credentials" in capsys.readouterr().err
+
+
+SECRET_FILES = [
+    ".env",
+    "config/.env.production",
+    "deploy/tls.pem",
+    "deploy/server.key",
+    "id_rsa",
+    "home/.ssh/id_ed25519.pub",
+    "hf_token",
+    "wandb-token.txt",
+    ".netrc",
+    ".git-credentials",
+    "gcp/service-account-prod.json",
+    "client_secret_123.json",
+    ".aws/credentials",
+    "kubeconfig",
+]
+KEPT_FILES = ["model/tokenizer.json", "model/special_tokens_map.json", "data/keys.csv"]
+
+
+def test_secret_files_are_never_uploaded(workdir):
+    for name in SECRET_FILES + KEPT_FILES:
+        (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / name).write_text("x")
+    sub = build_submission("jobs/demo.yaml", [])
+    uploaded = package_files(workdir, sub.runtime_env["excludes"])
+    assert [name for name in SECRET_FILES if name in uploaded] == []
+    assert all(name in uploaded for name in KEPT_FILES), "tokenizer files still travel"
+    assert "data/train.jsonl" in uploaded
+
+
+def test_a_data_source_the_excludes_drop_is_refused_before_upload(workdir):
+    (workdir / "data" / "secret-prompts.json").write_text("[]")
+    with pytest.raises(UserError, match=r"data.sources\[0\].path: .* excluded from the upload"):
+        build_submission("jobs/demo.yaml", ["data.sources=[{path: data/secret-prompts.json}]"])
+
+
+@pytest.fixture
+def token_server():
+    """A stand-in Jobs API answering like Ray's token middleware: 401 without a token, 403
+    with a wrong one; it records the headers it was sent."""
+    import http.server
+    import json
+    import threading
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            auth = self.headers.get("Authorization")
+            seen.append(auth)
+            status, body = 200, json.dumps({"ray_version": "2.60.0", "version": "2.60.0"})
+            if not auth:
+                status, body = 401, "Unauthorized: Missing authentication token"
+            elif auth != "Bearer s3cret":
+                status, body = 403, "Forbidden: Invalid authentication token"
+            if self.path.startswith("/api/jobs"):
+                body = "[]"
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+
+
+def test_ftray_jobs_sends_the_ray_token_from_the_environment(
+    token_server, monkeypatch, tmp_path, capsys
+):
+    address, seen = token_server
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # not needed: the token is enough
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token to fall back on
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "s3cret")
+    assert main(["jobs", "list", "--address", address]) == 0
+    assert seen and set(seen) == {"Bearer s3cret"}
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    (tmp_path / "token").write_text("s3cret\n")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
+    assert main(["jobs", "list", "--address", address]) == 0
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "wrong")
+    assert main(["jobs", "list", "--address", address]) == 2
+    err = capsys.readouterr().err
+    assert "refused ftray (Authentication failed" in err and "Set RAY_AUTH_TOKEN" in err

@@ -97,8 +97,25 @@ Environment of every Ray container: storage root, API keys by secret reference o
       optional: true
 {{- end }}
 {{- end }}
+{{- include "ftray.authEnv" . }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Ray token auth: on every Ray container, the autoscaler's included. The Secret is required
+(not optional): a pod without its token must not start, rather than start without auth.
+*/}}
+{{- define "ftray.authEnv" -}}
+{{- if .Values.rayAuth.enabled }}
+- name: RAY_AUTH_MODE
+  value: token
+- name: RAY_AUTH_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.rayAuth.secretName }}
+      key: {{ .Values.rayAuth.key }}
 {{- end }}
 {{- end }}
 
@@ -208,6 +225,9 @@ Call with (dict "root" $ "workerGroups" <list of groups>).
 {{- define "ftray.rayClusterSpec" -}}
 {{- $root := .root }}
 {{- $head := $root.Values.head }}
+{{- if and (ne $head.serviceType "ClusterIP") (not $root.Values.rayAuth.enabled) }}
+{{- fail (printf "head.serviceType %s exposes the Ray dashboard and Jobs API outside the cluster; that needs rayAuth.enabled: true (token auth), or keep ClusterIP and use kubectl port-forward" $head.serviceType) }}
+{{- end }}
 rayVersion: {{ $root.Values.rayVersion | quote }}
 enableInTreeAutoscaling: {{ $root.Values.autoscaling.enabled }}
 {{- if $root.Values.autoscaling.enabled }}
@@ -219,6 +239,10 @@ autoscalerOptions:
     {{- toYaml $root.Values.securityContext | nindent 4 }}
   resources:
     {{- toYaml $root.Values.autoscaling.resources | nindent 4 }}
+  {{- with include "ftray.authEnv" $root | trim }}
+  env:
+    {{- . | nindent 4 }}
+  {{- end }}
 {{- end }}
 headGroupSpec:
   serviceType: {{ $head.serviceType }}
