@@ -65,6 +65,8 @@ def ray_cluster() -> dict[str, str]:
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
             f"--metrics-export-port={metrics}",
+            # its own agent port too: the default (52365) would clash with another session's head
+            f"--dashboard-agent-listen-port={free_port()}",
             "--num-cpus=4",
             "--disable-usage-stats",
             f"--temp-dir={ENV['RAY_TMPDIR']}",
