@@ -29,7 +29,33 @@ def serve_registry(
     store = Store(spec.storage, spec.project)
     target = model or ("production" if production(store) else "base")
     with progress.stage("serve"):
+        for warning in rejection_warnings(store, target):
+            progress.note(warning)
         return serve_model(spec, store, target, progress, keep_serving)
+
+
+def rejection_warnings(store: Store, model: str) -> list[str]:
+    """Warnings for serving a model the gate or the registry did not approve. It is served all
+    the same: someone named it, or forced it into production."""
+    from ftray.registry import get_model, production
+
+    model_id = model.rsplit(":", 1)[-1]
+    if model_id == "production":
+        model_id = production(store) or "base"
+    if model_id == "base":
+        return []
+    card = get_model(store, model_id)  # a clear error when there is no such model
+    gate = card.get("gate") or {}
+    reasons = ["the registry rejected it"] if card["stage"] == "rejected" else []
+    if gate and not gate.get("passed", True):
+        failed = [rule["rule"] for rule in gate.get("rules", []) if rule.get("passed") is False]
+        reasons.append("its gate failed" + (f" ({'; '.join(failed)})" if failed else ""))
+    if not reasons:
+        return []
+    return [
+        f"warning: serving {model_id} although {' and '.join(reasons)}; "
+        f"`ftray models show JOB.yaml {model_id}` has its evaluation"
+    ]
 
 
 def serve_model(

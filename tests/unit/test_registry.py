@@ -146,3 +146,22 @@ def test_concurrent_promotions_both_land_and_the_second_knows_the_first(store, t
 def test_ids_from_the_command_line_cannot_leave_the_models_folder(store):
     with pytest.raises(UserError, match="is not a valid id"):
         registry.get_model(store, "../../etc")
+
+
+def test_serving_a_rejected_or_forced_model_warns(store, tmp_path):
+    from ftray.serve import rejection_warnings
+
+    good = _register(store, tmp_path, "good")
+    bad = _register(store, tmp_path, "bad", passed=False)
+    registry.promote(store, good, reason="gate passed")
+    registry.reject(store, bad, reason="gate failed")
+    assert rejection_warnings(store, "base") == []
+    assert rejection_warnings(store, "production") == []
+    assert rejection_warnings(store, f"tiny:{good}") == []
+    (warning,) = rejection_warnings(store, bad)
+    assert "registry rejected it" in warning and "macro_f1 ≥ incumbent + 0" in warning
+    registry.promote(store, bad, reason="forced", force=True)
+    (warning,) = rejection_warnings(store, "production")
+    assert bad in warning and "gate failed" in warning and "rejected it" not in warning
+    with pytest.raises(UserError, match="no model"):
+        rejection_warnings(store, "model-000000000000")
