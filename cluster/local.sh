@@ -8,16 +8,18 @@
 #   cluster/local.sh status
 #   cluster/local.sh stop                   # stops these two nodes only
 #
-# Both nodes keep their files in their own temp dir (RAY_LOCAL_DIR, default .ray-local/ in the
-# current folder); `stop` ends only the processes that name it (and their children), never
-# other Ray clusters on the machine, as `ray stop` would.
+# Both nodes keep their files in their own temp dir (RAY_LOCAL_DIR, default
+# /tmp/ftray-ray-<uid>-<port>: short, since Ray's socket paths inside it must stay under the
+# 107-byte limit of Unix sockets); `stop` ends only the processes that name it (and their
+# children), never other Ray clusters on the machine, as `ray stop` would.
 set -euo pipefail
 
 HEAD_CPUS="${HEAD_CPUS:-2}"
 WORKER_CPUS="${WORKER_CPUS:-2}"
 PORT="${RAY_PORT:-6379}"
 DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
-TEMP_DIR="$(mkdir -p "${RAY_LOCAL_DIR:-.ray-local}" && cd "${RAY_LOCAL_DIR:-.ray-local}" && pwd)"
+LOCAL_DIR="${RAY_LOCAL_DIR:-/tmp/ftray-ray-$(id -u)-$PORT}"
+TEMP_DIR="$(mkdir -p "$LOCAL_DIR" && cd "$LOCAL_DIR" && pwd)"
 
 # macOS and Windows refuse a second node unless this is 1 (on Linux it is the default).
 # Setting it to 0 would make the worker's `ray start --address` abort on every platform.

@@ -140,10 +140,12 @@ def _cached(store: Store, key: str, build) -> str:
 
     with tempfile.TemporaryDirectory() as tmp:
         build(Path(tmp))
-        if store.fs.exists(store.path("cache", "models", key)):  # left by an interrupted run
-            store.fs.rm(store.path("cache", "models", key), recursive=True)
-        store.put_dir(tmp, "cache", "models", key)
-    store.finish({"key": key}, "cache", "models", key)
+        # Another process may have finished the same entry meanwhile: keep its copy.
+        if not store.is_complete("cache", "models", key):
+            if store.fs.exists(store.path("cache", "models", key)):  # an interrupted run's
+                store.fs.rm(store.path("cache", "models", key), recursive=True)
+            store.put_dir(tmp, "cache", "models", key)
+            store.finish({"key": key}, "cache", "models", key)
     return _local(store, key)
 
 
@@ -162,6 +164,9 @@ def _local(store: Store, key: str) -> str:
         staging = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=target.parent))
         store.get_dir(staging, "cache", "models", key)
         (staging / _COPIED).write_text(key)
+        if (target / _COPIED).exists():  # another process finished its copy meanwhile
+            shutil.rmtree(staging, ignore_errors=True)
+            return str(target)
         shutil.rmtree(target, ignore_errors=True)  # a copy cut short (it has no marker)
         try:
             staging.rename(target)

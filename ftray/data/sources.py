@@ -70,8 +70,22 @@ def expand_sources(
 
 
 def number_files(train: list[SourceFile], evals: list[SourceFile]) -> list[SourceFile]:
-    """All files with their global index set."""
-    return [SourceFile(f.path, f.format, f.origin, i) for i, f in enumerate([*train, *evals])]
+    """All files with their global index set.
+
+    Raises UserError when a file is named twice (two globs, or both data.sources and
+    data.eval_sources): its lines would be read twice and the per-file accounting fail.
+    """
+    files = [*train, *evals]
+    seen: dict[str, str] = {}
+    for file in files:
+        if file.path in seen:
+            raise UserError(
+                f"{file.path} is named twice in the data sources ({seen[file.path]} and "
+                f"{file.origin}); list each file once (narrow the globs, or move it to one of "
+                "data.sources and data.eval_sources)."
+            )
+        seen[file.path] = file.origin
+    return [SourceFile(f.path, f.format, f.origin, i) for i, f in enumerate(files)]
 
 
 def _is_hf_dir(fs, path: str) -> bool:

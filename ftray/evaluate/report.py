@@ -347,13 +347,12 @@ def rewrite_report(store: Store, eval_id: str, human: dict | None = None) -> boo
     manifest = store.manifest("evals", eval_id)
     if "task" not in manifest:
         return False
-    table = pd.concat(
-        [
-            pq.read_table(store.fs.open(path, "rb")).to_pandas()
-            for path in sorted(store.fs.find(store.path("evals", eval_id, "outputs")))
-        ],
-        ignore_index=True,
-    )
+    parts = []
+    for path in sorted(store.fs.find(store.path("evals", eval_id, "outputs"))):
+        if path.endswith(".parquet"):  # not a temp file a crashed write left
+            with store.fs.open(path, "rb") as handle:
+                parts.append(pq.read_table(handle).to_pandas())
+    table = pd.concat(parts, ignore_index=True)
     task = Task(**manifest["task"])
     worst = manifest["spec"].get("worst_examples", 10)
     if human is None:

@@ -321,14 +321,21 @@ class ChatModel:
         loop = asyncio.get_running_loop()
 
         def pump() -> None:
-            for piece in self.engine.stream(request):
-                loop.call_soon_threadsafe(pieces.put_nowait, piece)
+            try:
+                for piece in self.engine.stream(request):
+                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
+            except Exception as error:  # the client hears it now, not once the model is free
+                loop.call_soon_threadsafe(pieces.put_nowait, error)
+                raise
 
         async def generate() -> None:
             try:
                 async with self.lock:
                     self.engine.unload_retired(keep={request.model})
-                    await asyncio.to_thread(pump)
+                    try:
+                        await asyncio.to_thread(pump)
+                    finally:  # a timed-out generation runs on: the lock waits for its end
+                        await asyncio.to_thread(self.engine.settle)
             finally:
                 if request.model:
                     self.engine.done(request.model)
@@ -351,12 +358,13 @@ class ChatModel:
         generation ends with an `error` event (OpenAI's clients raise it)."""
         ident, kind = new_id(chat, chunk=True)
         text = []
-        while (piece := await pieces.get()) is not None:
+        while (piece := await pieces.get()) is not None and not isinstance(piece, Exception):
             text.append(piece)
             yield event(ident, kind, request.model, piece, None, chat)
-        await asyncio.wait({task})  # not `await task`: leaving early would cancel it
-        if task.exception() is not None:  # logged by _stream_ended, with its traceback
-            error = task.exception()
+        if piece is None:
+            await asyncio.wait({task})  # not `await task`: leaving early would cancel it
+        error = piece if piece is not None else task.exception()
+        if error is not None:  # logged by _stream_ended, with its traceback
             yield error_event(
                 f"the generation stopped: {error}"
                 if isinstance(error, TimeoutError)

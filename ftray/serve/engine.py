@@ -48,6 +48,8 @@ class Engine:
         # thread encodes with it fails ("Already borrowed").
         self._reader = load_tokenizer(model_dir)
         self.timeout_s = timeout_s
+        # generations whose stream gave up on them; `settle` waits for them
+        self._stragglers: list[threading.Thread] = []
         if quantization == "none":
             self.base = load_model(model_dir, dtype)
         else:
@@ -169,7 +171,8 @@ class Engine:
         """The answer's text in pieces as it is generated.
 
         Raises the generation's own error if it fails, and TimeoutError when no piece comes
-        for `timeout_s` (the generation then runs on in its thread until its `max_time`).
+        for `timeout_s` (the generation then runs on in its thread until its `max_time`, the
+        same bound: call `settle` before the model serves anything else).
         """
         from transformers import TextIteratorStreamer
 
@@ -207,10 +210,17 @@ class Engine:
         try:
             yield from (piece for piece in streamer if piece)
         except queue.Empty:
+            self._stragglers.append(worker)
             raise TimeoutError(f"no token for {self.timeout_s:g} s") from None
         worker.join()
         if failures:
             raise failures[0]
+
+    def settle(self) -> None:
+        """Wait for generations that outlived their stream (the engine is not thread-safe: the
+        next generation must not start while one still runs)."""
+        while self._stragglers:
+            self._stragglers.pop().join()
 
     def memory(self) -> dict:
         """Bytes held by the base model's weights and by each full model."""

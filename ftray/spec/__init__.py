@@ -2,16 +2,18 @@
 
 Every default lives here and every field is described once; `ftray schema` and the README's
 spec reference are generated from these models. Loading, overrides and error messages live in
-`ftray.specload`. The evaluate, monitor and serve sections live in their own modules.
+`ftray.specload`. The assess, evaluate, monitor, serve and sweep sections live in their own
+modules.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ftray.spec._base import SpecRuleError, _Section
+from ftray.spec.assess import AssessSpec
 from ftray.spec.evaluate import (
     LOWER_IS_BETTER,
     METRIC_GROUPS,
@@ -22,6 +24,7 @@ from ftray.spec.evaluate import (
 )
 from ftray.spec.monitor import MonitorSpec
 from ftray.spec.serve import AutoscalingSpec, ServeSpec
+from ftray.spec.sweep import SweepParam, SweepSpec
 
 
 class ModelSpec(_Section):
@@ -399,49 +402,6 @@ class WandbSpec(_Section):
     tags: list[str] = Field(default_factory=list, description="Tags on every run.")
 
 
-class AssessSpec(_Section):
-    """The go/no-go before training: enough data? does the base model already do the job?"""
-
-    enabled: bool = Field(default=True, description="`ftray run` assesses before training.")
-    min_examples: int = Field(
-        default=50, ge=1, description="Refuse to train with fewer usable training examples."
-    )
-    warn_examples: int = Field(
-        default=300, ge=1, description="Warn below this many usable training examples."
-    )
-    target: float = Field(
-        default=0.9,
-        ge=0,
-        le=1,
-        description="Value of the task's primary metric (eval.primary_metric; by default "
-        "macro_f1 for classification, field_f1_micro for json, rouge_l for generation) the "
-        "prompted base model must reach for the verdict 'don't fine-tune'.",
-    )
-    max_examples: int = Field(
-        default=50, ge=1, description="Held-out examples the base model is scored on."
-    )
-    few_shot: int = Field(
-        default=3,
-        ge=0,
-        le=16,
-        description="Solved training examples shown before each query (distinct answers "
-        "first), as a user writing a prompt would, to judge the base model at its best.",
-    )
-    gpu: Literal["T4-16GB", "L4-24GB", "A10G-24GB", "A100-40GB", "A100-80GB", "H100-80GB"] = Field(
-        default="A100-80GB", description="GPU type the training and serving estimates are for."
-    )
-    num_gpus: int = Field(default=1, ge=1, description="GPUs the estimates are for.")
-    gpu_prices: dict[
-        Literal["T4-16GB", "L4-24GB", "A10G-24GB", "A100-40GB", "A100-80GB", "H100-80GB"],
-        Annotated[float, Field(gt=0)],
-    ] = Field(
-        default_factory=dict,
-        description="USD per GPU-hour by GPU type, replacing the indicative on-demand prices "
-        "(T4 0.53, L4 0.80, A10G 1.01, A100-40GB 3.67, A100-80GB 4.10, H100 6.98), e.g. "
-        "{A100-80GB: 1.8} for a reserved price.",
-    )
-
-
 class RaySpec(_Section):
     """Which Ray cluster to run on."""
 
@@ -455,76 +415,6 @@ class RaySpec(_Section):
         ge=1,
         description="CPUs an embedded local Ray declares (default: the machine's cores, at "
         "least 4, so data readers run beside two training workers).",
-    )
-
-
-class SweepParam(_Section):
-    """One dimension of a sweep's search space."""
-
-    type: Literal["choice", "grid", "uniform", "loguniform", "randint"] = Field(
-        description="'choice': one of `values` at random; 'grid': every one of `values` "
-        "(times num_samples); 'uniform' / 'loguniform': a float in [low, high]; 'randint': an "
-        "integer in [low, high)."
-    )
-    values: list | None = Field(default=None, description="For choice and grid.")
-    low: float | None = Field(default=None, description="For uniform, loguniform, randint.")
-    high: float | None = Field(default=None, description="For uniform, loguniform, randint.")
-
-    @model_validator(mode="after")
-    def _complete(self) -> SweepParam:
-        if self.type in ("choice", "grid"):
-            if not self.values:
-                raise SpecRuleError(
-                    "values",
-                    self.values,
-                    f"a {self.type} needs a non-empty list of values",
-                    "list the values to try, e.g. values: [1e-4, 3e-4]",
-                )
-        elif self.low is None or self.high is None:
-            missing = "low" if self.low is None else "high"
-            raise SpecRuleError(
-                missing, None, f"a {self.type} needs low and high", f"set {missing}"
-            )
-        elif not self.low < self.high:
-            raise SpecRuleError("high", self.high, f"not above low ({self.low})", "set low < high")
-        elif self.type == "loguniform" and self.low <= 0:
-            raise SpecRuleError(
-                "low", self.low, "a loguniform range must be above 0", "set low > 0, e.g. 1e-5"
-            )
-        return self
-
-
-class SweepSpec(_Section):
-    """A Ray Tune search over `train.*` values; each trial is a full training run."""
-
-    parameters: dict[str, SweepParam] = Field(
-        min_length=1,
-        description="Search space: a spec path under `train.` (e.g. 'train.lr', "
-        "'train.lora.r', 'train.method') → its distribution. A trial's values are written "
-        "into the spec, which is validated like any other.",
-    )
-    num_samples: int = Field(
-        default=4, ge=1, description="Trials to run (for grid: repeats of the whole grid)."
-    )
-    metric: str = Field(
-        default="eval_loss", description="Metric the trials are ranked by (reported by train)."
-    )
-    mode: Literal["min", "max"] = Field(default="min", description="Lower or higher is better.")
-    scheduler: Literal["asha", "fifo"] = Field(
-        default="asha",
-        description="'asha' stops trials that trail at each rung of evaluations (set "
-        "train.eval_every so trials evaluate several times); 'fifo' runs every trial out.",
-    )
-    grace_period: int = Field(
-        default=1, ge=1, description="ASHA: evaluations every trial gets before it can stop."
-    )
-    reduction_factor: int = Field(
-        default=2, ge=2, description="ASHA: 1/reduction_factor of trials go on at each rung."
-    )
-    max_concurrent: int = Field(
-        default=1,
-        ge=1,
-        description="Trials running at once; each takes train.scaling.num_workers workers.",
     )
 
 
@@ -583,6 +473,16 @@ class JobSpec(_Section):
                 f"is not among the metrics computed ({', '.join(produced)})",
                 "pick one of them, or add its group to eval.metrics",
             )
+        if primary in LOWER_IS_BETTER:
+            # the gate and assess ask the primary metric to rise; bound these with gate rules
+            raise SpecRuleError(
+                "eval.primary_metric",
+                primary,
+                "is a rate where lower is better; the primary metric must be one where higher "
+                "is better",
+                "pick a quality metric (e.g. field_f1_micro, macro_f1, rouge_l) and bound "
+                f"{primary} with eval.gate.ceilings",
+            )
         return self
 
     @model_validator(mode="after")
@@ -618,9 +518,12 @@ __all__ = [
     "METRIC_GROUPS",
     "PRIMARY_METRIC",
     "TASK_METRICS",
+    "AssessSpec",
     "AutoscalingSpec",
     "EvalSpec",
     "GateSpec",
     "MonitorSpec",
     "ServeSpec",
+    "SweepParam",
+    "SweepSpec",
 ]

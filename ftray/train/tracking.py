@@ -38,22 +38,8 @@ class Tracker:
         self.run = None
         if rank != 0 or not settings or settings["mode"] == "disabled":
             return
-        import wandb
-
         os.makedirs(settings["dir"], exist_ok=True)
-        self.run = wandb.init(
-            project=settings["project"],
-            entity=settings["entity"],
-            group=settings["group"],
-            tags=settings["tags"],
-            id=settings["id"],
-            name=settings["id"],
-            resume="allow",
-            dir=settings["dir"],
-            mode=settings["mode"],
-            config=config,
-            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
-        )
+        self.run = _init(settings, config=config)
 
     def log(self, metrics: dict, step: int) -> None:
         if self.run is not None:
@@ -106,19 +92,10 @@ def log_evaluation(settings: dict, manifest: dict, report_html: str | None) -> N
     }
     if report_html is not None:
         logged["report"] = wandb.Html(report_html, inject=False)
-    run = wandb.init(
-        project=settings["project"],
-        entity=settings["entity"],
-        group=settings["group"],
-        tags=settings["tags"],
-        id=settings["id"],
-        name=settings["id"],
-        job_type="eval",
-        resume="allow",
-        dir=settings["dir"],
-        mode=settings["mode"],
+    run = _init(
+        settings,
         config={"eval": manifest["spec"], "task": manifest["metrics"]["task"]},
-        settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        job_type="eval",
     )
     run.log(logged)
     run.summary.update(summary)
@@ -182,3 +159,22 @@ def _peak_flops(device) -> float | None:
         if key in name:
             return tflops * 1e12
     return None
+
+
+def _init(settings: dict, **extra):
+    """A W&B run from ftray's resolved settings (quiet, no system stats), resumable by id."""
+    import wandb
+
+    return wandb.init(
+        project=settings["project"],
+        entity=settings["entity"],
+        group=settings["group"],
+        tags=settings["tags"],
+        id=settings["id"],
+        name=settings["id"],
+        resume="allow",
+        dir=settings["dir"],
+        mode=settings["mode"],
+        settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        **extra,
+    )

@@ -145,6 +145,10 @@ def test_a_stream_with_no_token_for_the_timeout_stops(tiny_dir, monkeypatch):
     with pytest.raises(TimeoutError, match=r"no token for 0\.5 s"):
         _within(60, lambda: list(engine.stream(Request(None, PROMPTS[0], 4))))
     assert time.monotonic() - started < 8, "gave up after the timeout, not after the stall"
+    streams = [t for t in threading.enumerate() if t.name == "ftray-stream"]
+    assert any(t.is_alive() for t in streams), "the stalled generation still runs"
+    engine.settle()  # what the Serve app waits for before the model serves anything else
+    assert not any(t.is_alive() for t in streams)
 
 
 def test_an_evicted_adapter_stays_until_its_last_request_ends(tiny_dir, adapters):

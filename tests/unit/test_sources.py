@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ftray.data.sources import SourceFile, read_records, split_lines
 
 
@@ -88,3 +90,20 @@ def test_json_list_and_broken_json_file(tmp_path):
     broken = _read(tmp_path, "bad.json", b'[{"prompt": \xff}]', "json")
     assert len(broken) == 1 and "file is not UTF-8" in broken[0]["error"]
     assert broken[0]["read"] == 1
+
+
+def test_a_file_named_twice_is_refused_before_reading(tmp_path):
+    from ftray.data.sources import expand_sources, number_files
+    from ftray.errors import UserError
+    from ftray.spec import SourceSpec
+
+    (tmp_path / "a.jsonl").write_text('{"prompt": "p", "completion": "c"}\n')
+    (tmp_path / "b.jsonl").write_text('{"prompt": "q", "completion": "d"}\n')
+    train = expand_sources([SourceSpec(path=str(tmp_path / "*.jsonl"))])
+    assert [f.index for f in number_files(train, [])] == [0, 1]
+    evals = expand_sources([SourceSpec(path=str(tmp_path / "b.jsonl"))], "eval")
+    with pytest.raises(UserError, match=r"b\.jsonl is named twice"):
+        number_files(train, evals)
+    twice = expand_sources([SourceSpec(path=str(tmp_path / "a*"))] * 2)
+    with pytest.raises(UserError, match="named twice"):
+        number_files(twice, [])

@@ -195,6 +195,12 @@ MALFORMED = [
         "no such file",
     ),
     (
+        "primary-lower-is-better",
+        spec(extra="eval: {primary_metric: hallucination_rate}\n"),
+        "eval.primary_metric",
+        "lower is better",
+    ),
+    (
         "word-list-missing",
         spec(data="  toxicity: {word_list: nope.txt}\n"),
         "data.toxicity.word_list",
