@@ -281,26 +281,40 @@ def test_ray_token_auth_is_on_by_default_in_every_ray_container(chart):
     assert "export RAY_AUTH_TOKEN=" in notes and "export RAY_AUTH_MODE=token" in notes
 
 
-def test_a_network_policy_admits_only_ray_pods_and_the_allow_list(chart):
+def policies(docs: list[dict]) -> dict[str, dict]:
+    """The NetworkPolicies by the node type they guard."""
+    found = [doc for doc in docs if doc["kind"] == "NetworkPolicy"]
+    return {doc["spec"]["podSelector"]["matchLabels"]["ray.io/node-type"]: doc for doc in found}
+
+
+def test_network_policies_admit_only_ray_pods_and_the_allow_list(chart):
     docs, _ = render(chart)
-    policy = only(docs, "NetworkPolicy")
-    assert k8s_problems(policy, "NetworkPolicy") == []
-    head = {"app.kubernetes.io/name": "ftray", "app.kubernetes.io/instance": "ftray"}
-    assert policy["spec"]["podSelector"]["matchLabels"] == head | {"ray.io/node-type": "head"}
-    assert policy["spec"]["policyTypes"] == ["Ingress"]
-    ray_pods, allowed = policy["spec"]["ingress"]
-    # The head's Ray pods carry the labels the first rule admits (on every port).
-    pod_labels = only(docs, "RayCluster")["spec"]["headGroupSpec"]["template"]["metadata"]
-    assert ray_pods == {"from": [{"podSelector": {"matchLabels": head}}]}
-    assert head.items() <= pod_labels["labels"].items()
-    assert {p["port"] for p in allowed["ports"]} == {6379, 8265, 10001, 8000, 8080}
-    operator = allowed["from"][0]["podSelector"]["matchLabels"]
-    assert operator == {"app.kubernetes.io/name": "kuberay-operator"}
+    guarded = policies(docs)
+    assert sorted(guarded) == ["head", "worker"]
+    release = {"app.kubernetes.io/name": "ftray", "app.kubernetes.io/instance": "ftray"}
+    cluster = only(docs, "RayCluster")["spec"]
+    pods = {
+        "head": cluster["headGroupSpec"]["template"]["metadata"]["labels"],
+        "worker": cluster["workerGroupSpecs"][0]["template"]["metadata"]["labels"],
+    }
+    ports = {"head": {6379, 8265, 10001, 8000, 8080}, "worker": {8000, 8080}}
+    for node_type, policy in guarded.items():
+        assert k8s_problems(policy, "NetworkPolicy") == []
+        selector = policy["spec"]["podSelector"]["matchLabels"]
+        assert selector == release | {"ray.io/node-type": node_type}
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        ray_pods, allowed = policy["spec"]["ingress"]
+        # The release's Ray pods carry the labels the first rule admits (on every port).
+        assert ray_pods == {"from": [{"podSelector": {"matchLabels": release}}]}
+        assert release.items() <= pods[node_type].items()
+        assert {p["port"] for p in allowed["ports"]} == ports[node_type]
+        operator = allowed["from"][0]["podSelector"]["matchLabels"]
+        assert operator == {"app.kubernetes.io/name": "kuberay-operator"}
     peers = [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
     docs, _ = render(chart, {"networkPolicy": {"allowFrom": peers}})
-    assert only(docs, "NetworkPolicy")["spec"]["ingress"][1]["from"] == peers
+    assert all(p["spec"]["ingress"][1]["from"] == peers for p in policies(docs).values())
     docs, _ = render(chart, {"networkPolicy": {"allowFrom": []}})
-    assert len(only(docs, "NetworkPolicy")["spec"]["ingress"]) == 1, "ray pods only"
+    assert all(len(p["spec"]["ingress"]) == 1 for p in policies(docs).values()), "ray pods"
     docs, _ = render(chart, {"networkPolicy": {"enabled": False}})
     assert "NetworkPolicy" not in {d["kind"] for d in docs}
 
