@@ -118,7 +118,7 @@ def build_submission(
     notes = _source_notes(spec, root)
     all_excludes = [*DEFAULT_EXCLUDES, *(excludes or [])]
     files = package_files(root, all_excludes)
-    _check_sources_uploaded(spec, root, files)
+    _check_inputs_uploaded(spec, job_path, root, files)
     size = sum(files.values())
     biggest = sorted(files.items(), key=lambda item: -item[1])[:5]
     limit = _package_limit()
@@ -293,19 +293,32 @@ def _wait_final(client, job_id: str, timeout: float = 60):
     return status
 
 
+def _local_inputs(spec: JobSpec) -> list[tuple[str, str]]:
+    """(spec key, path) of every local file the job reads besides its spec: data sources,
+    the eval set, the toxicity word list. URIs (s3://, ...) are read where they are."""
+    named = [
+        (f"{key}[{index}].path", source.path)
+        for key, sources in (
+            ("data.sources", spec.data.sources),
+            ("data.eval_sources", spec.data.eval_sources or []),
+        )
+        for index, source in enumerate(sources)
+    ]
+    if spec.data.toxicity.word_list:
+        named.append(("data.toxicity.word_list", spec.data.toxicity.word_list))
+    return [(key, path) for key, path in named if "://" not in path]
+
+
 def _source_notes(spec: JobSpec, root: Path) -> list[str]:
-    """Local data outside the working directory would not be uploaded: an error, early."""
+    """Local inputs outside the working directory would not be uploaded: an error, early."""
     notes = []
-    for index, source in enumerate(spec.data.sources):
-        if "://" in source.path:
-            continue
-        path = Path(source.path)
+    for key, name in _local_inputs(spec):
+        path = Path(name)
         resolved = (root / path if not path.is_absolute() else path).resolve()
         if not resolved.is_relative_to(root):
             raise UserError(
-                f"data.sources[{index}].path: {source.path} is outside the working directory "
-                f"{root}; it would not reach the cluster. Move it under {root}, or put it on "
-                "shared storage and use its URI."
+                f"{key}: {name} is outside the working directory {root}; it would not reach "
+                f"the cluster. Move it under {root}, or put it on shared storage and use its URI."
             )
     if "://" not in spec.storage:
         notes.append(
@@ -316,25 +329,30 @@ def _source_notes(spec: JobSpec, root: Path) -> list[str]:
     return notes
 
 
-def _check_sources_uploaded(spec: JobSpec, root: Path, files: dict[str, int]) -> None:
-    """A local data source the excludes leave out (e.g. named like a credentials file) would
-    be missing on the cluster: say so now, not after the upload."""
-    for index, source in enumerate(spec.data.sources):
-        if "://" in source.path:
-            continue
-        path = Path(source.path)
-        resolved = (root / path if not path.is_absolute() else path).resolve()
-        relative = resolved.relative_to(root).as_posix()
-        if not resolved.exists() or relative in files:
-            continue
-        if resolved.is_dir() and any(name.startswith(f"{relative}/") for name in files):
-            continue
-        raise UserError(
-            f"data.sources[{index}].path: {source.path} is excluded from the upload (by "
-            ".gitignore, .rayignore, --exclude, or ftray's rule that never uploads files named "
-            "like credentials or keys: .env, *.key, *token, *secret*.json, ...), so it would "
-            "be missing on the cluster. Rename it, or put it on shared storage and use its URI."
-        )
+def _check_inputs_uploaded(
+    spec: JobSpec, job_path: Path, root: Path, files: dict[str, int]
+) -> None:
+    """The job spec, or a local input the excludes leave out (e.g. named like a credentials
+    file), would be missing on the cluster: say so now, not after the upload."""
+    import glob
+
+    for key, name in [("the job spec", str(job_path)), *_local_inputs(spec)]:
+        path = Path(name)
+        base = path if path.is_absolute() else root / path
+        found = glob.glob(str(base), recursive=True) if glob.has_magic(name) else [str(base)]
+        for match in found:
+            resolved = Path(match).resolve()
+            relative = resolved.relative_to(root).as_posix()
+            if not resolved.exists() or relative in files:
+                continue
+            if resolved.is_dir() and any(f.startswith(f"{relative}/") for f in files):
+                continue
+            raise UserError(
+                f"{key}: {relative} is excluded from the upload (by .gitignore, .rayignore, "
+                "--exclude, or ftray's rule that never uploads files named like credentials or "
+                "keys: .env, *.key, *token, *secret*.json, ...), so it would be missing on the "
+                "cluster. Rename it, or put it on shared storage and use its URI."
+            )
 
 
 def _requirements(path: str) -> list[str]:

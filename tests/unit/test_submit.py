@@ -143,6 +143,21 @@ def test_a_data_source_the_excludes_drop_is_refused_before_upload(workdir):
     (workdir / "data" / "secret-prompts.json").write_text("[]")
     with pytest.raises(UserError, match=r"data.sources\[0\].path: .* excluded from the upload"):
         build_submission("jobs/demo.yaml", ["data.sources=[{path: data/secret-prompts.json}]"])
+    (workdir / "data" / "a.jsonl").write_text('{"prompt": "p", "completion": "c"}\n')
+    (workdir / "data" / "b-token").write_text('{"prompt": "q", "completion": "d"}\n')
+    glob_source = ["data.sources=[{path: 'data/[ab]*', format: jsonl}]"]
+    with pytest.raises(UserError, match=r"data.sources\[0\].path: data/b-token is excluded"):
+        build_submission("jobs/demo.yaml", glob_source)
+    eval_set = ["data.eval_sources=[{path: data/secret-prompts.json}]"]
+    with pytest.raises(UserError, match=r"data.eval_sources\[0\].path: .* excluded"):
+        build_submission("jobs/demo.yaml", eval_set)
+    (workdir / "data" / "words.key").write_text("badword\n")
+    words = ["data.toxicity.word_list=data/words.key"]
+    with pytest.raises(UserError, match=r"data.toxicity.word_list: .* excluded"):
+        build_submission("jobs/demo.yaml", words)
+    (workdir / "jobs" / "demo.yaml").rename(workdir / "jobs" / "demo-secret.yaml")
+    with pytest.raises(UserError, match=r"the job spec: jobs/demo-secret.yaml is excluded"):
+        build_submission("jobs/demo-secret.yaml", [])
 
 
 @pytest.fixture
