@@ -54,18 +54,15 @@ def test_ray_job_submit_as_the_readme_says(ray_cluster):
 
 
 def test_failed_job_exits_nonzero(ray_cluster, run_cli):
-    done = run_cli(
-        "submit",
-        "jobs/tiny.yaml",
-        "--address",
-        ray_cluster["dashboard"],
-        "--stage",
-        "prepare",
-        # the data is here, so the spec validates before upload, but it is not uploaded
-        "--exclude",
-        "data/banking77/quickstart.csv",
-        check=False,
+    submit = ("submit", "jobs/tiny.yaml", "--address", ray_cluster["dashboard"])
+    # Data the upload would leave out is refused here, before anything reaches the cluster.
+    refused = run_cli(
+        *submit, "--exclude", "data/banking77/quickstart.csv", "--no-follow", check=False
     )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "excluded from the upload" in refused.stderr
+    # A spec that validates here but fails there: its storage cannot be created on the node.
+    done = run_cli(*submit, "--stage", "prepare", "--set", "storage=/proc/ftray-store", check=False)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "data.sources.0.path" in done.stdout and "no such file" in done.stdout
+    assert "/proc/ftray-store" in done.stdout
     assert "FAILED" in done.stdout
