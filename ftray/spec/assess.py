@@ -8,6 +8,9 @@ from pydantic import Field
 
 from ftray.spec._base import _Section
 
+# the GPU types ftray.estimate.GPUS knows (memory, peak bf16 TFLOP/s, price)
+GpuType = Literal["T4-16GB", "L4-24GB", "A10G-24GB", "A100-40GB", "A100-80GB", "H100-80GB"]
+
 
 class AssessSpec(_Section):
     """The go/no-go before training: enough data? does the base model already do the job?"""
@@ -37,12 +40,12 @@ class AssessSpec(_Section):
         description="Solved training examples shown before each query (distinct answers "
         "first), as a user writing a prompt would, to judge the base model at its best.",
     )
-    gpu: Literal["T4-16GB", "L4-24GB", "A10G-24GB", "A100-40GB", "A100-80GB", "H100-80GB"] = Field(
+    gpu: GpuType = Field(
         default="A100-80GB", description="GPU type the training and serving estimates are for."
     )
     num_gpus: int = Field(default=1, ge=1, description="GPUs the estimates are for.")
     gpu_prices: dict[
-        Literal["T4-16GB", "L4-24GB", "A10G-24GB", "A100-40GB", "A100-80GB", "H100-80GB"],
+        GpuType,
         Annotated[float, Field(gt=0)],
     ] = Field(
         default_factory=dict,
