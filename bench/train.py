@@ -45,7 +45,7 @@ def make_dataset(model_dir: str, folder: Path, n_train: int, n_eval: int = 16) -
         tokenize_example(tokenizer, messages_for(row["text"], system), row["category"])
         for row in rows[: n_train + n_eval]
     ]
-    for split, part in (("train", examples[:n_train]), ("eval", examples[n_train:])):
+    for split, part in (("train", examples[:n_train]), ("validation", examples[n_train:])):
         (folder / split).mkdir(parents=True)
         table = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in part]
         pq.write_table(pa.Table.from_pylist(table), folder / split / "part.parquet")

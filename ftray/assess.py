@@ -36,7 +36,7 @@ from ftray.estimate import (
     usd,
 )
 from ftray.evaluate.generate import generate
-from ftray.evaluate.score import ARMS, Task, score_examples, scorers
+from ftray.evaluate.score import Task, score_one
 from ftray.models import load_tokenizer, resolve_model
 from ftray.progress import Progress
 from ftray.spec import METRIC_GROUPS, JobSpec
@@ -205,42 +205,21 @@ def _baseline(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progre
 def _task(spec: JobSpec) -> Task:
     """The task the evaluation will score, as `ftray.evaluate` resolves it; one whose primary
     metric assess cannot compute is refused before any model runs."""
-    name = spec.eval.resolved_task(spec.data.labels, spec.data.output_schema)
-    primary = spec.eval.resolved_primary(name)
-    if primary in METRIC_GROUPS["consistency"]:
+    task = Task.of(spec.eval, spec.data)
+    if task.primary in METRIC_GROUPS["consistency"]:
         raise UserError(
-            f"assess scores the prompted base model on the primary metric, and {primary!r} "
+            f"assess scores the prompted base model on the primary metric, and {task.primary!r} "
             "needs sampled answers; set eval.primary_metric to a metric computed from the "
             "greedy answers (e.g. exact_match, rouge_l)."
         )
-    return Task(
-        name=name,
-        groups=spec.eval.resolved_metrics(name),
-        primary=primary,
-        labels=spec.data.labels,
-        schema=spec.data.output_schema,
-        threshold=spec.eval.confidence_threshold,
-    )
+    return task
 
 
 def score_base(table, task: Task) -> dict[str, float | None]:
     """The base model's answers (`base_output`, `base_confidence`) scored by the
-    evaluation's own scorers: the primary metric, exact match and, for JSON, the parse rate.
-
-    The scorers compare two arms; the base model's answers fill both, so every number is
-    computed exactly as the evaluation computes it.
-    """
+    evaluation's own scorers: the primary metric, exact match and, for JSON, the parse rate."""
     wanted = [task.primary, "exact_match"] + (["parse_rate"] if task.name == "json" else [])
-    groups = [g for g, names in METRIC_GROUPS.items() if set(names) & set(wanted)]
-    scoped = Task(**{**task.__dict__, "groups": groups})
-    both = table.copy()
-    for arm in ARMS:
-        for column in ("output", "confidence", "bertscore"):
-            if f"base_{column}" in table:
-                both[f"{arm}_{column}"] = table[f"base_{column}"]
-    found = scorers(score_examples(both, scoped), scoped)
-    every = np.arange(len(both))
-    return {name: _round(found[name]("candidate", every)) for name in wanted}
+    return {name: _round(value) for name, value in score_one(table, task, wanted).items()}
 
 
 def _round(value: float | None) -> float | None:

@@ -260,7 +260,8 @@ def _summary(pipeline, progress: Progress) -> None:
     counts = pipeline.dataset.manifest["counts"]
     run = pipeline.trained.manifest
     lines = [
-        f"records kept {counts['train'] + counts['eval']}, quarantined {counts['quarantine']}",
+        f"records kept {counts['train'] + counts['validation'] + counts['eval']}, "
+        f"quarantined {counts['quarantine']}",
     ]
     if "assessment" in vars(pipeline):
         verdict = pipeline.assessment.manifest
@@ -335,7 +336,8 @@ def _data(args) -> int:
             counts = manifest["counts"]
             print(
                 f"{manifest['dataset_id']}  {manifest['created_at']}  train {counts['train']}  "
-                f"eval {counts['eval']}  quarantined {counts['quarantine']}"
+                f"validation {counts.get('validation', 0)}  eval {counts['eval']}  "
+                f"quarantined {counts['quarantine']}"
             )
     elif args.action == "show" and args.quarantine is not None:
         rows = inspect.quarantined(store, args.dataset_ids[0], args.quarantine or None)

@@ -17,7 +17,7 @@ from ftray.serve import serve_model
 from ftray.spec import JobSpec
 from ftray.specload import spec_hash
 from ftray.store import Store
-from ftray.sweep import SweepRef, print_leaderboard, sweep
+from ftray.sweep import SweepRef, metric_name, print_leaderboard, sweep
 from ftray.train.ray_train import RunRef, train
 from ftray.train.tracking import log_evaluation, wandb_settings
 
@@ -37,7 +37,8 @@ class Pipeline:
             counts = ref.manifest["counts"]
             self._said(ref.reused, "dataset", ref.dataset_id)
             self.progress.note(
-                f"records: {counts['train'] + counts['eval']} kept ({counts['train']} train, "
+                f"records: {counts['train'] + counts['validation'] + counts['eval']} kept "
+                f"({counts['train']} train, {counts['validation']} validation, "
                 f"{counts['eval']} eval), {counts['quarantine']} quarantined "
                 f"{counts['quarantine_by_rule'] or ''}"
             )
@@ -66,7 +67,7 @@ class Pipeline:
         with self.progress.stage("sweep"):
             ref = sweep(self.spec, dataset, self.store, self.progress)
             self._said(ref.reused, "sweep", ref.sweep_id)
-            print_leaderboard(ref.leaderboard, self.spec.sweep.metric, self.progress)
+            print_leaderboard(ref.leaderboard, metric_name(self.spec), self.progress)
             self.progress.note(f"winner: {ref.winner.run_id}")
             self.progress.artifact("leaderboard", self.store.uri("sweeps", ref.sweep_id))
         return ref
@@ -92,7 +93,7 @@ class Pipeline:
             self._said(ref.reused, "run", ref.run_id)
             self.progress.note(
                 f"loss {ref.manifest['loss_first']} → {ref.manifest['loss_last']} "
-                f"(eval loss {ref.manifest['metrics'].get('eval_loss')})"
+                f"(validation loss {ref.manifest['metrics'].get('eval_loss')})"
             )
             if ref.manifest.get("stopped_early"):
                 self.progress.note(f"stopped early at step {ref.manifest['metrics']['step']}")

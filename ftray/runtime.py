@@ -57,6 +57,8 @@ def ray_session(spec: RaySpec, address: str | None = None) -> Iterator[None]:
         return
     Config.initialize("")
     env = dict(WORKER_ENV)
+    if os.environ.get("FTRAY_INJECT_FAULT"):  # a test seam: sweep trials read it too
+        env["FTRAY_INJECT_FAULT"] = os.environ["FTRAY_INJECT_FAULT"]
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     if target:

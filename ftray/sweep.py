@@ -1,26 +1,36 @@
 """The sweep stage: Ray Tune (ASHA or FIFO) over training trials, each a full Ray Train run.
 
+Input: a dataset. Output: a sweep (`sweeps/<sweep-id>/`): the leaderboard and the winning
+trial's run. Side effects: one W&B run per trial in the group `<sweep-id>`, and a leaderboard
+run there.
+
 A trial's hyperparameters are written into the job spec, which is validated like any other;
-the trial trains into `sweeps/<sweep-id>/trials/<trial-id>/<run-id>/` with its own W&B run
-in the group `<sweep-id>`, and reports every evaluation to Tune through Ray Train's
-`TuneReportCallback`, so ASHA can stop it at a rung. Running the same sweep again resumes
-the Tune experiment (finished trials stay finished; an interrupted trial resumes its run
-from its checkpoint); a finished sweep is reused.
+the trial trains into `sweeps/<sweep-id>/trials/<trial-id>/<run-id>/` and reports every
+evaluation to Tune through Ray Train's `TuneReportCallback`: the validation loss and, with
+`sweep.metric: task` (the default), the job's primary metric on a fixed validation sample
+(`ftray.train.probe`), so ASHA stops trials that trail on the task's metric and the winner is
+the best on it. The test (eval) split is never read. Running the same sweep again resumes the
+Tune experiment (finished trials stay finished; an interrupted trial resumes its run from its
+checkpoint); a finished sweep is reused.
 """
 
 from __future__ import annotations
 
-import os
+import tempfile
 from dataclasses import dataclass
 
 from ftray.data.prepare import DatasetRef
 from ftray.errors import UserError
+from ftray.evaluate.score import Task
 from ftray.progress import Progress
 from ftray.spec import JobSpec, SweepParam
 from ftray.store import Store, content_id
-from ftray.train.ray_train import RunRef, train
+from ftray.train.ray_train import RunRef, Trial, train
+from ftray.train.tracking import log_leaderboard, wandb_settings
 
-SWEEP_VERSION = 1
+SWEEP_VERSION = 2  # 2: trials ranked and pruned on the task metric, on the validation split
+# What a trial reports to Tune for each `sweep.metric`.
+REPORTED = {"task": "task_metric", "eval_loss": "eval_loss"}
 
 
 @dataclass(frozen=True)
@@ -47,12 +57,14 @@ def with_params(spec: JobSpec, params: dict) -> JobSpec:
 def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) -> SweepRef:
     """Run (or resume, or reuse) the job's sweep; return the winner and the leaderboard."""
     assert spec.sweep is not None
+    probe = _probe(spec)
     sweep_id = content_id(
         "sweep",
         dataset.dataset_id,
         spec.model.model_dump(mode="json"),
         spec.train.model_dump(mode="json"),
         spec.sweep.model_dump(mode="json"),
+        probe or {},
         SWEEP_VERSION,
     )
     if store.is_complete("sweeps", sweep_id):
@@ -68,7 +80,7 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
             job=spec.model_dump(mode="json"),
             dataset=dataset,
             sweep_id=sweep_id,
-            fault_step=os.environ.get("FTRAY_INJECT_FAULT"),  # trials don't see our env
+            probe=probe,
         ),
         {"CPU": 0.01},  # the trial only drives Ray Train; its workers hold the CPUs
     )
@@ -79,14 +91,15 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
     else:
         progress.note(
             f"{rules.num_samples} sample(s) over {', '.join(rules.parameters)}; "
-            f"{rules.scheduler} on {rules.metric} ({rules.mode}), {rules.max_concurrent} at once"
+            f"{rules.scheduler} on {metric_name(spec)} ({rules.resolved_mode}), "
+            f"{rules.max_concurrent} at once"
         )
         tuner = tune.Tuner(
             trainable,
             param_space={path: _domain(p) for path, p in rules.parameters.items()},
             tune_config=tune.TuneConfig(
-                metric=rules.metric,
-                mode=rules.mode,
+                metric=REPORTED[rules.metric],
+                mode=rules.resolved_mode,
                 num_samples=rules.num_samples,
                 max_concurrent_trials=rules.max_concurrent,
                 scheduler=_scheduler(rules),
@@ -97,7 +110,7 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
             ),
         )
     results = tuner.fit()
-    leaderboard = _leaderboard(results, rules)
+    leaderboard = rank(_leaderboard(results, rules), rules.resolved_mode)
     finished = [row for row in leaderboard if row["run_id"]]
     if not finished:
         errors = [str(r.error).splitlines()[0] for r in results if r.error][:3]
@@ -107,35 +120,80 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
             "sweep_id": sweep_id,
             "dataset_id": dataset.dataset_id,
             "sweep": rules.model_dump(mode="json"),
+            "metric": metric_name(spec),
             "leaderboard": leaderboard,
             "winner": finished[0],
         },
         "sweeps",
         sweep_id,
     )
+    if spec.wandb is not None:
+        folder = store.path("sweeps", sweep_id) if store.is_local else tempfile.gettempdir()
+        log_leaderboard(
+            wandb_settings(spec.wandb, spec.project, sweep_id, folder, group=sweep_id), manifest
+        )
     return SweepRef(sweep_id, _winner(store, manifest), leaderboard, False)
 
 
+def metric_name(spec: JobSpec) -> str:
+    """What the sweep ranks on, in words: 'macro_f1 on 64 validation examples'."""
+    assert spec.sweep is not None
+    if spec.sweep.metric == "eval_loss":
+        return "validation loss"
+    return (
+        f"{Task.of(spec.eval, spec.data).primary} on {spec.sweep.task_sample} validation examples"
+    )
+
+
 def print_leaderboard(leaderboard: list[dict], metric: str, progress: Progress) -> None:
-    for rank, row in enumerate(leaderboard, 1):
+    progress.note(f"ranked by {metric}")
+    for rank_, row in enumerate(leaderboard, 1):
         params = ", ".join(
             f"{key.removeprefix('train.')}={_short(value)}" for key, value in row["params"].items()
         )
         value = "-" if row["metric"] is None else f"{row['metric']:.4f}"
+        loss = "" if row.get("eval_loss") is None else f"  validation loss {row['eval_loss']:.4f}"
         progress.note(
-            f"{rank}. {row['trial_id']}  {metric} {value}  steps {row['steps']}  "
+            f"{rank_}. {row['trial_id']}  {value}{loss}  steps {row['steps']}  "
             f"{row['status']}  {params}"
         )
 
 
-def _trial(
-    params: dict, job: dict, dataset: DatasetRef, sweep_id: str, fault_step: str | None
-) -> None:
+def rank(rows: list[dict], mode: str) -> list[dict]:
+    """Finished trials first, best `metric` first (a trial with no value last among them)."""
+    sign = 1 if mode == "min" else -1
+
+    def key(row: dict):
+        missing = row["metric"] is None
+        return (row["run_id"] is None, missing, 0 if missing else sign * row["metric"])
+
+    return sorted(rows, key=key)
+
+
+def _probe(spec: JobSpec) -> dict | None:
+    """The task probe every trial runs (None when the sweep ranks on validation loss)."""
+    assert spec.sweep is not None
+    if spec.sweep.metric != "task":
+        return None
+    return {
+        "task": Task.of(spec.eval, spec.data).__dict__,
+        "sample": spec.sweep.task_sample,
+        "max_new_tokens": spec.eval.max_new_tokens,
+    }
+
+
+def _trial(params: dict, job: dict, dataset: DatasetRef, sweep_id: str, probe: dict | None):
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     spec = with_params(JobSpec.model_validate(job), params)
-    trial_id = tune.get_context().get_trial_id()
+    trial = Trial(
+        sweep_id=sweep_id,
+        trial_id=tune.get_context().get_trial_id(),
+        params=params,
+        callbacks=(TuneReportCallback(),),
+        probe=probe,
+    )
     store = Store(spec.storage, spec.project)
     ref = train(
         spec.train,
@@ -145,18 +203,16 @@ def _trial(
         Progress(),
         wandb=spec.wandb,
         project=spec.project,
-        folder=("sweeps", sweep_id, "trials", trial_id),
-        trial={"sweep_id": sweep_id, "trial_id": trial_id, "params": params},
-        callbacks=[TuneReportCallback()],
-        fault_step=fault_step,
+        trial=trial,
     )
     metrics = ref.manifest["metrics"]
     tune.report(
-        {
-            "eval_loss": metrics["best_eval_loss"],  # the run's result is its best checkpoint
+        {  # the run's result is its best checkpoint
+            "eval_loss": metrics["best_eval_loss"],
+            "task_metric": metrics["best_task_metric"] or 0.0,
             "step": metrics["step"],
             "run_id": ref.run_id,
-            "run_folder": ["sweeps", sweep_id, "trials", trial_id, ref.run_id],
+            "run_folder": [*trial.folder, ref.run_id],
             "stopped_early": ref.manifest["stopped_early"],
         }
     )
@@ -191,6 +247,8 @@ def _scheduler(rules):
 
 
 def _leaderboard(results, rules) -> list[dict]:
+    """One row per trial: its best ranking metric, best validation loss and task metric
+    over every evaluation it reported, and how it ended."""
     rows = []
     for result in results:
         metrics = result.metrics or {}
@@ -202,15 +260,17 @@ def _leaderboard(results, rules) -> list[dict]:
         else:
             status = "stopped by ASHA"
         history = result.metrics_dataframe
-        values = [] if history is None or rules.metric not in history else history[rules.metric]
-        best = None
-        if len(values):
-            best = float(values.min() if rules.mode == "min" else values.max())
+        best = {
+            name: _best(history, reported, "min" if name == "eval_loss" else "max")
+            for name, reported in REPORTED.items()
+        }
         rows.append(
             {
                 "trial_id": metrics.get("trial_id") or result.path.rstrip("/").rsplit("/", 1)[-1],
                 "params": dict(result.config or {}),
-                "metric": round(best, 5) if best is not None else None,
+                "metric": best[rules.metric],
+                "eval_loss": best["eval_loss"],
+                "task_metric": best["task"] if rules.metric == "task" else None,
                 "steps": metrics.get("step"),
                 "evaluations": metrics.get("training_iteration"),
                 "status": status,
@@ -218,9 +278,14 @@ def _leaderboard(results, rules) -> list[dict]:
                 "run_folder": metrics.get("run_folder") if finished else None,
             }
         )
-    sign = 1 if rules.mode == "min" else -1
-    rows.sort(key=lambda r: (r["run_id"] is None, sign * (r["metric"] or 0)))
     return rows
+
+
+def _best(history, column: str, mode: str) -> float | None:
+    if history is None or column not in history or not len(history[column].dropna()):
+        return None
+    values = history[column].dropna()
+    return round(float(values.min() if mode == "min" else values.max()), 5)
 
 
 def _winner(store: Store, manifest: dict) -> RunRef:

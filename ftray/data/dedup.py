@@ -102,11 +102,14 @@ def _similar_block(block, threshold: float):
 
 
 def _verdict(row: dict, what: str, sim: float | None) -> tuple[str, str]:
-    leak = row["origin"] == "eval" and row["match_origin"] == "train"
+    # across splits given as files (training, eval, validation sources): a leak, removed from
+    # the later split; carved splits are cut after dedup, so they cannot share a record
+    leak = row["origin"] != row["match_origin"]
     rule = "leakage" if leak else ("duplicate" if sim is None else "near_duplicate")
     where = f"{row['match_source']}:{row['match_row']}"
     detail = f" (similarity {sim:.2f})" if sim is not None else ""
-    prefix = "eval example is a training example: " if leak else ""
+    names = {"train": "a training", "eval": "an eval", "validation": "a validation"}
+    prefix = f"{row['origin']} example is {names[row['match_origin']]} example: " if leak else ""
     return rule, f"{prefix}{what} {where}{detail}"
 
 

@@ -9,7 +9,7 @@ from ftray.data.checks import exact_key
 from ftray.errors import UserError
 from ftray.store import Store
 
-EXAMPLE_SPLITS = ("train", "eval")
+EXAMPLE_SPLITS = ("train", "validation", "eval")
 
 
 def list_datasets(store: Store) -> list[dict]:
@@ -100,14 +100,16 @@ def format_show(info: dict) -> str:
     lines = [
         f"{manifest['dataset_id']}  created {manifest['created_at']}",
         f"  sources: {', '.join(s['path'] for s in manifest['sources'])}",
-        f"  records: {counts['input']} in → {counts['train']} train, {counts['eval']} eval, "
+        f"  records: {counts['input']} in → {counts['train']} train, "
+        f"{counts.get('validation', 0)} validation, {counts['eval']} eval, "
         f"{counts['quarantine']} quarantined",
     ]
     for file in manifest.get("files", []):  # datasets of PREPARE_VERSION 3 on
         unit = "lines" if file["format"] == "jsonl" else "rows"
         lines.append(
             f"    {file['path']}: {file['read']} {unit} read = {file['train']} train + "
-            f"{file['eval']} eval + {file['quarantine']} quarantined + {file['blank']} blank"
+            f"{file.get('validation', 0)} validation + {file['eval']} eval + "
+            f"{file['quarantine']} quarantined + {file['blank']} blank"
         )
     for rule, n in sorted(report["counts_by_rule"].items()):
         lines.append(f"    {rule}: {n}")

@@ -1,11 +1,14 @@
 """The prepare stage on Ray Data: sources → checked, deduplicated, split, tokenized parquet.
 
   read (one task per file) → CheckRecords actors (normalise, contract, toxicity, PII,
-  tokenize, fingerprint) → exact and near-duplicate groupbys → held-out split → parquet
+  tokenize, fingerprint) → exact and near-duplicate groupbys → held-out splits → parquet
 
-Every line (row) read ends in exactly one of train, eval, quarantine (with its rule, reason,
-source location and raw text) or the blank-line count; per file, the lines read must equal
-train + eval + quarantine + blank, or the stage fails before the manifest is written. The
+Three example splits: `train`; `validation` (checkpoint selection, early stopping, sweep
+scores) and `eval` (the test set, scored only by `ftray eval`), each carved from the sources
+by a prompt hash or given as files. Every line (row) read ends in exactly one of train,
+validation, eval, quarantine (with its rule, reason, source location and raw text) or the
+blank-line count; per file, the lines read must equal train + validation + eval + quarantine
++ blank, or the stage fails before the manifest is written. The
 dataset id is a hash of the sources' bytes, the data spec, the model (its tokenizer) and
 PREPARE_VERSION, so the same inputs give the same dataset and reuse it. Each attempt writes
 to a folder of its own and moves it into place when complete, so an interrupted prepare
@@ -32,8 +35,9 @@ from ftray.store import Store, content_id, file_digest
 
 # Bump when the rules change what a dataset holds, so old ids are not reused.
 # 3: lines decoded one by one, blank lines counted, raw text in quarantine, JSON completions.
-PREPARE_VERSION = 3
-SPLITS = ("train", "eval", "quarantine")
+# 4: a validation split apart from the eval (test) split.
+PREPARE_VERSION = 4
+SPLITS = ("train", "validation", "eval", "quarantine")
 EXAMPLE_COLUMNS = ["source", "row", "prompt", "completion", "messages", "input_ids", "labels"]
 EXAMPLE_COLUMNS += ["num_tokens"]
 QUARANTINE_COLUMNS = ["source", "row", "prompt", "completion", "fields", "raw", "rule", "reason"]
@@ -58,10 +62,16 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
     `ftray data show DATASET --quarantine` lists why).
     """
     _check_settings(data)
-    evals = (
-        expand_sources(data.eval_sources, "eval", "data.eval_sources") if data.eval_sources else []
+    files = number_files(
+        expand_sources(data.sources),
+        *(
+            expand_sources(sources, origin, f"data.{origin}_sources") if sources else []
+            for origin, sources in (
+                ("eval", data.eval_sources),
+                ("validation", data.validation_sources),
+            )
+        ),
     )
-    files = number_files(expand_sources(data.sources), evals)
     model_dir = resolve_model(model, store)
     digests = [{"path": f.path, "format": f.format, "sha256": _digest(f)} for f in files]
     dataset_id = content_id(
@@ -109,10 +119,10 @@ def _build(data, model, model_dir, files, digests, store, attempt, progress) -> 
     dedup = data.dedup.exact or data.dedup.near
     drops = find_duplicates(passing, data.dedup, checked.count()) if dedup else {}
     progress.note(f"duplicates: {len(drops)} record(s) removed (exact, near, leakage)")
-    eval_orders = None if data.eval_sources else _held_out(passing, drops, data)
+    carved = _held_out(passing, drops, data)
     final = checked.map_batches(
         _assign,
-        fn_kwargs={"drops": drops, "eval_orders": eval_orders},
+        fn_kwargs={"drops": drops, "carved": carved},
         batch_format="pandas",
     ).materialize()
 
@@ -121,8 +131,9 @@ def _build(data, model, model_dir, files, digests, store, attempt, progress) -> 
     accounts = _accounts(table, digests)  # raises before anything is published
     counts = _counts(table)
     progress.note(
-        f"{counts['read']} lines read: {counts['train']} train, {counts['eval']} eval, "
-        f"{counts['quarantine']} quarantined, {counts['blank']} blank"
+        f"{counts['read']} lines read: {counts['train']} train, {counts['validation']} "
+        f"validation, {counts['eval']} eval, {counts['quarantine']} quarantined, "
+        f"{counts['blank']} blank"
     )
     for split in SPLITS:
         part = final.filter(expr=col("split") == split)
@@ -204,7 +215,8 @@ def _require_training_records(manifest: dict) -> None:
     dataset_id = manifest["dataset_id"]
     raise UserError(
         f"no training records in {dataset_id}: {counts['read']} lines read, "
-        f"{counts['eval']} eval, {counts['quarantine']} quarantined ({rules or 'none'}), "
+        f"{counts['validation']} validation, {counts['eval']} eval, "
+        f"{counts['quarantine']} quarantined ({rules or 'none'}), "
         f"{counts['blank']} blank. Fix the data or the data section of the spec (the fields "
         "named, data.labels, data.output_schema, data.max_seq_len) for the most common rule; "
         f"`ftray data show {dataset_id} --quarantine --job JOB.yaml` lists every quarantined "
@@ -212,23 +224,33 @@ def _require_training_records(manifest: dict) -> None:
     )
 
 
-def _held_out(passing, drops: dict, data: DataSpec) -> set[int]:
-    """Orders of the eval records: per label (or overall), the lowest hash ranks.
+def _held_out(passing, drops: dict, data: DataSpec) -> dict[int, str]:
+    """Order → 'eval' or 'validation' for the training-source records held out.
 
-    Exact stratification: every label keeps `eval_fraction` of its records for eval
-    (rounded), chosen by a salted hash of the prompt so the choice is stable across runs.
+    Per label (or overall) the records rank by a salted hash of the prompt, stable across
+    runs: the lowest `eval_fraction` of them (rounded) go to eval unless `eval_sources` is
+    given, then `validation_fraction` of the rest to validation unless `validation_sources`
+    is given (exact stratification). Validation gets one record at least when two or more
+    are left, so checkpoints are always chosen on held-out data.
     """
-    rows = passing.select_columns(["order", "prompt", "completion"]).to_pandas()
+    rows = passing.select_columns(["order", "origin", "prompt", "completion"]).to_pandas()
     if rows.empty:
-        return set()  # no record passed (and pandas has no columns to group by)
-    rows = rows[~rows["order"].isin(list(drops))]
+        return {}  # no record passed (and pandas has no columns to group by)
+    rows = rows[(rows["origin"] == "train") & ~rows["order"].isin(list(drops))]
     rows["bucket"] = [_bucket(data.seed, prompt) for prompt in rows["prompt"]]
     rows["stratum"] = rows["completion"] if data.labels else ""
-    chosen: set[int] = set()
+    carved: dict[int, str] = {}
     for _, group in rows.groupby("stratum"):
-        take = round(len(group) * data.eval_fraction)
-        chosen.update(int(o) for o in group.nsmallest(take, "bucket")["order"])
-    return chosen
+        ranked = [int(o) for o in group.sort_values(["bucket", "order"])["order"]]
+        n_eval = 0 if data.eval_sources else round(len(ranked) * data.eval_fraction)
+        rest = len(ranked) - n_eval
+        n_val = 0 if data.validation_sources else round(rest * data.validation_fraction)
+        carved.update({order: "eval" for order in ranked[:n_eval]})
+        carved.update({order: "validation" for order in ranked[n_eval : n_eval + n_val]})
+    left = rows[~rows["order"].isin(list(carved))].sort_values(["bucket", "order"])
+    if not data.validation_sources and "validation" not in carved.values() and len(left) >= 2:
+        carved[int(left["order"].iloc[0])] = "validation"
+    return carved
 
 
 def _bucket(seed: int, prompt: str) -> int:
@@ -236,7 +258,7 @@ def _bucket(seed: int, prompt: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
 
 
-def _assign(batch, drops: dict, eval_orders: set[int] | None):
+def _assign(batch, drops: dict, carved: dict[int, str]):
     splits, rules, reasons = [], [], []
     for order, rule, reason, origin in zip(
         batch["order"], batch["rule"], batch["reason"], batch["origin"], strict=True
@@ -247,10 +269,10 @@ def _assign(batch, drops: dict, eval_orders: set[int] | None):
             splits.append(BLANK)
         elif rule:
             splits.append("quarantine")
-        elif eval_orders is None:
-            splits.append(origin)
+        elif origin != "train":
+            splits.append(origin)  # eval_sources, validation_sources
         else:
-            splits.append("eval" if int(order) in eval_orders else "train")
+            splits.append(carved.get(int(order), "train"))
         rules.append(rule)
         reasons.append(reason)
     batch["split"], batch["rule"], batch["reason"] = splits, rules, reasons
@@ -267,7 +289,8 @@ def _counts(table) -> dict:
 
 
 def _accounts(table, digests: list[dict]) -> list[dict]:
-    """Per source file: lines (rows) its reader read = train + eval + quarantine + blank,
+    """Per source file: lines (rows) its reader read = train + validation + eval + quarantine
+    + blank,
     each line once. Raises RuntimeError when a line is lost or doubled on the way."""
     accounts = []
     for source in digests:

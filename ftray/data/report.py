@@ -36,10 +36,11 @@ def build_report(table, data: DataSpec) -> dict:
 
 def _checks(data: DataSpec) -> dict:
     toxicity = data.toxicity
-    if data.eval_sources:
-        split = "eval_sources"
-    else:
-        split = "stratified by label" if data.labels else "by prompt hash"
+    carved = "stratified by label" if data.labels else "by prompt hash"
+    split = {
+        "eval": "eval_sources" if data.eval_sources else carved,
+        "validation": "validation_sources" if data.validation_sources else carved,
+    }
     return {
         "dedup": data.dedup.model_dump(mode="json"),
         "pii": data.pii.action,

@@ -24,17 +24,19 @@ _FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parq
 class SourceFile:
     path: str  # as the user can find it: a local absolute path or a URI
     format: str
-    origin: str = "train"  # 'train' (data.sources) or 'eval' (data.eval_sources)
+    origin: str = "train"  # 'train', 'eval' or 'validation': data.sources / eval_ / validation_
     index: int = 0  # position among all files: with the row, orders records for dedup
 
 
 # Records sort by (origin, file, row): earlier ones are kept when later ones duplicate them,
-# so training data wins over an explicit eval set and the leak is removed from eval.
+# so training data wins over an explicit eval (test) set, and both over a validation set:
+# the leak is removed from the later set, and the test set never loses records to validation.
 _FILE_STRIDE = 10**9
+ORIGINS = ("train", "eval", "validation")
 
 
 def record_order(origin: str, index: int, row: int) -> int:
-    return (1 if origin == "eval" else 0) * 10**15 + index * _FILE_STRIDE + row
+    return ORIGINS.index(origin) * 10**15 + index * _FILE_STRIDE + row
 
 
 def expand_sources(
@@ -69,20 +71,21 @@ def expand_sources(
     return files
 
 
-def number_files(train: list[SourceFile], evals: list[SourceFile]) -> list[SourceFile]:
-    """All files with their global index set.
+def number_files(*groups: list[SourceFile]) -> list[SourceFile]:
+    """All files (training, eval, validation) with their global index set.
 
-    Raises UserError when a file is named twice (two globs, or both data.sources and
-    data.eval_sources): its lines would be read twice and the per-file accounting fail.
+    Raises UserError when a file is named twice (two globs, or two of data.sources,
+    data.eval_sources and data.validation_sources): its lines would be read twice and the
+    per-file accounting fail.
     """
-    files = [*train, *evals]
+    files = [file for group in groups for file in group]
     seen: dict[str, str] = {}
     for file in files:
         if file.path in seen:
             raise UserError(
                 f"{file.path} is named twice in the data sources ({seen[file.path]} and "
-                f"{file.origin}); list each file once (narrow the globs, or move it to one of "
-                "data.sources and data.eval_sources)."
+                f"{file.origin}); list each file once (narrow the globs, or keep it in one of "
+                "data.sources, data.eval_sources and data.validation_sources)."
             )
         seen[file.path] = file.origin
     return [SourceFile(f.path, f.format, f.origin, i) for i, f in enumerate(files)]

@@ -22,7 +22,7 @@ from ftray.evaluate.compare import (
     slices,
 )
 from ftray.evaluate.gate import apply_gate
-from ftray.spec import METRIC_GROUPS, EvalSpec
+from ftray.spec import METRIC_GROUPS, DataSpec, EvalSpec
 
 ARMS = ("candidate", "incumbent")
 # Rates over part of the answers: what their denominator counts (reported beside them).
@@ -42,6 +42,19 @@ class Task:
     labels: list[str] | None
     schema: dict | None
     threshold: float
+
+    @classmethod
+    def of(cls, spec: EvalSpec, data: DataSpec) -> Task:
+        """The task `spec` resolves to for the data's labels or output schema."""
+        name = spec.resolved_task(data.labels, data.output_schema)
+        return cls(
+            name=name,
+            groups=spec.resolved_metrics(name),
+            primary=spec.resolved_primary(name),
+            labels=data.labels,
+            schema=data.output_schema,
+            threshold=spec.confidence_threshold,
+        )
 
     @property
     def scalar_names(self) -> list[str]:
@@ -100,6 +113,22 @@ def judge(table, sampled, task: Task, spec: EvalSpec):
         "details": details,
         "gate": apply_gate(spec.gate, task.primary, comparison, general_ppl=general),
     }
+
+
+def score_one(table, task: Task, wanted: list[str]) -> dict[str, float | None]:
+    """One model's answers (`base_output`, `base_confidence`, optional `base_bertscore`)
+    scored on the metrics `wanted`, by the same scorers as the A/B evaluation: its answers
+    fill both arms, so every number is computed exactly as `ftray eval` computes it."""
+    groups = [g for g, names in METRIC_GROUPS.items() if set(names) & set(wanted)]
+    scoped = Task(**{**task.__dict__, "groups": groups})
+    both = table.copy()
+    for arm in ARMS:
+        for column in ("output", "confidence", "bertscore"):
+            if f"base_{column}" in table:
+                both[f"{arm}_{column}"] = table[f"base_{column}"]
+    found = scorers(score_examples(both, scoped), scoped)
+    every = np.arange(len(both))
+    return {name: found[name]("candidate", every) for name in wanted}
 
 
 def general_ppl(table) -> dict | None:

@@ -115,9 +115,16 @@ class DataSpec(_Section):
     sources: list[SourceSpec] = Field(min_length=1, description="Input files, read in order.")
     eval_sources: list[SourceSpec] | None = Field(
         default=None,
-        description="An explicit held-out set; unset: `eval_fraction` of `sources` is held "
-        "out. Eval records that (near-)duplicate training records are removed (rule "
-        "'leakage').",
+        description="An explicit test set (the `eval` split: scored by `ftray eval`, never "
+        "used while training); unset: `eval_fraction` of `sources` is held out. Eval records "
+        "that (near-)duplicate training records are removed (rule 'leakage').",
+    )
+    validation_sources: list[SourceSpec] | None = Field(
+        default=None,
+        description="An explicit validation set (the `validation` split: checkpoint "
+        "selection, early stopping, sweep scores); unset: `validation_fraction` of the "
+        "training records is held out. Validation records that (near-)duplicate training or "
+        "eval records are removed (rule 'leakage').",
     )
     prompt_field: str = Field(
         default="prompt", description="Column holding the user's input (the prompt)."
@@ -151,8 +158,16 @@ class DataSpec(_Section):
         default=0.1,
         gt=0,
         lt=1,
-        description="Share of records held out for evaluation, chosen by a hash of the prompt "
-        "(within each label when `labels` is set).",
+        description="Share of records held out as the test set (the `eval` split), chosen "
+        "by a hash of the prompt (within each label when `labels` is set).",
+    )
+    validation_fraction: float = Field(
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="Share of the records left for training after the eval hold-out that is "
+        "held out for validation, chosen by the same prompt hash (within each label when "
+        "`labels` is set); at least one record when two or more remain.",
     )
     max_seq_len: int = Field(
         default=256,
@@ -255,7 +270,7 @@ class DeepSpeedSpec(_Section):
 
 
 class EarlyStoppingSpec(_Section):
-    """Stop when eval loss stops improving."""
+    """Stop when validation loss stops improving."""
 
     patience: int | None = Field(
         default=3,
@@ -264,7 +279,9 @@ class EarlyStoppingSpec(_Section):
         "never stops early.",
     )
     min_delta: float = Field(
-        default=0.0, ge=0, description="Smallest drop in eval loss that counts as improvement."
+        default=0.0,
+        ge=0,
+        description="Smallest drop in validation loss that counts as improvement.",
     )
 
 
@@ -321,17 +338,17 @@ class TrainSpec(_Section):
     eval_every: int | None = Field(
         default=None,
         ge=1,
-        description="Measure eval loss and save a checkpoint every N steps; unset: at the end "
-        "of each epoch.",
+        description="Measure validation loss and save a checkpoint every N steps; unset: at "
+        "the end of each epoch.",
     )
     early_stopping: EarlyStoppingSpec = Field(
-        default_factory=EarlyStoppingSpec, description="Early stopping on eval loss."
+        default_factory=EarlyStoppingSpec, description="Early stopping on validation loss."
     )
     keep_checkpoints: int = Field(
         default=2,
         ge=1,
-        description="Checkpoints kept: the best by eval loss (the latest is kept too, to "
-        "resume from). The run's result is the best one.",
+        description="Checkpoints kept: the best by validation loss (by the task metric in a "
+        "sweep trial), and the latest, to resume from. The run's result is the best one.",
     )
     max_failures: int = Field(
         default=2,
@@ -482,6 +499,23 @@ class JobSpec(_Section):
                 "is better",
                 "pick a quality metric (e.g. field_f1_micro, macro_f1, rouge_l) and bound "
                 f"{primary} with eval.gate.ceilings",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _sweep_metric_computable(self) -> JobSpec:
+        if not self.sweep or self.sweep.metric != "task":
+            return self
+        primary = self.eval.resolved_primary(
+            self.eval.resolved_task(self.data.labels, self.data.output_schema)
+        )
+        if primary in (*METRIC_GROUPS["bertscore"], *METRIC_GROUPS["consistency"]):
+            raise SpecRuleError(
+                "sweep.metric",
+                self.sweep.metric,
+                f"trials score the primary metric while training, and {primary!r} needs "
+                "another model or sampled answers",
+                "use metric: eval_loss, or a primary metric such as rouge_l or exact_match",
             )
         return self
 

@@ -29,6 +29,7 @@ def missing_files(spec: JobSpec) -> list[SpecRuleError]:
     problems = _model_problems(spec.model)
     problems += _source_problems("data.sources", spec.data.sources)
     problems += _source_problems("data.eval_sources", spec.data.eval_sources or [])
+    problems += _source_problems("data.validation_sources", spec.data.validation_sources or [])
     problems += _word_list_problems(spec.data.toxicity)
     return problems
 

@@ -57,10 +57,25 @@ class SweepSpec(_Section):
     num_samples: int = Field(
         default=4, ge=1, description="Trials to run (for grid: repeats of the whole grid)."
     )
-    metric: str = Field(
-        default="eval_loss", description="Metric the trials are ranked by (reported by train)."
+    metric: Literal["task", "eval_loss"] = Field(
+        default="task",
+        description="What ranks and prunes trials: 'task': the job's primary metric "
+        "(eval.primary_metric, e.g. macro_f1, field_f1_micro, rouge_l) on `task_sample` "
+        "validation examples, generated greedily at every evaluation; 'eval_loss': the loss "
+        "on the validation split. Never the test (eval) split.",
     )
-    mode: Literal["min", "max"] = Field(default="min", description="Lower or higher is better.")
+    mode: Literal["min", "max"] | None = Field(
+        default=None,
+        description="Unset: what the metric needs ('max' for task, 'min' for eval_loss); "
+        "another value is refused.",
+    )
+    task_sample: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Validation examples each evaluation of a trial generates and scores when "
+        "metric is 'task' (the first ones of the split: the same for every trial).",
+    )
     scheduler: Literal["asha", "fifo"] = Field(
         default="asha",
         description="'asha' stops trials that trail at each rung of evaluations (set "
@@ -77,3 +92,20 @@ class SweepSpec(_Section):
         ge=1,
         description="Trials running at once; each takes train.scaling.num_workers workers.",
     )
+
+    @property
+    def resolved_mode(self) -> Literal["min", "max"]:
+        """'max' for the task metric (higher is better), 'min' for the loss."""
+        return "max" if self.metric == "task" else "min"
+
+    @model_validator(mode="after")
+    def _mode_fits(self) -> SweepSpec:
+        if self.mode is not None and self.mode != self.resolved_mode:
+            raise SpecRuleError(
+                "mode",
+                self.mode,
+                f"{self.metric} is better when "
+                f"{'higher' if self.resolved_mode == 'max' else 'lower'}",
+                "leave sweep.mode unset",
+            )
+        return self

@@ -50,18 +50,20 @@ class LocalContext:
     node_id = "local"
 
     def __init__(self, dataset_dir: str, checkpoint_root: str, seed: int = 0, device="cpu"):
-        import pyarrow.parquet as pq
-
-        self.tables = {
-            split: pq.read_table(Path(dataset_dir, split)).to_pydict()
-            for split in ("train", "eval")
-        }
+        self.dataset_dir = dataset_dir
+        self.tables: dict[str, dict] = {}  # split → columns, read when first asked for
         self.checkpoint_root = Path(checkpoint_root)
         self.seed = seed
         self.device = device
         self.reports: list[dict] = []
 
     def batches(self, split: str, batch_size: int, epoch: int) -> Iterator[dict]:
+        import pyarrow.parquet as pq
+
+        if split not in self.tables:
+            columns = ["input_ids", "labels"]
+            path = Path(self.dataset_dir, split)
+            self.tables[split] = pq.read_table(path, columns=columns).to_pydict()
         table = self.tables[split]
         count = len(table["input_ids"])
         order = np.arange(count)

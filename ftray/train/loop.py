@@ -1,11 +1,13 @@
 """The per-worker training loop, one copy for every method, runnable without Ray.
 
-`train_loop(config, ctx)` trains `config["train"]["method"]` through an engine from
+`train_loop(config, ctx)` trains `config.train.method` through an engine from
 `ftray.train.methods`, on batches from a `WorkerContext` (`ftray.train.context`). It logs
-metrics every `log_every` steps, measures eval loss and saves a checkpoint every `eval_every`
-steps (or per epoch), stops early when eval loss plateaus, and resumes exactly from the
-context's restored checkpoint: step, epoch and position in the epoch's data, optimizer and
-scheduler state, early-stopping state, and the dropout seed (derived from the step).
+metrics every `log_every` steps, measures the loss on the validation split (never the eval
+split, which is the test set) and saves a checkpoint every `eval_every` steps (or per epoch),
+scores a sweep trial's task probe there too, stops early when validation loss plateaus, and
+resumes exactly from the context's restored checkpoint: step, epoch and position in the
+epoch's data, optimizer and scheduler state, early-stopping state, and the dropout seed
+(derived from the step).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from ftray.data.tokenize import IGNORE_INDEX
 from ftray.spec import EarlyStoppingSpec, TrainSpec
 from ftray.train.collate import collate
+from ftray.train.config import FaultConfig, LoopConfig
 from ftray.train.context import WorkerContext, all_reduce_sum, gather
 from ftray.train.methods import build_engine
 from ftray.train.tracking import Meter, Tracker
@@ -42,7 +45,10 @@ class TrainState:
     stopped_early: bool = False
     last_checkpoint_step: int | None = None
     loss_history: list = field(default_factory=list)  # [step, mean loss]
-    eval_history: list = field(default_factory=list)  # [step, eval loss]
+    eval_history: list = field(default_factory=list)  # [step, validation loss]
+    task_history: list = field(default_factory=list)  # [step, probe's task metric]
+    best_task_metric: float | None = None
+    best_task_step: int | None = None
     resumed_from: list = field(default_factory=list)  # steps of the checkpoints resumed
 
     def record_eval(self, eval_loss: float, rule: EarlyStoppingSpec) -> None:
@@ -55,6 +61,11 @@ class TrainState:
         if rule.patience and self.evals_without_improvement >= rule.patience:
             self.stopped_early = True
 
+    def record_task(self, score: float | None) -> None:
+        self.task_history.append([self.step, score])
+        if score is not None and (self.best_task_metric is None or score > self.best_task_metric):
+            self.best_task_metric, self.best_task_step = score, self.step
+
     def save(self, folder: str) -> None:
         Path(folder, STATE_FILE).write_text(json.dumps(asdict(self)))
 
@@ -63,35 +74,33 @@ class TrainState:
         return cls(**json.loads(Path(folder, STATE_FILE).read_text()))
 
 
-def train_loop(config: dict, ctx: WorkerContext) -> dict:
+def train_loop(config: LoopConfig | dict, ctx: WorkerContext) -> dict:
     """Train; return the final metrics (the same on every rank).
 
-    `config` is plain data (it crosses the Ray boundary): `train` (a TrainSpec dump),
-    `model_dir`, `dtype`, `steps_per_epoch` and `total_steps` (equal on every worker, so none
-    waits on a collective the others never reach), optional `pack_length`, `wandb` (from
-    `tracking.wandb_settings`) and `fault` ({"step", "rank", "marker"}: a test hook that
-    kills that rank once, right after that step).
+    `config` arrives as plain data across the Ray boundary and is validated again here.
     """
     import torch
 
     warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
-    spec = TrainSpec.model_validate(config["train"])
-    total, steps_per_epoch = config["total_steps"], config["steps_per_epoch"]
+    config = LoopConfig.model_validate(config)
+    spec = config.train
+    total, steps_per_epoch = config.total_steps, config.steps_per_epoch
     torch.manual_seed(spec.seed)
-    engine = build_engine(spec, config["model_dir"], config["dtype"], ctx, total)
+    engine = build_engine(spec, config.model_dir, config.dtype, ctx, total)
     state = TrainState()
     with ctx.restored() as folder:
         if folder:
             engine.load(folder)
             state = TrainState.load(folder)
             state.resumed_from.append(state.step)
-    trial = config.get("trial") or {}
-    run_config = {"run_id": config.get("run_id"), **trial, **spec.model_dump(mode="json")}
-    tracker = Tracker(config.get("wandb"), ctx.rank, run_config)
+    trial = config.trial or {}
+    run_config = {"run_id": config.run_id, **trial, **spec.model_dump(mode="json")}
+    tracker = Tracker(config.wandb, ctx.rank, run_config)
     meter = Meter(ctx.device, engine.flops_per_token, ctx.world_size)
     nodes = gather(ctx.node_id)
     micro, accumulation = spec.per_worker_batch, spec.accumulation
-    pack = config.get("pack_length") if spec.packing else None
+    pack = config.pack_length if spec.packing else None
+    probe = _Probe(config) if config.probe else None
     micro_per_epoch = steps_per_epoch * accumulation
     loss_sum = torch.zeros((), device=ctx.device)
     if ctx.rank == 0 and state.resumed_from:
@@ -115,8 +124,8 @@ def train_loop(config: dict, ctx: WorkerContext) -> dict:
                 _log(state, engine, ctx, meter, tracker, loss_sum, total)
             loss_sum.zero_()
             if spec.eval_every and state.step % spec.eval_every == 0:
-                _evaluate_and_save(engine, ctx, state, spec, tracker, pack)
-            _maybe_fail(config.get("fault"), state.step, ctx.rank)
+                _evaluate_and_save(engine, ctx, state, spec, tracker, pack, probe)
+            _maybe_fail(config.fault, state.step, ctx.rank)
             if state.step >= total or state.stopped_early:
                 break
         else:  # the epoch's data is used up (a short shard may end before the limit)
@@ -124,25 +133,25 @@ def train_loop(config: dict, ctx: WorkerContext) -> dict:
         if state.micro_index >= micro_per_epoch:
             state.epoch, state.micro_index = state.epoch + 1, 0
             if not spec.eval_every:
-                _evaluate_and_save(engine, ctx, state, spec, tracker, pack)
+                _evaluate_and_save(engine, ctx, state, spec, tracker, pack, probe)
         if state.epoch >= spec.epochs:
             break
     if state.last_checkpoint_step != state.step:
-        _evaluate_and_save(engine, ctx, state, spec, tracker, pack)
+        _evaluate_and_save(engine, ctx, state, spec, tracker, pack, probe)
     final = _summary(state, nodes)
     tracker.finish(final)
     return final
 
 
 def evaluate_loss(model, ctx: WorkerContext, batch_size: int, pack: int | None = None) -> float:
-    """Mean per-token loss on the eval split, over all workers."""
+    """Mean per-token loss on the validation split, over all workers."""
     import torch
 
     model.eval()
     loss_sum = torch.zeros((), device=ctx.device)
     tokens = torch.zeros((), device=ctx.device)
     with torch.no_grad():
-        for raw in ctx.batches("eval", batch_size, 0):
+        for raw in ctx.batches("validation", batch_size, 0):
             batch = collate(raw, pack_length=pack, device=ctx.device)
             count = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
             loss_sum += model(**batch, use_cache=False).loss.float() * count
@@ -169,20 +178,49 @@ def _log(state, engine, ctx, meter, tracker, loss, total) -> None:
         )
 
 
-def _evaluate_and_save(engine, ctx, state: TrainState, spec: TrainSpec, tracker, pack) -> None:
+class _Probe:
+    """The task probe's settings and tokenizer, loaded once."""
+
+    def __init__(self, config: LoopConfig):
+        from ftray.models import load_tokenizer
+
+        self.settings = config.probe
+        self.tokenizer = load_tokenizer(config.model_dir)
+        self.synced = config.train.method == "full" and config.train.deepspeed.stage == 3
+        self.metric = self.settings.task["primary"]
+
+    def score(self, model, ctx: WorkerContext) -> float | None:
+        from ftray.train.probe import task_score
+
+        found = task_score(
+            model, self.tokenizer, self.settings, ctx.rank, ctx.world_size, self.synced
+        )
+        return None if found is None else round(float(found), 5)
+
+
+def _evaluate_and_save(
+    engine, ctx, state: TrainState, spec: TrainSpec, tracker, pack, probe: _Probe | None
+) -> None:
     eval_loss = evaluate_loss(engine.model, ctx, spec.per_worker_batch, pack)
     state.record_eval(eval_loss, spec.early_stopping)
     state.last_checkpoint_step = state.step
-    tracker.log({"eval/loss": eval_loss}, state.step)
-    if ctx.rank == 0:
-        note = "  (stopping early: no improvement)" if state.stopped_early else ""
-        print(f"  eval loss {eval_loss:.4f} at step {state.step}{note}", flush=True)
+    logged, said = {"validation/loss": eval_loss}, ""
     metrics = {
         "step": state.step,
         "epoch": state.epoch,
         "eval_loss": eval_loss if math.isfinite(eval_loss) else 1e30,
         "loss": state.loss_history[-1][1] if state.loss_history else None,
     }
+    if probe:
+        score = probe.score(engine.model, ctx)
+        state.record_task(score)
+        logged[f"validation/{probe.metric}"] = score
+        said = f", {probe.metric} {score}"
+        metrics["task_metric"] = 0.0 if score is None else score  # nothing to count: worst
+    tracker.log(logged, state.step)
+    if ctx.rank == 0:
+        note = "  (stopping early: no improvement)" if state.stopped_early else ""
+        print(f"  validation loss {eval_loss:.4f}{said} at step {state.step}{note}", flush=True)
     with tempfile.TemporaryDirectory(prefix="ftray-ckpt-") as folder:
         wrote = engine.save(folder, ctx.rank)
         if ctx.rank == 0:
@@ -202,6 +240,9 @@ def _summary(state: TrainState, nodes: list) -> dict:
         "resumed_from": state.resumed_from,
         "loss_history": state.loss_history,
         "eval_history": state.eval_history,
+        "task_history": state.task_history,
+        "best_task_metric": state.best_task_metric,
+        "best_task_step": state.best_task_step,
         "worker_nodes": nodes,
     }
 
@@ -235,11 +276,11 @@ def _dropout_seed(seed: int, rank: int, step: int, index: int) -> int:
     return (seed * 1_000_003 + rank * 7_919 + step * 131 + index) % 2**63
 
 
-def _maybe_fail(fault: dict | None, step: int, rank: int) -> None:
-    """Test hook: kill this worker process once, right after `fault["step"]`."""
-    if not fault or fault["step"] != step or fault["rank"] != rank:
+def _maybe_fail(fault: FaultConfig | None, step: int, rank: int) -> None:
+    """Test seam: kill this worker process once, right after `fault.step`."""
+    if not fault or fault.step != step or fault.rank != rank:
         return
-    marker = Path(fault["marker"])
+    marker = Path(fault.marker)
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,10 @@
-"""The train stage: `train_loop` on Ray Train workers, data streamed as Ray Data shards."""
+"""The train stage: `train_loop` on Ray Train workers, data streamed as Ray Data shards.
+
+Input: a dataset (its train and validation splits; never its eval split, the test set).
+Output: a run (`runs/<run-id>/`, or a sweep trial's folder): the best checkpoint's adapter
+or consolidated model, chosen on the validation split, and a manifest with the loss and
+validation histories. Side effects: Ray Train checkpoints beside it, a W&B run.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +20,12 @@ from ftray.models import resolve_model
 from ftray.progress import Progress
 from ftray.spec import ModelSpec, TrainSpec, WandbSpec
 from ftray.store import Store, content_id
+from ftray.train.config import FaultConfig, LoopConfig, ProbeConfig
 from ftray.train.loop import train_loop
 from ftray.train.methods import consolidate
 from ftray.train.tracking import wandb_settings
 
-TRAIN_VERSION = 2
+TRAIN_VERSION = 3  # 3: checkpoints chosen on the validation split
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,27 @@ class RunRef:
         return self.weights_uri if self.kind == "adapter" else None
 
 
+@dataclass(frozen=True)
+class Trial:
+    """What a sweep adds to a training run: where it goes, Tune's report callback, and the
+    task probe (`probe`: task fields, `sample` size and `max_new_tokens`; None: rank on
+    validation loss)."""
+
+    sweep_id: str
+    trial_id: str
+    params: dict
+    callbacks: tuple = ()
+    probe: dict | None = None
+
+    @property
+    def folder(self) -> tuple[str, ...]:
+        return ("sweeps", self.sweep_id, "trials", self.trial_id)
+
+    def record(self) -> dict:
+        """Part of the run id, the W&B group and config, and the run's manifest."""
+        return {"sweep_id": self.sweep_id, "trial_id": self.trial_id, "params": self.params}
+
+
 def train(
     spec: TrainSpec,
     model: ModelSpec,
@@ -45,31 +73,92 @@ def train(
     wandb: WandbSpec | None = None,
     project: str = "ftray",
     *,
-    folder: tuple[str, ...] = ("runs",),
-    trial: dict | None = None,
-    callbacks: list | None = None,
-    fault_step: str | None = None,
+    trial: Trial | None = None,
 ) -> RunRef:
-    """Train `spec.method` on the dataset's train split, into `<folder>/<run-id>/`.
+    """Train `spec.method` on the dataset's train split, into `runs/<run-id>/` (a sweep
+    trial: into its trial folder); checkpoints are chosen on the validation split.
 
     A finished identical run is reused; an unfinished one (a crash, a stopped job) resumes
     from its latest checkpoint: Ray Train picks the run up by its name and storage path.
-    A sweep passes its trial folder, `trial` ({"sweep_id", "trial_id", "params"}: part of
-    the run id, the W&B group and config) and Tune's report callback. `fault_step` (a test
-    hook, default $FTRAY_INJECT_FAULT) kills the last worker once after that step.
     """
+    folder = trial.folder if trial else ("runs",)
+    record = trial.record() if trial else None
     run_id = content_id(
         "run",
         dataset.dataset_id,
         model.model_dump(mode="json"),
         spec.model_dump(mode="json"),
         TRAIN_VERSION,
-        trial or {},
+        record or {},
+        (trial.probe if trial else None) or {},
     )
     if store.is_complete(*folder, run_id):
         manifest = store.manifest(*folder, run_id)
         return RunRef(run_id, manifest["weights_uri"], manifest["kind"], manifest, True)
 
+    config = _loop_config(spec, model, dataset, store, (*folder, run_id), wandb, project, trial)
+    store.write_json(config.model_dump(mode="json"), *folder, run_id, "config.json")
+    n_train, workers = dataset.manifest["counts"]["train"], spec.scaling.num_workers
+    progress.note(
+        f"{spec.method} on {workers} worker(s): {n_train} examples, {config.total_steps} steps "
+        f"of {spec.batch_size} ({spec.per_worker_batch} per worker × {spec.accumulation} "
+        f"accumulated); checkpoints chosen on {dataset.manifest['counts']['validation']} "
+        "validation examples"
+    )
+    result = _trainer(config, dataset, store, folder, trial).fit()
+    return _finish(result, config, dataset, store, (*folder, run_id), record)
+
+
+def _loop_config(spec, model, dataset, store, run, wandb, project, trial) -> LoopConfig:
+    counts = dataset.manifest["counts"]
+    n_train, workers = counts["train"], spec.scaling.num_workers
+    steps_per_epoch = (n_train // workers) // (spec.batch_size // workers)
+    if steps_per_epoch < 1:
+        raise UserError(
+            f"train.batch_size: {spec.batch_size} is more than the {n_train} training examples "
+            f"of dataset {dataset.dataset_id}; lower train.batch_size or add data."
+        )
+    if not counts.get("validation"):
+        raise UserError(
+            f"dataset {dataset.dataset_id} has no validation examples to choose checkpoints "
+            "on; raise data.validation_fraction, add data, or give data.validation_sources."
+        )
+    model_dir = resolve_model(model, store)
+    return LoopConfig(
+        run_id=run[-1],
+        train=spec,
+        model_dir=model_dir,
+        dtype=model.dtype,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=min(
+            spec.max_steps or steps_per_epoch * spec.epochs, steps_per_epoch * spec.epochs
+        ),
+        pack_length=dataset.manifest["spec"]["max_seq_len"],
+        wandb=_wandb(wandb, project, store, run, trial),
+        trial=trial.record() if trial else None,
+        probe=_probe(trial.probe, dataset) if trial and trial.probe else None,
+        fault=_fault_injection(store, run, workers),
+    )
+
+
+def _probe(settings: dict, dataset: DatasetRef) -> ProbeConfig:
+    """The probe's sample: the first `sample` validation examples (the same for every
+    trial of a sweep)."""
+    import fsspec
+    import pyarrow.dataset as pds
+
+    fs, path = fsspec.core.url_to_fs(f"{dataset.uri}/validation")
+    table = pds.dataset(path, filesystem=fs, format="parquet").head(
+        settings["sample"], columns=["prompt", "messages", "completion"]
+    )
+    return ProbeConfig(
+        task=settings["task"],
+        examples=table.to_pylist(),
+        max_new_tokens=settings["max_new_tokens"],
+    )
+
+
+def _trainer(config: LoopConfig, dataset: DatasetRef, store: Store, folder, trial: Trial | None):
     import ray.data
     from ray.data import ExecutionOptions
     from ray.train import (
@@ -81,99 +170,84 @@ def train(
     )
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    workers = spec.scaling.num_workers
-    n_train = dataset.manifest["counts"]["train"]
-    steps_per_epoch = (n_train // workers) // (spec.batch_size // workers)
-    if steps_per_epoch < 1:
-        raise UserError(
-            f"train.batch_size: {spec.batch_size} is more than the {n_train} training examples "
-            f"of dataset {dataset.dataset_id}; lower train.batch_size or add data."
-        )
-    total = min(spec.max_steps or steps_per_epoch * spec.epochs, steps_per_epoch * spec.epochs)
-    config = {
-        "run_id": run_id,
-        "train": spec.model_dump(mode="json"),
-        "model_dir": resolve_model(model, store),
-        "dtype": model.dtype,
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total,
-        "pack_length": dataset.manifest["spec"]["max_seq_len"],
-        "wandb": _wandb(wandb, project, store, (*folder, run_id), trial),
-        "fault": _fault_injection(store, (*folder, run_id), workers, fault_step),
-        "trial": trial,
-    }
-    store.write_json(config, *folder, run_id, "config.json")
-    progress.note(
-        f"{spec.method} on {workers} worker(s): {n_train} examples, {total} steps of "
-        f"{spec.batch_size} ({spec.per_worker_batch} per worker × {spec.accumulation} "
-        "accumulated)"
-    )
-    trainer = TorchTrainer(
+    spec = config.train
+    attribute, order = config.score_attribute
+    return TorchTrainer(
         _ray_worker,
-        train_loop_config=config,
+        train_loop_config=config.model_dump(mode="json"),
         scaling_config=ScalingConfig(
-            num_workers=workers,
+            num_workers=spec.scaling.num_workers,
             use_gpu=spec.scaling.use_gpu,
             resources_per_worker={"CPU": spec.scaling.cpus_per_worker},
             placement_strategy=spec.scaling.placement_strategy,
         ),
         torch_config=TorchConfig(backend="nccl" if spec.scaling.use_gpu else "gloo"),
+        # the eval split is the test set: training never reads it
         datasets={
             split: ray.data.read_parquet(f"{dataset.uri}/{split}", columns=["input_ids", "labels"])
-            for split in ("train", "eval")
+            for split in ("train", "validation")
         },
         # Same order every epoch on every attempt: a resumed run skips what it consumed.
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
         run_config=RunConfig(
-            name=run_id,
+            name=config.run_id,
             storage_path=store.uri(*folder),
-            callbacks=callbacks or [],
+            callbacks=list(trial.callbacks) if trial else [],
             failure_config=FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=spec.keep_checkpoints,
-                checkpoint_score_attribute="eval_loss",
-                checkpoint_score_order="min",
+                checkpoint_score_attribute=attribute,
+                checkpoint_score_order=order,
             ),
         ),
     )
-    result = trainer.fit()
+
+
+def _finish(result, config: LoopConfig, dataset, store: Store, run, record) -> RunRef:
+    """The best checkpoint's weights (ZeRO shards consolidated for a full run) and the
+    run's manifest."""
+    spec = config.train
     final = result.return_value or {}
-    best = result.get_best_checkpoint("eval_loss", "min") or result.checkpoint
+    best = result.get_best_checkpoint(*config.score_attribute) or result.checkpoint
     if spec.method == "full":
-        kind, weights_uri = (
-            "model",
-            _consolidate(best, config["model_dir"], store, (*folder, run_id)),
-        )
+        kind, weights_uri = "model", _consolidate(best, config.model_dir, store, run)
     else:
         kind, weights_uri = "adapter", f"{best.path}/adapter"
     history = final.get("loss_history", [])
+    metrics = ("step", "epoch", "loss", "eval_loss", "best_eval_loss", "best_step")
+    metrics += ("best_task_metric", "best_task_step")
     manifest = store.finish(
         {
-            "run_id": run_id,
+            "run_id": run[-1],
             "dataset_id": dataset.dataset_id,
             "method": spec.method,
             "kind": kind,
             "weights_uri": weights_uri,
             "best_checkpoint": best.path,
-            "metrics": {
-                key: final.get(key)
-                for key in ("step", "epoch", "loss", "eval_loss", "best_eval_loss", "best_step")
+            "selected_on": {
+                "split": "validation",
+                "metric": config.score_attribute[0],
+                "examples": len(config.probe.examples)
+                if config.probe
+                else dataset.manifest["counts"]["validation"],
             },
+            "metrics": {key: final.get(key) for key in metrics},
             "stopped_early": final.get("stopped_early"),
             "resumed_from": final.get("resumed_from", []),
             "loss_first": history[0][1] if history else None,
             "loss_last": history[-1][1] if history else None,
             "loss_history": history,
             "eval_history": final.get("eval_history", []),
+            "task_history": final.get("task_history", []),
             "worker_nodes": final.get("worker_nodes", []),
-            "wandb": config["wandb"],
-            "trial": trial,
+            "wandb": config.wandb,
+            "trial": record,
+            "probe": config.probe.task if config.probe else None,
             "spec": spec.model_dump(mode="json"),
         },
-        *folder,
-        run_id,
+        *run,
     )
-    return RunRef(run_id, weights_uri, kind, manifest, False)
+    return RunRef(run[-1], weights_uri, kind, manifest, False)
 
 
 def _consolidate(checkpoint, model_dir: str, store: Store, run: tuple[str, ...]) -> str:
@@ -193,25 +267,24 @@ def _consolidate(checkpoint, model_dir: str, store: Store, run: tuple[str, ...])
 
 
 def _wandb(
-    spec: WandbSpec | None, project: str, store: Store, run: tuple[str, ...], trial: dict | None
+    spec: WandbSpec | None, project: str, store: Store, run: tuple[str, ...], trial: Trial | None
 ) -> dict | None:
     if spec is None:
         return None
     folder = store.path(*run) if store.is_local else tempfile.gettempdir()
     # a plain run is its own group: its evaluation joins it there
-    group = trial["sweep_id"] if trial else run[-1]
+    group = trial.sweep_id if trial else run[-1]
     return wandb_settings(spec, project, run[-1], folder, group=group)
 
 
-def _fault_injection(
-    store: Store, run: tuple[str, ...], workers: int, step: str | None
-) -> dict | None:
-    """$FTRAY_INJECT_FAULT=STEP kills the last worker once, right after STEP (tests)."""
-    step = step or os.environ.get("FTRAY_INJECT_FAULT")
+def _fault_injection(store: Store, run: tuple[str, ...], workers: int) -> FaultConfig | None:
+    """A test seam: $FTRAY_INJECT_FAULT=STEP (passed to every Ray worker by
+    `ftray.runtime`) kills the last worker once, right after STEP."""
+    step = os.environ.get("FTRAY_INJECT_FAULT")
     if not step:
         return None
     marker = store.path(*run, "fault-injected.txt")
-    return {"step": int(step), "rank": workers - 1, "marker": marker}
+    return FaultConfig(step=int(step), rank=workers - 1, marker=marker)
 
 
 class _RayContext:
@@ -265,4 +338,4 @@ class _RayContext:
 
 
 def _ray_worker(config: dict) -> dict:
-    return train_loop(config, _RayContext())
+    return train_loop(LoopConfig.model_validate(config), _RayContext())

@@ -102,6 +102,33 @@ def log_evaluation(settings: dict, manifest: dict, report_html: str | None) -> N
     run.finish()
 
 
+def log_leaderboard(settings: dict, manifest: dict) -> None:
+    """The sweep's leaderboard as a W&B run in the sweep's group (id = the sweep id): a table
+    of every trial (its parameters, the ranking metric, validation loss, status) and the
+    winner in the summary."""
+    if settings["mode"] == "disabled":
+        return
+    import wandb
+
+    os.makedirs(settings["dir"], exist_ok=True)
+    board = manifest["leaderboard"]
+    names = sorted({name for row in board for name in row["params"]})
+    columns = ["rank", "trial_id", manifest["metric"], "validation_loss", "status", *names]
+    data = [
+        [i, row["trial_id"], row["metric"], row["eval_loss"], row["status"]]
+        + [row["params"].get(name) for name in names]
+        for i, row in enumerate(board, 1)
+    ]
+    run = _init(settings, config={"sweep": manifest["sweep"]}, job_type="sweep")
+    run.log({"leaderboard": wandb.Table(columns=columns, data=data)})
+    winner = manifest["winner"]
+    run.summary.update(
+        {"winner/trial_id": winner["trial_id"], "winner/run_id": winner["run_id"]}
+        | {f"winner/{manifest['metric']}": winner["metric"]}
+    )
+    run.finish()
+
+
 class Meter:
     """Tokens, time and memory between two logging points."""
 

@@ -96,18 +96,19 @@ def test_every_rule_quarantined_with_its_location(messy):
     manifest = json.loads((dataset / "manifest.json").read_text())
     counts = manifest["counts"]
     assert counts["input"] == 55 and counts["blank"] == 2 and counts["read"] == 57
-    assert counts["train"] + counts["eval"] + counts["quarantine"] == 55
+    assert counts["train"] + counts["validation"] + counts["eval"] + counts["quarantine"] == 55
     jsonl, hf = manifest["files"]
     assert jsonl == {
         "path": str(tmp / "data.jsonl"),
         "format": "jsonl",
         "read": 37,
-        "train": 15,
+        "train": 13,
+        "validation": 2,
         "eval": 5,
         "quarantine": 15,
         "blank": 2,
     }
-    assert hf["read"] == 20 and hf["train"] + hf["eval"] == 20
+    assert hf["read"] == 20 and hf["train"] + hf["validation"] + hf["eval"] == 20
     rows = {r["row"]: r for r in _rows(dataset / "quarantine")}
     expected = {
         21: "malformed",
@@ -142,8 +143,12 @@ def test_split_is_stratified_by_label(messy):
     dataset = _dataset(tmp)
     evals = Counter(r["completion"] for r in _rows(dataset / "eval"))
     assert evals == {"card_arrival": 5, "exchange_rate": 5}  # 25% of 20 clean per label
+    validation = Counter(r["completion"] for r in _rows(dataset / "validation"))
+    assert validation == {"card_arrival": 2, "exchange_rate": 2}  # 10% of the 15 left
     trains = Counter(r["completion"] for r in _rows(dataset / "train"))
-    assert trains == {"card_arrival": 15, "exchange_rate": 15}
+    assert trains == {"card_arrival": 13, "exchange_rate": 13}
+    held_out = {r["prompt"] for split in ("eval", "validation") for r in _rows(dataset / split)}
+    assert not held_out & {r["prompt"] for r in _rows(dataset / "train")}
     hf_rows = [r for r in _rows(dataset / "train") if r["source"].endswith("hf")]
     assert hf_rows and all(r["row"] >= 1 for r in hf_rows)
 
@@ -157,7 +162,7 @@ def test_data_show_and_diff_between_versions(messy, run_cli):
     shown = run_cli("data", "show", old, "--job", str(job)).stdout
     assert "near_duplicate: 1" in shown and "records: 55 in" in shown
     data = tmp / "data.jsonl"
-    assert f"{data}: 37 lines read = 15 train + 5 eval + 15 quarantined + 2 blank" in shown
+    assert f"{data}: 37 lines read = 13 train + 2 validation + 5 eval + 15 quarantined + 2 blank" in shown
     listed = run_cli("data", "show", old, "--quarantine", "malformed", "--job", str(job)).stdout
     assert [line.split()[0] for line in listed.splitlines() if line.startswith(str(data))] == [
         f"{data}:{row}" for row in (21, 26, 31, 37)
@@ -191,7 +196,12 @@ def test_explicit_eval_set_leakage_and_json_contract(tmp_path, run_cli):
         {"prompt": QUERIES[300]["text"], "completion": json.dumps({"intent": "x"})},  # clean
         {"prompt": QUERIES[301]["text"], "completion": "not json"},  # bad output
     ]
-    for name, rows in (("train", train), ("eval", evals)):
+    validation = [
+        {"prompt": QUERIES[300]["text"], "completion": evals[2]["completion"]},  # a test example
+        {"prompt": QUERIES[2]["text"], "completion": train[2]["completion"]},  # a training one
+        {"prompt": QUERIES[302]["text"], "completion": {"intent": "y"}},  # clean
+    ]
+    for name, rows in (("train", train), ("eval", evals), ("validation", validation)):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     schema = {
         "type": "object",
@@ -203,20 +213,31 @@ def test_explicit_eval_set_leakage_and_json_contract(tmp_path, run_cli):
         {
             "sources": [{"path": str(tmp_path / "train.jsonl")}],
             "eval_sources": [{"path": str(tmp_path / "eval.jsonl")}],
+            "validation_sources": [{"path": str(tmp_path / "validation.jsonl")}],
             "output_schema": schema,
         },
     )
     run_cli("prepare", str(job))
     dataset = _dataset(tmp_path)
     trained = _rows(dataset / "train")
-    assert len(trained) == 12, "training data is never dropped for a leak"
+    assert len(trained) == 12, "training data is never dropped for a leak, nor carved"
     first = next(r for r in trained if r["row"] == 1)
     assert json.loads(first["completion"]) == {"intent": QUERIES[0]["category"]}
-    assert [r["row"] for r in _rows(dataset / "eval")] == [3]
-    rules = {r["row"]: (r["rule"], r["reason"]) for r in _rows(dataset / "quarantine")}
-    assert rules[1][0] == "leakage" and "eval example is a training example" in rules[1][1]
-    assert rules[2][0] == "leakage"
-    assert rules[4][0] == "bad_output" and "not JSON" in rules[4][1]
+    assert [r["row"] for r in _rows(dataset / "eval")] == [3], "the test set loses no clean row"
+    assert [r["row"] for r in _rows(dataset / "validation")] == [3]
+    rules = {
+        (Path(r["source"]).stem, r["row"]): (r["rule"], r["reason"])
+        for r in _rows(dataset / "quarantine")
+    }
+    assert rules["eval", 1][0] == "leakage"
+    assert "eval example is a training example" in rules["eval", 1][1]
+    assert rules["eval", 2][0] == "leakage"
+    assert rules["eval", 4][0] == "bad_output" and "not JSON" in rules["eval", 4][1]
+    assert rules["validation", 1][0] == "leakage"
+    assert "validation example is an eval example" in rules["validation", 1][1]
+    assert "validation example is a training example" in rules["validation", 2][1]
+    counts = json.loads((dataset / "manifest.json").read_text())["counts"]
+    assert (counts["train"], counts["validation"], counts["eval"]) == (12, 1, 1)
 
 
 def test_clean_file_then_an_interrupted_prepare_is_rerun(tmp_path, run_cli):
@@ -228,7 +249,8 @@ def test_clean_file_then_an_interrupted_prepare_is_rerun(tmp_path, run_cli):
     run_cli("prepare", str(job))
     dataset = _dataset(tmp_path)
     counts = json.loads((dataset / "manifest.json").read_text())["counts"]
-    assert counts["read"] == 60 and counts["train"] + counts["eval"] == 60, counts
+    assert counts["read"] == 60 and counts["eval"] == 6 and counts["validation"] == 5, counts
+    assert counts["train"] == 60 - 6 - 5
     assert counts["quarantine_by_rule"] == {}
     (dataset / "manifest.json").unlink()
     for part in (dataset / "train").iterdir():

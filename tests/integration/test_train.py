@@ -41,7 +41,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_address, tmp_path):
     runs = list((run_dir / "wandb").glob(f"offline-run-*-{manifest['run_id']}"))
     assert runs, list(run_dir.glob("wandb/*"))
     records = b"".join(f.read_bytes() for r in runs for f in r.glob("*.wandb"))
-    for key in (b"train/loss", b"train/tokens_per_s", b"train/lr", b"eval/loss"):
+    for key in (b"train/loss", b"train/tokens_per_s", b"train/lr", b"validation/loss"):
         assert key in records, key
 
 

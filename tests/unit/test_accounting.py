@@ -1,4 +1,5 @@
-"""The per-file accounting: lines read = train + eval + quarantine + blank, each line once."""
+"""The per-file accounting: lines read = train + validation + eval + quarantine + blank,
+each line once."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ def _table(rows):
 
 
 GOOD = [
-    ("a.jsonl", 1, 4, "train", ""),
-    ("a.jsonl", 2, 4, "quarantine", "malformed"),
-    ("a.jsonl", 3, 4, "blank", "blank"),
-    ("a.jsonl", 4, 4, "eval", ""),
+    ("a.jsonl", 1, 5, "train", ""),
+    ("a.jsonl", 2, 5, "quarantine", "malformed"),
+    ("a.jsonl", 3, 5, "blank", "blank"),
+    ("a.jsonl", 4, 5, "eval", ""),
+    ("a.jsonl", 5, 5, "validation", ""),
     ("b.csv", 2, 1, "train", ""),
 ]
 
@@ -30,15 +32,17 @@ def test_accounts_per_file_and_counts():
     assert first == {
         "path": "a.jsonl",
         "format": "jsonl",
-        "read": 4,
+        "read": 5,
         "train": 1,
+        "validation": 1,
         "eval": 1,
         "quarantine": 1,
         "blank": 1,
     }
     assert second["read"] == 1 and second["train"] == 1
     counts = _counts(table)
-    assert counts["read"] == 5 and counts["input"] == 4 and counts["blank"] == 1
+    assert counts["read"] == 6 and counts["input"] == 5 and counts["blank"] == 1
+    assert (counts["train"], counts["validation"], counts["eval"]) == (2, 1, 1)
     assert counts["quarantine_by_rule"] == {"malformed": 1}
 
 
@@ -46,8 +50,8 @@ def test_accounts_per_file_and_counts():
     "rows",
     [
         GOOD[1:],  # line 1 lost
-        [*GOOD, ("a.jsonl", 4, 4, "train", "")],  # line 4 twice
-        [GOOD[0], ("a.jsonl", 1, 4, "quarantine", "x"), *GOOD[2:]],  # 1 twice, 2 lost
+        [*GOOD, ("a.jsonl", 4, 5, "train", "")],  # line 4 twice
+        [GOOD[0], ("a.jsonl", 1, 5, "quarantine", "x"), *GOOD[2:]],  # 1 twice, 2 lost
     ],
     ids=["lost", "doubled", "doubled_and_lost"],
 )

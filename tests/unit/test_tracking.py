@@ -93,3 +93,31 @@ def test_disabled_tracking_writes_nothing(tmp_path, monkeypatch):
     settings = wandb_settings(WandbSpec(mode="disabled"), "tiny", "eval-x", str(tmp_path))
     log_evaluation(settings, MANIFEST, None)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_sweep_leaderboard_run_ranks_trials_on_the_task_metric(tmp_path, monkeypatch):
+    from ftray.train.tracking import log_leaderboard
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    rows = [
+        {"trial_id": "t2", "params": {"train.lr": 0.01}, "metric": 0.8, "eval_loss": 1.4},
+        {"trial_id": "t1", "params": {"train.lr": 0.001}, "metric": 0.6, "eval_loss": 1.1},
+    ]
+    board = [{**row, "status": "finished", "run_id": f"run-{row['trial_id']}"} for row in rows]
+    manifest = {
+        "sweep": {"metric": "task"},
+        "metric": "macro_f1 on 64 validation examples",
+        "leaderboard": board,
+        "winner": board[0],
+    }
+    settings = wandb_settings(WandbSpec(), "tiny", "sweep-0123", str(tmp_path), group="sweep-0123")
+    log_leaderboard(settings, manifest)
+    (folder,) = (tmp_path / "wandb").glob("offline-run-*-sweep-0123")
+    summary, run = _summary(folder)
+    assert run.run_group == "sweep-0123" and run.job_type == "sweep"
+    assert summary["winner/trial_id"] == "t2"
+    assert summary["winner/macro_f1 on 64 validation examples"] == 0.8
+    (table,) = (folder / "files" / "media" / "table").glob("leaderboard_*.table.json")
+    logged = json.loads(table.read_text())
+    assert logged["columns"][:4] == ["rank", "trial_id", manifest["metric"], "validation_loss"]
+    assert [row[1] for row in logged["data"]] == ["t2", "t1"]

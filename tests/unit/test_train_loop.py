@@ -30,7 +30,7 @@ def _dataset(folder, tokenizer, n):
         label = "yes" if i % 2 else "no"
         example = tokenize_example(tokenizer, messages_for(f"is {i} odd?", "Answer."), label)
         rows.append({"input_ids": example["input_ids"], "labels": example["labels"]})
-    for split in ("train", "eval"):
+    for split in ("train", "validation"):
         (folder / split).mkdir(parents=True)
         pq.write_table(pa.Table.from_pylist(rows), folder / split / "part.parquet")
 
@@ -216,7 +216,7 @@ def test_qlora_adapter_loads_onto_the_4bit_base(tiny_dir, tmp_path):
     assert type(base.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
     adapter = Path(ctx.reports[-1]["checkpoint"]) / "adapter"
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
-    batch = collate(next(ctx.batches("eval", 8, 0)))
+    batch = collate(next(ctx.batches("validation", 8, 0)))
     with torch.no_grad():
         loss = model(**batch, use_cache=False).loss.item()
     assert loss == pytest.approx(final["eval_loss"], rel=1e-3)
@@ -272,3 +272,61 @@ def test_full_zero3_checkpoint_consolidates_to_a_plain_hf_model(
     assert (tmp_path / "model" / "model.safetensors").is_file()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     assert evaluate_loss(model, ctx, 8) == pytest.approx(final["eval_loss"], rel=1e-4)
+
+
+def _probe_rows(n: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        messages = messages_for(f"is {i} odd?", "Answer.")
+        rows.append({"prompt": f"is {i} odd?", "messages": json.dumps(messages), "completion": "?"})
+    return rows
+
+
+def _generation_task(primary: str = "exact_match") -> dict:
+    return {
+        "name": "generation",
+        "groups": ["exact_match", "rouge_l"],
+        "primary": primary,
+        "labels": None,
+        "schema": None,
+        "threshold": 0.5,
+    }
+
+
+def test_task_probe_scores_answers_as_the_evaluation_does(tiny_dir):
+    """Half the sample's references are the model's own greedy answers: exact match 0.5."""
+    from ftray.data.tokenize import render_prompt
+    from ftray.models import generate_texts, load_model
+    from ftray.train.config import ProbeConfig
+    from ftray.train.probe import task_score
+
+    tokenizer, model = load_tokenizer(tiny_dir), load_model(tiny_dir, "float32")
+    rows = _probe_rows(6)
+    prompts = [render_prompt(tokenizer, json.loads(r["messages"])) for r in rows]
+    answers = [a["text"] for a in generate_texts(model, tokenizer, prompts, 4)]
+    for row, answer in zip(rows[:3], answers[:3], strict=True):
+        row["completion"] = answer
+    for row in rows[3:]:
+        row["completion"] = "an answer the random model never gives"
+    probe = ProbeConfig(task=_generation_task(), examples=rows, max_new_tokens=4, batch_size=4)
+    assert task_score(model, tokenizer, probe, rank=0, world=1, synced=False) == 0.5
+
+
+def test_validation_decides_and_the_test_split_is_never_read(tiny_dir, tmp_path):
+    """Loss, early stopping, the probe and checkpoint scores use the validation split; the
+    eval (test) split is not even opened: here it is not a readable file at all."""
+    from ftray.train.config import ProbeConfig
+
+    _dataset(tmp_path / "ds", load_tokenizer(tiny_dir), 16)
+    (tmp_path / "ds" / "eval").mkdir()
+    (tmp_path / "ds" / "eval" / "part.parquet").write_bytes(b"the test set: not for training")
+    probe = ProbeConfig(task=_generation_task("rouge_l"), examples=_probe_rows(3), max_new_tokens=4)
+    config = {**_config(tiny_dir, _spec(epochs=2)), "probe": probe.model_dump(mode="json")}
+    ctx = LocalContext(str(tmp_path / "ds"), str(tmp_path / "ckpt"))
+    final = train_loop(config, ctx)
+    assert set(ctx.tables) == {"train", "validation"}
+    assert [step for step, _ in final["task_history"]] == [2, 4]
+    assert all(0 <= score <= 1 for _, score in final["task_history"])
+    assert [r["task_metric"] for r in ctx.reports] == [s for _, s in final["task_history"]]
+    best = max(final["task_history"], key=lambda row: row[1])
+    assert (final["best_task_step"], final["best_task_metric"]) == tuple(best)

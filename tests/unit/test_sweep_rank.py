@@ -1,0 +1,81 @@
+"""The sweep's winner is the best trial on the ranking metric, not on validation loss."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from ftray.specload import validate_spec as _validate
+from ftray.sweep import rank
+
+
+def _row(trial: str, metric: float | None, loss: float, finished: bool = True) -> dict:
+    return {
+        "trial_id": trial,
+        "metric": metric,
+        "eval_loss": loss,
+        "run_id": f"run-{trial}" if finished else None,
+    }
+
+
+def validate_spec(text: str):
+    return _validate(yaml.safe_load(text), [])
+
+
+def test_the_task_metric_winner_beats_the_lower_loss():
+    """Trial b has the lowest validation loss, trial a the best macro-F1: a wins."""
+    rows = [_row("b", 0.40, 0.9), _row("a", 0.70, 1.3), _row("c", 0.55, 1.0)]
+    assert min(rows, key=lambda r: r["eval_loss"])["trial_id"] == "b"
+    assert [r["trial_id"] for r in rank(rows, "max")] == ["a", "c", "b"]
+
+
+def test_unfinished_and_unscored_trials_rank_last():
+    rows = [_row("x", 0.9, 1.0, finished=False), _row("y", None, 0.5), _row("z", 0.1, 2.0)]
+    assert [r["trial_id"] for r in rank(rows, "max")] == ["z", "y", "x"]
+    assert [r["trial_id"] for r in rank([_row("p", 2.0, 2.0), _row("q", 1.0, 1.0)], "min")] == [
+        "q",
+        "p",
+    ]
+
+
+BASE = """
+project: p
+model: {base: tiny}
+data:
+  sources: [{path: data/banking77/quickstart.csv}]
+  prompt_field: text
+  completion_field: category
+  labels: [a, b]
+sweep:
+  parameters: {train.lr: {type: choice, values: [0.001, 0.01]}}
+"""
+
+
+def test_a_sweep_ranks_on_the_task_metric_by_default():
+    sweep = validate_spec(BASE).sweep
+    assert (sweep.metric, sweep.resolved_mode, sweep.task_sample) == ("task", "max", 64)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("  metric: task\n  mode: min\n", "task is better when higher"),
+        ("  metric: eval_loss\n  mode: max\n", "eval_loss is better when lower"),
+        ("  metric: loss\n", "sweep.metric"),
+    ],
+)
+def test_a_mode_against_the_metric_is_refused(extra, message):
+    from ftray.errors import UserError
+
+    with pytest.raises(UserError) as caught:
+        validate_spec(BASE + extra)
+    assert message in str(caught.value)
+
+
+def test_a_task_metric_trials_cannot_compute_is_refused():
+    from ftray.errors import UserError
+
+    spec = BASE.replace("labels: [a, b]", "labels: [a, b]\neval: {primary_metric: consistency}")
+    with pytest.raises(UserError) as caught:
+        validate_spec(spec)
+    assert "sweep.metric" in str(caught.value)
