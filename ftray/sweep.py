@@ -160,12 +160,18 @@ def print_leaderboard(leaderboard: list[dict], metric: str, progress: Progress) 
 
 
 def rank(rows: list[dict], mode: str) -> list[dict]:
-    """Finished trials first, best `metric` first (a trial with no value last among them)."""
+    """Finished trials first, best `metric` first (a trial with no value last among them),
+    ties to the lower validation loss."""
     sign = 1 if mode == "min" else -1
 
     def key(row: dict):
-        missing = row["metric"] is None
-        return (row["run_id"] is None, missing, 0 if missing else sign * row["metric"])
+        missing, loss = row["metric"] is None, row.get("eval_loss")
+        return (
+            row["run_id"] is None,
+            missing,
+            0 if missing else sign * row["metric"],
+            float("inf") if loss is None else loss,
+        )
 
     return sorted(rows, key=key)
 

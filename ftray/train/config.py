@@ -51,6 +51,6 @@ class LoopConfig(_Frozen):
 
     @property
     def score_attribute(self) -> tuple[str, str]:
-        """What ranks checkpoints: the probe's task metric (higher is better) or the
-        validation loss."""
-        return ("task_metric", "max") if self.probe else ("eval_loss", "min")
+        """What ranks checkpoints: the probe's task metric (higher is better; ties go to the
+        lower validation loss) or the validation loss."""
+        return ("selection_score", "max") if self.probe else ("eval_loss", "min")

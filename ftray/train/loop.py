@@ -217,6 +217,8 @@ def _evaluate_and_save(
         logged[f"validation/{probe.metric}"] = score
         said = f", {probe.metric} {score}"
         metrics["task_metric"] = 0.0 if score is None else score  # nothing to count: worst
+        # what ranks checkpoints: the task metric (5 decimals), ties to the lower loss
+        metrics["selection_score"] = metrics["task_metric"] - metrics["eval_loss"] * 1e-9
     tracker.log(logged, state.step)
     if ctx.rank == 0:
         note = "  (stopping early: no improvement)" if state.stopped_early else ""

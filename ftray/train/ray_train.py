@@ -226,7 +226,7 @@ def _finish(result, config: LoopConfig, dataset, store: Store, run, record) -> R
             "best_checkpoint": best.path,
             "selected_on": {
                 "split": "validation",
-                "metric": config.score_attribute[0],
+                "metric": "task_metric" if config.probe else "eval_loss",
                 "examples": len(config.probe.examples)
                 if config.probe
                 else dataset.manifest["counts"]["validation"],

@@ -162,7 +162,8 @@ def test_data_show_and_diff_between_versions(messy, run_cli):
     shown = run_cli("data", "show", old, "--job", str(job)).stdout
     assert "near_duplicate: 1" in shown and "records: 55 in" in shown
     data = tmp / "data.jsonl"
-    assert f"{data}: 37 lines read = 13 train + 2 validation + 5 eval + 15 quarantined + 2 blank" in shown
+    line = f"{data}: 37 lines read = 13 train + 2 validation + 5 eval + 15 quarantined + 2 blank"
+    assert line in shown
     listed = run_cli("data", "show", old, "--quarantine", "malformed", "--job", str(job)).stdout
     assert [line.split()[0] for line in listed.splitlines() if line.startswith(str(data))] == [
         f"{data}:{row}" for row in (21, 26, 31, 37)

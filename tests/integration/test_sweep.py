@@ -1,4 +1,5 @@
-"""`ftray sweep` on the session's local Ray: an interrupted 4-trial ASHA sweep resumes."""
+"""`ftray sweep` on the session's local Ray: an interrupted 4-trial ASHA sweep resumes, and
+ranks its trials on the task metric measured on the validation split."""
 
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ def test_interrupted_asha_sweep_resumes_and_ranks_its_trials(ray_address, tmp_pa
     assert {row["status"] for row in board} <= {"finished", "stopped by ASHA", "error"}
     finished = [row for row in board if row["run_id"]]
     assert finished and manifest["winner"] == finished[0]
-    assert [r["metric"] for r in finished] == sorted(r["metric"] for r in finished)
+    # ranked on the task metric (macro-F1 on 16 validation examples), best first
+    assert manifest["metric"] == "macro_f1 on 16 validation examples"
+    assert [r["metric"] for r in finished] == sorted((r["metric"] for r in finished), reverse=True)
+    assert all(r["metric"] == r["task_metric"] and r["eval_loss"] for r in finished)
     assert len({tuple(row["run_folder"]) for row in finished}) == len(finished)
     for row in finished:
         run = json.loads(
@@ -45,6 +49,10 @@ def test_interrupted_asha_sweep_resumes_and_ranks_its_trials(ray_address, tmp_pa
         assert run["trial"]["params"] == row["params"]
         assert run["wandb"]["group"] == sweep_dir.name
         assert run["spec"]["lr"] == row["params"]["train.lr"]
+        selected = {"split": "validation", "metric": "task_metric", "examples": 16}
+        assert run["selected_on"] == selected
+        assert [step for step, _ in run["task_history"]][:2] == [2, 4]
+        assert row["metric"] == max(score for _, score in run["task_history"])
         if row["trial_id"] in killed:
             assert run["resumed_from"] == [2], "resumed, not restarted"
     assert "winner:" in done.stdout and "1. " in done.stdout

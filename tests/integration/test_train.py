@@ -53,10 +53,20 @@ def test_resubmitted_job_resumes_its_run(ray_address, tmp_path):
     failed = cli(ray_address, *args, check=False, env={"FTRAY_INJECT_FAULT": "3"})
     assert failed.returncode != 0, failed.stdout
     assert not list((tmp_path / "tiny" / "runs").glob("*/manifest.json"))
+    # the test split plays no part in training: made unreadable, the run still ends
+    (dataset,) = (tmp_path / "tiny" / "datasets").glob("ds-*")
+    for part in (dataset / "eval").glob("*.parquet"):
+        part.write_bytes(b"the test set")
 
     done = cli(ray_address, *args)
     manifest = _run_manifest(tmp_path)
     assert manifest["method"] == "qlora"
+    validation = json.loads((dataset / "manifest.json").read_text())["counts"]["validation"]
+    assert manifest["selected_on"] == {
+        "split": "validation",
+        "metric": "eval_loss",
+        "examples": validation,
+    }
     assert manifest["resumed_from"] == [2], done.stdout
     assert manifest["metrics"]["step"] == 6
 

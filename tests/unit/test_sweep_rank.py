@@ -29,6 +29,11 @@ def test_the_task_metric_winner_beats_the_lower_loss():
     assert [r["trial_id"] for r in rank(rows, "max")] == ["a", "c", "b"]
 
 
+def test_a_tie_on_the_task_metric_goes_to_the_lower_loss():
+    rows = [_row("a", 0.5, 1.3), _row("b", 0.5, 0.9)]
+    assert [r["trial_id"] for r in rank(rows, "max")] == ["b", "a"]
+
+
 def test_unfinished_and_unscored_trials_rank_last():
     rows = [_row("x", 0.9, 1.0, finished=False), _row("y", None, 0.5), _row("z", 0.1, 2.0)]
     assert [r["trial_id"] for r in rank(rows, "max")] == ["z", "y", "x"]

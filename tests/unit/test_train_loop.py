@@ -330,3 +330,9 @@ def test_validation_decides_and_the_test_split_is_never_read(tiny_dir, tmp_path)
     assert [r["task_metric"] for r in ctx.reports] == [s for _, s in final["task_history"]]
     best = max(final["task_history"], key=lambda row: row[1])
     assert (final["best_task_step"], final["best_task_metric"]) == tuple(best)
+    scores = [r["selection_score"] for r in ctx.reports]
+    losses = [r["eval_loss"] for r in ctx.reports]
+    tasks = [r["task_metric"] for r in ctx.reports]
+    assert sorted(range(2), key=lambda i: -scores[i]) == sorted(
+        range(2), key=lambda i: (-tasks[i], losses[i])
+    ), "checkpoints rank on the task metric, ties to the lower loss"
