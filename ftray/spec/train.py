@@ -1,0 +1,201 @@
+"""The train section: method, schedule, adapters, DeepSpeed, scaling, early stopping."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ftray.spec._base import SpecRuleError, _Section
+
+
+class LoraSpec(_Section):
+    """LoRA adapter settings (peft)."""
+
+    r: int = Field(default=16, ge=1, description="Adapter rank.")
+    alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator (alpha / r).")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default="all-linear",
+        description="Module names to adapt, or 'all-linear' for every linear layer but the head.",
+    )
+
+
+class QloraSpec(_Section):
+    """How QLoRA quantizes the frozen base model (bitsandbytes)."""
+
+    bits: Literal[4, 8] = Field(default=4, description="4-bit (NF4/FP4) or 8-bit (LLM.int8).")
+    quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="4-bit data type.")
+    double_quant: bool = Field(
+        default=True, description="Quantize the 4-bit quantization constants too (saves memory)."
+    )
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="Dtype of the matmuls on dequantized weights: 'auto' is bfloat16 on GPUs "
+        "that support it, else float32.",
+    )
+
+
+class DeepSpeedSpec(_Section):
+    """DeepSpeed ZeRO for `method: full`; the config is generated from the spec."""
+
+    stage: Literal[2, 3] = Field(
+        default=2,
+        description="ZeRO stage: 2 shards optimizer state and gradients across workers; 3 "
+        "also shards the parameters.",
+    )
+    offload_optimizer: bool = Field(
+        default=False, description="Keep optimizer state in CPU memory (DeepSpeedCPUAdam)."
+    )
+    offload_params: bool = Field(
+        default=False, description="Keep parameters in CPU memory between uses (stage 3 only)."
+    )
+    config: dict = Field(
+        default_factory=dict,
+        description="Your own DeepSpeed config, merged over the generated one. Batch sizes, "
+        "gradient accumulation, clipping and precision come from the spec: here they must be "
+        "'auto' or equal the spec's values.",
+    )
+
+    @model_validator(mode="after")
+    def _offload_params_needs_stage3(self) -> DeepSpeedSpec:
+        if self.offload_params and self.stage != 3:
+            raise SpecRuleError(
+                "offload_params",
+                True,
+                "parameter offload needs ZeRO stage 3",
+                "set train.deepspeed.stage: 3 or offload_params: false",
+            )
+        return self
+
+
+class EarlyStoppingSpec(_Section):
+    """Stop when validation loss stops improving."""
+
+    patience: int | None = Field(
+        default=3,
+        ge=1,
+        description="Stop after this many evaluations in a row without improvement; null "
+        "never stops early.",
+    )
+    min_delta: float = Field(
+        default=0.0,
+        ge=0,
+        description="Smallest drop in validation loss that counts as improvement.",
+    )
+
+
+class ScalingSpec(_Section):
+    """How many Ray Train workers, and what each one gets."""
+
+    num_workers: int = Field(default=2, ge=1, description="Data-parallel training workers.")
+    use_gpu: bool = Field(default=False, description="Give each worker one GPU.")
+    cpus_per_worker: float = Field(default=1, gt=0, description="CPUs reserved per worker.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK",
+        description="How workers are placed on nodes: 'PACK' fills nodes first (fast "
+        "collectives), 'SPREAD' spreads when it can, 'STRICT_SPREAD' one worker per node.",
+    )
+
+
+class TrainSpec(_Section):
+    """The train stage (Ray Train)."""
+
+    method: Literal["full", "lora", "qlora"] = Field(
+        default="lora",
+        description="Fine-tuning method: 'full' trains every weight under DeepSpeed ZeRO; "
+        "'lora' trains a peft LoRA adapter; 'qlora' trains a LoRA adapter on a base model "
+        "quantized by bitsandbytes.",
+    )
+    epochs: int = Field(default=2, ge=1, le=20, description="Passes over the training set.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
+    )
+    batch_size: int = Field(
+        default=8, ge=1, description="Global batch size: examples per optimizer step."
+    )
+    micro_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Examples per worker per forward pass; gradients accumulate over "
+        "batch_size / (num_workers × micro_batch_size) passes. Unset: batch_size / "
+        "num_workers (no accumulation).",
+    )
+    lr: float = Field(default=2e-4, gt=0, lt=1, description="Peak learning rate.")
+    warmup_ratio: float = Field(
+        default=0.05,
+        ge=0,
+        lt=1,
+        description="Share of steps spent warming up the learning rate linearly; then it "
+        "follows a cosine down to 0.",
+    )
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in backward: less memory, ~30% slower."
+    )
+    log_every: int = Field(default=5, ge=1, description="Log training metrics every N steps.")
+    eval_every: int | None = Field(
+        default=None,
+        ge=1,
+        description="Measure validation loss and save a checkpoint every N steps; unset: at "
+        "the end of each epoch.",
+    )
+    early_stopping: EarlyStoppingSpec = Field(
+        default_factory=EarlyStoppingSpec, description="Early stopping on validation loss."
+    )
+    keep_checkpoints: int = Field(
+        default=2,
+        ge=1,
+        description="Checkpoints kept: the best by validation loss (by the task metric in a "
+        "sweep trial), and the latest, to resume from. The run's result is the best one.",
+    )
+    max_failures: int = Field(
+        default=2,
+        ge=-1,
+        description="Restarts from the latest checkpoint after a worker dies; -1: no limit.",
+    )
+    seed: int = Field(default=0, description="Seed for weights init, dropout and data order.")
+    packing: bool = Field(
+        default=False,
+        description="Pack each batch's examples end to end into rows of up to data.max_seq_len "
+        "tokens (position ids restart per example; no attention across examples): same loss, "
+        "far less padding when examples are short.",
+    )
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (lora, qlora).")
+    qlora: QloraSpec = Field(default_factory=QloraSpec, description="Quantization (qlora).")
+    deepspeed: DeepSpeedSpec = Field(
+        default_factory=DeepSpeedSpec, description="DeepSpeed ZeRO (full)."
+    )
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Ray Train scaling.")
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrainSpec:
+        workers = self.scaling.num_workers
+        if self.batch_size % workers:
+            raise SpecRuleError(
+                "batch_size",
+                self.batch_size,
+                f"not a multiple of scaling.num_workers {workers}; every worker takes an "
+                "equal share of a batch",
+                f"set train.batch_size to a multiple of {workers}",
+            )
+        micro = self.micro_batch_size
+        if micro and self.batch_size % (workers * micro):
+            raise SpecRuleError(
+                "micro_batch_size",
+                micro,
+                f"batch_size {self.batch_size} is not a multiple of num_workers × "
+                f"micro_batch_size = {workers * micro}, so no whole number of accumulation "
+                "steps makes a batch",
+                f"pick a micro_batch_size that divides {self.batch_size // workers}",
+            )
+        return self
+
+    @property
+    def per_worker_batch(self) -> int:
+        return self.micro_batch_size or self.batch_size // self.scaling.num_workers
+
+    @property
+    def accumulation(self) -> int:
+        return self.batch_size // (self.scaling.num_workers * self.per_worker_batch)
