@@ -1,7 +1,6 @@
-"""A replica's registry models (adapters and full fine-tunes): found, loaded on demand into
-Serve's per-replica LRU, counted while requests use them, unloaded once evicted and unused.
-
-Models load only from the registry, by an id `ftray.serve.guard.model_name` has checked.
+"""A replica's registry models (adapters and full fine-tunes): which one a request names,
+loaded on demand into Serve's per-replica LRU, counted while requests use them, unloaded once
+evicted and unused. Models load only from the registry, by a name `guard.model_name` allows.
 """
 
 from __future__ import annotations
@@ -9,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import tempfile
 
+from fastapi import HTTPException
 from ray import serve
 
 from ftray.serve.config import ReplicaConfig
 from ftray.serve.engine import Engine
-from ftray.serve.guard import ModelLock
+from ftray.serve.guard import PRODUCTION, ModelLock, model_name
 from ftray.serve.openai_format import BASE_MODEL_NAME
 from ftray.store import Store, download_dir
 
@@ -36,11 +36,12 @@ class Loaded:
 
 
 class Adapters:
-    """The registry models on top of a replica's base model, at most
-    serve.max_adapters_per_replica loaded."""
+    """The registry models on top of a replica's base model (serve.max_adapters_per_replica
+    loaded at most), and the routing of requests to them."""
 
     def __init__(self, store: Store, engine: Engine, lock: ModelLock, config: ReplicaConfig):
         self.store, self.engine, self.lock, self.dtype = store, engine, lock, config.model.dtype
+        self.base_name = config.model.base
 
         # A closure, not a bound method: Serve keeps its LRU as an attribute of the decorated
         # function, and the size comes from the spec at run time.
@@ -50,21 +51,31 @@ class Adapters:
         slots = config.serve.max_adapters_per_replica
         self._get = serve.multiplexed(max_num_models_per_replica=slots)(load)
 
-    async def exists(self, name: str) -> bool:
-        """Whether `name` is loaded or complete in the registry (checked before Serve's
-        loader: an unknown id must not evict a loaded model)."""
-        return self.engine.has(name) or await asyncio.to_thread(
-            self.store.is_complete, "models", name
-        )
+    async def route(self, requested: str) -> tuple[str, Loaded | None]:
+        """(the name of the model a request asks for, its handle or None for the base
+        model). The caller owns one use of a registry model and ends it with `engine.done`."""
+        asked = serve.get_multiplexed_model_id() or requested
+        name = model_name(asked, self.base_name)
+        if name == PRODUCTION:
+            from ftray.registry import production
 
-    async def take(self, name: str) -> Loaded:
-        """The model `name`, loaded if need be, with one use counted: the caller ends it
-        with `engine.done(name)`."""
+            name = await asyncio.to_thread(production, self.store)
+            if name is None:
+                raise HTTPException(
+                    404, f"no model is in production yet; available: {self.names()}"
+                )
+        if name == BASE_MODEL_NAME:
+            return BASE_MODEL_NAME, None
+        # Checked before Serve's loader: an unknown id must not evict a loaded model.
+        if name is None or not (
+            self.engine.has(name) or await asyncio.to_thread(self.store.is_complete, "models", name)
+        ):
+            raise HTTPException(404, f"model {asked[:100]!r} not found; available: {self.names()}")
         loaded = await self._get(name)
         # No await between getting the handle and counting the use: an eviction in between
         # could unload the model before this request runs.
         self.engine.use(name)
-        return loaded
+        return name, loaded
 
     def names(self) -> list[str]:
         """The names a request may use: the base model and every complete registry model."""

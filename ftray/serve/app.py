@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from ray import serve
 
@@ -29,7 +29,6 @@ from ftray.serve.engine import Engine
 from ftray.serve.engine import Request as Completion
 from ftray.serve.exchange import Exchange, ExchangeLog
 from ftray.serve.guard import (
-    PRODUCTION,
     ChatRequest,
     CompletionRequest,
     FeedbackRequest,
@@ -37,10 +36,9 @@ from ftray.serve.guard import (
     ModelLock,
     error_response,
     install_error_handlers,
-    model_name,
 )
 from ftray.serve.metrics import ServeMetrics
-from ftray.serve.openai_format import BASE_MODEL_NAME, completion, error_event, event, new_id
+from ftray.serve.openai_format import completion, error_event, event, new_id
 from ftray.store import Store
 
 api = FastAPI(title="ftray", description="OpenAI-compatible completions for ftray models")
@@ -153,32 +151,11 @@ class ChatModel:
         """A rating, a flag or a corrected answer for an earlier response (by its `id`)."""
         return await self.exchanges.feedback(await self.guard.read(request, FeedbackRequest))
 
-    async def _route(self, requested: str) -> tuple[str, Loaded | None]:
-        """(the model's name, its handle or None for the base model). The caller owns one
-        use of a registry model (`engine.use`) and ends it with `engine.done`."""
-        asked = serve.get_multiplexed_model_id() or requested
-        name = model_name(asked, self.config.model.base)
-        if name == PRODUCTION:
-            from ftray.registry import production
-
-            name = await asyncio.to_thread(production, self.store)
-            if name is None:
-                raise HTTPException(
-                    404, f"no model is in production yet; available: {self.adapters.names()}"
-                )
-        if name == BASE_MODEL_NAME:
-            return BASE_MODEL_NAME, None
-        if name is None or not await self.adapters.exists(name):
-            raise HTTPException(
-                404, f"model {asked[:100]!r} not found; available: {self.adapters.names()}"
-            )
-        return name, await self.adapters.take(name)
-
     async def _respond(self, body, chat: bool):
         """Check limits, answer (cache, batch or stream), count and sample."""
         started = time.perf_counter()
         limit = self.guard.max_tokens(body)
-        model_id, loaded = await self._route(body.model)
+        model_id, loaded = await self.adapters.route(body.model)
         in_use = loaded.name if loaded else None
         try:
             # Long prompts are tokenized in a thread, not to block the event loop; short ones
