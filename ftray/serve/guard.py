@@ -2,7 +2,8 @@
 
 Runs without Ray. A request body is read up to `serve.max_request_bytes` and validated here;
 the `model` it names must be one of the names the registry can produce (never a path); the
-prompt's length is checked in characters before anything tokenizes it. Errors leave in
+prompt's length is checked in characters before anything tokenizes it. `Guard` holds a
+replica's API key and `serve.*` limits. Errors leave in
 OpenAI's `{"error": {...}}` shape, 500s without a traceback or a path.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from ftray.serve.openai_format import BASE_MODEL_NAME
+from ftray.spec import ServeSpec
 
 PRODUCTION = "production"
 # The ids `ftray.registry.register` gives models: content_id("model", ...).
@@ -122,6 +125,53 @@ async def read_body(request: Request, schema: type[_Body], max_bytes: int) -> _B
         return schema.model_validate_json(bytes(body))
     except ValidationError as error:
         raise HTTPException(400, f"invalid request: {describe(error.errors())}") from None
+
+
+class Guard:
+    """A replica's checks on a request: its bearer token and the `serve.*` limits, in the
+    order a request meets them."""
+
+    def __init__(self, limits: ServeSpec):
+        self.limits = limits
+        self.api_key = os.environ.get(limits.api_key_env) if limits.api_key_env else None
+        if limits.api_key_env and not self.api_key:
+            raise RuntimeError(
+                f"serve.api_key_env is {limits.api_key_env!r} but that environment variable "
+                "is empty in the replica; set it (a Kubernetes secret, or the shell running "
+                "`ftray serve`)."
+            )
+
+    def authorize(self, request: Request) -> None:
+        """401 unless the request carries the API key (when there is one)."""
+        if self.api_key and not authorized(request.headers.get("authorization"), self.api_key):
+            raise HTTPException(401, "missing or wrong API key (Authorization: Bearer …)")
+
+    async def read(self, request: Request, schema: type[_Body]) -> _Body:
+        """The authorized request's body as `schema` (see `read_body`)."""
+        self.authorize(request)
+        return await read_body(request, schema, self.limits.max_request_bytes)
+
+    def max_tokens(self, body: ChatRequest | CompletionRequest) -> int:
+        """The tokens `body` may generate; 400 for a prompt over serve.max_prompt_chars or
+        a `max_tokens` over serve.max_tokens_limit."""
+        check_prompt(body.characters(), self.limits.max_prompt_chars)
+        limit = body.max_tokens or self.limits.max_new_tokens
+        if limit > self.limits.max_tokens_limit:
+            raise HTTPException(
+                400,
+                f"max_tokens {limit} is over this server's limit of "
+                f"{self.limits.max_tokens_limit} (serve.max_tokens_limit)",
+            )
+        return limit
+
+    def check_prompt_tokens(self, tokens: int) -> None:
+        """400 for a prompt over serve.max_prompt_tokens (chat template included)."""
+        if tokens > self.limits.max_prompt_tokens:
+            raise HTTPException(
+                400,
+                f"the prompt has {tokens} tokens; the limit is "
+                f"{self.limits.max_prompt_tokens} (serve.max_prompt_tokens)",
+            )
 
 
 def describe(errors: list[dict]) -> str:

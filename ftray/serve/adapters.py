@@ -1,0 +1,101 @@
+"""A replica's registry models (adapters and full fine-tunes): which one a request names,
+loaded on demand into Serve's per-replica LRU, counted while requests use them, unloaded once
+evicted and unused. Models load only from the registry, by a name `guard.model_name` allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+
+from fastapi import HTTPException
+from ray import serve
+
+from ftray.serve.config import ReplicaConfig
+from ftray.serve.engine import Engine
+from ftray.serve.guard import PRODUCTION, ModelLock, model_name
+from ftray.serve.openai_format import BASE_MODEL_NAME
+from ftray.store import Store, download_dir
+
+
+class Loaded:
+    """A registry model in Serve's LRU. When the LRU evicts it, Serve calls `__del__` (in a
+    worker thread, while requests may still use the model); the engine then unloads it once
+    no request in flight uses it."""
+
+    def __init__(self, engine: Engine, name: str, system_prompt: str | None):
+        self.engine, self.name, self.system_prompt = engine, name, system_prompt
+        self._retired = False
+
+    def __del__(self):
+        # Serve calls this on eviction and Python again on collection: retire only once, or
+        # a collection after a reload would retire the reloaded model.
+        if not self._retired:
+            self._retired = True
+            self.engine.retire(self.name)
+
+
+class Adapters:
+    """The registry models on top of a replica's base model (serve.max_adapters_per_replica
+    loaded at most), and the routing of requests to them."""
+
+    def __init__(self, store: Store, engine: Engine, lock: ModelLock, config: ReplicaConfig):
+        self.store, self.engine, self.lock, self.dtype = store, engine, lock, config.model.dtype
+        self.base_name = config.model.base
+
+        # A closure, not a bound method: Serve keeps its LRU as an attribute of the decorated
+        # function, and the size comes from the spec at run time.
+        async def load(model_id: str) -> Loaded:
+            return await self._load(model_id)
+
+        slots = config.serve.max_adapters_per_replica
+        self._get = serve.multiplexed(max_num_models_per_replica=slots)(load)
+
+    async def route(self, requested: str) -> tuple[str, Loaded | None]:
+        """(the name of the model a request asks for, its handle or None for the base
+        model). The caller owns one use of a registry model and ends it with `engine.done`."""
+        asked = serve.get_multiplexed_model_id() or requested
+        name = model_name(asked, self.base_name)
+        if name == PRODUCTION:
+            from ftray.registry import production
+
+            name = await asyncio.to_thread(production, self.store)
+            if name is None:
+                raise HTTPException(
+                    404, f"no model is in production yet; available: {self.names()}"
+                )
+        if name == BASE_MODEL_NAME:
+            return BASE_MODEL_NAME, None
+        # Checked before Serve's loader: an unknown id must not evict a loaded model.
+        if name is None or not (
+            self.engine.has(name) or await asyncio.to_thread(self.store.is_complete, "models", name)
+        ):
+            raise HTTPException(404, f"model {asked[:100]!r} not found; available: {self.names()}")
+        loaded = await self._get(name)
+        # No await between getting the handle and counting the use: an eviction in between
+        # could unload the model before this request runs.
+        self.engine.use(name)
+        return name, loaded
+
+    def names(self) -> list[str]:
+        """The names a request may use: the base model and every complete registry model."""
+        registered = [
+            n for n in self.store.list_dirs("models") if self.store.is_complete("models", n)
+        ]
+        return [BASE_MODEL_NAME, *registered]
+
+    async def _load(self, model_id: str) -> Loaded:
+        card = await asyncio.to_thread(self.store.manifest, "models", model_id)
+        if not self.engine.revive(model_id):  # evicted but still in use: keep it
+            kind = card.get("kind", "adapter")
+            # The weights are read into memory on load; the folder is not needed after.
+            with tempfile.TemporaryDirectory(prefix="ftray-serve-") as folder:
+                uri = self.store.uri("models", model_id, kind)
+                await asyncio.to_thread(download_dir, uri, folder)
+                async with self.lock:
+                    self.engine.unload_retired()
+                    if kind == "adapter":
+                        await asyncio.to_thread(self.engine.load_adapter, model_id, folder)
+                    else:
+                        await asyncio.to_thread(self.engine.load_full, model_id, folder, self.dtype)
+        return Loaded(self.engine, model_id, card.get("system_prompt"))

@@ -1,0 +1,90 @@
+"""What a replica keeps of each answered request: its metrics, a sampled record for
+`ftray monitor`, and the recent records that feedback (`POST /v1/feedback`) refers to."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from fastapi import HTTPException
+
+from ftray.monitor.sampler import Sampler
+from ftray.serve.guard import FeedbackRequest
+from ftray.serve.metrics import ServeMetrics
+from ftray.spec import MonitorSpec
+from ftray.store import Store
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """A request on its way to an answer: `said` is the user's own text (what is sampled),
+    `started` its `time.perf_counter()` on arrival."""
+
+    model: str
+    chat: bool
+    said: str
+    prompt_tokens: int
+    started: float
+
+
+class ExchangeLog:
+    """Counts, samples and remembers a replica's answers; takes feedback on them."""
+
+    def __init__(self, store: Store, monitor: MonitorSpec, metrics: ServeMetrics):
+        self.store, self.monitor, self.metrics = store, monitor, metrics
+        self.sampler = Sampler(store, monitor.model_dump(), tick=self._publish_checks)
+
+    def answered(self, exchange: Exchange, request_id: str, answer: dict) -> None:
+        """Count the answer and offer it to the sampler."""
+        latency = time.perf_counter() - exchange.started
+        self.metrics.done(exchange.model, latency, exchange.prompt_tokens, answer["tokens"])
+        self.sampler.record(
+            {
+                "request_id": request_id,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "model": exchange.model,
+                "endpoint": "chat" if exchange.chat else "completions",
+                "prompt": exchange.said,
+                "output": answer["text"],
+                "prompt_tokens": exchange.prompt_tokens,
+                "completion_tokens": answer["tokens"],
+                "latency_s": round(latency, 4),
+                "finish_reason": answer["finish_reason"],
+            }
+        )
+
+    async def feedback(self, body: FeedbackRequest) -> dict:
+        """Store a rating, flag or correction for an earlier answer (by its `id`); the answer
+        to the client. Corrections are accepted at once when monitor.accept_corrections is
+        'auto'."""
+        from ftray.monitor.feedback import decide, is_flagged, store_feedback
+
+        if body.rating is None and not body.flag and body.correction is None:
+            raise HTTPException(400, "feedback needs a rating, a flag or a correction")
+        known = self.sampler.recent.get(body.request_id, {})
+        clean = self.sampler.clean
+        record = {
+            "request_id": body.request_id,
+            "model": body.model or known.get("model"),
+            "rating": body.rating,
+            "flag": body.flag,
+            "correction": clean(body.correction),
+            "comment": clean(body.comment),
+            "prompt": clean(body.prompt) or known.get("prompt"),
+            "output": clean(body.output) or known.get("output"),
+        }
+        stored = await asyncio.to_thread(store_feedback, self.store, record)
+        if record["correction"] and self.monitor.accept_corrections == "auto":
+            await asyncio.to_thread(decide, self.store, stored["feedback_id"], "accept", by="auto")
+        return {
+            "id": stored["feedback_id"],
+            "object": "feedback",
+            "flagged": is_flagged(stored),
+            "matched_request": bool(known),
+        }
+
+    def _publish_checks(self) -> None:
+        """Export the latest `ftray monitor` results as gauges (read on each flush tick)."""
+        if self.store.fs.exists(self.store.path("monitor", "latest.json")):
+            self.metrics.checks(self.store.read_json("monitor", "latest.json")["checks"])

@@ -1,0 +1,104 @@
+"""A replica's settings: every field of the job's serve, monitor and model sections crosses the
+Ray boundary (as JSON) and is validated again on arrival."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from ftray.serve.config import ReplicaConfig
+from ftray.spec import JobSpec
+from ftray.store import Store
+
+# A value other than the default for every field, so a field the replica never gets shows.
+SERVE = {
+    "host": "10.0.0.5",
+    "port": 8555,
+    "max_new_tokens": 40,
+    "max_tokens_limit": 600,
+    "max_prompt_tokens": 1000,
+    "max_prompt_chars": 5000,
+    "max_request_bytes": 4096,
+    "generation_timeout_s": 12.5,
+    "example_prompt": "Hi there",
+    "quantization": "int4",
+    "num_replicas": 3,
+    "autoscaling": {"min_replicas": 0, "max_replicas": 5, "target_ongoing_requests": 3},
+    "cpus_per_replica": 2.5,
+    "gpus_per_replica": 0.5,
+    "max_adapters_per_replica": 2,
+    "max_batch_size": 16,
+    "batch_wait_timeout_s": 0.05,
+    "cache_entries": 7,
+    "cache_ttl_s": 60,
+    "api_key_env": "FTRAY_KEY",
+    "allow_unauthenticated": True,
+}
+MONITOR = {
+    "sample_rate": 0.5,
+    "redact_pii": False,
+    "flush_rows": 9,
+    "flush_interval_s": 3,
+    "accept_corrections": "auto",
+    "window_hours": 6,
+    "min_samples": 5,
+    "max_input_drift_psi": 0.3,
+    "max_label_shift_psi": 0.4,
+    "max_length_drift_psi": 0.5,
+    "max_empty_or_refusal_rate": 0.2,
+    "min_schema_compliance": 0.8,
+    "min_correction_agreement": 0.7,
+    "webhook_url_env": "HOOK",
+    "alert_examples": 1,
+}
+MODEL = {"base": "tiny", "gguf_file": "m.gguf", "dtype": "bfloat16"}
+
+
+def _spec() -> JobSpec:
+    return JobSpec.model_validate(
+        {
+            "project": "demo",
+            "model": MODEL,
+            "data": {"sources": [{"path": "data.csv"}], "system_prompt": "Be brief."},
+            "serve": SERVE,
+            "monitor": MONITOR,
+        }
+    )
+
+
+def test_every_serve_monitor_and_model_field_reaches_the_replica(tmp_path):
+    spec = _spec()
+    for section, values in [("serve", SERVE), ("monitor", MONITOR), ("model", MODEL)]:
+        fields = type(getattr(spec, section)).model_fields
+        assert set(values) == set(fields), f"give every {section} field a value here"
+        defaults = type(getattr(spec, section))(**({"base": "x"} if section == "model" else {}))
+        same = [n for n in fields if n != "base" and getattr(defaults, n) == values[n]]
+        assert not same, f"{section}: use values other than the defaults for {same}"
+
+    sent = ReplicaConfig.of(spec, Store(str(tmp_path), "demo"), "/models/tiny")
+    arrived = ReplicaConfig.model_validate(json.loads(json.dumps(sent.model_dump(mode="json"))))
+
+    assert arrived == sent
+    assert arrived.serve == spec.serve and arrived.monitor == spec.monitor
+    assert arrived.model == spec.model
+    assert arrived.serve.model_dump(exclude_none=True) == SERVE
+    assert arrived.monitor.model_dump() == MONITOR
+    assert (arrived.project, arrived.system_prompt) == ("demo", "Be brief.")
+    assert (arrived.storage, arrived.model_dir) == (str(tmp_path), "/models/tiny")
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [(("serve", "max_batch_size"), 0), (("monitor", "sampel_rate"), 0.5), (("project",), None)],
+)
+def test_a_bad_config_is_refused_on_arrival(tmp_path, path, value):
+    sent = ReplicaConfig.of(_spec(), Store(str(tmp_path), "demo"), "/m").model_dump(mode="json")
+    *parents, last = path
+    node = sent
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    with pytest.raises(ValidationError, match=last):
+        ReplicaConfig.model_validate(sent)
