@@ -120,8 +120,8 @@ def format_show(info: dict) -> str:
     lines.append(f"  models trained on it: {', '.join(models) or 'none yet'}")
     if counts["quarantine"]:
         lines.append(
-            f"  every quarantined line: ftray data show {manifest['dataset_id']} --quarantine "
-            "[RULE] --job JOB.yaml"
+            f"  every quarantined line: ftray data show JOB.yaml {manifest['dataset_id']} "
+            "--quarantine [RULE]"
         )
     return "\n".join(lines)
 
@@ -152,5 +152,5 @@ def _require(store: Store, dataset_id: str) -> None:
         known = [m["dataset_id"] for m in list_datasets(store)] or ["(none yet)"]
         raise UserError(
             f"no dataset {dataset_id!r} in {store.uri('datasets')}; there are: "
-            f"{', '.join(known)}. `ftray data list --job JOB.yaml` shows them."
+            f"{', '.join(known)}. `ftray data list JOB.yaml` shows them."
         )
