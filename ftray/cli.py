@@ -32,6 +32,7 @@ STAGES = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `ftray ARGV...`; returns the exit code (ftray/exits.py)."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:

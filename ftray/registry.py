@@ -243,7 +243,7 @@ def _production_stack(events: list[dict]) -> list[str]:
 
 def _stages(store: Store) -> dict[str, str]:
     events = history(store)
-    stages = {}
+    stages: dict[str, str] = {}
     for event in events:
         if event["action"] == "reject":
             stages.setdefault(event["model_id"], "rejected")

@@ -95,6 +95,7 @@ def format_quarantined(rows: list[dict]) -> str:
 
 
 def format_show(info: dict) -> str:
+    """`ftray data show`'s text for what `show` returned."""
     manifest, report = info["manifest"], info["report"]
     counts = manifest["counts"]
     lines = [

@@ -13,8 +13,8 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import Callable
-from typing import Literal, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -124,7 +124,7 @@ async def read_body(request: Request, schema: type[_Body], max_bytes: int) -> _B
         raise HTTPException(400, f"invalid request: {describe(error.errors())}") from None
 
 
-def describe(errors: list[dict]) -> str:
+def describe(errors: Sequence[Mapping[str, Any]]) -> str:
     """Pydantic's errors as `field: problem; ...` (nested fields dotted)."""
     problems = []
     for error in errors:
@@ -174,6 +174,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def error_response(status: int, message: str) -> JSONResponse:
+    """An error in OpenAI's shape: `{"error": {"message", "type"}}` with `status`."""
     body = {"message": message, "type": _ERROR_TYPES.get(status, "server_error")}
     return JSONResponse({"error": body}, status_code=status)
 
