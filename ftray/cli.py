@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=_data_list)
     show = actions.add_parser("show", help="one dataset version's accounting and checks")
     _job_args(show)
-    show.add_argument("dataset_id", metavar="DATASET_ID")
+    show.add_argument("dataset_id", metavar="DATASET_ID", help="from `ftray data list`")
     show.add_argument(
         "--quarantine",
         nargs="?",
@@ -102,8 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=_data_show)
     diff = actions.add_parser("diff", help="what changed from one dataset version to another")
     _job_args(diff)
-    diff.add_argument("old", metavar="OLD")
-    diff.add_argument("new", metavar="NEW")
+    diff.add_argument("old", metavar="OLD", help="a dataset id")
+    diff.add_argument("new", metavar="NEW", help="a later dataset id")
     diff.set_defaults(handler=_data_diff)
 
     models = verbs.add_parser("models", help="the model registry")
