@@ -41,7 +41,7 @@ test-fast: install
 	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
 bench: install
 	$(BIN)/python -m bench.prepare

@@ -94,6 +94,7 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
             "rejected) or lower assess.min_examples",
         )
     elif decision == DONT:
+        assert baseline is not None  # `decide` says DONT only on a measured baseline
         reasons.insert(
             0,
             f"the prompted base model already scores {baseline['metric']} "
@@ -102,7 +103,7 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
         )
     else:
         measured = baseline is not None and baseline["score"] is not None
-        score = f"{baseline['score']:.3f}" if measured else "not measured"
+        score = f"{baseline['score']:.3f}" if baseline is not None and measured else "not measured"
         metric = baseline["metric"] if baseline else _task(spec).primary
         reasons.insert(
             0,
@@ -237,7 +238,9 @@ def _few_shot(dataset: DatasetRef, count: int) -> list[dict]:
         .select_columns(["prompt", "completion", "messages"])
         .take(max(count * 20, 200))
     )
-    distinct, rest, seen = [], [], set()
+    distinct: list[dict] = []
+    rest: list[dict] = []
+    seen: set[str] = set()
     for row in rows:
         (rest if row["completion"] in seen else distinct).append(row)
         seen.add(row["completion"])

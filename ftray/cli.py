@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from ftray import exits
 from ftray.errors import UserError
 from ftray.monitor.cli import add_monitor_parsers
 from ftray.progress import Progress
 from ftray.review.cli import add_review_parser
+
+if TYPE_CHECKING:
+    from ftray.assess import AssessRef
+    from ftray.pipeline import Pipeline
 
 STAGES = {
     "prepare": "read, check, split and tokenize the data into a versioned dataset",
@@ -25,16 +32,17 @@ STAGES = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `ftray ARGV...`; returns the exit code (ftray/exits.py)."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return exits.USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return exits.INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,18 +85,26 @@ def _parser() -> argparse.ArgumentParser:
     schema.set_defaults(handler=_schema)
 
     data = verbs.add_parser("data", help="datasets: list, show one, diff two versions")
-    data.add_argument("action", choices=("list", "show", "diff"))
-    data.add_argument("dataset_ids", nargs="*", metavar="DATASET_ID", help="show: 1, diff: 2")
-    data.add_argument("--job", required=True, help="job spec naming the project and storage")
-    data.add_argument(
+    actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="the project's dataset versions")
+    _job_args(listing)
+    listing.set_defaults(handler=_data_list)
+    show = actions.add_parser("show", help="one dataset version's accounting and checks")
+    _job_args(show)
+    show.add_argument("dataset_id", metavar="DATASET_ID", help="from `ftray data list`")
+    show.add_argument(
         "--quarantine",
         nargs="?",
         const="",
         metavar="RULE",
-        help="show: list every quarantined line (or RULE's) with its file, line and raw text",
+        help="list every quarantined line (or RULE's) with its file, line and raw text",
     )
-    data.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
-    data.set_defaults(handler=_data)
+    show.set_defaults(handler=_data_show)
+    diff = actions.add_parser("diff", help="what changed from one dataset version to another")
+    _job_args(diff)
+    diff.add_argument("old", metavar="OLD", help="a dataset id")
+    diff.add_argument("new", metavar="NEW", help="a later dataset id")
+    diff.set_defaults(handler=_data_diff)
 
     models = verbs.add_parser("models", help="the model registry")
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -150,7 +166,17 @@ def _submit(args) -> int:
     if args.k8s:
         from ftray.k8s import submit_rayjob
 
-        return submit_rayjob(args, Progress())
+        return submit_rayjob(
+            args.job,
+            args.overrides,
+            Progress(),
+            stage=args.stage,
+            namespace=args.namespace,
+            cluster=args.cluster,
+            image=args.image,
+            dry_run=args.dry_run,
+            follow=not args.no_follow,
+        )
     from ftray.submit import build_submission, jobs_address, submit
 
     address = jobs_address(args.address)
@@ -195,17 +221,6 @@ def _load(args):
     return load_spec(args.job, args.overrides, check_files=args.verb in _READS_INPUTS)
 
 
-_ARTIFACT_OF = {
-    "prepare": "dataset",
-    "assess": "assessment",
-    "train": "run",
-    "sweep": "sweep",
-}
-# Decisions, not errors: `ftray run` stopped by assess; `ftray eval|run` candidate rejected.
-EXIT_ASSESS_STOP = 3
-EXIT_GATE_REJECTED = 4
-
-
 def _run_stage(args) -> int:
     from ftray.pipeline import Pipeline
     from ftray.runtime import ray_session
@@ -217,45 +232,76 @@ def _run_stage(args) -> int:
             from ftray.serve import serve_registry
 
             serve_registry(spec, progress, args.model, keep_serving=args.keep_serving)
-            return 0
-        pipeline = Pipeline(spec, progress)
-        if args.verb in _ARTIFACT_OF:
-            getattr(pipeline, _ARTIFACT_OF[args.verb])  # builds it and the stages before it
-            return 0
-        if args.verb == "run" and spec.assess.enabled:
-            from ftray.assess import DONT, FINE_TUNE
+            return exits.OK
+        return _STAGE_VERBS[args.verb](Pipeline(spec, progress), args)
 
-            decision = pipeline.assessment.decision
-            if decision != FINE_TUNE and not (decision == DONT and args.force):
-                hint = "`ftray run --force` trains anyway." if decision == DONT else ""
-                progress.note(f"stopped: assess says {decision!r}. {hint}")
-                return EXIT_ASSESS_STOP
-        if pipeline.model_card["gate"].get("pending"):
-            from ftray.review.cli import EXIT_AWAITING_REVIEW
 
-            progress.note(
-                f"stopped: {pipeline.model_card['model_id']} awaits human review; rate with "
-                "`ftray review JOB.yaml`, then `ftray review decide JOB.yaml`"
-            )
-            return EXIT_AWAITING_REVIEW
-        if not pipeline.model_card["gate"]["passed"]:
-            progress.note(
-                f"stopped: the gate rejected {pipeline.model_card['model_id']}; production "
-                "is unchanged (`ftray models list` shows it)."
-            )
-            if args.verb == "run":
-                _summary(pipeline, progress)
-            return EXIT_GATE_REJECTED
-        if args.verb == "eval":
-            return 0
+def _eval(pipeline: Pipeline, args) -> int:
+    card = pipeline.decide()
+    code = exits.gate_exit(card["gate"])
+    _render_stop(pipeline.progress, card, code)
+    return code
+
+
+def _run(pipeline: Pipeline, args) -> int:
+    progress = pipeline.progress
+    assessment = None
+    if pipeline.spec.assess.enabled:
+        assessment = pipeline.assessment
+        code = exits.assess_exit(assessment.decision, force=args.force)
+        if code != exits.OK:
+            _render_assess_stop(progress, assessment.decision)
+            return code
+    card = pipeline.decide()
+    code = exits.gate_exit(card["gate"])
+    if code == exits.OK:
         pipeline.serve(keep_serving=args.keep_serving)
-    if args.verb == "run":
-        _summary(pipeline, progress)
-    return 0
+    _render_stop(progress, card, code)
+    if code != exits.AWAITING_REVIEW:
+        _render_summary(pipeline, assessment, card)
+    return code
 
 
-def _summary(pipeline, progress: Progress) -> None:
-    card = pipeline.model_card
+def _built(artifact: object) -> int:
+    """Exit code of the artifact verbs: asking for the artifact ran its stage (and the stages
+    before it, or reused them), so it exists."""
+    return exits.OK
+
+
+_STAGE_VERBS: dict[str, Callable[[Pipeline, argparse.Namespace], int]] = {
+    "prepare": lambda pipeline, args: _built(pipeline.dataset),
+    "assess": lambda pipeline, args: _built(pipeline.assessment),
+    "train": lambda pipeline, args: _built(pipeline.run),
+    "sweep": lambda pipeline, args: _built(pipeline.sweep),
+    "eval": _eval,
+    "run": _run,
+}
+
+
+def _render_assess_stop(progress: Progress, decision: str) -> None:
+    from ftray.assess import DONT
+
+    hint = "`ftray run --force` trains anyway." if decision == DONT else ""
+    progress.note(f"stopped: assess says {decision!r}. {hint}")
+
+
+def _render_stop(progress: Progress, card: dict, code: int) -> None:
+    """Why `ftray eval|run` stopped short of production, when it did."""
+    if code == exits.AWAITING_REVIEW:
+        progress.note(
+            f"stopped: {card['model_id']} awaits human review; rate with "
+            "`ftray review JOB.yaml`, then `ftray review decide JOB.yaml`"
+        )
+    elif code == exits.GATE_REJECTED:
+        progress.note(
+            f"stopped: the gate rejected {card['model_id']}; production "
+            "is unchanged (`ftray models list` shows it)."
+        )
+
+
+def _render_summary(pipeline: Pipeline, assessment: AssessRef | None, card: dict) -> None:
+    """`ftray run`'s closing summary: one line per stage."""
+    progress = pipeline.progress
     m = pipeline.evaluation.metrics
     counts = pipeline.dataset.manifest["counts"]
     run = pipeline.trained.manifest
@@ -263,8 +309,8 @@ def _summary(pipeline, progress: Progress) -> None:
         f"records kept {counts['train'] + counts['validation'] + counts['eval']}, "
         f"quarantined {counts['quarantine']}",
     ]
-    if "assessment" in vars(pipeline):
-        verdict = pipeline.assessment.manifest
+    if assessment is not None:
+        verdict = assessment.manifest
         base = verdict["baseline"]
         lines.append(
             f"assess: {verdict['decision']} (prompted base model {base['metric']} "
@@ -319,42 +365,49 @@ def _schema(args) -> int:
     return 0
 
 
-def _data(args) -> int:
+def _data_list(args) -> int:
     from ftray.data import inspect
-    from ftray.specload import load_spec
+
+    for manifest in inspect.list_datasets(_store(args)):
+        counts = manifest["counts"]
+        print(
+            f"{manifest['dataset_id']}  {manifest['created_at']}  train {counts['train']}  "
+            f"validation {counts.get('validation', 0)}  eval {counts['eval']}  "
+            f"quarantined {counts['quarantine']}"
+        )
+    return exits.OK
+
+
+def _data_show(args) -> int:
+    from ftray.data import inspect
+
+    store = _store(args)
+    if args.quarantine is None:
+        print(inspect.format_show(inspect.show(store, args.dataset_id)))
+    else:
+        rows = inspect.quarantined(store, args.dataset_id, args.quarantine or None)
+        print(inspect.format_quarantined(rows))
+    return exits.OK
+
+
+def _data_diff(args) -> int:
+    from ftray.data import inspect
+
+    print(json.dumps(inspect.diff(_store(args), args.old, args.new), indent=2))
+    return exits.OK
+
+
+def _store(args):
     from ftray.store import Store
 
-    spec = load_spec(args.job, args.overrides, check_files=False)
-    store = Store(spec.storage, spec.project)
-    wanted = {"list": 0, "show": 1, "diff": 2}[args.action]
-    if len(args.dataset_ids) != wanted:
-        raise UserError(f"`ftray data {args.action}` takes {wanted} DATASET_ID(s)")
-    if args.quarantine is not None and args.action != "show":
-        raise UserError("--quarantine goes with `ftray data show DATASET_ID`")
-    if args.action == "list":
-        for manifest in inspect.list_datasets(store):
-            counts = manifest["counts"]
-            print(
-                f"{manifest['dataset_id']}  {manifest['created_at']}  train {counts['train']}  "
-                f"validation {counts.get('validation', 0)}  eval {counts['eval']}  "
-                f"quarantined {counts['quarantine']}"
-            )
-    elif args.action == "show" and args.quarantine is not None:
-        rows = inspect.quarantined(store, args.dataset_ids[0], args.quarantine or None)
-        print(inspect.format_quarantined(rows))
-    elif args.action == "show":
-        print(inspect.format_show(inspect.show(store, args.dataset_ids[0])))
-    else:
-        print(json.dumps(inspect.diff(store, *args.dataset_ids), indent=2))
-    return 0
+    spec = _load(args)
+    return Store(spec.storage, spec.project)
 
 
 def _models_list(args) -> int:
     from ftray.registry import list_models
-    from ftray.store import Store
 
-    spec = _load(args)
-    cards = list_models(Store(spec.storage, spec.project))
+    cards = list_models(_store(args))
     if not cards:
         print("no registered models yet; `ftray run JOB.yaml` registers one")
     for card in cards:
@@ -375,31 +428,23 @@ def _gate_word(gate: dict) -> str:
 
 def _models_show(args) -> int:
     from ftray.registry import get_model
-    from ftray.store import Store
 
-    spec = _load(args)
-    print(json.dumps(get_model(Store(spec.storage, spec.project), args.model_id), indent=2))
+    print(json.dumps(get_model(_store(args), args.model_id), indent=2))
     return 0
 
 
 def _models_promote(args) -> int:
     from ftray.registry import promote
-    from ftray.store import Store
 
-    spec = _load(args)
-    event = promote(
-        Store(spec.storage, spec.project), args.model_id, reason=args.reason, force=args.force
-    )
+    event = promote(_store(args), args.model_id, reason=args.reason, force=args.force)
     print(f"production: {event['model_id']} (was {event['previous'] or 'none'})")
     return 0
 
 
 def _models_rollback(args) -> int:
     from ftray.registry import rollback
-    from ftray.store import Store
 
-    spec = _load(args)
-    event = rollback(Store(spec.storage, spec.project), to=args.to, reason=args.reason)
+    event = rollback(_store(args), to=args.to, reason=args.reason)
     print(f"production: {event['model_id']} (rolled back from {event['previous']})")
     return 0
 

@@ -19,7 +19,9 @@ Rules of thumb, stated so they can be checked:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 # name: (memory GiB, dense bf16 TFLOP/s, on-demand USD per GPU-hour, indicative)
 GPUS = {
@@ -61,7 +63,7 @@ class Estimate:
         }
 
 
-def gpu_price(gpu: str, prices: dict[str, float] | None = None) -> float:
+def gpu_price(gpu: str, prices: Mapping[Any, float] | None = None) -> float:
     """USD per GPU-hour: the user's price when given, else the indicative one."""
     return (prices or {}).get(gpu, GPUS[gpu][2])
 
@@ -114,7 +116,7 @@ def estimate(
     num_gpus: int,
     lora_r: int = 16,
     zero_stage: int = 3,
-    prices: dict[str, float] | None = None,
+    prices: Mapping[Any, float] | None = None,
 ) -> Estimate:
     """Per-GPU memory and the wall time and cost of training on `tokens` tokens."""
     memory_gib, tflops, _ = GPUS[gpu]

@@ -94,19 +94,25 @@ def rayjob_manifest(
     return body
 
 
-def submit_rayjob(args, progress: Progress) -> int:
-    """Create the RayJob (or print it with --dry-run) and follow it to the end."""
-    spec = load_spec(args.job, args.overrides)
+def submit_rayjob(
+    job: str,
+    overrides: list[str],
+    progress: Progress,
+    *,
+    stage: str = "run",
+    namespace: str = "default",
+    cluster: str | None = None,
+    image: str | None = None,
+    dry_run: bool = False,
+    follow: bool = True,
+) -> int:
+    """Create the RayJob for `ftray STAGE JOB` (or print it, `dry_run`) and, with `follow`,
+    follow it to the end; the exit code is the job's."""
+    spec = load_spec(job, overrides)
     body = rayjob_manifest(
-        spec,
-        args.job,
-        args.overrides,
-        stage=args.stage,
-        namespace=args.namespace,
-        cluster=args.cluster,
-        image=args.image,
+        spec, job, overrides, stage=stage, namespace=namespace, cluster=cluster, image=image
     )
-    if args.dry_run:
+    if dry_run:
         import yaml
 
         print(yaml.safe_dump(body, sort_keys=False), end="")
@@ -115,18 +121,18 @@ def submit_rayjob(args, progress: Progress) -> int:
     from kubernetes.client.exceptions import ApiException
 
     try:
-        api.create_namespaced_custom_object(GROUP, VERSION, args.namespace, PLURAL, body)
+        api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     except ApiException as err:
         raise UserError(
             f"Kubernetes refused RayJob {body['metadata']['name']}: {err.status} {err.reason}. "
             f"{_hint(err.status)}"
         ) from None
     name = body["metadata"]["name"]
-    progress.note(f"created RayJob {args.namespace}/{name}: {body['spec']['entrypoint']}")
-    if args.no_follow:
-        progress.note(f"follow it with `kubectl get rayjob -n {args.namespace} {name} -w`")
+    progress.note(f"created RayJob {namespace}/{name}: {body['spec']['entrypoint']}")
+    if not follow:
+        progress.note(f"follow it with `kubectl get rayjob -n {namespace} {name} -w`")
         return 0
-    return follow_rayjob(api, args.namespace, name, progress)
+    return follow_rayjob(api, namespace, name, progress)
 
 
 def follow_rayjob(api, namespace: str, name: str, progress: Progress, poll: float = 5) -> int:

@@ -9,6 +9,7 @@ import importlib.util
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 from ftray.errors import UserError
 from ftray.spec import LoraSpec, ModelSpec, QloraSpec
@@ -106,6 +107,7 @@ def load_quantized_model(model_dir: str, spec: QloraSpec, device: str = "cpu"):
 
 
 def torch_dtype(dtype: str):
+    """The torch dtype for a spec's dtype name; `auto` is bf16 where the GPU has it, else fp32."""
     import torch
 
     if dtype == "auto":
@@ -206,7 +208,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-_TINY_CONFIG = {
+_TINY_CONFIG: dict[str, Any] = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,

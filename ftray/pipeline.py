@@ -11,7 +11,7 @@ from ftray.data.prepare import DatasetRef, prepare
 from ftray.errors import UserError
 from ftray.evaluate import EvalRef, evaluate
 from ftray.progress import Progress
-from ftray.registry import get_model, promote, register, reject, was_decided
+from ftray.registry import apply_verdict, get_model, register
 from ftray.review.verdict import human_gate
 from ftray.serve import serve_model
 from ftray.spec import JobSpec
@@ -23,12 +23,18 @@ from ftray.train.tracking import log_evaluation, wandb_settings
 
 
 class Pipeline:
-    """One job's stages; asking for a stage's artifact runs the stages it needs first."""
+    """One job's stages; asking for a stage's artifact runs the stages it needs first.
+
+    Artifacts are properties; what changes the registry (`decide`) and what serves
+    (`serve`) are explicit calls.
+    """
 
     def __init__(self, spec: JobSpec, progress: Progress):
         self.spec = spec
         self.store = Store(spec.storage, spec.project)
         self.progress = progress
+        # Set by `decide`: the card after the gate's verdict was applied to the registry.
+        self.decision: dict | None = None
 
     @cached_property
     def dataset(self) -> DatasetRef:
@@ -144,65 +150,50 @@ class Pipeline:
             self.progress.artifact("evaluation report", report)
         return ref
 
-    @cached_property
-    def model_card(self) -> dict:
-        """The candidate registered, and the gate's verdict applied to the registry once."""
+    def decide(self) -> dict:
+        """Register the candidate and apply the gate's verdict to the registry: promote,
+        reject, or leave it pending a human review; once per pipeline.
+
+        Returns the model card with its stage now and the verdict that decided it (`gate`).
+        """
+        if self.decision is not None:
+            return self.decision
         evaluation = self.evaluation
         with self.progress.stage("register"):
-            card = register(
-                self.store,
-                run_id=self.trained.run_id,
-                weights_uri=self.trained.weights_uri,
-                kind=self.trained.kind,
-                dataset_id=self.dataset.dataset_id,
-                eval_id=evaluation.eval_id,
-                metrics=evaluation.metrics,
-                gate=evaluation.gate,
-                spec_hash=spec_hash(self.spec),
-                base_model=self.spec.model.base,
-                system_prompt=self.spec.data.system_prompt,
-            )
-            model_id = card["model_id"]
+            model_id = self._register(evaluation)
             # A gate with a human rule waits for ratings; `ftray review decide` settles it.
             gate = human_gate(self.store, evaluation.eval_id) or evaluation.gate
-            if gate.get("pending"):
-                self.progress.note(
-                    "awaiting human review: rate with `ftray review JOB.yaml`, then "
-                    "`ftray review decide JOB.yaml`"
-                )
-            elif not was_decided(self.store, model_id):
-                if not gate["passed"]:
-                    failed = [r["rule"] for r in gate["rules"] if not r["passed"]]
-                    reject(self.store, model_id, reason="gate failed: " + "; ".join(failed))
-                elif self.spec.eval.gate.promote:
-                    promote(self.store, model_id, reason=f"gate passed in {evaluation.eval_id}")
-            else:
-                self._follow_changed_gate(model_id, gate, evaluation.eval_id)
-            card = {**get_model(self.store, model_id), "gate": gate}
-            self.progress.note(f"model id: {model_id} (stage: {card['stage']})")
-            self.progress.artifact("model card", self.store.uri("models", model_id))
-        return card
-
-    def _follow_changed_gate(self, model_id: str, gate: dict, eval_id: str) -> None:
-        """A decided model whose evaluation was re-judged by a changed gate: a rejected one
-        that now passes is promoted (when `eval.gate.promote`); production is never taken
-        down automatically, since that changes what is served."""
-        stage = get_model(self.store, model_id)["stage"]
-        if gate["passed"] and stage == "rejected":
-            if self.spec.eval.gate.promote:
-                promote(self.store, model_id, reason=f"gate re-applied to {eval_id}: passed")
-            else:
-                self.progress.note(
-                    f"the gate now passes {model_id}; `ftray models promote` promotes it"
-                )
-        elif not gate["passed"] and stage == "production":
-            self.progress.note(
-                f"the gate now rejects {model_id}, the production model; production is "
-                "unchanged (`ftray models rollback JOB.yaml` restores the previous one)"
+            outcome = apply_verdict(
+                self.store,
+                model_id,
+                gate,
+                eval_id=evaluation.eval_id,
+                auto_promote=self.spec.eval.gate.promote,
             )
+            self.decision = {**get_model(self.store, model_id), "gate": gate}
+            _note_verdict(self.progress, outcome, self.decision)
+            self.progress.artifact("model card", self.store.uri("models", model_id))
+        return self.decision
+
+    def _register(self, evaluation: EvalRef) -> str:
+        """The candidate's model card written (or found, when registered before); its id."""
+        card = register(
+            self.store,
+            run_id=self.trained.run_id,
+            weights_uri=self.trained.weights_uri,
+            kind=self.trained.kind,
+            dataset_id=self.dataset.dataset_id,
+            eval_id=evaluation.eval_id,
+            metrics=evaluation.metrics,
+            gate=evaluation.gate,
+            spec_hash=spec_hash(self.spec),
+            base_model=self.spec.model.base,
+            system_prompt=self.spec.data.system_prompt,
+        )
+        return card["model_id"]
 
     def serve(self, keep_serving: bool = False) -> str:
-        card = self.model_card
+        card = self.decide()
         with self.progress.stage("serve"):
             return serve_model(self.spec, self.store, card["model_id"], self.progress, keep_serving)
 
@@ -225,3 +216,21 @@ class Pipeline:
 
     def _said(self, reused: bool, what: str, ident: str) -> None:
         self.progress.note(f"{'reused' if reused else 'new'} {what} {ident}")
+
+
+def _note_verdict(progress: Progress, outcome: str, card: dict) -> None:
+    """Tell the user what the gate's verdict did to the registry, and what they can do."""
+    model_id = card["model_id"]
+    if outcome == "pending":
+        progress.note(
+            "awaiting human review: rate with `ftray review JOB.yaml`, then "
+            "`ftray review decide JOB.yaml`"
+        )
+    elif outcome == "now_passes":
+        progress.note(f"the gate now passes {model_id}; `ftray models promote` promotes it")
+    elif outcome == "rejects_production":
+        progress.note(
+            f"the gate now rejects {model_id}, the production model; production is "
+            "unchanged (`ftray models rollback JOB.yaml` restores the previous one)"
+        )
+    progress.note(f"model id: {model_id} (stage: {card['stage']})")

@@ -175,6 +175,43 @@ def rollback(store: Store, *, to: str | None = None, reason: str) -> dict:
     return store.append_event(event, "registry")
 
 
+def apply_verdict(
+    store: Store, model_id: str, gate: dict, *, eval_id: str, auto_promote: bool
+) -> str:
+    """Apply the gate's verdict on a registered candidate to the registry, once.
+
+    An undecided model is rejected when the gate fails, and promoted when it passes and
+    `auto_promote` (`eval.gate.promote`). A decided one follows a changed gate only upward:
+    a rejected model that now passes is promoted (with `auto_promote`); production is never
+    taken down automatically, since that changes what is served.
+
+    Returns what happened, for the caller to tell the user: 'pending' (a human rule awaits
+    ratings; nothing recorded), 'promoted', 'rejected', 'unchanged', 'now_passes' (rejected,
+    the changed gate passes it, left for `ftray models promote`) or 'rejects_production'
+    (the changed gate rejects the production model, left in production).
+    """
+    if gate.get("pending"):
+        return "pending"
+    if not was_decided(store, model_id):
+        if not gate["passed"]:
+            failed = [r["rule"] for r in gate["rules"] if not r["passed"]]
+            reject(store, model_id, reason="gate failed: " + "; ".join(failed))
+            return "rejected"
+        if auto_promote:
+            promote(store, model_id, reason=f"gate passed in {eval_id}")
+            return "promoted"
+        return "unchanged"
+    stage = _stages(store).get(model_id, "candidate")
+    if gate["passed"] and stage == "rejected":
+        if not auto_promote:
+            return "now_passes"
+        promote(store, model_id, reason=f"gate re-applied to {eval_id}: passed")
+        return "promoted"
+    if not gate["passed"] and stage == "production":
+        return "rejects_production"
+    return "unchanged"
+
+
 def was_decided(store: Store, model_id: str) -> bool:
     """Whether any registry event names `model_id` (promoted, rejected or rolled back)."""
     return any(model_id in (e["model_id"], e.get("previous")) for e in history(store))
@@ -206,7 +243,7 @@ def _production_stack(events: list[dict]) -> list[str]:
 
 def _stages(store: Store) -> dict[str, str]:
     events = history(store)
-    stages = {}
+    stages: dict[str, str] = {}
     for event in events:
         if event["action"] == "reject":
             stages.setdefault(event["model_id"], "rejected")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -50,7 +51,7 @@ def ray_session(spec: RaySpec, address: str | None = None) -> Iterator[None]:
         # Ray caches RAY_AUTH_MODE in its config when first used: set it before, and refresh.
         os.environ.update(local_ray_env())
     import ray
-    from ray._raylet import Config
+    from ray._raylet import Config  # type: ignore[attr-defined]  # compiled; stubs lack it
 
     if ray.is_initialized():
         yield
@@ -72,7 +73,7 @@ def ray_session(spec: RaySpec, address: str | None = None) -> Iterator[None]:
             dashboard_host="127.0.0.1",
             runtime_env={"env_vars": env},
             configure_logging=True,
-            logging_level="WARNING",
+            logging_level=logging.WARNING,
         )
     try:
         yield

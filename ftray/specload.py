@@ -6,6 +6,7 @@ import difflib
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,7 +264,7 @@ def validate_spec(
 
             rules += missing_files(spec)
         problems += [Problem(r.field, r.value, r.rule, r.fix) for r in rules]
-    if problems:
+    if problems or spec is None:  # a spec that failed validation always added problems
         raise SpecError(source, problems)
     return spec
 
@@ -300,7 +301,7 @@ def _apply_override(data: dict, item: str) -> list[Problem]:
     return []
 
 
-def _problem(error: dict) -> Problem:
+def _problem(error: Mapping[str, Any]) -> Problem:
     loc = [str(part) for part in error["loc"]]
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -351,7 +352,7 @@ def _unused_sections(spec: JobSpec, data: dict) -> list[SpecRuleError]:
     return problems
 
 
-def _fix(kind: str, loc: list[str], error: dict) -> str:
+def _fix(kind: str, loc: list[str], error: Mapping[str, Any]) -> str:
     key = ".".join(loc)
     ctx = error.get("ctx") or {}
     if kind == "literal_error":

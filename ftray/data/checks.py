@@ -37,7 +37,8 @@ def find_pii(text: str, region: str = DEFAULT_PHONE_REGION) -> list[tuple[str, s
     for its country, or a possible one with 9 to 15 digits (E.164's most): reserved
     ranges (UK 07700 900xxx, US 555-01xx) are still phone numbers in text people write.
     """
-    found, taken = [], []
+    found: list[tuple[int, str, str]] = []
+    taken: list[tuple[int, int]] = []
 
     def add(kind: str, start: int, end: int, value: str) -> None:
         if not any(start < stop and begin < end for begin, stop in taken):
@@ -189,6 +190,7 @@ def normalize(text: str) -> str:
 
 
 def exact_key(text: str) -> str:
+    """The key exact duplicates share: a hash of the normalized text."""
     return hashlib.sha256(normalize(text).encode()).hexdigest()[:24]
 
 

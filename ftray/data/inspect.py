@@ -95,6 +95,7 @@ def format_quarantined(rows: list[dict]) -> str:
 
 
 def format_show(info: dict) -> str:
+    """`ftray data show`'s text for what `show` returned."""
     manifest, report = info["manifest"], info["report"]
     counts = manifest["counts"]
     lines = [
@@ -122,8 +123,8 @@ def format_show(info: dict) -> str:
     lines.append(f"  models trained on it: {', '.join(models) or 'none yet'}")
     if counts["quarantine"]:
         lines.append(
-            f"  every quarantined line: ftray data show {manifest['dataset_id']} --quarantine "
-            "[RULE] --job JOB.yaml"
+            f"  every quarantined line: ftray data show JOB.yaml {manifest['dataset_id']} "
+            "--quarantine [RULE]"
         )
     return "\n".join(lines)
 
@@ -154,5 +155,5 @@ def _require(store: Store, dataset_id: str) -> None:
         known = [m["dataset_id"] for m in list_datasets(store)] or ["(none yet)"]
         raise UserError(
             f"no dataset {dataset_id!r} in {store.uri('datasets')}; there are: "
-            f"{', '.join(known)}. `ftray data list --job JOB.yaml` shows them."
+            f"{', '.join(known)}. `ftray data list JOB.yaml` shows them."
         )

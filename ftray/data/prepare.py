@@ -59,7 +59,7 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
     """Read, check, deduplicate, split and tokenize the job's data into a versioned dataset.
 
     Raises UserError when no record is left for training (the dataset is still written, so
-    `ftray data show DATASET --quarantine` lists why).
+    `ftray data show JOB DATASET --quarantine` lists why).
     """
     _check_settings(data)
     files = number_files(
@@ -219,7 +219,7 @@ def _require_training_records(manifest: dict) -> None:
         f"{counts['quarantine']} quarantined ({rules or 'none'}), "
         f"{counts['blank']} blank. Fix the data or the data section of the spec (the fields "
         "named, data.labels, data.output_schema, data.max_seq_len) for the most common rule; "
-        f"`ftray data show {dataset_id} --quarantine --job JOB.yaml` lists every quarantined "
+        f"`ftray data show JOB.yaml {dataset_id} --quarantine` lists every quarantined "
         "line with its text."
     )
 

@@ -36,6 +36,8 @@ ORIGINS = ("train", "eval", "validation")
 
 
 def record_order(origin: str, index: int, row: int) -> int:
+    """A record's position across every source: by origin (train, eval, validation), then
+    file, then row."""
     return ORIGINS.index(origin) * 10**15 + index * _FILE_STRIDE + row
 
 
@@ -54,7 +56,7 @@ def expand_sources(
                 f"(looked for {path}). Paths are relative to the folder you run ftray from."
             )
         for match in matches:
-            fmt = source.format
+            fmt: str = source.format
             if fmt == "auto" and _is_hf_dir(fs, match):
                 fmt = "hf"
             if fmt == "auto":
@@ -174,8 +176,8 @@ def _csv_records(file: SourceFile, raw: bytes) -> list[dict]:
             yield line
 
     reader = csv.reader(feed())
-    rows: list[tuple[int, list[str] | None, str, str | None]] = []
-    header = None
+    rows: list[tuple[int, list[str], str, str | None]] = []
+    header: list[str] = []
     while True:
         start = reader.line_num + 1
         consumed.clear()
@@ -184,9 +186,9 @@ def _csv_records(file: SourceFile, raw: bytes) -> list[dict]:
         except StopIteration:
             break
         except csv.Error as err:
-            rows.append((start, None, "".join(consumed), f"bad CSV row: {err}"))
+            rows.append((start, [], "".join(consumed), f"bad CSV row: {err}"))
             continue
-        if header is None and values:  # the first line that is not empty
+        if not header and values:  # the first line that is not empty
             header = values
             continue
         rows.append((start, values, "".join(consumed), None))

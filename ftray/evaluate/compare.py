@@ -41,19 +41,19 @@ def paired_bootstrap(score: Scorer, n: int, *, samples: int, level: float, seed:
 
     candidate = _none(score("candidate", everything))
     incumbent = _none(score("incumbent", everything))
-    missing = None in (candidate, incumbent)
     finite = diff[np.isfinite(diff)]
     p_value = None
-    if not missing and len(finite):
+    difference = candidate - incumbent if candidate is not None and incumbent is not None else None
+    if difference is not None and len(finite):
         below, above = float(np.mean(finite <= 0)), float(np.mean(finite >= 0))
         p_value = max(min(1.0, 2 * min(below, above)), 1 / samples)
     return {
         "candidate": candidate,
         "incumbent": incumbent,
-        "difference": None if missing else candidate - incumbent,
+        "difference": difference,
         "candidate_interval": interval(cand),
         "incumbent_interval": interval(inc),
-        "difference_interval": None if missing else interval(diff),
+        "difference_interval": None if difference is None else interval(diff),
         "p_value": p_value,
     }
 

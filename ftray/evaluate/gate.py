@@ -42,15 +42,16 @@ def apply_gate(
         if name == primary or name in NOT_GATED:
             continue
         limit = gate.max_regression_by_metric.get(name, gate.max_regression)
-        title = f"{name} regresses by at most {limit:g}" if limit is not None else None
-        if title is None:
+        if limit is None:
             rule(
                 f"{name} regression",
                 True,
                 "exempt (eval.gate.max_regression_by_metric)",
                 skipped=True,
             )
-        elif (why := _no_signal(row, gate.min_signal)) is not None:
+            continue
+        title = f"{name} regresses by at most {limit:g}"
+        if (why := _no_signal(row, gate.min_signal)) is not None:
             rule(title, True, why, skipped=True)
         else:
             worse = row["difference"] if name in LOWER_IS_BETTER else -row["difference"]
@@ -83,7 +84,7 @@ def apply_gate(
         name = f"human win rate ≥ {gate.min_human_win_rate:g}"
         counted = human["win_rate_ratings"] if human else 0
         awaiting = counted < gate.min_human_ratings
-        if awaiting:
+        if awaiting or human is None:
             rule(name, False, f"awaiting ratings: {counted} of {gate.min_human_ratings}")
         else:
             low, high = human["win_rate_interval"]

@@ -133,7 +133,8 @@ def confusion(predictions: list[str | None], references: list[str], labels: list
     matrix = np.zeros((len(labels), len(labels) + 1), dtype=int)
     for pred, ref in zip(predictions, references, strict=True):
         if ref in index:
-            matrix[index[ref], index.get(pred, len(labels))] += 1
+            column = len(labels) if pred is None else index.get(pred, len(labels))
+            matrix[index[ref], column] += 1
     return {"labels": labels, "columns": [*labels, "(none)"], "matrix": matrix.tolist()}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,11 @@ def judge(table, sampled, task: Task, spec: EvalSpec):
     (what the report plots) and the `gate` verdict). `sampled` holds `<arm>_samples` for
     consistency, or is None. No Ray, no models: tested on hand-made tables."""
     table = score_examples(table, task)
-    options = {"samples": spec.bootstrap_samples, "level": spec.confidence_level, "seed": spec.seed}
+    options: dict[str, Any] = {
+        "samples": spec.bootstrap_samples,
+        "level": spec.confidence_level,
+        "seed": spec.seed,
+    }
     comparison = {
         metric: paired_bootstrap(score, len(table), **options)
         for metric, score in scorers(table, task).items()
@@ -210,7 +215,7 @@ def scorers(table, task: Task) -> dict[str, Scorer]:
 def denominators(table, task: Task) -> dict[str, dict[str, int]]:
     """Per rate in `DENOMINATORS` that was computed: each arm's denominator."""
     names = set(task.scalar_names)
-    found = {}
+    found: dict[str, dict[str, Any]] = {}
     if "hallucination_rate" in names:
         found["hallucination_rate"] = {arm: int(sum(table[f"{arm}_checked"])) for arm in ARMS}
     if "invented_field_rate" in names:
@@ -239,18 +244,20 @@ def _per_arm(table, column: str) -> dict[str, np.ndarray]:
 
 
 def _classification_scorer(table, task: Task, name: str) -> Scorer:
+    labels = task.labels
+    assert labels is not None  # classification metrics are chosen only for a label set
     refs = np.asarray(table["completion"], dtype=object)
     preds = {arm: np.array([p or "" for p in table[f"{arm}_label"]], dtype=object) for arm in ARMS}
     conf = {arm: np.asarray(table[f"{arm}_confidence"], dtype=float) for arm in ARMS}
 
     def score(arm: str, idx: np.ndarray) -> float:
         if name == "macro_f1":
-            return m.macro_f1(preds[arm][idx], refs[idx], task.labels)
+            return m.macro_f1(preds[arm][idx], refs[idx], labels)
         result = m.classification(
             list(preds[arm][idx]),
             list(refs[idx]),
             list(conf[arm][idx]),
-            task.labels,
+            labels,
             task.threshold,
         )
         return result[name]

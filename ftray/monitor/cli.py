@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-# `ftray monitor` found at least one alert: schedulers see a failed run.
-EXIT_ALERT = 6
-ADDRESS_HELP = "Ray cluster address (default: $RAY_ADDRESS, else local)"
+from ftray import exits
 
 
 def add_monitor_parsers(verbs, job_args) -> None:
@@ -55,15 +53,13 @@ def _monitor(args: argparse.Namespace) -> int:
     progress = Progress()
     with ray_session(spec.ray, args.address), progress.stage("monitor"):
         ref = monitor(spec, Store(spec.storage, spec.project), progress)
-    return EXIT_ALERT if ref.alerts else 0
+    return exits.monitor_exit(ref.alerts)
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    from ftray.cli import EXIT_GATE_REJECTED
     from ftray.monitor.retrain import retrain_spec
     from ftray.pipeline import Pipeline
     from ftray.progress import Progress
-    from ftray.review.cli import EXIT_AWAITING_REVIEW
     from ftray.runtime import ray_session
     from ftray.specload import load_spec
     from ftray.store import Store
@@ -73,10 +69,8 @@ def _retrain(args: argparse.Namespace) -> int:
     with progress.stage("retrain"):
         spec = retrain_spec(spec, Store(spec.storage, spec.project), progress)
     with ray_session(spec.ray, args.address):
-        card = Pipeline(spec, progress).model_card
-    if card["gate"].get("pending"):
-        return EXIT_AWAITING_REVIEW
-    return 0 if card["gate"]["passed"] else EXIT_GATE_REJECTED
+        card = Pipeline(spec, progress).decide()
+    return exits.gate_exit(card["gate"])
 
 
 def _feedback(args: argparse.Namespace) -> int:

@@ -78,6 +78,7 @@ def decisions(store: Store) -> dict[str, dict]:
 
 
 def is_flagged(feedback: dict) -> bool:
+    """Whether feedback asks for a decision: flagged, or carrying a correction."""
     return bool(feedback.get("flag") or feedback.get("correction"))
 
 

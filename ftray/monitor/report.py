@@ -17,6 +17,7 @@ from ftray.store import Store
 
 
 def write_report(store: Store) -> None:
+    """Write the monitoring report from the latest checks run."""
     runs = store.read_events("monitor", "checks")
     latest = runs[-1]
     head = ["check", "value", "threshold", "samples", "alert", "detail"]

@@ -36,7 +36,7 @@ def build_app(store: Store, eval_id: str | None, reviewers: Reviewers | None = N
     flagged queue); `reviewers` None lets anyone in by name."""
     reviewers = reviewers or Reviewers()
     signed_in = Depends(reviewers)
-    queues = [PairwiseQueue(store, eval_id)] if eval_id else []
+    queues: list[PairwiseQueue | FlaggedQueue] = [PairwiseQueue(store, eval_id)] if eval_id else []
     queues.append(FlaggedQueue(store))
     app = FastAPI(title="ftray review", docs_url=None, redoc_url=None, openapi_url=None)
 

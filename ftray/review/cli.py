@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from ftray import exits
 from ftray.errors import UserError
 
 ACTIONS = {
@@ -13,8 +14,6 @@ ACTIONS = {
     "results": "print win rate, interval, agreement and the gate as JSON (and write the report)",
     "decide": "settle a gate that waits for human review: promote or reject, once",
 }
-# `decide` while the gate still awaits ratings: neither passed (0) nor rejected (4).
-EXIT_AWAITING_REVIEW = 5
 
 
 def add_review_parser(verbs, job_args) -> None:
@@ -68,13 +67,8 @@ def _review(args: argparse.Namespace) -> int:
     found = results(store, eval_id) if args.action == "results" else decide(store, eval_id)
     print(json.dumps(found, indent=2))
     print(f"report: {store.uri('evals', eval_id, 'reviews', 'report.html')}", file=sys.stderr)
-    if args.action == "decide":
-        from ftray.cli import EXIT_GATE_REJECTED
-
-        if not found["decided"]:
-            return EXIT_AWAITING_REVIEW
-        return EXIT_GATE_REJECTED if found["status"] == "reject" else 0
-    return 0
+    # `results` reports; only `decide`'s verdict is the command's outcome.
+    return exits.gate_exit(found["gate"]) if args.action == "decide" else exits.OK
 
 
 def _serve(store, eval_id: str | None, args: argparse.Namespace) -> int:

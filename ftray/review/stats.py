@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from statistics import NormalDist
+from typing import Any
 
 PREFERENCES = ("candidate", "incumbent", "tie", "both_bad")
 # A rating's score for the candidate; 'both bad' says nothing about which arm is better.
@@ -43,7 +44,7 @@ def win_rate(ratings: list[dict], level: float = 0.95) -> dict:
     rate = sum(sum(s) / len(s) for s in per_item.values()) / n if n else None
     return {
         "win_rate": rate,
-        "win_rate_interval": list(wilson_interval(rate, n, level)) if n else None,
+        "win_rate_interval": list(wilson_interval(rate, n, level)) if rate is not None else None,
         "win_rate_items": n,
         "win_rate_ratings": sum(len(s) for s in per_item.values()),
     }
@@ -81,7 +82,7 @@ def agreement(ratings: list[dict]) -> dict:
         by_item[rating["item"]][rating["reviewer"]] = rating["preferred"]
     shared = {item: votes for item, votes in by_item.items() if len(votes) >= 2}
     reviewers = sorted({r for votes in shared.values() for r in votes})
-    result = {"method": None, "kappa": None, "observed": None, "items": len(shared)}
+    result: dict[str, Any] = {"method": None, "kappa": None, "observed": None, "items": len(shared)}
     result["reviewers"] = len(reviewers)
     if not shared:
         return result

@@ -19,6 +19,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, Literal, cast
 
 from ftray.models import generate_texts, load_model, load_quantized_model, load_tokenizer
 from ftray.spec import QloraSpec
@@ -53,12 +54,12 @@ class Engine:
         if quantization == "none":
             self.base = load_model(model_dir, dtype)
         else:
-            bits = {"int8": 8, "int4": 4}[quantization]
+            bits: Literal[4, 8] = 8 if quantization == "int8" else 4
             self.base = load_quantized_model(model_dir, QloraSpec(bits=bits))
         self.base.eval()
         self.quantization = quantization
-        self.peft = None
-        self.full: dict[str, object] = {}
+        self.peft: Any = None  # a PeftModel once the first adapter is loaded
+        self.full: dict[str, Any] = {}
         self._uses: Counter[str] = Counter()
         self._retired: set[str] = set()
         self._books = threading.Lock()  # guards _uses, _retired and the counts
@@ -165,7 +166,7 @@ class Engine:
             )
             for i, answer in zip(rows, answers, strict=True):
                 results[i] = answer
-        return results
+        return cast("list[dict]", results)  # every request was answered above
 
     def stream(self, request: Request) -> Iterator[str]:
         """The answer's text in pieces as it is generated.

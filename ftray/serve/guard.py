@@ -15,8 +15,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
-from typing import Literal, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -174,7 +174,7 @@ class Guard:
             )
 
 
-def describe(errors: list[dict]) -> str:
+def describe(errors: Sequence[Mapping[str, Any]]) -> str:
     """Pydantic's errors as `field: problem; ...` (nested fields dotted)."""
     problems = []
     for error in errors:
@@ -224,6 +224,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def error_response(status: int, message: str) -> JSONResponse:
+    """An error in OpenAI's shape: `{"error": {"message", "type"}}` with `status`."""
     body = {"message": message, "type": _ERROR_TYPES.get(status, "server_error")}
     return JSONResponse({"error": body}, status_code=status)
 

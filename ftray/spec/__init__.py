@@ -126,7 +126,7 @@ class JobSpec(_Section):
     def _sweep_paths_exist(self) -> JobSpec:
         for path in self.sweep.parameters if self.sweep else ():
             section, *rest = path.split(".")
-            model = TrainSpec
+            model: type[BaseModel] | None = TrainSpec
             for name in rest:
                 field = model.model_fields.get(name) if model else None
                 if section != "train" or field is None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ftray.cli import EXIT_ASSESS_STOP
+from ftray.exits import ASSESS_STOP
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_run_stops_when_the_base_model_meets_the_target(store, run_cli):
         "assess.target=0.0",
         check=False,
     )
-    assert done.returncode == EXIT_ASSESS_STOP, done.stdout + done.stderr
+    assert done.returncode == ASSESS_STOP, done.stdout + done.stderr
     assert "verdict: don't fine-tune" in done.stdout
     assert "ftray run --force" in done.stdout
     assert "▶ train" not in done.stdout
@@ -69,5 +69,5 @@ def test_run_refuses_too_little_data_even_with_force(store, run_cli):
         "--force",
         check=False,
     )
-    assert done.returncode == EXIT_ASSESS_STOP
+    assert done.returncode == ASSESS_STOP
     assert "not enough data" in done.stdout and "assess.min_examples" in done.stdout

@@ -156,7 +156,7 @@ def test_monitor_alerts_on_drift_and_retrain_closes_the_loop(
     corrected = {normal[0]["prompt"], normal[1]["prompt"]}
     both = [(p, c) for t in (kept, held) for p, c in zip(t["prompt"], t["completion"], strict=True)]
     assert {(p, "blue") for p in corrected} <= set(both), "the corrections are in the new version"
-    shown = run_cli("data", "show", dataset_id, "--job", str(path)).stdout
+    shown = run_cli("data", "show", str(path), dataset_id).stdout
     assert re.search(r"models trained on it: model-[0-9a-f]{12} \((production|rejected)", shown)
     assert any("corrections-" in s["path"] for s in manifest["sources"]), manifest["sources"]
     evaluation = re.search(r"evaluation report: (\S+)/report.html", done.stdout).group(1)

@@ -159,27 +159,27 @@ def test_data_show_and_diff_between_versions(messy, run_cli):
     out = run_cli("prepare", str(job), "--set", "data.dedup.near=false").stdout
     new = next(p.name for p in (tmp / "store/messy/datasets").iterdir() if p.name != old)
     assert "new dataset" in out
-    shown = run_cli("data", "show", old, "--job", str(job)).stdout
+    shown = run_cli("data", "show", str(job), old).stdout
     assert "near_duplicate: 1" in shown and "records: 55 in" in shown
     data = tmp / "data.jsonl"
     line = f"{data}: 37 lines read = 13 train + 2 validation + 5 eval + 15 quarantined + 2 blank"
     assert line in shown
-    listed = run_cli("data", "show", old, "--quarantine", "malformed", "--job", str(job)).stdout
+    listed = run_cli("data", "show", str(job), old, "--quarantine", "malformed").stdout
     assert [line.split()[0] for line in listed.splitlines() if line.startswith(str(data))] == [
         f"{data}:{row}" for row in (21, 26, 31, 37)
     ]
     assert '    {"q": "broken json", "a": ' in listed and "    \\xff\\xfe" in listed
     assert "4 quarantined line(s)" in listed
-    everything = run_cli("data", "show", old, "--quarantine", "--job", str(job)).stdout
+    everything = run_cli("data", "show", str(job), old, "--quarantine").stdout
     assert "15 quarantined line(s)" in everything
-    unknown = run_cli("data", "show", old, "--quarantine", "nope", "--job", str(job), check=False)
+    unknown = run_cli("data", "show", str(job), old, "--quarantine", "nope", check=False)
     assert unknown.returncode == 2 and "malformed (4)" in unknown.stderr
-    diff = json.loads(run_cli("data", "diff", old, new, "--job", str(job)).stdout)
+    diff = json.loads(run_cli("data", "diff", str(job), old, new).stdout)
     assert diff["counts"]["added"] == 1 and diff["counts"]["removed"] == 0
     assert diff["added"][0]["row"] == 30
-    listed = run_cli("data", "list", "--job", str(job)).stdout
+    listed = run_cli("data", "list", str(job)).stdout
     assert old in listed and new in listed
-    missing = run_cli("data", "show", "ds-nope", "--job", str(job), check=False)
+    missing = run_cli("data", "show", str(job), "ds-nope", check=False)
     assert missing.returncode == 2 and old in missing.stderr
 
 
@@ -295,7 +295,7 @@ def test_all_rejected_or_empty_word_list_is_a_clear_error(tmp_path, run_cli):
     assert "no training records" in done.stderr and "missing_field: 8" in done.stderr
     assert "9 lines read" in done.stderr and "1 blank" in done.stderr
     dataset = _dataset(tmp_path)
-    listed = run_cli("data", "show", dataset.name, "--quarantine", "--job", str(job)).stdout
+    listed = run_cli("data", "show", str(job), dataset.name, "--quarantine").stdout
     assert "8 quarantined line(s)" in listed and "no completion field" in listed
     again = run_cli("prepare", str(job), check=False)
     assert again.returncode == 2 and "no training records" in again.stderr, "also when reused"

@@ -165,3 +165,62 @@ def test_serving_a_rejected_or_forced_model_warns(store, tmp_path):
     assert bad in warning and "gate failed" in warning and "rejected it" not in warning
     with pytest.raises(UserError, match="no model"):
         rejection_warnings(store, "model-000000000000")
+
+
+def _gate(passed: bool, pending: bool = False) -> dict:
+    return {
+        "passed": passed,
+        "pending": pending,
+        "rules": [{"rule": "macro_f1 ≥ incumbent + 0", "passed": passed, "detail": "…"}],
+    }
+
+
+def test_apply_verdict_promotes_rejects_or_waits_once(store, tmp_path):
+    good, bad, manual, waiting = (
+        _register(store, tmp_path, name, passed=name != "bad")
+        for name in ("good", "bad", "manual", "waiting")
+    )
+    apply = registry.apply_verdict
+    assert apply(store, good, _gate(True), eval_id="eval-good", auto_promote=True) == "promoted"
+    assert apply(store, bad, _gate(False), eval_id="eval-bad", auto_promote=True) == "rejected"
+    assert apply(store, manual, _gate(True), eval_id="e", auto_promote=False) == "unchanged"
+    pending = _gate(False, pending=True)
+    assert apply(store, waiting, pending, eval_id="e", auto_promote=True) == "pending"
+    stages = {card["model_id"]: card["stage"] for card in registry.list_models(store)}
+    assert stages == {
+        good: "production",
+        bad: "rejected",
+        manual: "candidate",
+        waiting: "candidate",
+    }
+    assert "gate failed: macro_f1" in registry.history(store)[1]["reason"]
+    # applied again (a rerun of `ftray eval`): nothing new is recorded
+    before = registry.history(store)
+    assert apply(store, good, _gate(True), eval_id="eval-good", auto_promote=True) == "unchanged"
+    assert apply(store, bad, _gate(False), eval_id="eval-bad", auto_promote=True) == "unchanged"
+    assert registry.history(store) == before
+
+
+def test_apply_verdict_follows_a_changed_gate_up_never_down(store, tmp_path):
+    old, new = (_register(store, tmp_path, name, passed=name == "old") for name in ("old", "new"))
+    registry.apply_verdict(store, old, _gate(True), eval_id="eval-old", auto_promote=True)
+    registry.apply_verdict(store, new, _gate(False), eval_id="eval-new", auto_promote=True)
+    # eval.gate changed and was re-applied to both stored evaluations
+    for eval_id, passed in (("eval-old", False), ("eval-new", True)):
+        store.finish({"eval_id": eval_id, "gate": _gate(passed)}, "evals", eval_id)
+    assert (
+        registry.apply_verdict(store, old, _gate(False), eval_id="eval-old", auto_promote=True)
+        == "rejects_production"
+    )
+    assert registry.production(store) == old  # taking production down is a person's call
+    assert (
+        registry.apply_verdict(store, new, _gate(True), eval_id="eval-new", auto_promote=False)
+        == "now_passes"
+    )
+    assert registry.get_model(store, new)["stage"] == "rejected"
+    assert (
+        registry.apply_verdict(store, new, _gate(True), eval_id="eval-new", auto_promote=True)
+        == "promoted"
+    )
+    assert registry.production(store) == new
+    assert registry.history(store)[-1]["reason"] == "gate re-applied to eval-new: passed"

@@ -22,8 +22,8 @@ from tests.unit.review_eval import write_eval, write_job
 GATE = {"min_human_win_rate": 0.6, "min_human_ratings": 4}
 
 
-def _model_card(job: str, eval_id: str, tmp_path) -> dict:
-    """`Pipeline.model_card` for a hand-written evaluation (no Ray: the stages before it are
+def _decide(job: str, eval_id: str, tmp_path) -> dict:
+    """`Pipeline.decide()` for a hand-written evaluation (no Ray: the stages before it are
     given as finished artifacts)."""
     spec = load_spec(job)
     pipeline = Pipeline(spec, Progress())
@@ -36,7 +36,7 @@ def _model_card(job: str, eval_id: str, tmp_path) -> dict:
         run=RunRef(manifest["run_id"], str(weights), "adapter", {}, True),
         evaluation=EvalRef(eval_id, manifest, True),
     )
-    return pipeline.model_card
+    return pipeline.decide()
 
 
 def _rate(store: Store, eval_id: str, reviewer: str, wins: list[str]) -> None:
@@ -60,7 +60,7 @@ def test_pending_candidate_is_promoted_by_decide_once_ratings_are_in(tmp_path, c
     store = Store(str(tmp_path / "store"), "review")
     write_eval(store, "eval-good", items=6, gate=GATE)
 
-    card = _model_card(job, "eval-good", tmp_path)
+    card = _decide(job, "eval-good", tmp_path)
     assert "awaiting human review" in capsys.readouterr().out
     assert card["stage"] == "candidate" and card["gate"]["pending"]
     assert registry.history(store) == []  # neither promoted nor rejected yet
@@ -92,7 +92,7 @@ def test_pending_candidate_is_promoted_by_decide_once_ratings_are_in(tmp_path, c
     _rate(store, "eval-good", "carol", ["incumbent"] * 6)
     assert _cli(capsys, "review", "decide", job)[1]["decided_at"] == decided["decided_at"]
     assert len(registry.history(store)) == 1
-    card = _model_card(job, "eval-good", tmp_path)
+    card = _decide(job, "eval-good", tmp_path)
     assert card["gate"]["passed"] and card["stage"] == "production"
 
 
@@ -100,20 +100,20 @@ def test_decide_rejects_when_reviewers_prefer_the_incumbent(tmp_path, capsys):
     job = write_job(tmp_path, GATE)
     store = Store(str(tmp_path / "store"), "review")
     write_eval(store, "eval-meh", items=5, gate=GATE)
-    _model_card(job, "eval-meh", tmp_path)
+    _decide(job, "eval-meh", tmp_path)
     _rate(store, "eval-meh", "alice", ["incumbent", "incumbent", "candidate", "tie", "incumbent"])
     code, found, _ = _cli(capsys, "review", "decide", job, "--eval", "eval-meh")
     assert code == 4 and found["status"] == "reject" and found["stage"] == "rejected"
     assert found["human"]["win_rate"] == pytest.approx(0.3)
     assert registry.history(store)[-1]["action"] == "reject"
-    assert _model_card(job, "eval-meh", tmp_path)["stage"] == "rejected"
+    assert _decide(job, "eval-meh", tmp_path)["stage"] == "rejected"
 
 
 def test_automatic_failure_rejects_at_once_and_no_human_rule_means_no_decide(tmp_path, capsys):
     job = write_job(tmp_path, GATE)
     store = Store(str(tmp_path / "store"), "review")
     write_eval(store, "eval-bad", items=3, gate=GATE, better=False)
-    card = _model_card(job, "eval-bad", tmp_path)
+    card = _decide(job, "eval-bad", tmp_path)
     assert card["stage"] == "rejected" and not card["gate"]["pending"]
 
     write_eval(store, "eval-plain", items=3, gate={})
