@@ -18,11 +18,10 @@ Three questions, answered into one artifact (`assessments/<id>/manifest.json`):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 
-from ftray.data.prepare import DatasetRef
+from ftray.artifacts import AssessRef, DatasetRef, reuse
 from ftray.data.tokenize import render_prompt
 from ftray.errors import UserError
 from ftray.estimate import (
@@ -46,17 +45,6 @@ ASSESS_VERSION = 2
 FINE_TUNE, DONT, TOO_LITTLE = "fine-tune", "don't fine-tune", "not enough data"
 
 
-@dataclass(frozen=True)
-class AssessRef:
-    assess_id: str
-    manifest: dict
-    reused: bool
-
-    @property
-    def decision(self) -> str:
-        return self.manifest["decision"]
-
-
 def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) -> AssessRef:
     """Score the base model, count the data, estimate each method; write the verdict."""
     settings = spec.assess
@@ -71,8 +59,9 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
         _task(spec).__dict__,
         ASSESS_VERSION,
     )
-    if store.is_complete("assessments", assess_id):
-        return AssessRef(assess_id, store.manifest("assessments", assess_id), True)
+    uri = store.uri("assessments", assess_id)
+    if (manifest := reuse(store, "assessments", assess_id)) is not None:
+        return AssessRef(assess_id, uri, manifest, True)
 
     usable = dataset.manifest["counts"]["train"]
     reasons = []
@@ -127,7 +116,7 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
         "assessments",
         assess_id,
     )
-    return AssessRef(assess_id, manifest, False)
+    return AssessRef(assess_id, uri, manifest, False)
 
 
 def decide(usable: int, baseline: dict | None, spec: JobSpec) -> str:

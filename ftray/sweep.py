@@ -11,24 +11,15 @@ from its checkpoint); a finished sweep is reused.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
-from ftray.data.prepare import DatasetRef
+from ftray.artifacts import DatasetRef, RunRef, SweepRef, reuse
 from ftray.errors import UserError
 from ftray.progress import Progress
 from ftray.spec import JobSpec, SweepParam
 from ftray.store import Store, content_id
-from ftray.train.ray_train import RunRef, train
+from ftray.train.ray_train import train
 
 SWEEP_VERSION = 1
-
-
-@dataclass(frozen=True)
-class SweepRef:
-    sweep_id: str
-    winner: RunRef
-    leaderboard: list[dict]
-    reused: bool
 
 
 def with_params(spec: JobSpec, params: dict) -> JobSpec:
@@ -55,9 +46,10 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
         spec.sweep.model_dump(mode="json"),
         SWEEP_VERSION,
     )
-    if store.is_complete("sweeps", sweep_id):
-        manifest = store.manifest("sweeps", sweep_id)
-        return SweepRef(sweep_id, _winner(store, manifest), manifest["leaderboard"], True)
+    if (manifest := reuse(store, "sweeps", sweep_id)) is not None:
+        return SweepRef(
+            sweep_id, store.uri("sweeps", sweep_id), manifest, True, _winner(store, manifest)
+        )
 
     from ray import tune
 
@@ -113,7 +105,9 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
         "sweeps",
         sweep_id,
     )
-    return SweepRef(sweep_id, _winner(store, manifest), leaderboard, False)
+    return SweepRef(
+        sweep_id, store.uri("sweeps", sweep_id), manifest, False, _winner(store, manifest)
+    )
 
 
 def print_leaderboard(leaderboard: list[dict], metric: str, progress: Progress) -> None:
@@ -224,8 +218,8 @@ def _leaderboard(results, rules) -> list[dict]:
 
 
 def _winner(store: Store, manifest: dict) -> RunRef:
-    run = store.manifest(*manifest["winner"]["run_folder"])
-    return RunRef(run["run_id"], run["weights_uri"], run["kind"], run, True)
+    folder = manifest["winner"]["run_folder"]
+    return RunRef(folder[-1], store.uri(*folder), store.manifest(*folder), True)
 
 
 def _short(value) -> str:

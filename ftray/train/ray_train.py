@@ -6,9 +6,8 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-from ftray.data.prepare import DatasetRef
+from ftray.artifacts import DatasetRef, RunRef, reuse
 from ftray.errors import UserError
 from ftray.models import resolve_model
 from ftray.progress import Progress
@@ -19,21 +18,6 @@ from ftray.train.methods import consolidate
 from ftray.train.tracking import wandb_settings
 
 TRAIN_VERSION = 2
-
-
-@dataclass(frozen=True)
-class RunRef:
-    """A finished training run: its weights (an adapter, or a full model) and metrics."""
-
-    run_id: str
-    weights_uri: str
-    kind: str  # "adapter" (lora, qlora) or "model" (full)
-    manifest: dict
-    reused: bool
-
-    @property
-    def adapter_uri(self) -> str | None:
-        return self.weights_uri if self.kind == "adapter" else None
 
 
 def train(
@@ -66,9 +50,8 @@ def train(
         TRAIN_VERSION,
         trial or {},
     )
-    if store.is_complete(*folder, run_id):
-        manifest = store.manifest(*folder, run_id)
-        return RunRef(run_id, manifest["weights_uri"], manifest["kind"], manifest, True)
+    if (manifest := reuse(store, *folder, run_id)) is not None:
+        return RunRef(run_id, store.uri(*folder, run_id), manifest, True)
 
     import ray.data
     from ray.data import ExecutionOptions
@@ -173,7 +156,7 @@ def train(
         *folder,
         run_id,
     )
-    return RunRef(run_id, weights_uri, kind, manifest, False)
+    return RunRef(run_id, store.uri(*folder, run_id), manifest, False)
 
 
 def _consolidate(checkpoint, model_dir: str, store: Store, run: tuple[str, ...]) -> str:
