@@ -1,5 +1,10 @@
 """The assess stage: decide whether fine-tuning is worth its GPUs, before spending them.
 
+Contract. In: a `DatasetRef` (its counts, training examples for the few-shot prompt, held-out
+examples) and the job's model, train, eval and assess sections. Out: an `AssessRef` to
+`assessments/<assess-id>/manifest.json` (decision, baseline, cost estimates, serving costs).
+Side effects: none beyond that folder (the base model answers on Ray Data, nothing is kept).
+
 Three questions, answered into one artifact (`assessments/<id>/manifest.json`):
 
 1. Is there enough data? Below `assess.min_examples` usable training examples: refuse;

@@ -1,5 +1,11 @@
 """The sweep stage: Ray Tune (ASHA or FIFO) over training trials, each a full Ray Train run.
 
+Contract. In: a `DatasetRef` and the job spec (its sweep section and what each trial
+changes). Out: a `SweepRef` to `sweeps/<sweep-id>/`: the Tune experiment (`tune/`), one run
+folder per trial (`trials/<trial-id>/<run-id>/`, each a train stage's artifact), the manifest
+with the leaderboard and the winner, whose `RunRef` is `SweepRef.winner`. Side effects: one
+W&B run per trial, grouped by the sweep id.
+
 A trial's hyperparameters are written into the job spec, which is validated like any other;
 the trial trains into `sweeps/<sweep-id>/trials/<trial-id>/<run-id>/` with its own W&B run
 in the group `<sweep-id>`, and reports every evaluation to Tune through Ray Train's

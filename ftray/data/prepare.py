@@ -1,5 +1,11 @@
 """The prepare stage on Ray Data: sources → checked, deduplicated, split, tokenized parquet.
 
+Contract. In: the source files `data` names and the model's tokenizer (no other artifact).
+Out: a `DatasetRef` to `datasets/<dataset-id>/`: one parquet folder per split (`SPLITS`),
+`report.json` and the manifest (sources' hashes, per-file accounts, counts, token stats).
+Side effects: a GGUF base is converted once into the store's model cache; abandoned attempt
+folders of the same dataset are removed.
+
   read (one task per file) → CheckRecords actors (normalise, contract, toxicity, PII,
   tokenize, fingerprint) → exact and near-duplicate groupbys → held-out split → parquet
 

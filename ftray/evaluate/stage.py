@@ -1,5 +1,12 @@
 """The evaluate stage: the candidate vs the incumbent on held-out examples, with Ray Data.
 
+Contract. In: a `DatasetRef` (its eval split), the candidate's `RunRef`, the incumbent
+(`eval.incumbent`: a registry model, or the base model) and the job's eval section. Out: an
+`EvalRef` to `evals/<eval-id>/`: per-example `outputs/`, `report.md`, `report.html` and the
+manifest (metrics, comparison, the gate's verdict). Side effects: none on the registry (the
+pipeline applies the verdict); a changed gate rewrites a stored evaluation's verdict and
+reports (`regate`).
+
 Both arms answer the same examples (greedy, recorded decoding settings); each answer is
 scored per example, the arms are compared with paired bootstrap intervals (and McNemar's
 test for right/wrong answers), the spec's gate gives its verdict, and `report.md` /

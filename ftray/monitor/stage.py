@@ -1,5 +1,11 @@
 """The monitor stage: quality checks on the Serve app's sampled traffic, alerts, a report.
 
+Contract. In: `monitor/samples/` of the last window, feedback, and the production model's
+dataset and evaluation outputs (else the newest dataset) as the reference. Out: a
+`MonitorRef` to `monitor/checks/<sequence>.json` (the checks, the alerts among them). Side
+effects: `latest.json`, one file per alert and a webhook post, the failing examples flagged
+as feedback for review, `metrics.prom` and the monitoring report, all under `monitor/`.
+
 `ftray monitor JOB.yaml` (meant to run on a schedule, as a Ray job) reads the samples of the
 last `monitor.window_hours`, compares them with what the production model was trained and
 evaluated on, and writes under `monitor/`: `checks/<sequence>.json` (every run, in order),

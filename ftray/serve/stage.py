@@ -1,5 +1,10 @@
 """The serve stage: the Ray Serve app in `ftray.serve.app`, started and checked from the CLI.
 
+Contract. In: the registry (`models/`: model cards, the production model) and the base model.
+Out: no artifact; the example request's answer. Side effects: a Ray Serve app named "ftray"
+on `serve.host:serve.port` (shut down afterwards unless kept serving); while it runs, the app
+writes sampled requests to `monitor/samples/` and users' feedback to `monitor/feedback/`.
+
 `ftray serve` (and the end of `ftray run`) deploys the app on the connected Ray cluster,
 waits until it is ready, sends `serve.example_prompt` to one model and prints the answer.
 With `--keep-serving` it serves until Ctrl-C or SIGTERM, then shuts the app down; clusters

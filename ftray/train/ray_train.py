@@ -1,4 +1,11 @@
-"""The train stage: `train_loop` on Ray Train workers, data streamed as Ray Data shards."""
+"""The train stage: `train_loop` on Ray Train workers, data streamed as Ray Data shards.
+
+Contract. In: a `DatasetRef` (its train and eval splits) and the job's model, train and
+wandb sections. Out: a `RunRef` to `runs/<run-id>/` (or a sweep's trial folder): Ray Train's
+checkpoints, `config.json`, the weights (an adapter or a full model, `weights_uri`) and the
+manifest with the metrics. Side effects: a W&B run (offline without a key; its files in the
+run folder on local storage); an unfinished run with the same id is resumed, not restarted.
+"""
 
 from __future__ import annotations
 
