@@ -19,7 +19,12 @@ ROOT = Path(__file__).resolve().parents[2]
 # Orchestrators chain stages or parse the command line: they may import any module.
 ORCHESTRATORS = {"ftray.pipeline", "ftray.cli", "ftray.monitor.cli", "ftray.review.cli"}
 ORCHESTRATORS |= {"ftray.submit"}
-# Leaf layers: the building blocks stages are made of. None imports an orchestrator.
+# The stage modules: one entry function each, called by the orchestrators.
+STAGES = {"ftray.data.prepare", "ftray.assess", "ftray.train.ray_train", "ftray.sweep"}
+STAGES |= {"ftray.evaluate.stage", "ftray.serve.stage", "ftray.monitor.stage"}
+STAGES |= {"ftray.review.verdict"}
+# Leaf layers (but the stages in them): the building blocks stages are made of. None imports
+# a stage or an orchestrator.
 LEAF_PACKAGES = ("ftray.spec", "ftray.data", "ftray.train")
 LEAF_MODULES = {"ftray.store", "ftray.errors", "ftray.progress", "ftray.artifacts"}
 LEAF_MODULES |= {"ftray.models", "ftray.specload", "ftray.specdoc"}
@@ -84,8 +89,9 @@ def import_graph() -> nx.DiGraph:
 
 
 def _is_leaf(module: str) -> bool:
-    return module in LEAF_MODULES or any(
-        module == p or module.startswith(f"{p}.") for p in LEAF_PACKAGES
+    return module not in STAGES and (
+        module in LEAF_MODULES
+        or any(module == p or module.startswith(f"{p}.") for p in LEAF_PACKAGES)
     )
 
 
@@ -121,13 +127,24 @@ def test_no_import_cycles():
     assert not shown, "import cycles:\n" + "\n".join(shown)
 
 
-def test_leaf_layers_import_no_orchestrator():
+def test_leaf_layers_import_no_stage_or_orchestrator():
+    graph = import_graph()
+    assert set(graph) >= STAGES | ORCHESTRATORS, "a module named here no longer exists"
+    upward = sorted(
+        (source, target)
+        for source, target in graph.edges
+        if _is_leaf(source) and target in STAGES | ORCHESTRATORS
+    )
+    assert not upward, f"leaf modules importing a stage or an orchestrator: {upward}"
+
+
+def test_only_orchestrators_import_orchestrators():
     upward = sorted(
         (source, target)
         for source, target in import_graph().edges
-        if _is_leaf(source) and target in ORCHESTRATORS
+        if target in ORCHESTRATORS and source not in ORCHESTRATORS
     )
-    assert not upward, f"leaf modules importing an orchestrator: {upward}"
+    assert not upward, f"modules importing an orchestrator: {upward}"
 
 
 def test_serving_does_not_import_training():
