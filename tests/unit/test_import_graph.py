@@ -1,5 +1,6 @@
-"""The shape of ftray's imports: no cycles, no leaf importing an orchestrator, and the Serve
-app free of the training stack (every Serve replica imports `ftray.serve.app` when it starts).
+"""The shape of ftray's imports: no cycles, no building block importing a stage or an
+orchestrator, and the Serve app free of the training stack (every Serve replica imports
+`ftray.serve.app` when it starts).
 
 The graph is read from the source with `ast`: module-level and function-level imports both
 count (a lazy import is still a dependency); imports under `if TYPE_CHECKING:` do not.
