@@ -1,5 +1,10 @@
 """The assess stage: decide whether fine-tuning is worth its GPUs, before spending them.
 
+Contract. In: a `DatasetRef` (its counts, training examples for the few-shot prompt, held-out
+examples) and the job's model, train, eval and assess sections. Out: an `AssessRef` to
+`assessments/<assess-id>/manifest.json` (decision, baseline, cost estimates, serving costs).
+Side effects: none beyond that folder (the base model answers on Ray Data, nothing is kept).
+
 Three questions, answered into one artifact (`assessments/<id>/manifest.json`):
 
 1. Is there enough data? Below `assess.min_examples` usable training examples: refuse;
@@ -18,11 +23,10 @@ Three questions, answered into one artifact (`assessments/<id>/manifest.json`):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 
-from ftray.data.prepare import DatasetRef
+from ftray.artifacts import AssessRef, DatasetRef, reuse
 from ftray.data.tokenize import render_prompt
 from ftray.errors import UserError
 from ftray.estimate import (
@@ -46,17 +50,6 @@ ASSESS_VERSION = 2
 FINE_TUNE, DONT, TOO_LITTLE = "fine-tune", "don't fine-tune", "not enough data"
 
 
-@dataclass(frozen=True)
-class AssessRef:
-    assess_id: str
-    manifest: dict
-    reused: bool
-
-    @property
-    def decision(self) -> str:
-        return self.manifest["decision"]
-
-
 def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) -> AssessRef:
     """Score the base model, count the data, estimate each method; write the verdict."""
     settings = spec.assess
@@ -71,8 +64,9 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
         _task(spec).__dict__,
         ASSESS_VERSION,
     )
-    if store.is_complete("assessments", assess_id):
-        return AssessRef(assess_id, store.manifest("assessments", assess_id), True)
+    uri = store.uri("assessments", assess_id)
+    if (manifest := reuse(store, "assessments", assess_id)) is not None:
+        return AssessRef(assess_id, uri, manifest, True)
 
     usable = dataset.manifest["counts"]["train"]
     reasons = []
@@ -128,7 +122,7 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
         "assessments",
         assess_id,
     )
-    return AssessRef(assess_id, manifest, False)
+    return AssessRef(assess_id, uri, manifest, False)
 
 
 def decide(usable: int, baseline: dict | None, spec: JobSpec) -> str:

@@ -229,7 +229,7 @@ def _run_stage(args) -> int:
     progress = Progress()
     with ray_session(spec.ray, args.address):
         if args.verb == "serve":
-            from ftray.serve import serve_registry
+            from ftray.serve.stage import serve_registry
 
             serve_registry(spec, progress, args.model, keep_serving=args.keep_serving)
             return exits.OK

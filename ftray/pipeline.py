@@ -5,20 +5,21 @@ from __future__ import annotations
 import tempfile
 from functools import cached_property
 
-from ftray.assess import AssessRef, assess
+from ftray.artifacts import AssessRef, DatasetRef, EvalRef, RunRef, SweepRef
+from ftray.assess import assess
 from ftray.assess import summary as assess_summary
-from ftray.data.prepare import DatasetRef, prepare
+from ftray.data.prepare import prepare
 from ftray.errors import UserError
-from ftray.evaluate import EvalRef, evaluate
+from ftray.evaluate.stage import evaluate
 from ftray.progress import Progress
 from ftray.registry import apply_verdict, get_model, register
 from ftray.review.verdict import human_gate
-from ftray.serve import serve_model
+from ftray.serve.stage import serve_model
 from ftray.spec import JobSpec
 from ftray.specload import spec_hash
 from ftray.store import Store
-from ftray.sweep import SweepRef, metric_name, print_leaderboard, sweep
-from ftray.train.ray_train import RunRef, train
+from ftray.sweep import metric_name, print_leaderboard, sweep
+from ftray.train.ray_train import train
 from ftray.train.tracking import log_evaluation, wandb_settings
 
 

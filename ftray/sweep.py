@@ -1,8 +1,10 @@
 """The sweep stage: Ray Tune (ASHA or FIFO) over training trials, each a full Ray Train run.
 
-Input: a dataset. Output: a sweep (`sweeps/<sweep-id>/`): the leaderboard and the winning
-trial's run. Side effects: one W&B run per trial in the group `<sweep-id>`, and a leaderboard
-run there.
+Contract. In: a `DatasetRef` and the job spec (its sweep section and what each trial
+changes). Out: a `SweepRef` to `sweeps/<sweep-id>/`: the Tune experiment (`tune/`), one run
+folder per trial (`trials/<trial-id>/<run-id>/`, each a train stage's artifact), the manifest
+with the leaderboard and the winner, whose `RunRef` is `SweepRef.winner`. Side effects: one
+W&B run per trial, grouped by the sweep id, and a `sweep` run there holding the leaderboard.
 
 A trial's hyperparameters are written into the job spec, which is validated like any other;
 the trial trains into `sweeps/<sweep-id>/trials/<trial-id>/<run-id>/` and reports every
@@ -17,28 +19,19 @@ checkpoint); a finished sweep is reused.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 
-from ftray.data.prepare import DatasetRef
+from ftray.artifacts import DatasetRef, RunRef, SweepRef, reuse
 from ftray.errors import UserError
 from ftray.evaluate.score import Task
 from ftray.progress import Progress
 from ftray.spec import JobSpec, SweepParam
 from ftray.store import Store, content_id
-from ftray.train.ray_train import RunRef, Trial, train
+from ftray.train.ray_train import Trial, train
 from ftray.train.tracking import log_leaderboard, wandb_settings
 
 SWEEP_VERSION = 2  # 2: trials ranked and pruned on the task metric, on the validation split
 # What a trial reports to Tune for each `sweep.metric`.
 REPORTED = {"task": "task_metric", "eval_loss": "eval_loss"}
-
-
-@dataclass(frozen=True)
-class SweepRef:
-    sweep_id: str
-    winner: RunRef
-    leaderboard: list[dict]
-    reused: bool
 
 
 def with_params(spec: JobSpec, params: dict) -> JobSpec:
@@ -67,9 +60,10 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
         probe or {},
         SWEEP_VERSION,
     )
-    if store.is_complete("sweeps", sweep_id):
-        manifest = store.manifest("sweeps", sweep_id)
-        return SweepRef(sweep_id, _winner(store, manifest), manifest["leaderboard"], True)
+    if (manifest := reuse(store, "sweeps", sweep_id)) is not None:
+        return SweepRef(
+            sweep_id, store.uri("sweeps", sweep_id), manifest, True, _winner(store, manifest)
+        )
 
     from ray import tune
 
@@ -132,7 +126,9 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
         log_leaderboard(
             wandb_settings(spec.wandb, spec.project, sweep_id, folder, group=sweep_id), manifest
         )
-    return SweepRef(sweep_id, _winner(store, manifest), leaderboard, False)
+    return SweepRef(
+        sweep_id, store.uri("sweeps", sweep_id), manifest, False, _winner(store, manifest)
+    )
 
 
 def metric_name(spec: JobSpec) -> str:
@@ -295,8 +291,8 @@ def _best(history, column: str, mode: str) -> float | None:
 
 
 def _winner(store: Store, manifest: dict) -> RunRef:
-    run = store.manifest(*manifest["winner"]["run_folder"])
-    return RunRef(run["run_id"], run["weights_uri"], run["kind"], run, True)
+    folder = manifest["winner"]["run_folder"]
+    return RunRef(folder[-1], store.uri(*folder), store.manifest(*folder), True)
 
 
 def _short(value) -> str:

@@ -1,5 +1,11 @@
 """The prepare stage on Ray Data: sources → checked, deduplicated, split, tokenized parquet.
 
+Contract. In: the source files `data` names and the model's tokenizer (no other artifact).
+Out: a `DatasetRef` to `datasets/<dataset-id>/`: one parquet folder per split (`SPLITS`),
+`report.json` and the manifest (sources' hashes, per-file accounts, counts, token stats).
+Side effects: a GGUF base is converted once into the store's model cache; abandoned attempt
+folders of the same dataset are removed.
+
   read (one task per file) → CheckRecords actors (normalise, contract, toxicity, PII,
   tokenize, fingerprint) → exact and near-duplicate groupbys → held-out splits → parquet
 
@@ -20,8 +26,9 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
+from ftray.artifacts import DatasetRef, reuse
 from ftray.data.checks import load_word_list
 from ftray.data.dedup import find_duplicates
 from ftray.data.records import BLANK, CheckRecords
@@ -43,16 +50,6 @@ EXAMPLE_COLUMNS += ["num_tokens"]
 QUARANTINE_COLUMNS = ["source", "row", "prompt", "completion", "fields", "raw", "rule", "reason"]
 _ATTEMPT = ".attempt-"  # `<dataset_id>.attempt-<hex>`: an attempt being written
 _STALE_ATTEMPT_S = 24 * 3600  # an attempt folder untouched this long was abandoned
-
-
-@dataclass(frozen=True)
-class DatasetRef:
-    """A finished dataset artifact."""
-
-    dataset_id: str
-    uri: str
-    manifest: dict
-    reused: bool
 
 
 def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) -> DatasetRef:
@@ -77,7 +74,9 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
     dataset_id = content_id(
         "ds", digests, data.model_dump(mode="json"), model.model_dump(mode="json"), PREPARE_VERSION
     )
-    if not store.is_complete("datasets", dataset_id):
+    manifest = reuse(store, "datasets", dataset_id)
+    reused = manifest is not None
+    if not reused:
         _clear_incomplete(store, dataset_id)
         attempt = f"{dataset_id}{_ATTEMPT}{uuid.uuid4().hex[:8]}"
         try:
@@ -87,9 +86,6 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
                 store.fs.rm(store.path("datasets", attempt), recursive=True)
             raise
         manifest = _publish(store, attempt, dataset_id, {"dataset_id": dataset_id, **manifest})
-        reused = False
-    else:
-        manifest, reused = store.manifest("datasets", dataset_id), True
     _require_training_records(manifest)
     return DatasetRef(dataset_id, store.uri("datasets", dataset_id), manifest, reused)
 

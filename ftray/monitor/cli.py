@@ -43,7 +43,7 @@ def add_monitor_parsers(verbs, job_args) -> None:
 
 
 def _monitor(args: argparse.Namespace) -> int:
-    from ftray.monitor import monitor
+    from ftray.monitor.stage import monitor
     from ftray.progress import Progress
     from ftray.runtime import ray_session
     from ftray.specload import load_spec

@@ -1,6 +1,11 @@
 """Human review's place in the gate: results so far, and the decision that settles a gate
 waiting for ratings.
 
+Contract (the review stage, `ftray review`). In: an `EvalRef`'s folder (`evals/<eval-id>/`:
+its pairs and gate) and the ratings under its `reviews/pairwise/`, written by the review app.
+Out: `reviews/decision.json` (the gate settled with the ratings) and the review report. Side
+effects: the verdict recorded in the registry (promote or reject the candidate), once.
+
 With `eval.gate.min_human_win_rate` set, `ftray eval` applies every automatic rule and, when
 they all pass, leaves the candidate pending (`gate["pending"]`, registry stage `candidate`).
 `decide` applies the same gate again with the ratings; once `min_human_ratings` are in it

@@ -1,9 +1,12 @@
 """The train stage: `train_loop` on Ray Train workers, data streamed as Ray Data shards.
 
-Input: a dataset (its train and validation splits; never its eval split, the test set).
-Output: a run (`runs/<run-id>/`, or a sweep trial's folder): the best checkpoint's adapter
-or consolidated model, chosen on the validation split, and a manifest with the loss and
-validation histories. Side effects: Ray Train checkpoints beside it, a W&B run.
+Contract. In: a `DatasetRef` (its train and validation splits; never its eval split, the
+test set) and the job's model, train and wandb sections (a sweep adds a `Trial`). Out: a
+`RunRef` to `runs/<run-id>/` (or a sweep's trial folder): Ray Train's checkpoints,
+`config.json`, the weights of the checkpoint chosen on the validation split (an adapter or a
+full model, `weights_uri`) and the manifest with the loss, validation and task-probe
+histories. Side effects: a W&B run (offline without a key; its files in the run folder on
+local storage); an unfinished run with the same id is resumed, not restarted.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ftray.data.prepare import DatasetRef
+from ftray.artifacts import DatasetRef, RunRef, reuse
 from ftray.errors import UserError
 from ftray.models import resolve_model
 from ftray.progress import Progress
@@ -26,21 +29,6 @@ from ftray.train.methods import consolidate
 from ftray.train.tracking import wandb_settings
 
 TRAIN_VERSION = 3  # 3: checkpoints chosen on the validation split
-
-
-@dataclass(frozen=True)
-class RunRef:
-    """A finished training run: its weights (an adapter, or a full model) and metrics."""
-
-    run_id: str
-    weights_uri: str
-    kind: str  # "adapter" (lora, qlora) or "model" (full)
-    manifest: dict
-    reused: bool
-
-    @property
-    def adapter_uri(self) -> str | None:
-        return self.weights_uri if self.kind == "adapter" else None
 
 
 @dataclass(frozen=True)
@@ -92,9 +80,8 @@ def train(
         record or {},
         (trial.probe if trial else None) or {},
     )
-    if store.is_complete(*folder, run_id):
-        manifest = store.manifest(*folder, run_id)
-        return RunRef(run_id, manifest["weights_uri"], manifest["kind"], manifest, True)
+    if (manifest := reuse(store, *folder, run_id)) is not None:
+        return RunRef(run_id, store.uri(*folder, run_id), manifest, True)
 
     config = _loop_config(spec, model, dataset, store, (*folder, run_id), wandb, project, trial)
     store.write_json(config.model_dump(mode="json"), *folder, run_id, "config.json")
@@ -247,7 +234,7 @@ def _finish(result, config: LoopConfig, dataset, store: Store, run, record) -> R
         },
         *run,
     )
-    return RunRef(run[-1], weights_uri, kind, manifest, False)
+    return RunRef(run[-1], store.uri(*run), manifest, False)
 
 
 def _consolidate(checkpoint, model_dir: str, store: Store, run: tuple[str, ...]) -> str:

@@ -307,7 +307,7 @@ def _stored_eval(tmp_path, table, results, task, spec: EvalSpec) -> Store:
 
 
 def test_a_changed_gate_is_reapplied_to_the_stored_evaluation(tmp_path):
-    from ftray.evaluate import regate
+    from ftray.evaluate.stage import regate
     from ftray.spec import GateSpec
 
     spec = EvalSpec()
@@ -338,7 +338,7 @@ def test_a_changed_gate_is_reapplied_to_the_stored_evaluation(tmp_path):
 
 
 def test_the_forgetting_probe_is_reported_and_gated_on_its_ratio(tmp_path):
-    from ftray.evaluate import regate
+    from ftray.evaluate.stage import regate
     from ftray.spec import GateSpec
 
     answers = _answers(candidate_right=50).assign(

@@ -222,7 +222,7 @@ def test_retrain_without_corrections_says_how_to_get_them(store, tmp_path):
 
 
 def test_monitor_skips_counts_and_reports_unreadable_sample_files(store, tmp_path, capsys):
-    from ftray.monitor import load_samples, monitor
+    from ftray.monitor.stage import load_samples, monitor
 
     asyncio.run(_write_samples(store, 4))
     day = store.list_dirs("monitor", "samples")[0]

@@ -149,7 +149,7 @@ def test_ids_from_the_command_line_cannot_leave_the_models_folder(store):
 
 
 def test_serving_a_rejected_or_forced_model_warns(store, tmp_path):
-    from ftray.serve import rejection_warnings
+    from ftray.serve.stage import rejection_warnings
 
     good = _register(store, tmp_path, "good")
     bad = _register(store, tmp_path, "bad", passed=False)

@@ -8,15 +8,13 @@ import json
 import pytest
 
 from ftray import registry
+from ftray.artifacts import DatasetRef, EvalRef, RunRef
 from ftray.cli import main
-from ftray.data.prepare import DatasetRef
-from ftray.evaluate import EvalRef
 from ftray.pipeline import Pipeline
 from ftray.progress import Progress
 from ftray.review.ratings import RatingLog, candidate_side, load_pairs
 from ftray.specload import load_spec
 from ftray.store import Store
-from ftray.train.ray_train import RunRef
 from tests.unit.review_eval import write_eval, write_job
 
 GATE = {"min_human_win_rate": 0.6, "min_human_ratings": 4}
@@ -31,10 +29,11 @@ def _decide(job: str, eval_id: str, tmp_path) -> dict:
     weights.mkdir(exist_ok=True)
     (weights / "adapter_config.json").write_text("{}")
     manifest = pipeline.store.manifest("evals", eval_id)
+    run = {"weights_uri": str(weights), "kind": "adapter"}
     pipeline.__dict__.update(
         dataset=DatasetRef("ds-1", str(tmp_path), {}, True),
-        run=RunRef(manifest["run_id"], str(weights), "adapter", {}, True),
-        evaluation=EvalRef(eval_id, manifest, True),
+        run=RunRef(manifest["run_id"], str(tmp_path), run, True),
+        evaluation=EvalRef(eval_id, str(tmp_path), manifest, True),
     )
     return pipeline.decide()
 

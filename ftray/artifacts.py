@@ -1,0 +1,124 @@
+"""What a stage returns: a reference to the artifact it wrote (or found) under the store.
+
+Every stage returns an `ArtifactRef`: the artifact's `id`, the `uri` of its folder, its
+`manifest` (what `manifest.json` holds) and whether it was `reused` (finished before, with
+the same inputs, so nothing ran). The subclasses only name the id the way users read it
+(`dataset_id`, `run_id`, ...) and read what callers need out of the manifest; they live here,
+not in the stages, so a stage that takes another stage's artifact (evaluate takes a run)
+imports this module, not that stage and everything it loads (Ray Train, Ray Tune).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftray.store import Store
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """A finished artifact: its id, the URI where it lives, its manifest, and whether it was
+    reused."""
+
+    id: str
+    uri: str
+    manifest: dict
+    reused: bool
+
+
+def reuse(store: Store, *folder: str) -> dict | None:
+    """The manifest of the finished artifact in `folder`, or None when it has not finished
+    (a stage then builds it; the manifest is written last, so its presence means complete)."""
+    return store.manifest(*folder) if store.is_complete(*folder) else None
+
+
+@dataclass(frozen=True)
+class DatasetRef(ArtifactRef):
+    """A prepared dataset (`datasets/<dataset-id>/`): train, eval and quarantine parquet."""
+
+    @property
+    def dataset_id(self) -> str:
+        return self.id
+
+
+@dataclass(frozen=True)
+class AssessRef(ArtifactRef):
+    """An assessment (`assessments/<assess-id>/`): the verdict on fine-tuning and its costs."""
+
+    @property
+    def assess_id(self) -> str:
+        return self.id
+
+    @property
+    def decision(self) -> str:
+        return self.manifest["decision"]
+
+
+@dataclass(frozen=True)
+class RunRef(ArtifactRef):
+    """A finished training run: its weights (an adapter, or a full model) and metrics."""
+
+    @property
+    def run_id(self) -> str:
+        return self.id
+
+    @property
+    def weights_uri(self) -> str:
+        return self.manifest["weights_uri"]
+
+    @property
+    def kind(self) -> str:
+        """ "adapter" (lora, qlora) or "model" (full)."""
+        return self.manifest["kind"]
+
+    @property
+    def adapter_uri(self) -> str | None:
+        return self.weights_uri if self.kind == "adapter" else None
+
+
+@dataclass(frozen=True)
+class SweepRef(ArtifactRef):
+    """A finished sweep (`sweeps/<sweep-id>/`): its leaderboard and the winning trial's run."""
+
+    winner: RunRef
+
+    @property
+    def sweep_id(self) -> str:
+        return self.id
+
+    @property
+    def leaderboard(self) -> list[dict]:
+        return self.manifest["leaderboard"]
+
+
+@dataclass(frozen=True)
+class EvalRef(ArtifactRef):
+    """A finished evaluation; `manifest` holds metrics, comparison and the gate's verdict.
+    `regated`: a reused evaluation judged again by a changed `eval.gate`."""
+
+    regated: bool = False
+
+    @property
+    def eval_id(self) -> str:
+        return self.id
+
+    @property
+    def metrics(self) -> dict:
+        return self.manifest["metrics"]
+
+    @property
+    def gate(self) -> dict:
+        return self.manifest["gate"]
+
+
+@dataclass(frozen=True)
+class MonitorRef(ArtifactRef):
+    """One monitoring run (`monitor/checks/<sequence>.json`): its checks and their alerts."""
+
+    @property
+    def checks(self) -> list[dict]:
+        return self.manifest["checks"]
+
+    @property
+    def alerts(self) -> list[dict]:
+        return [check for check in self.checks if check["alert"]]

@@ -1,0 +1,213 @@
+"""The evaluate stage: the candidate vs the incumbent on held-out examples, with Ray Data.
+
+Contract. In: a `DatasetRef` (its eval split), the candidate's `RunRef`, the incumbent
+(`eval.incumbent`: a registry model, or the base model) and the job's eval section. Out: an
+`EvalRef` to `evals/<eval-id>/`: per-example `outputs/`, `report.md`, `report.html` and the
+manifest (metrics, comparison, the gate's verdict). Side effects: none on the registry (the
+pipeline applies the verdict); a changed gate rewrites a stored evaluation's verdict and
+reports (`regate`).
+
+Both arms answer the same examples (greedy, recorded decoding settings); each answer is
+scored per example, the arms are compared with paired bootstrap intervals (and McNemar's
+test for right/wrong answers), the spec's gate gives its verdict, and `report.md` /
+`report.html` show it all. The verdict is applied to the registry by the pipeline.
+
+Beside the task, a forgetting probe: every model's perplexity on a general-text sample shipped
+with ftray (`general/general.txt`), the candidate's as a ratio to the base model's.
+
+The evaluation's id leaves the gate out: changing only `eval.gate` re-applies the new rules
+to the stored comparison (no generation) and rewrites the verdict and the reports.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ftray.artifacts import DatasetRef, EvalRef, RunRef, reuse
+from ftray.errors import UserError
+from ftray.evaluate.gate import apply_gate
+from ftray.evaluate.generate import generate
+from ftray.evaluate.score import ARMS, Task, judge
+from ftray.models import resolve_model
+from ftray.progress import Progress
+from ftray.registry import get_model, production
+from ftray.spec import DataSpec, EvalSpec, ModelSpec
+from ftray.store import Store, content_id
+
+EVAL_VERSION = 4
+GENERAL_TEXT = Path(__file__).with_name("general") / "general.txt"
+
+
+def evaluate(
+    spec: EvalSpec,
+    model: ModelSpec,
+    data: DataSpec,
+    dataset: DatasetRef,
+    run: RunRef,
+    store: Store,
+    progress: Progress,
+) -> EvalRef:
+    """Generate with the candidate and the incumbent, score, compare, apply the gate."""
+    task = Task.of(spec, data)
+    eval_id = content_id(
+        "eval",
+        run.run_id,
+        dataset.dataset_id,
+        spec.model_dump(mode="json", exclude={"gate"}),
+        [task.name, task.labels, task.schema],
+        EVAL_VERSION,
+    )
+    if reuse(store, "evals", eval_id) is not None:
+        return regate(store, eval_id, spec)
+
+    import ray.data
+
+    incumbent, incumbent_arm = _incumbent(spec.incumbent, model, run, store)
+    candidate_arm = {"kind": run.kind, "uri": run.weights_uri}
+    progress.note(f"candidate {run.run_id} vs incumbent {incumbent['label']}")
+    examples = _examples(dataset, spec.max_examples)
+    options = {
+        "model_dir": resolve_model(model, store),
+        "dtype": model.dtype,
+        "max_new_tokens": spec.max_new_tokens,
+        "batch_size": spec.batch_size,
+        "num_workers": spec.num_workers,
+        "cpus_per_worker": spec.cpus_per_worker,
+    }
+    arms = {"candidate": candidate_arm, "incumbent": incumbent_arm}
+    progress.note(f"generating for {len(examples)} held-out examples with both arms")
+    answered = generate(
+        ray.data.from_pandas(examples),
+        arms,
+        **options,
+        probe_text=GENERAL_TEXT.read_text(encoding="utf-8"),
+    )
+    if "bertscore" in task.groups:
+        from ftray.evaluate.bertscore import add_bertscore
+
+        answered = add_bertscore(answered, list(ARMS), num_cpus=spec.cpus_per_worker)
+    sampled = None
+    if "consistency" in task.groups:
+        progress.note(
+            f"sampling {spec.consistency_samples} answers for {spec.consistency_examples} "
+            "examples per arm (consistency)"
+        )
+        sampled = generate(
+            ray.data.from_pandas(examples.head(spec.consistency_examples)),
+            arms,
+            **options,
+            temperature=spec.consistency_temperature,
+            samples=spec.consistency_samples,
+            seed=spec.seed,
+        ).to_pandas()
+    table, results = judge(answered.to_pandas(), sampled, task, spec)
+    manifest = {
+        "eval_id": eval_id,
+        "run_id": run.run_id,
+        "dataset_id": dataset.dataset_id,
+        "spec": spec.model_dump(mode="json"),
+        "incumbent": incumbent,
+        # what the report needs to be rendered again later (with human review results)
+        "task": {
+            "name": task.name,
+            "groups": task.groups,
+            "primary": task.primary,
+            "labels": task.labels,
+            "schema": task.schema,
+            "threshold": task.threshold,
+        },
+        "decoding": {
+            "do_sample": False,
+            "max_new_tokens": spec.max_new_tokens,
+            "batch_size": spec.batch_size,
+            "dtype": model.dtype,
+            "consistency": {
+                "temperature": spec.consistency_temperature,
+                "samples": spec.consistency_samples,
+                "examples": spec.consistency_examples,
+                "seed": spec.seed,
+            },
+        },
+        **results,
+    }
+    _write_outputs(table, store, eval_id)
+    from ftray.evaluate.report import write_report
+
+    write_report(manifest, table, task, store, eval_id, worst=spec.worst_examples)
+    manifest = store.finish(manifest, "evals", eval_id)
+    return EvalRef(eval_id, store.uri("evals", eval_id), manifest, False)
+
+
+def regate(store: Store, eval_id: str, spec: EvalSpec) -> EvalRef:
+    """A stored evaluation with `spec.gate` applied to its comparison: when the gate differs
+    from the one it was judged by, the manifest's gate and both reports are rewritten."""
+    from ftray.evaluate.report import rewrite_report
+
+    manifest = store.manifest("evals", eval_id)
+    gate_spec = spec.gate.model_dump(mode="json")
+    if manifest["spec"]["gate"] == gate_spec:
+        return EvalRef(eval_id, store.uri("evals", eval_id), manifest, True)
+    metrics = manifest["metrics"]
+    gate = apply_gate(
+        spec.gate,
+        metrics["primary_metric"],
+        manifest["comparison"],
+        general_ppl=metrics.get("general_ppl"),
+    )
+    manifest = {
+        **manifest,
+        "spec": {**manifest["spec"], "gate": gate_spec},
+        "gate": gate,
+        "regated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    store.finish(manifest, "evals", eval_id)
+    rewrite_report(store, eval_id)
+    return EvalRef(eval_id, store.uri("evals", eval_id), manifest, True, regated=True)
+
+
+def _examples(dataset: DatasetRef, limit: int):
+    """The first `limit` held-out examples in a fixed order (source, row)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(
+        f"{dataset.uri}/eval", columns=["source", "row", "prompt", "completion", "messages"]
+    ).to_pandas()
+    return table.sort_values(["source", "row"]).head(limit).reset_index(drop=True)
+
+
+def _incumbent(setting: str, model: ModelSpec, run: RunRef, store: Store) -> tuple[dict, dict]:
+    """(what the manifest records, the generation arm) for eval.incumbent."""
+    model_id = setting if setting.startswith("model-") else None
+    if setting in ("auto", "production"):
+        model_id = production(store)
+        if model_id is None and setting == "production":
+            raise UserError(
+                "eval.incumbent is 'production' but no model has been promoted yet in "
+                f"{store.uri('models')}; use 'base' (or 'auto') for the first model."
+            )
+    card = get_model(store, model_id) if model_id else None
+    if card is not None and card["run_id"] == run.run_id:
+        card = None  # the candidate is production already: compare with the base model
+    if card is None:
+        return {"kind": "base", "model_id": None, "label": f"base model {model.base}"}, {
+            "kind": "base"
+        }
+    if card["base_model"] != model.base:
+        raise UserError(
+            f"incumbent {card['model_id']} was tuned from {card['base_model']!r}, not "
+            f"model.base {model.base!r}; set eval.incumbent to 'base' or to a model id "
+            "trained from the same base."
+        )
+    kind = card["kind"]
+    record = {"kind": kind, "model_id": card["model_id"], "label": card["model_id"]}
+    return record, {"kind": kind, "uri": card[f"{kind}_uri"]}
+
+
+def _write_outputs(table, store: Store, eval_id: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), buffer)
+    store.write_bytes(buffer.getvalue().to_pybytes(), "evals", eval_id, "outputs", "part-0.parquet")

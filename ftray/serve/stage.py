@@ -1,0 +1,125 @@
+"""The serve stage: the Ray Serve app in `ftray.serve.app`, started and checked from the CLI.
+
+Contract. In: the registry (`models/`: model cards, the production model) and the base model.
+Out: no artifact; the example request's answer. Side effects: a Ray Serve app named "ftray"
+on `serve.host:serve.port` (shut down afterwards unless kept serving); while it runs, the app
+writes sampled requests to `monitor/samples/` and users' feedback to `monitor/feedback/`.
+
+`ftray serve` (and the end of `ftray run`) deploys the app on the connected Ray cluster,
+waits until it is ready, sends `serve.example_prompt` to one model and prints the answer.
+With `--keep-serving` it serves until Ctrl-C or SIGTERM, then shuts the app down; clusters
+run the app from a Serve config instead (`cluster/kuberay/rayservice.yaml`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from ftray.errors import UserError
+from ftray.models import resolve_model
+from ftray.progress import Progress
+from ftray.spec import JobSpec
+from ftray.store import Store
+
+
+def serve_registry(
+    spec: JobSpec, progress: Progress, model: str | None, keep_serving: bool = False
+) -> str:
+    """Serve the job's registry; the example request goes to `model`, else the production
+    model, else the base model."""
+    from ftray.registry import production
+
+    store = Store(spec.storage, spec.project)
+    target = model or ("production" if production(store) else "base")
+    with progress.stage("serve"):
+        for warning in rejection_warnings(store, target):
+            progress.note(warning)
+        return serve_model(spec, store, target, progress, keep_serving)
+
+
+def rejection_warnings(store: Store, model: str) -> list[str]:
+    """Warnings for serving a model the gate or the registry did not approve. It is served all
+    the same: someone named it, or forced it into production."""
+    from ftray.registry import get_model, production
+
+    model_id = model.rsplit(":", 1)[-1]
+    if model_id == "production":
+        model_id = production(store) or "base"
+    if model_id == "base":
+        return []
+    card = get_model(store, model_id)  # a clear error when there is no such model
+    gate = card.get("gate") or {}
+    reasons = ["the registry rejected it"] if card["stage"] == "rejected" else []
+    if gate and not gate.get("passed", True):
+        failed = [rule["rule"] for rule in gate.get("rules", []) if rule.get("passed") is False]
+        reasons.append("its gate failed" + (f" ({'; '.join(failed)})" if failed else ""))
+    if not reasons:
+        return []
+    return [
+        f"warning: serving {model_id} although {' and '.join(reasons)}; "
+        f"`ftray models show JOB.yaml {model_id}` has its evaluation"
+    ]
+
+
+def serve_model(
+    spec: JobSpec, store: Store, model_id: str, progress: Progress, keep_serving: bool = False
+) -> str:
+    """Deploy the app, answer `serve.example_prompt` through `model_id`, return the answer.
+
+    Shuts the app down afterwards unless `keep_serving`, in which case it serves until Ctrl-C.
+    """
+    import httpx
+    from ray import serve
+
+    from ftray.serve.app import deployment_for
+
+    env, headers = {}, {}
+    if spec.serve.api_key_env:
+        key = os.environ.get(spec.serve.api_key_env)
+        if not key:
+            raise UserError(
+                f"serve.api_key_env is {spec.serve.api_key_env!r}: export that variable with "
+                "the API token first (clients send it as `Authorization: Bearer …`)."
+            )
+        env, headers = {spec.serve.api_key_env: key}, {"Authorization": f"Bearer {key}"}
+    host = "127.0.0.1" if spec.serve.host in ("0.0.0.0", "::") else spec.serve.host
+    url = f"http://{host}:{spec.serve.port}"
+    serve.start(http_options={"host": spec.serve.host, "port": spec.serve.port})
+    try:
+        serve.run(
+            deployment_for(spec, store, resolve_model(spec.model, store), env),
+            name="ftray",
+            route_prefix="/",
+        )
+        ready = httpx.get(f"{url}/ready", timeout=60).json()
+        memory = ready["memory"]
+        progress.note(
+            f"replica ready: base model {memory['base_bytes'] / 2**20:.1f} MiB "
+            f"(quantization: {memory['quantization']})"
+        )
+        progress.artifact("OpenAI-compatible API", f"{url}/v1")
+        request = {
+            "model": model_id,
+            "messages": [{"role": "user", "content": spec.serve.example_prompt}],
+        }
+        response = httpx.post(
+            f"{url}/v1/chat/completions", json=request, headers=headers, timeout=600
+        )
+        if response.status_code != 200:
+            raise UserError(f"the served model answered {response.status_code}: {response.text}")
+        answer = response.json()["choices"][0]["message"]["content"]
+        progress.note(f"request: {spec.serve.example_prompt!r}")
+        progress.note(f"answer from {model_id}: {answer!r}")
+        if keep_serving:
+            progress.note(f"serving at {url}/v1 until Ctrl-C")
+            signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                progress.note("stopping")
+        return answer
+    finally:
+        serve.shutdown()
