@@ -103,7 +103,8 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
                 name="tune", storage_path=store.uri("sweeps", sweep_id), verbose=0
             ),
         )
-    results = tuner.fit()
+    grid = tuner.fit()
+    results = [grid[i] for i in range(len(grid))]
     leaderboard = rank(_leaderboard(results, rules), rules.resolved_mode)
     finished = [row for row in leaderboard if row["run_id"]]
     if not finished:
@@ -142,6 +143,8 @@ def metric_name(spec: JobSpec) -> str:
 
 
 def print_leaderboard(leaderboard: list[dict], metric: str, progress: Progress) -> None:
+    """One line per trial, best first: its ranking metric, validation loss, steps, status
+    and values."""
     progress.note(f"ranked by {metric}")
     for rank_, row in enumerate(leaderboard, 1):
         params = ", ".join(
@@ -227,10 +230,10 @@ def _trial_dirname(trial) -> str:
 def _domain(param: SweepParam):
     from ray import tune
 
-    if param.type == "grid":
-        return tune.grid_search(param.values)
-    if param.type == "choice":
-        return tune.choice(param.values)
+    if param.type in ("grid", "choice"):
+        assert param.values  # SweepParam requires them
+        return (tune.grid_search if param.type == "grid" else tune.choice)(param.values)
+    assert param.low is not None and param.high is not None  # SweepParam requires them
     if param.type == "randint":
         return tune.randint(int(param.low), int(param.high))
     return getattr(tune, param.type)(param.low, param.high)

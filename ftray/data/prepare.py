@@ -27,6 +27,7 @@ import hashlib
 import time
 import uuid
 from dataclasses import asdict
+from typing import Any
 
 from ftray.artifacts import DatasetRef, reuse
 from ftray.data.checks import load_word_list
@@ -86,6 +87,7 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
                 store.fs.rm(store.path("datasets", attempt), recursive=True)
             raise
         manifest = _publish(store, attempt, dataset_id, {"dataset_id": dataset_id, **manifest})
+    assert manifest is not None
     _require_training_records(manifest)
     return DatasetRef(dataset_id, store.uri("datasets", dataset_id), manifest, reused)
 
@@ -277,7 +279,8 @@ def _assign(batch, drops: dict, carved: dict[int, str]):
 
 def _counts(table) -> dict:
     by_split = table["split"].value_counts().to_dict()
-    counts = {"read": len(table), **{s: int(by_split.get(s, 0)) for s in (*SPLITS, BLANK)}}
+    counts: dict[str, Any] = {"read": len(table)}
+    counts.update({split: int(by_split.get(split, 0)) for split in (*SPLITS, BLANK)})
     counts["input"] = counts["read"] - counts[BLANK]  # records: lines that are not blank
     rules = table.loc[table["split"] == "quarantine", "rule"].value_counts().to_dict()
     counts["quarantine_by_rule"] = {rule: int(n) for rule, n in sorted(rules.items())}

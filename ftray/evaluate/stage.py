@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from ftray.artifacts import DatasetRef, EvalRef, RunRef, reuse
 from ftray.errors import UserError
@@ -67,7 +68,7 @@ def evaluate(
     candidate_arm = {"kind": run.kind, "uri": run.weights_uri}
     progress.note(f"candidate {run.run_id} vs incumbent {incumbent['label']}")
     examples = _examples(dataset, spec.max_examples)
-    options = {
+    options: dict[str, Any] = {
         "model_dir": resolve_model(model, store),
         "dtype": model.dtype,
         "max_new_tokens": spec.max_new_tokens,

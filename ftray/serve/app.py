@@ -75,8 +75,8 @@ def _replica_grpc_on_loopback() -> None:
 class ChatModel:
     """One base model per replica; registry models on top, chosen per request."""
 
-    def __init__(self, config: dict):
-        self.config = config = ReplicaConfig.model_validate(config)
+    def __init__(self, raw: dict):
+        self.config = config = ReplicaConfig.model_validate(raw)
         self.store = Store(config.storage, config.project)
         _replica_grpc_on_loopback()
         self.guard = Guard(config.serve)
@@ -93,8 +93,9 @@ class ChatModel:
         self.lock = ModelLock()
         self.adapters = Adapters(self.store, self.engine, self.lock, config)
         self._streams: set[asyncio.Task] = set()  # running streams, referenced until done
-        self.generate_batch.set_max_batch_size(config.serve.max_batch_size)
-        self.generate_batch.set_batch_wait_timeout_s(config.serve.batch_wait_timeout_s)
+        # `@serve.batch` adds these setters to the method
+        self.generate_batch.set_max_batch_size(config.serve.max_batch_size)  # type: ignore[attr-defined]
+        self.generate_batch.set_batch_wait_timeout_s(config.serve.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     async def __del__(self):
         """Serve calls this before stopping the replica: write the buffered samples."""
@@ -308,7 +309,7 @@ def deployment_for(spec, store: Store, model_dir: str, env: dict | None = None):
     actor = {"num_cpus": serving.cpus_per_replica, "num_gpus": serving.gpus_per_replica}
     if env:
         actor["runtime_env"] = {"env_vars": env}
-    return ChatModel.options(
+    return ChatModel.options(  # type: ignore[attr-defined]  # `@serve.deployment` made it one
         ray_actor_options=actor,
         max_ongoing_requests=max(32, 4 * serving.max_batch_size),
         **scaling,

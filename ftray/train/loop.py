@@ -184,6 +184,7 @@ class _Probe:
     def __init__(self, config: LoopConfig):
         from ftray.models import load_tokenizer
 
+        assert config.probe is not None
         self.settings = config.probe
         self.tokenizer = load_tokenizer(config.model_dir)
         self.synced = config.train.method == "full" and config.train.deepspeed.stage == 3
@@ -204,11 +205,13 @@ def _evaluate_and_save(
     eval_loss = evaluate_loss(engine.model, ctx, spec.per_worker_batch, pack)
     state.record_eval(eval_loss, spec.early_stopping)
     state.last_checkpoint_step = state.step
-    logged, said = {"validation/loss": eval_loss}, ""
-    metrics = {
+    logged: dict[str, float | None] = {"validation/loss": eval_loss}
+    said = ""
+    reported_loss = eval_loss if math.isfinite(eval_loss) else 1e30
+    metrics: dict[str, float | int | None] = {
         "step": state.step,
         "epoch": state.epoch,
-        "eval_loss": eval_loss if math.isfinite(eval_loss) else 1e30,
+        "eval_loss": reported_loss,
         "loss": state.loss_history[-1][1] if state.loss_history else None,
     }
     if probe:
@@ -216,9 +219,10 @@ def _evaluate_and_save(
         state.record_task(score)
         logged[f"validation/{probe.metric}"] = score
         said = f", {probe.metric} {score}"
-        metrics["task_metric"] = 0.0 if score is None else score  # nothing to count: worst
+        task_metric = 0.0 if score is None else score  # nothing to count: worst
+        metrics["task_metric"] = task_metric
         # what ranks checkpoints: the task metric (5 decimals), ties to the lower loss
-        metrics["selection_score"] = metrics["task_metric"] - metrics["eval_loss"] * 1e-9
+        metrics["selection_score"] = task_metric - reported_loss * 1e-9
     tracker.log(logged, state.step)
     if ctx.rank == 0:
         note = "  (stopping early: no improvement)" if state.stopped_early else ""

@@ -87,7 +87,7 @@ class AdapterEngine:
 
     @property
     def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
+        return float(self.scheduler.get_last_lr()[0])
 
     def save(self, folder: str, rank: int) -> bool:
         """Write this rank's part of a checkpoint; True if it wrote anything (rank 0 only)."""
@@ -200,6 +200,7 @@ def lr_schedule(total: float, warmup_ratio: float):
 
 
 def count_params(model) -> int:
+    """The model's parameters, trainable or not."""
     return sum(p.numel() for p in model.parameters())
 
 

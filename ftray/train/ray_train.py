@@ -160,7 +160,7 @@ def _trainer(config: LoopConfig, dataset: DatasetRef, store: Store, folder, tria
     spec = config.train
     attribute, order = config.score_attribute
     return TorchTrainer(
-        _ray_worker,
+        _ray_worker,  # type: ignore[arg-type]  # typed as returning None; Ray keeps the value
         train_loop_config=config.model_dump(mode="json"),
         scaling_config=ScalingConfig(
             num_workers=spec.scaling.num_workers,
@@ -201,8 +201,8 @@ def _finish(result, config: LoopConfig, dataset, store: Store, run, record) -> R
     else:
         kind, weights_uri = "adapter", f"{best.path}/adapter"
     history = final.get("loss_history", [])
-    metrics = ("step", "epoch", "loss", "eval_loss", "best_eval_loss", "best_step")
-    metrics += ("best_task_metric", "best_task_step")
+    metrics = ["step", "epoch", "loss", "eval_loss", "best_eval_loss", "best_step"]
+    metrics += ["best_task_metric", "best_task_step"]
     manifest = store.finish(
         {
             "run_id": run[-1],
@@ -325,4 +325,6 @@ class _RayContext:
 
 
 def _ray_worker(config: dict) -> dict:
+    """The loop on a Ray Train worker; its final metrics reach the driver as the result's
+    `return_value`."""
     return train_loop(LoopConfig.model_validate(config), _RayContext())

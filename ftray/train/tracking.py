@@ -84,7 +84,7 @@ def log_evaluation(settings: dict, manifest: dict, report_html: str | None) -> N
         [name, row["candidate"], row["incumbent"], row["difference"]]
         for name, row in manifest["comparison"].items()
     ]
-    logged = {
+    logged: dict[str, object] = {
         "gate_rules": wandb.Table(columns=["rule", "passed", "skipped", "detail"], data=rules),
         "comparison": wandb.Table(
             columns=["metric", "candidate", "incumbent", "difference"], data=comparison
