@@ -84,3 +84,30 @@ def test_a_task_metric_trials_cannot_compute_is_refused():
     with pytest.raises(UserError) as caught:
         validate_spec(spec)
     assert "sweep.metric" in str(caught.value)
+
+
+def test_the_leaderboard_takes_each_trials_best_over_its_history():
+    """From Tune's results: each trial's best task metric and best loss over every
+    evaluation it reported; the winner is the task metric's, not the loss's."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from ftray.sweep import _leaderboard
+
+    def result(trial: str, task: list[float], loss: list[float]):
+        history = pd.DataFrame({"task_metric": task, "eval_loss": loss})
+        metrics = {"trial_id": trial, "run_id": f"run-{trial}", "step": 6, "run_folder": [trial]}
+        return SimpleNamespace(
+            metrics=metrics, error=None, metrics_dataframe=history, config={}, path=f"/t/{trial}"
+        )
+
+    rules = validate_spec(BASE).sweep
+    results = [
+        result("low-loss", [0.2, 0.35, 0.3], [1.2, 0.8, 0.7]),
+        result("high-f1", [0.4, 0.6, 0.55], [1.3, 1.1, 1.0]),
+    ]
+    board = rank(_leaderboard(results, rules), rules.resolved_mode)
+    assert [r["trial_id"] for r in board] == ["high-f1", "low-loss"]
+    assert (board[0]["metric"], board[0]["eval_loss"]) == (0.6, 1.0)
+    assert (board[1]["metric"], board[1]["eval_loss"]) == (0.35, 0.7)
