@@ -35,8 +35,8 @@ def colors_job(tmp_path_factory):
         "assess": {"enabled": False},
         "train": {
             "method": "lora",
-            "epochs": 1,
-            "max_steps": 40,
+            "epochs": 3,
+            "max_steps": 80,
             "batch_size": 8,
             "lr": 0.02,
             "log_every": 10,

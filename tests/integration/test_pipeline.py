@@ -48,8 +48,9 @@ def test_dataset_accounts_for_every_record(tiny_run):
     manifest = json.loads((dataset / "manifest.json").read_text())
     counts = manifest["counts"]
     assert counts["input"] == 360  # rows of data/banking77/quickstart.csv
-    assert counts["input"] == counts["train"] + counts["eval"] + counts["quarantine"]
-    for split in ("train", "eval", "quarantine"):
+    assert counts["input"] == sum(counts[s] for s in ("train", "validation", "eval", "quarantine"))
+    assert counts["validation"] > 0
+    for split in ("train", "validation", "eval", "quarantine"):
         rows = pq.read_table(dataset / split).num_rows if counts[split] else 0
         assert rows == counts[split], split
     train = pq.read_table(dataset / "train").to_pylist()[0]
