@@ -110,14 +110,7 @@ def evaluate(
         "spec": spec.model_dump(mode="json"),
         "incumbent": incumbent,
         # what the report needs to be rendered again later (with human review results)
-        "task": {
-            "name": task.name,
-            "groups": task.groups,
-            "primary": task.primary,
-            "labels": task.labels,
-            "schema": task.schema,
-            "threshold": task.threshold,
-        },
+        "task": dict(task.__dict__),
         "decoding": {
             "do_sample": False,
             "max_new_tokens": spec.max_new_tokens,
