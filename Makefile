@@ -19,7 +19,7 @@ export DS_ACCELERATOR ?= cpu
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install quickstart test test-fast lint bench bench-train bench-sweep bench-serve clean
+.PHONY: install quickstart test test-slow test-all lint bench bench-train bench-sweep bench-serve clean
 
 install: $(STAMP)
 
@@ -34,11 +34,15 @@ $(STAMP): pyproject.toml
 quickstart: install
 	$(BIN)/ftray run jobs/quickstart.yaml
 
+# make test (what CI runs) leaves out the slow tier: the real SmolLM2 model, minutes per test.
 test: install
-	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
-
-test-fast: install
 	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/pytest -m "slow and not gpu" $(PYTEST_ARGS)
+
+test-all: install
+	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
