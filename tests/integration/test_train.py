@@ -71,7 +71,6 @@ def test_resubmitted_job_resumes_its_run(ray_address, tmp_path):
     assert manifest["metrics"]["step"] == 6
 
 
-@pytest.mark.slow
 def test_full_finetune_with_zero2_on_two_workers(ray_address, tmp_path):
     """DeepSpeed ZeRO-2 over 2 gloo workers; the consolidated model is evaluated."""
     args = ["eval", "jobs/tiny.yaml", "--set", f"storage={tmp_path}"]
