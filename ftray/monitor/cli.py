@@ -43,6 +43,9 @@ def add_monitor_parsers(verbs, job_args) -> None:
 
 
 def _monitor(args: argparse.Namespace) -> int:
+    import time
+
+    from ftray.monitor import trigger
     from ftray.monitor.stage import monitor
     from ftray.progress import Progress
     from ftray.runtime import ray_session
@@ -50,27 +53,45 @@ def _monitor(args: argparse.Namespace) -> int:
     from ftray.store import Store
 
     spec = load_spec(args.job, args.overrides, check_files=False)
+    store = Store(spec.storage, spec.project)
     progress = Progress()
-    with ray_session(spec.ray, args.address), progress.stage("monitor"):
-        ref = monitor(spec, Store(spec.storage, spec.project), progress)
+    with ray_session(spec.ray, args.address):
+        with progress.stage("monitor"):
+            ref = monitor(spec, store, progress)
+        started = time.time()
+        reason = trigger.retrain_reason(spec, store, ref.alerts, started)
+        if reason and not trigger.unused_corrections(store):
+            # the same data again: the same dataset, run and model, judged against itself
+            progress.note(f"retrain due ({reason}) but skipped: no new accepted corrections")
+            trigger.record_retrain(store, started, reason, None)
+        elif reason:
+            progress.note(f"retrain due ({reason}): monitor.retrain starts it")
+            card = _next_version(spec, store, progress)
+            trigger.record_retrain(store, started, reason, card)
+    # The checks decide the exit code; a retrain's verdict is in the registry and its log.
     return exits.monitor_exit(ref.alerts)
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    from ftray.monitor.retrain import retrain_spec
-    from ftray.pipeline import Pipeline
     from ftray.progress import Progress
     from ftray.runtime import ray_session
     from ftray.specload import load_spec
     from ftray.store import Store
 
     spec = load_spec(args.job, args.overrides, check_files=True)
-    progress = Progress()
-    with progress.stage("retrain"):
-        spec = retrain_spec(spec, Store(spec.storage, spec.project), progress)
     with ray_session(spec.ray, args.address):
-        card = Pipeline(spec, progress).decide()
+        card = _next_version(spec, Store(spec.storage, spec.project), Progress())
     return exits.gate_exit(card["gate"])
+
+
+def _next_version(spec, store, progress) -> dict:
+    """`ftray retrain`: the spec with the accepted corrections, trained, evaluated, decided."""
+    from ftray.monitor.retrain import retrain_spec
+    from ftray.pipeline import Pipeline
+
+    with progress.stage("retrain"):
+        spec = retrain_spec(spec, store, progress)
+    return Pipeline(spec, progress).decide()
 
 
 def _feedback(args: argparse.Namespace) -> int:

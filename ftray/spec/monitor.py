@@ -8,6 +8,37 @@ from pydantic import Field
 
 from ftray.spec._base import _Section
 
+# The names of `ftray monitor`'s checks (ftray.monitor.stage reports no other; tested).
+CheckName = Literal[
+    "input_drift_psi",
+    "label_shift_psi",
+    "length_drift_psi",
+    "empty_or_refusal_rate",
+    "schema_compliance",
+    "correction_agreement",
+]
+
+
+class RetrainSpec(_Section):
+    """When `ftray monitor` starts `ftray retrain` by itself (any one trigger is enough)."""
+
+    on_alerts: list[Literal["any"] | CheckName] = Field(
+        default=[],
+        description="Checks whose alert starts a retrain ('any': every check's); [] never.",
+    )
+    min_corrections: int | None = Field(
+        default=None,
+        ge=1,
+        description="Start a retrain once this many accepted corrections are in no dataset "
+        "version yet; unset: never.",
+    )
+    every_hours: float | None = Field(
+        default=None,
+        gt=0,
+        description="Start a retrain when the last one (started by `ftray monitor`) is this old, "
+        "or there was none; unset: never.",
+    )
+
 
 class MonitorSpec(_Section):
     """Post-deployment monitoring: what the Serve app samples, and `ftray monitor`'s checks."""
@@ -82,3 +113,7 @@ class MonitorSpec(_Section):
         "JSON is posted there for each alert); unset: alerts are stored and logged only.",
     )
     alert_examples: int = Field(default=3, ge=0, description="Example requests an alert carries.")
+    retrain: RetrainSpec = Field(
+        default_factory=RetrainSpec,
+        description="Triggers that make `ftray monitor` run `ftray retrain` itself.",
+    )

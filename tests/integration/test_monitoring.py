@@ -2,8 +2,9 @@
 # whose command line contains "monitor.py", Ray's autoscaler monitor, and pytest with it.
 """The loop after deployment, on the session's local Ray: the Serve app samples traffic and
 takes feedback, `ftray monitor` stays quiet on normal traffic and alerts a local webhook
-on drifted traffic, and `ftray retrain` builds the next dataset version from the accepted
-corrections, trains, and lets the gate decide against the production model."""
+on drifted traffic, and, with `monitor.retrain.on_alerts` naming the drift check, starts the
+retrain itself: the next dataset version from the accepted corrections, trained, and decided
+by the gate against the production model; on the next alert, with no new corrections, not."""
 
 from __future__ import annotations
 
@@ -130,11 +131,14 @@ def test_monitor_alerts_on_drift_and_retrain_closes_the_loop(
         ]
         _traffic(url, drifted)
         _wait_written(url, 301)
-        loud = run_cli("monitor", str(path), *MONITOR, check=False, env=monitor_env)
-        assert loud.returncode == 6, loud.stdout + loud.stderr
-        assert "ALERT input_drift_psi" in loud.stdout
     finally:
         _stop(process)
+    datasets_before = {p.name for p in (root / "datasets").iterdir()}
+    on_drift = ["--set", "monitor.retrain.on_alerts=[input_drift_psi]"]
+    loud = run_cli("monitor", str(path), *MONITOR, *on_drift, check=False, env=monitor_env)
+    assert loud.returncode == 6, loud.stdout + loud.stderr
+    assert "ALERT input_drift_psi" in loud.stdout
+    assert "retrain due (alert: input_drift_psi)" in loud.stdout
     alert = next(post for post in received if post["ftray"]["check"] == "input_drift_psi")
     assert alert["text"].startswith("ftray alert [gate] input_drift_psi")
     assert any("weather" in e["prompt"] for e in alert["ftray"]["examples"])
@@ -147,10 +151,11 @@ def test_monitor_alerts_on_drift_and_retrain_closes_the_loop(
         in (root / "monitor" / "metrics.prom").read_text()
     )
 
-    datasets_before = {p.name for p in (root / "datasets").iterdir()}
-    done = run_cli("retrain", str(path), check=False)
-    assert done.returncode in (0, 4), done.stdout + done.stderr  # promoted, or rejected
+    done = loud
     assert "2 accepted correction(s)" in done.stdout
+    (retrain,) = [json.loads(p.read_text()) for p in (root / "monitor" / "retrains").iterdir()]
+    assert retrain["reason"] == "alert: input_drift_psi"
+    assert retrain["outcome"]["stage"] in ("production", "rejected"), retrain
     new = {p.name for p in (root / "datasets").iterdir()} - datasets_before
     assert len(new) == 1
     dataset_id = new.pop()
@@ -168,3 +173,10 @@ def test_monitor_alerts_on_drift_and_retrain_closes_the_loop(
         (root / "evals" / evaluation.rsplit("/", 1)[-1] / "manifest.json").read_text()
     )
     assert compared["incumbent"]["model_id"] == production
+
+    # a second alert, no new corrections: nothing new to learn, so no retrain
+    calm = run_cli("monitor", str(path), *MONITOR, *on_drift, check=False, env=monitor_env)
+    assert "retrain due (alert: input_drift_psi) but skipped: no new accepted corrections" in (
+        calm.stdout
+    ), calm.stdout
+    assert {p.name for p in (root / "datasets").iterdir()} - datasets_before == {dataset_id}

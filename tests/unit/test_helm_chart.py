@@ -281,6 +281,34 @@ def test_ray_token_auth_is_on_by_default_in_every_ray_container(chart):
     assert "export RAY_AUTH_TOKEN=" in notes and "export RAY_AUTH_MODE=token" in notes
 
 
+def test_monitor_schedule_submits_ftray_monitor_as_an_admitted_ray_client(chart):
+    values = {"monitorSchedule": {"enabled": True, "schedule": "*/30 * * * *"}}
+    docs, _ = render(chart, values)
+    assert [p for d in docs for p in manifest_problems(d)] == []
+    cron = only(docs, "CronJob")
+    assert cron["spec"]["schedule"] == "*/30 * * * *"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    head = "http://ftray-head-svc:8265"
+    assert container["command"] == [
+        *("ray", "job", "submit", "--address", head, "--"),
+        *("ftray", "monitor", "jobs/quickstart.yaml"),
+    ]
+    assert has_token_auth(container["env"])
+    assert container["securityContext"]["runAsNonRoot"] is True
+    # the head's NetworkPolicy admits the pod by its label
+    head_policy = policies(docs)["head"]
+    admitted = [
+        peer.get("podSelector", {}).get("matchLabels")
+        for rule in head_policy["spec"]["ingress"]
+        for peer in rule.get("from", [])
+    ]
+    assert pod["metadata"]["labels"]["ftray.io/ray-client"] == "true"
+    assert {"ftray.io/ray-client": "true"} in admitted
+    assert "CronJob" not in {d["kind"] for d in render(chart)[0]}, "off by default"
+
+
 def policies(docs: list[dict]) -> dict[str, dict]:
     """The NetworkPolicies by the node type they guard."""
     found = [doc for doc in docs if doc["kind"] == "NetworkPolicy"]

@@ -8,6 +8,7 @@ import asyncio
 import json
 import math
 import time
+from typing import get_args
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -20,6 +21,7 @@ from ftray.monitor.retrain import retrain_spec
 from ftray.monitor.sampler import Sampler
 from ftray.progress import Progress
 from ftray.spec import JobSpec
+from ftray.spec.monitor import CheckName
 from ftray.store import Store
 
 
@@ -221,6 +223,61 @@ def test_retrain_without_corrections_says_how_to_get_them(store, tmp_path):
         retrain_spec(spec, store, Progress())
 
 
+def _retrain_spec(tmp_path, **retrain):
+    return JobSpec.model_validate(
+        {
+            "project": "proj",
+            "storage": str(tmp_path / "store"),
+            "model": {"base": "tiny"},
+            "data": {"sources": [{"path": "data.csv"}]},
+            "monitor": {"retrain": retrain},
+        }
+    )
+
+
+def _correction(store, n):
+    row = {"request_id": f"r{n}", "flag": False, "rating": 1, "correction": "blue"}
+    fed = feedback.store_feedback(store, {**row, "prompt": f"sky {n}?", "output": "red"})
+    feedback.decide(store, fed["feedback_id"], "accept")
+
+
+def test_retrain_triggers_alerts_corrections_and_schedule(store, tmp_path):
+    from ftray.monitor.trigger import record_retrain, retrain_reason
+
+    drift = [{"check": "input_drift_psi", "alert": True}]
+    now = time.time()
+    assert retrain_reason(_retrain_spec(tmp_path), store, drift, now) is None, "off by default"
+    on_drift = _retrain_spec(tmp_path, on_alerts=["input_drift_psi"])
+    assert retrain_reason(on_drift, store, drift, now) == "alert: input_drift_psi"
+    on_shift = _retrain_spec(tmp_path, on_alerts=["label_shift_psi"])
+    assert retrain_reason(on_shift, store, drift, now) is None
+    assert retrain_reason(_retrain_spec(tmp_path, on_alerts=["any"]), store, drift, now)
+
+    two = _retrain_spec(tmp_path, min_corrections=2)
+    _correction(store, 1)
+    assert retrain_reason(two, store, [], now) is None
+    _correction(store, 2)
+    assert retrain_reason(two, store, [], now).startswith("2 accepted correction(s)")
+    retrain_spec(two, store, Progress())  # a retrain writes them into a corrections file
+    assert retrain_reason(two, store, [], now) is None, "used corrections count no more"
+    _correction(store, 3)
+    _correction(store, 4)
+    assert retrain_reason(two, store, [], now).startswith("2 accepted")
+
+    daily = _retrain_spec(tmp_path, every_hours=24)
+    assert retrain_reason(daily, store, [], now) == "schedule: every 24 h", "none yet"
+    record_retrain(store, now - 23 * 3600, "schedule: every 24 h", None)
+    assert retrain_reason(daily, store, [], now) is None
+    assert retrain_reason(daily, store, [], now + 3600) == "schedule: every 24 h"
+    (event,) = store.read_events("monitor", "retrains")
+    assert event["reason"] == "schedule: every 24 h" and event["outcome"] is None
+
+
+def test_retrain_triggers_refuse_unknown_checks(tmp_path):
+    with pytest.raises(ValueError, match="input_drift_psi"):
+        _retrain_spec(tmp_path, on_alerts=["input_drift"])
+
+
 def test_monitor_skips_counts_and_reports_unreadable_sample_files(store, tmp_path, capsys):
     from ftray.monitor.stage import load_samples, monitor
 
@@ -244,6 +301,8 @@ def test_monitor_skips_counts_and_reports_unreadable_sample_files(store, tmp_pat
     )
     ref = monitor(spec, store, Progress())
     assert ref.checks, "the run went on with the readable samples"
+    # monitor.retrain.on_alerts accepts exactly the names the checks report
+    assert {check["check"] for check in ref.checks} <= set(get_args(CheckName))
     latest = store.read_json("monitor", "latest.json")
     assert latest["samples"] == 4 and latest["unreadable_sample_files"] == 2
     assert (

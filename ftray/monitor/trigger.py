@@ -1,0 +1,64 @@
+"""When `ftray monitor` retrains by itself: the `monitor.retrain` triggers, judged after the
+checks ran, and the log of the retrains it started (`monitor/retrains/`, one event each:
+when, why, the model it produced and the gate's verdict).
+
+Nothing here trains: `ftray monitor` (an orchestrator) runs the same retrain as `ftray
+retrain` when `retrain_reason` names a reason, and the gate decides as always.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from ftray.monitor.feedback import accepted_corrections
+from ftray.spec import JobSpec
+from ftray.store import Store
+
+LOG = ("monitor", "retrains")
+
+
+def retrain_reason(spec: JobSpec, store: Store, alerts: list[dict], now: float) -> str | None:
+    """Why a retrain is due now, or None: an alert of a listed check, enough accepted
+    corrections no retrain has used, or the schedule (checked in that order)."""
+    triggers = spec.monitor.retrain
+    fired = [
+        alert["check"]
+        for alert in alerts
+        if "any" in triggers.on_alerts or alert["check"] in triggers.on_alerts
+    ]
+    if fired:
+        return f"alert: {', '.join(fired)}"
+    if triggers.min_corrections:
+        new = len(unused_corrections(store))
+        if new >= triggers.min_corrections:
+            return f"{new} accepted correction(s) not yet used (≥ {triggers.min_corrections})"
+    if triggers.every_hours:
+        started = [event["started"] for event in store.read_events(*LOG)]
+        if not started or now - max(started) >= triggers.every_hours * 3600:
+            return f"schedule: every {triggers.every_hours:g} h"
+    return None
+
+
+def unused_corrections(store: Store) -> list[dict]:
+    """Accepted corrections in no corrections file yet (every retrain writes one)."""
+    used: set[str] = set()
+    folder = store.path("monitor", "corrections")
+    if store.fs.exists(folder):
+        for path in store.fs.ls(folder, detail=False):
+            if path.endswith(".jsonl"):
+                lines = store.fs.read_text(path).splitlines()
+                used.update(json.loads(line)["feedback_id"] for line in lines if line.strip())
+    return [row for row in accepted_corrections(store) if row["feedback_id"] not in used]
+
+
+def record_retrain(store: Store, started: float, reason: str, card: dict | None) -> None:
+    """Log a retrain `ftray monitor` started: its reason and outcome (None: nothing to train)."""
+    outcome = {"model_id": card["model_id"], "stage": card["stage"]} if card else None
+    event = {
+        "started": started,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "reason": reason,
+        "outcome": outcome,
+    }
+    store.write_event(event, *LOG)
