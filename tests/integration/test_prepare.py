@@ -17,6 +17,7 @@ import yaml
 from tests.conftest import ROOT
 
 QUERIES = list(csv.DictReader((ROOT / "data/banking77/quickstart.csv").open()))
+EXAMPLES = ("train", "validation", "eval")
 
 
 def _job(tmp_path: Path, data: dict) -> Path:
@@ -299,3 +300,32 @@ def test_all_rejected_or_empty_word_list_is_a_clear_error(tmp_path, run_cli):
     assert "8 quarantined line(s)" in listed and "no completion field" in listed
     again = run_cli("prepare", str(job), check=False)
     assert again.returncode == 2 and "no training records" in again.stderr, "also when reused"
+
+
+def test_a_correction_replaces_the_record_it_corrects(tmp_path, run_cli):
+    """Issue 21: the same short prompt answered 'red' in training data and 'blue' in a
+    corrections file. MinHash puts the two above the near-duplicate threshold, so the
+    correction used to be quarantined as a near-duplicate of the wrong answer."""
+    prompt = "Which colour is the flag flown over the harbour at noon?"
+    assert 50 <= len(prompt) <= 60
+    rows = [{"prompt": q["text"], "completion": q["category"]} for q in QUERIES[2::5][:12]]
+    rows.append({"prompt": prompt, "completion": "red"})
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fixed = tmp_path / "corrections.jsonl"
+    fixed.write_text(json.dumps({"prompt": prompt.lower() + "  ", "completion": "blue"}) + "\n")
+    job = _job(
+        tmp_path,
+        {"sources": [{"path": str(tmp_path / "train.jsonl")}, {"path": str(fixed)}]},
+    )
+    run_cli("prepare", str(job))
+    dataset = _dataset(tmp_path)
+    kept = [
+        r
+        for split in EXAMPLES
+        for r in _rows(dataset / split)
+        if r["prompt"].lower() == prompt.lower()
+    ]
+    assert [(r["source"], r["completion"]) for r in kept] == [(str(fixed), "blue")]
+    (lost,) = [r for r in _rows(dataset / "quarantine") if r["row"] == 13]
+    assert lost["rule"] == "conflict", lost
+    assert f"{fixed}:1" in lost["reason"] and '"red"' in lost["raw"]
