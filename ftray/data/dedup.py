@@ -84,7 +84,9 @@ def _conflicts(keyed, dropped: set[int], parts: int) -> tuple[dict, dict[int, st
     already dropped take no part."""
     rows = keyed.select_columns([*_COLUMNS, "prompt_key", "completion_key"])
     if dropped:
-        rows = rows.map_batches(_without, fn_kwargs={"orders": sorted(dropped)})
+        rows = rows.map_batches(
+            _without, fn_kwargs={"orders": sorted(dropped)}, batch_format="pandas"
+        )
     drops, moves = {}, {}
     for row in _by_key(rows, "prompt_key", parts, _conflict_block).iter_rows():
         drops[int(row["order"])] = _conflict_verdict(row)
