@@ -194,6 +194,12 @@ def exact_key(text: str) -> str:
     return hashlib.sha256(normalize(text).encode()).hexdigest()[:24]
 
 
+def prompt_key(messages: str) -> str:
+    """The key records with the same prompt share: the chat before the answer (a JSON list
+    of {role, content}, system prompt included), normalised as for exact duplicates."""
+    return exact_key("\n".join(f"{m['role']}: {m['content']}" for m in json.loads(messages)))
+
+
 @cache
 def _hash_family(num_perm: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)

@@ -1,28 +1,40 @@
-"""Exact and near-duplicate detection over a Ray Dataset, distributed by hash key.
+"""Exact duplicates, conflicts and near-duplicates over a Ray Dataset, distributed by key.
 
-Exact: records grouped by their normalised-text hash. Near: MinHash signatures cut into LSH
-bands; records sharing a band bucket are candidates, confirmed by estimated Jaccard
-similarity. Both are Ray Data groupbys, so the work spreads over the cluster by key. Within
-each group the record that comes first (by source order; training sources before eval
-sources) is kept; every later one is reported with the record it duplicates. An eval record
-that duplicates a training record is a leak (rule 'leakage').
+Exact: records grouped by their normalised-text hash. Conflict: records grouped by their
+normalised prompt (the chat before the answer, system prompt included); one completion per
+prompt survives. Near: MinHash signatures cut into LSH bands; records sharing a band bucket
+are candidates, confirmed by estimated Jaccard similarity. All are Ray Data shuffles by key,
+so the work spreads over the cluster.
+
+Which record survives: the one whose source has the higher `precedence`; at equal
+precedence, of duplicates the first (by source order: training sources before eval before
+validation sources), of conflicting answers the last (a later source restates the answer:
+corrections come after the data they correct). Every other record is reported with the
+record that won. A duplicate across splits given as files is a leak (rule 'leakage'),
+removed from the split that loses; a conflict's winner goes to the most held-out split of
+the records it replaces (eval, then validation), so a test prompt never moves into training.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ftray.data.checks import similarity
+from ftray.data.checks import exact_key, prompt_key, similarity
 from ftray.spec import DedupSpec
 
 # A bucket this large means degenerate data (say, thousands of near-empty texts); compare its
 # members with its first MAX_BUCKET records only, to keep the work linear.
 MAX_BUCKET = 256
-_COLUMNS = ["order", "origin", "source", "row"]
+_COLUMNS = ["order", "origin", "source", "row", "precedence"]
+_HELD_OUT = {"eval": 0, "validation": 1, "train": 2}  # rank: the most held-out split first
 
 
-def find_duplicates(passing, spec: DedupSpec, num_rows: int) -> dict[int, tuple[str, str]]:
-    """order → (rule, reason) for every record to drop; `passing` holds checked records.
+def find_duplicates(
+    passing, spec: DedupSpec, num_rows: int, precedence: dict[str, int]
+) -> tuple[dict[int, tuple[str, str]], dict[int, str]]:
+    """(drops, moves): order → (rule, reason) for every record to drop, and order → split
+    for conflict winners that take a held-out record's place. `passing` holds checked
+    records; `precedence` maps each source file to its precedence.
 
     Each pass hash-partitions rows by key (`repartition(keys=...)`), so every group lies in
     one block, then handles whole blocks with vectorised pandas: per-group Python calls
@@ -32,14 +44,32 @@ def find_duplicates(passing, spec: DedupSpec, num_rows: int) -> dict[int, tuple[
     parts = max(4, min(200, num_rows // 10_000))
     drops: dict[int, tuple[str, str]] = {}
     if passing.count() == 0:
-        return drops  # the shuffles below need rows to know their columns
+        return drops, {}  # the shuffles below need rows to know their columns
+    columns = [*_COLUMNS[:-1], "exact_key", "band_keys", "signature", "messages", "completion"]
+    keyed = (
+        passing.select_columns(columns)
+        .map_batches(_add_keys, fn_kwargs={"precedence": precedence}, batch_format="pandas")
+        .materialize()
+    )
     if spec.exact:
-        keyed = passing.select_columns([*_COLUMNS, "exact_key"])
-        for row in _by_key(keyed, "exact_key", parts, _exact_block).iter_rows():
+        rows = keyed.select_columns([*_COLUMNS, "exact_key"])
+        for row in _by_key(rows, "exact_key", parts, _exact_block).iter_rows():
             drops[int(row["order"])] = _verdict(row, "same text as", None)
+    lost: dict[int, tuple[str, str]] = {}
+    moves: dict[int, str] = {}
+    if spec.conflicts:
+        lost, moves = _conflicts(keyed, set(drops), parts)
+        drops.update(lost)
     if spec.near:
-        drops.update(_near(passing, spec, set(drops), parts))
-    return drops
+        drops.update(_near(keyed, spec, set(drops), set(lost), parts))
+    return drops, moves
+
+
+def _add_keys(block, precedence: dict[str, int]):
+    block["precedence"] = block["source"].map(precedence).astype("int64")
+    block["prompt_key"] = [prompt_key(messages) for messages in block["messages"]]
+    block["completion_key"] = [exact_key(completion) for completion in block["completion"]]
+    return block.drop(columns=["messages", "completion"])
 
 
 def _by_key(rows, key: str, parts: int, fn):
@@ -48,40 +78,98 @@ def _by_key(rows, key: str, parts: int, fn):
     )
 
 
-def _near(passing, spec: DedupSpec, dropped: set[int], parts: int) -> dict:
+def _conflicts(keyed, dropped: set[int], parts: int) -> tuple[dict, dict[int, str]]:
+    """Records whose prompt is another's with a different completion, lost to the winner
+    (drops), and the winners that move to a held-out split (moves); exact duplicates
+    already dropped take no part."""
+    rows = keyed.select_columns([*_COLUMNS, "prompt_key", "completion_key"])
+    if dropped:
+        rows = rows.map_batches(
+            _without, fn_kwargs={"orders": sorted(dropped)}, batch_format="pandas"
+        )
+    drops, moves = {}, {}
+    for row in _by_key(rows, "prompt_key", parts, _conflict_block).iter_rows():
+        drops[int(row["order"])] = _conflict_verdict(row)
+        if row["winner_split"] != row["match_origin"]:
+            moves[int(row["match_order"])] = row["winner_split"]
+    return drops, moves
+
+
+def _without(block, orders: list[int]):
+    return block[~block["order"].isin(orders)]
+
+
+def _conflict_block(block):
+    """Within one hash partition: per prompt, every record whose completion is not the
+    winner's (the last by precedence, then source order), with the winner and the split
+    the winner goes to."""
+    shared = block[block.duplicated("prompt_key", keep=False)].sort_values(["precedence", "order"])
+    winners = shared.drop_duplicates("prompt_key", keep="last").set_index("prompt_key")
+    losers = shared[shared["completion_key"] != shared["prompt_key"].map(winners["completion_key"])]
+    losers = losers.copy()
+    for column in _COLUMNS:
+        losers[f"match_{column}"] = losers["prompt_key"].map(winners[column])
+    rank = losers["origin"].map(_HELD_OUT).groupby(losers["prompt_key"]).min()
+    rank = np.minimum(losers["prompt_key"].map(rank), losers["match_origin"].map(_HELD_OUT))
+    names = {value: name for name, value in _HELD_OUT.items()}
+    losers["winner_split"] = rank.map(names)
+    return losers[[*_COLUMNS, *_MATCH, "winner_split"]]
+
+
+def _conflict_verdict(row: dict) -> tuple[str, str]:
+    where = f"{row['match_source']}:{row['match_row']}"
+    ours, theirs = int(row["precedence"]), int(row["match_precedence"])
+    why = f"precedence {theirs} > {ours}" if theirs > ours else "the later record"
+    moved = row["winner_split"] != row["match_origin"]
+    to = f"; it takes this example's place in {row['winner_split']}" if moved else ""
+    return "conflict", f"same prompt as {where}, whose completion wins ({why}){to}"
+
+
+def _near(keyed, spec: DedupSpec, dropped: set[int], lost: set[int], parts: int) -> dict:
     """Candidates from shared LSH buckets, verified where they lie; only matches return.
 
     The bucket shuffle carries ids only (a few per band per record). Each distinct candidate
     pair is then joined with both records' signatures (two hash joins, distributed like the
     shuffles) and its similarity computed in the workers, vectorised; the driver receives
-    only the confirmed near-duplicates, the ones it must report anyway.
+    only the confirmed near-duplicates, the ones it must report anyway. Of a pair the record
+    with the higher precedence (then the earlier) is kept; a pair with a conflict's loser
+    (`lost`) is no pair: the conflict rule has decided between the two.
     """
-    exploded = passing.select_columns(["order", "band_keys"]).flat_map(_explode)
+    exploded = keyed.select_columns(["order", "band_keys"]).flat_map(_explode)
     pairs = _by_key(exploded, "band_key", parts, _pairs_block)
     pairs = _by_key(pairs, "later", parts, _distinct_pairs).materialize()
     if pairs.count() == 0:
         return {}  # no candidate pair (clean data): the joins need rows to know their columns
-    records = passing.select_columns([*_COLUMNS, "signature"])
+    records = keyed.select_columns([*_COLUMNS, "signature"])
     for side in ("later", "earlier"):
         renamed = records.rename_columns({c: f"{side}_{c}" for c in [*_COLUMNS, "signature"]})
         pairs = pairs.join(renamed, "inner", parts, on=(side,), right_on=(f"{side}_order",))
     matches = pairs.map_batches(
         _similar_block, fn_kwargs={"threshold": spec.threshold}, batch_format="pandas"
     )
-    best: dict[int, dict] = {}
-    for row in matches.iter_rows():
-        later = int(row["later"])
-        if later in dropped:
-            continue
-        if later not in best or int(row["earlier"]) < int(best[later]["earlier"]):
-            best[later] = row
-    drops = {}
-    for later, row in best.items():
+    return _near_drops(matches.iter_rows(), dropped, lost)
+
+
+def _near_drops(matches, dropped: set[int], lost: set[int]) -> dict[int, tuple[str, str]]:
+    """order → (rule, reason) from confirmed pairs (rows of `later_*`, `earlier_*` columns
+    and `similarity`): each record that loses a pair, with the best record it loses to."""
+    best: dict[int, tuple[dict, dict, tuple[int, int], float]] = {}
+    for row in matches:
         # the join keeps the left key: `later_order` / `earlier_order` are `later` / `earlier`
-        record = {c: row[f"later_{c}"] for c in _COLUMNS if c != "order"}
-        match = {f"match_{c}": row[f"earlier_{c}"] for c in _COLUMNS if c != "order"}
-        record["order"], match["match_order"] = row["later"], row["earlier"]
-        drops[later] = _verdict({**record, **match}, "near-duplicate of", row["similarity"])
+        later = {c: row[f"later_{c}"] for c in _COLUMNS if c != "order"}
+        earlier = {c: row[f"earlier_{c}"] for c in _COLUMNS if c != "order"}
+        later["order"], earlier["order"] = int(row["later"]), int(row["earlier"])
+        flip = int(later["precedence"]) > int(earlier["precedence"])
+        drop, keep = (earlier, later) if flip else (later, earlier)
+        if drop["order"] in dropped or keep["order"] in lost or drop["order"] in lost:
+            continue
+        rank = (-int(keep["precedence"]), keep["order"])
+        if drop["order"] not in best or rank < best[drop["order"]][2]:
+            best[drop["order"]] = (drop, keep, rank, row["similarity"])
+    drops = {}
+    for order, (drop, keep, _, sim) in best.items():
+        match = {f"match_{c}": keep[c] for c in _COLUMNS}
+        drops[order] = _verdict({**drop, **match}, "near-duplicate of", sim)
     return drops
 
 
@@ -113,12 +201,14 @@ def _verdict(row: dict, what: str, sim: float | None) -> tuple[str, str]:
     return rule, f"{prefix}{what} {where}{detail}"
 
 
-_MATCH = ["match_order", "match_origin", "match_source", "match_row"]
+_MATCH = [f"match_{column}" for column in _COLUMNS]
 
 
 def _exact_block(block):
-    """Within one hash partition: every record after the first of its text, with the first."""
-    repeated = block[block.duplicated("exact_key", keep=False)].sort_values("order")
+    """Within one hash partition: every record of a text but the one kept (the highest
+    precedence, then the first), with the one kept."""
+    repeated = block[block.duplicated("exact_key", keep=False)]
+    repeated = repeated.sort_values(["precedence", "order"], ascending=[False, True])
     first = repeated.drop_duplicates("exact_key", keep="first").set_index("exact_key")
     later = repeated[repeated.duplicated("exact_key", keep="first")].copy()
     for column in _COLUMNS:

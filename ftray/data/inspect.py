@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from ftray.data.checks import exact_key
+from ftray.data.checks import exact_key, prompt_key
 from ftray.errors import UserError
 from ftray.store import Store
 
@@ -34,12 +34,35 @@ def show(store: Store, dataset_id: str) -> dict:
 
 
 def diff(store: Store, old: str, new: str, samples: int = 5) -> dict:
-    """Examples added and removed from `old` to `new`, by normalised prompt + completion."""
+    """Examples added, removed and replaced from `old` to `new`, by normalised prompt +
+    completion; replaced: the same prompt with another completion (a correction, or the
+    rule 'conflict' choosing another answer), with the location of the one that won."""
     before, after = _examples(store, old), _examples(store, new)
-    added = [after[key] for key in after.keys() - before.keys()]
-    removed = [before[key] for key in before.keys() - after.keys()]
+    added_keys, removed_keys = after.keys() - before.keys(), before.keys() - after.keys()
+    old_answers: dict[str, list[str]] = {}
+    for key in removed_keys:
+        old_answers.setdefault(before[key]["prompt_key"], []).append(key)
+    replaced, replacing = [], set()
+    for key in added_keys:
+        example = after[key]
+        olds = [before[k] for k in sorted(old_answers.get(example["prompt_key"], []))]
+        if olds:
+            replacing |= {key, *(_key(o) for o in olds)}
+            replaced.append(
+                {
+                    "prompt": example["prompt"],
+                    "old_completion": [o["completion"] for o in olds],
+                    "new_completion": example["completion"],
+                    "old": [f"{o['source']}:{o['row']} ({o['split']})" for o in olds],
+                    "new": f"{example['source']}:{example['row']} ({example['split']})",
+                    "source": example["source"],
+                    "row": example["row"],
+                }
+            )
+    added = [_public(after[key]) for key in added_keys - replacing]
+    removed = [_public(before[key]) for key in removed_keys - replacing]
     moved = [
-        {**after[key], "from": before[key]["split"]}
+        {**_public(after[key]), "from": before[key]["split"]}
         for key in after.keys() & before.keys()
         if after[key]["split"] != before[key]["split"]
     ]
@@ -51,11 +74,13 @@ def diff(store: Store, old: str, new: str, samples: int = 5) -> dict:
             "new": len(after),
             "added": len(added),
             "removed": len(removed),
+            "replaced": len(replaced),
             "changed_split": len(moved),
             "unchanged": len(before.keys() & after.keys()) - len(moved),
         },
         "added": sorted(added, key=_where)[:samples],
         "removed": sorted(removed, key=_where)[:samples],
+        "replaced": sorted(replaced, key=_where)[:samples],
         "changed_split": sorted(moved, key=_where)[:samples],
     }
 
@@ -138,12 +163,20 @@ def _examples(store: Store, dataset_id: str) -> dict[str, dict]:
         path = store.path("datasets", dataset_id, split)
         if not store.fs.exists(path):
             continue
-        columns = ["source", "row", "prompt", "completion"]
+        columns = ["source", "row", "prompt", "completion", "messages"]
         table = pds.dataset(path, filesystem=store.fs, format="parquet").to_table(columns=columns)
         for row in table.to_pylist():
-            key = exact_key(f"{row['prompt']}\n{row['completion']}")
-            found[key] = {**row, "split": split}
+            found[_key(row)] = {**row, "split": split, "prompt_key": prompt_key(row["messages"])}
     return found
+
+
+def _key(example: dict) -> str:
+    return exact_key(f"{example['prompt']}\n{example['completion']}")
+
+
+def _public(example: dict) -> dict:
+    """An example as `diff` lists it (without the chat and the key it was matched by)."""
+    return {k: v for k, v in example.items() if k not in ("messages", "prompt_key")}
 
 
 def _where(example: dict) -> tuple:

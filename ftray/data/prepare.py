@@ -44,7 +44,8 @@ from ftray.store import Store, content_id, file_digest
 # Bump when the rules change what a dataset holds, so old ids are not reused.
 # 3: lines decoded one by one, blank lines counted, raw text in quarantine, JSON completions.
 # 4: a validation split apart from the eval (test) split.
-PREPARE_VERSION = 4
+# 5: one completion per prompt (rule 'conflict'), source precedence.
+PREPARE_VERSION = 5
 SPLITS = ("train", "validation", "eval", "quarantine")
 EXAMPLE_COLUMNS = ["source", "row", "prompt", "completion", "messages", "input_ids", "labels"]
 EXAMPLE_COLUMNS += ["num_tokens"]
@@ -114,10 +115,16 @@ def _build(data, model, model_dir, files, digests, store, attempt, progress) -> 
         raise UserError(f"data.sources: no line to read in {paths}; every file is empty.")
 
     passing = checked.filter(expr=col("rule") == "")
-    dedup = data.dedup.exact or data.dedup.near
-    drops = find_duplicates(passing, data.dedup, checked.count()) if dedup else {}
-    progress.note(f"duplicates: {len(drops)} record(s) removed (exact, near, leakage)")
-    carved = _held_out(passing, drops, data)
+    drops: dict[int, tuple[str, str]] = {}
+    moves: dict[int, str] = {}
+    if data.dedup.exact or data.dedup.near or data.dedup.conflicts:
+        precedence = {f.path: f.precedence for f in files}
+        drops, moves = find_duplicates(passing, data.dedup, checked.count(), precedence)
+    progress.note(
+        f"duplicates and conflicts: {len(drops)} record(s) removed (exact, near, leakage, "
+        f"conflict), {len(moves)} correction(s) moved to a held-out split"
+    )
+    carved = {**_held_out(passing, {**drops, **moves}, data), **moves}
     final = checked.map_batches(
         _assign,
         fn_kwargs={"drops": drops, "carved": carved},
@@ -222,8 +229,9 @@ def _require_training_records(manifest: dict) -> None:
     )
 
 
-def _held_out(passing, drops: dict, data: DataSpec) -> dict[int, str]:
-    """Order → 'eval' or 'validation' for the training-source records held out.
+def _held_out(passing, taken: dict, data: DataSpec) -> dict[int, str]:
+    """Order → 'eval' or 'validation' for the training-source records held out; records
+    whose fate is decided already (`taken`: dropped, or moved by a conflict) are not ranked.
 
     Per label (or overall) the records rank by a salted hash of the prompt, stable across
     runs: the lowest `eval_fraction` of them (rounded) go to eval unless `eval_sources` is
@@ -234,7 +242,7 @@ def _held_out(passing, drops: dict, data: DataSpec) -> dict[int, str]:
     rows = passing.select_columns(["order", "origin", "prompt", "completion"]).to_pandas()
     if rows.empty:
         return {}  # no record passed (and pandas has no columns to group by)
-    rows = rows[(rows["origin"] == "train") & ~rows["order"].isin(list(drops))]
+    rows = rows[(rows["origin"] == "train") & ~rows["order"].isin(list(taken))]
     rows["bucket"] = [_bucket(data.seed, prompt) for prompt in rows["prompt"]]
     rows["stratum"] = rows["completion"] if data.labels else ""
     carved: dict[int, str] = {}
@@ -267,10 +275,8 @@ def _assign(batch, drops: dict, carved: dict[int, str]):
             splits.append(BLANK)
         elif rule:
             splits.append("quarantine")
-        elif origin != "train":
-            splits.append(origin)  # eval_sources, validation_sources
-        else:
-            splits.append(carved.get(int(order), "train"))
+        else:  # carved from the sources or moved by a conflict, else the file's own split
+            splits.append(carved.get(int(order), origin))
         rules.append(rule)
         reasons.append(reason)
     batch["split"], batch["rule"], batch["reason"] = splits, rules, reasons

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 
 import fsspec
@@ -26,6 +26,7 @@ class SourceFile:
     format: str
     origin: str = "train"  # 'train', 'eval' or 'validation': data.sources / eval_ / validation_
     index: int = 0  # position among all files: with the row, orders records for dedup
+    precedence: int = 0  # the source's `precedence`: which record wins a conflict
 
 
 # Records sort by (origin, file, row): earlier ones are kept when later ones duplicate them,
@@ -69,7 +70,7 @@ def expand_sources(
                     )
             protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
             uri = match if "://" not in source.path else f"{protocol}://{match}"
-            files.append(SourceFile(uri, fmt, origin))
+            files.append(SourceFile(uri, fmt, origin, precedence=source.precedence))
     return files
 
 
@@ -90,7 +91,7 @@ def number_files(*groups: list[SourceFile]) -> list[SourceFile]:
                 "data.sources, data.eval_sources and data.validation_sources)."
             )
         seen[file.path] = file.origin
-    return [SourceFile(f.path, f.format, f.origin, i) for i, f in enumerate(files)]
+    return [replace(file, index=i) for i, file in enumerate(files)]
 
 
 def _is_hf_dir(fs, path: str) -> bool:

@@ -2,7 +2,8 @@
 through the same prepare rules, then train, evaluate against production, and the gate.
 
 The corrections become one more source file, `monitor/corrections/<hash>.jsonl`, named by
-its content; it lists the feedback ids it came from, so the dataset's manifest (its sources
+its content, with a precedence above every other source (a correction replaces the record
+it corrects); it lists the feedback ids it came from, so the dataset's manifest (its sources
 and their hashes) links the dataset version to the feedback, and the model card links the
 model to the dataset.
 """
@@ -39,7 +40,12 @@ def retrain_spec(spec: JobSpec, store: Store, progress: Progress) -> JobSpec:
         store.write_text(body, "monitor", "corrections", name)
     uri = store.uri("monitor", "corrections", name)
     progress.note(f"{len(corrections)} accepted correction(s) → {uri}")
-    sources = [*spec.data.sources, SourceSpec(path=uri)]
+    # above every other source, so a correction wins over the record it corrects (rule
+    # 'conflict'), the eval and validation files included
+    named = [*spec.data.sources, *(spec.data.eval_sources or [])]
+    named += spec.data.validation_sources or []
+    top = max(source.precedence for source in named) + 1
+    sources = [*spec.data.sources, SourceSpec(path=uri, precedence=top)]
     incumbent = "production" if production(store) else spec.eval.incumbent
     return spec.model_copy(
         update={

@@ -20,6 +20,14 @@ class SourceSpec(_Section):
         description="File format; 'auto' infers it from the extension, and takes a folder "
         "written by `datasets.Dataset.save_to_disk` as 'hf'.",
     )
+    precedence: int = Field(
+        default=0,
+        description="Which record wins when records give the same prompt different "
+        "completions (rule 'conflict') or (near-)duplicate each other: the higher precedence; "
+        "at equal precedence a conflict goes to the later source (and line), a duplicate to "
+        "the earlier. `ftray retrain` gives its corrections file a precedence above every "
+        "other source.",
+    )
 
 
 class DedupSpec(_Section):
@@ -27,6 +35,13 @@ class DedupSpec(_Section):
 
     exact: bool = Field(default=True, description="Drop records whose normalised text repeats.")
     near: bool = Field(default=True, description="Drop near-duplicates (MinHash + LSH).")
+    conflicts: bool = Field(
+        default=True,
+        description="Keep one completion per prompt: records with the same normalised prompt "
+        "(system prompt and earlier turns included) and another completion lose to the "
+        "winner by source precedence (rule 'conflict'). Turn off for tasks with several right "
+        "answers per prompt.",
+    )
     threshold: float = Field(
         default=0.8,
         gt=0,

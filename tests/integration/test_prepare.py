@@ -17,6 +17,7 @@ import yaml
 from tests.conftest import ROOT
 
 QUERIES = list(csv.DictReader((ROOT / "data/banking77/quickstart.csv").open()))
+EXAMPLES = ("train", "validation", "eval")
 
 
 def _job(tmp_path: Path, data: dict) -> Path:
@@ -299,3 +300,68 @@ def test_all_rejected_or_empty_word_list_is_a_clear_error(tmp_path, run_cli):
     assert "8 quarantined line(s)" in listed and "no completion field" in listed
     again = run_cli("prepare", str(job), check=False)
     assert again.returncode == 2 and "no training records" in again.stderr, "also when reused"
+
+
+def test_a_correction_replaces_the_record_it_corrects(tmp_path, run_cli):
+    """Issue 21: the same short prompt answered 'red' in training data and 'blue' in a
+    corrections file. MinHash put the two above the near-duplicate threshold, so the
+    correction was quarantined as a near-duplicate of the wrong answer. A correction of a
+    test-set prompt replaces it in the test set, not in training."""
+    sky = "Which colour is the flag flown over the harbour at noon?"
+    sea = "Which colour is the boat moored by the lighthouse at dawn?"
+    assert 50 <= len(sky) <= 60 and 50 <= len(sea) <= 60
+    rows = [{"prompt": q["text"], "completion": q["category"]} for q in QUERIES[2::5][:12]]
+    rows.append({"prompt": sky, "completion": "red"})  # line 13
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tests = [{"prompt": q["text"], "completion": q["category"]} for q in QUERIES[300:303]]
+    tests.append({"prompt": sea, "completion": "red"})  # line 4
+    test.write_text("".join(json.dumps(r) + "\n" for r in tests))
+    data = {"sources": [{"path": str(train)}], "eval_sources": [{"path": str(test)}]}
+    run_cli("prepare", str(_job(tmp_path, data)))
+    old = _dataset(tmp_path).name
+    fixed = tmp_path / "corrections.jsonl"
+    fixes = [{"prompt": sky.lower() + "  ", "completion": "blue"}]
+    fixes.append({"prompt": sea, "completion": "blue"})
+    fixed.write_text("".join(json.dumps(r) + "\n" for r in fixes))
+    data["sources"].append({"path": str(fixed), "precedence": 1})
+    job = _job(tmp_path, data)
+    run_cli("prepare", str(job))
+    datasets = tmp_path / "store" / "messy" / "datasets"
+    dataset = next(p for p in datasets.iterdir() if p.name != old)
+    found = {
+        r["prompt"].lower().strip(): (split, r["completion"], r["source"])
+        for split in EXAMPLES
+        for r in _rows(dataset / split)
+        if r["prompt"].lower().strip() in (sky.lower(), sea.lower())
+    }
+    assert len(found) == 2 and found[sea.lower()] == ("eval", "blue", str(fixed)), found
+    assert found[sky.lower()][1:] == ("blue", str(fixed)), "the old completion is gone"
+    assert found[sky.lower()][0] in ("train", "validation")  # carved by the prompt's hash
+    assert sum(len(_rows(dataset / split)) for split in EXAMPLES) == 12 + 3 + 2
+    lost = {(r["source"], r["row"]): r for r in _rows(dataset / "quarantine")}
+    assert {key: r["rule"] for key, r in lost.items()} == {
+        (str(train), 13): "conflict",
+        (str(test), 4): "conflict",
+    }
+    assert lost[str(train), 13]["reason"] == (
+        f"same prompt as {fixed}:1, whose completion wins (precedence 1 > 0)"
+    )
+    assert lost[str(test), 4]["reason"] == (
+        f"same prompt as {fixed}:2, whose completion wins (precedence 1 > 0); it takes this "
+        "example's place in eval"
+    )
+    assert '"red"' in lost[str(train), 13]["raw"]
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["counts"]["quarantine_by_rule"] == {"conflict": 2}
+    accounts = {Path(f["path"]).name: f for f in manifest["files"]}
+    assert (accounts["test.jsonl"]["eval"], accounts["test.jsonl"]["quarantine"]) == (3, 1)
+    assert accounts["corrections.jsonl"]["eval"] == 1
+    diff = json.loads(run_cli("data", "diff", str(job), old, dataset.name).stdout)
+    assert diff["counts"]["replaced"] == 2 and diff["counts"]["added"] == 0
+    assert diff["counts"]["removed"] == 0
+    replaced = {r["prompt"].strip(): r for r in diff["replaced"]}
+    assert replaced[sea]["old"] == [f"{test}:4 (eval)"]
+    assert replaced[sea]["new"] == f"{fixed}:2 (eval)"
+    assert all(r["old_completion"] == ["red"] for r in replaced.values())
+    assert all(r["new_completion"] == "blue" for r in replaced.values())

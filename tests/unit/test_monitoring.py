@@ -193,6 +193,7 @@ def test_feedback_decisions_and_the_corrections_file(store, tmp_path):
             "model": {"base": "tiny"},
             "data": {
                 "sources": [{"path": "data.csv"}],
+                "eval_sources": [{"path": "test.csv", "precedence": 3}],
                 "prompt_field": "text",
                 "completion_field": "color",
                 "labels": ["red", "blue"],
@@ -202,6 +203,7 @@ def test_feedback_decisions_and_the_corrections_file(store, tmp_path):
     again = retrain_spec(spec, store, Progress())
     assert again.data.sources[0].path == "data.csv"
     path = again.data.sources[1].path
+    assert again.data.sources[1].precedence == 4, "corrections win over every other source"
     lines = [json.loads(line) for line in store.fs.open(path).read().decode().splitlines()]
     assert lines == [
         {"text": "sky?", "color": "blue", "feedback_id": first["feedback_id"]},

@@ -52,6 +52,7 @@ MONITOR = {
     "min_correction_agreement": 0.7,
     "webhook_url_env": "HOOK",
     "alert_examples": 1,
+    "retrain": {"on_alerts": ["any"], "min_corrections": 3, "every_hours": 12},
 }
 MODEL = {"base": "tiny", "gguf_file": "m.gguf", "dtype": "bfloat16"}
 
