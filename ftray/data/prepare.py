@@ -48,6 +48,7 @@ PREPARE_VERSION = 4
 SPLITS = ("train", "validation", "eval", "quarantine")
 EXAMPLE_COLUMNS = ["source", "row", "prompt", "completion", "messages", "input_ids", "labels"]
 EXAMPLE_COLUMNS += ["num_tokens"]
+PAIR_COLUMNS = ["rejected", "rejected_input_ids", "rejected_labels"]  # data.preference
 QUARANTINE_COLUMNS = ["source", "row", "prompt", "completion", "fields", "raw", "rule", "reason"]
 _ATTEMPT = ".attempt-"  # `<dataset_id>.attempt-<hex>`: an attempt being written
 _STALE_ATTEMPT_S = 24 * 3600  # an attempt folder untouched this long was abandoned
@@ -138,6 +139,8 @@ def _build(data, model, model_dir, files, digests, store, attempt, progress) -> 
         if split == "train":
             part = part.random_shuffle(seed=data.seed)
         columns = QUARANTINE_COLUMNS if split == "quarantine" else EXAMPLE_COLUMNS
+        if data.preference:  # the worse answer, and its tokens where the pair is kept
+            columns = [*columns, *(PAIR_COLUMNS[:1] if split == "quarantine" else PAIR_COLUMNS)]
         part.select_columns(columns).write_parquet(store.uri("datasets", attempt, split))
     written = {split: _rows_written(store.uri("datasets", attempt, split)) for split in SPLITS}
     if written != {split: counts[split] for split in SPLITS}:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ftray.spec._base import SpecRuleError, _Section
 
@@ -19,6 +19,15 @@ class SourceSpec(_Section):
         default="auto",
         description="File format; 'auto' infers it from the extension, and takes a folder "
         "written by `datasets.Dataset.save_to_disk` as 'hf'.",
+    )
+
+
+class PreferenceSpec(_Section):
+    """Preference pairs (for `train.method: dpo`): a prompt with a better and a worse answer."""
+
+    chosen_field: str = Field(default="chosen", description="Column holding the better answer.")
+    rejected_field: str = Field(
+        default="rejected", description="Column holding the worse answer to the same prompt."
     )
 
 
@@ -98,6 +107,12 @@ class DataSpec(_Section):
         "assistant, ending with the assistant's answer (the completion; earlier turns are "
         "the prompt). When set, prompt_field and completion_field are not used.",
     )
+    preference: PreferenceSpec | None = Field(
+        default=None,
+        description="Read every record as a preference pair (prompt_field, chosen and rejected "
+        "answers) instead of prompt + completion; the chosen answer is the completion that "
+        "evaluation scores against. Needs train.method: dpo; not with messages_field.",
+    )
     system_prompt: str | None = Field(
         default=None,
         description="System prompt put before every example, as the production API will send "
@@ -147,6 +162,18 @@ class DataSpec(_Section):
     dedup: DedupSpec = Field(default_factory=DedupSpec, description="Duplicate removal.")
     pii: PiiSpec = Field(default_factory=PiiSpec, description="PII handling.")
     toxicity: ToxicitySpec = Field(default_factory=ToxicitySpec, description="Toxicity filter.")
+
+    @model_validator(mode="after")
+    def _pairs_from_fields(self) -> DataSpec:
+        if self.preference and self.messages_field:
+            raise SpecRuleError(
+                "preference",
+                self.preference.model_dump(),
+                "preference pairs are read from prompt_field and the two answer fields, not "
+                "from a chat",
+                "unset data.messages_field, or data.preference",
+            )
+        return self
 
     @field_validator("output_schema")
     @classmethod
