@@ -195,3 +195,49 @@ def test_dpo_starts_at_log2_and_steps_move_the_margins(tiny_dir, tmp_path):
     with torch.no_grad():
         trained, margins = pair_loss_sum(engine.model, engine.module, batch, 0.5)
     assert float(trained) < float(loss) and (margins > 0).float().mean() >= 0.75, margins
+
+
+def test_review_ratings_become_preference_pairs(tmp_path, capsys):
+    """Per item the arm with more votes (each reviewer's latest rating) is chosen; ties,
+    'both bad' and split votes are dropped; `ftray review pairs` writes the file."""
+    from ftray.cli import main
+    from ftray.review.ratings import RatingLog, candidate_side, load_pairs
+    from tests.unit.review_eval import write_eval, write_job
+
+    job = write_job(tmp_path, {})
+    store = Store(str(tmp_path / "store"), "review")
+    write_eval(store, "ev-1", 6, {})
+    pairs, log = load_pairs(store, "ev-1"), RatingLog(store, "ev-1")
+
+    def vote(item: int, reviewer: str, arm: str) -> None:
+        side = candidate_side("ev-1", item, reviewer)
+        choice = {"candidate": side, "incumbent": "B" if side == "A" else "A"}.get(arm, arm)
+        log.add(pairs[item], reviewer, choice, "", item)
+
+    vote(0, "alice", "candidate")
+    vote(0, "bob", "candidate")
+    vote(1, "alice", "incumbent")
+    vote(2, "alice", "tie")
+    vote(3, "alice", "candidate")
+    vote(3, "bob", "incumbent")
+    vote(4, "alice", "candidate")
+    vote(4, "bob", "both_bad")
+    vote(4, "alice", "incumbent")  # alice changed her mind: her latest rating counts
+
+    assert main(["review", "pairs", job, "--eval", "ev-1"]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert {k: said[k] for k in ("items_rated", "pairs", "ties")} == {
+        "items_rated": 5,
+        "pairs": 3,
+        "ties": 2,
+    }
+    lines = [
+        json.loads(line) for line in store.fs.open(said["path"]).read().decode().split("\n")[:-1]
+    ]
+    got = [(r["item"], r["chosen"], r["rejected"], r["votes"]) for r in lines]
+    assert got == [
+        (0, "candidate answer 0", "incumbent answer 0", [2, 2]),
+        (1, "incumbent answer 1", "candidate answer 1", [1, 1]),
+        (4, "incumbent answer 4", "candidate answer 4", [1, 1]),
+    ]
+    assert lines[0]["text"] == "Question 0: where is my card?", "the job's prompt_field"
