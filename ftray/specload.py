@@ -336,9 +336,11 @@ def _unused_sections(spec: JobSpec, data: dict) -> list[SpecRuleError]:
     methods = {spec.train.method}
     if spec.sweep and "train.method" in spec.sweep.parameters:
         methods |= set(spec.sweep.parameters["train.method"].values or [])
+    if "dpo" in methods:
+        methods.add(spec.train.dpo.adapter)  # dpo trains through a lora or qlora adapter
     written = data.get("train") or {}
     problems = []
-    for section, method in (("deepspeed", "full"), ("qlora", "qlora")):
+    for section, method in (("deepspeed", "full"), ("qlora", "qlora"), ("dpo", "dpo")):
         if section in written and method not in methods:
             problems.append(
                 SpecRuleError(

@@ -49,6 +49,7 @@ PREPARE_VERSION = 5
 SPLITS = ("train", "validation", "eval", "quarantine")
 EXAMPLE_COLUMNS = ["source", "row", "prompt", "completion", "messages", "input_ids", "labels"]
 EXAMPLE_COLUMNS += ["num_tokens"]
+PAIR_COLUMNS = ["rejected", "rejected_input_ids", "rejected_labels"]  # data.preference
 QUARANTINE_COLUMNS = ["source", "row", "prompt", "completion", "fields", "raw", "rule", "reason"]
 _ATTEMPT = ".attempt-"  # `<dataset_id>.attempt-<hex>`: an attempt being written
 _STALE_ATTEMPT_S = 24 * 3600  # an attempt folder untouched this long was abandoned
@@ -117,9 +118,13 @@ def _build(data, model, model_dir, files, digests, store, attempt, progress) -> 
     passing = checked.filter(expr=col("rule") == "")
     drops: dict[int, tuple[str, str]] = {}
     moves: dict[int, str] = {}
-    if data.dedup.exact or data.dedup.near or data.dedup.conflicts:
+    # preference pairs may share a prompt (A over B, C over B): no conflict rule for them
+    dedup = data.dedup.model_copy(
+        update={"conflicts": data.dedup.conflicts and not data.preference}
+    )
+    if dedup.exact or dedup.near or dedup.conflicts:
         precedence = {f.path: f.precedence for f in files}
-        drops, moves = find_duplicates(passing, data.dedup, checked.count(), precedence)
+        drops, moves = find_duplicates(passing, dedup, checked.count(), precedence)
     progress.note(
         f"duplicates and conflicts: {len(drops)} record(s) removed (exact, near, leakage, "
         f"conflict), {len(moves)} correction(s) moved to a held-out split"
@@ -145,6 +150,8 @@ def _build(data, model, model_dir, files, digests, store, attempt, progress) -> 
         if split == "train":
             part = part.random_shuffle(seed=data.seed)
         columns = QUARANTINE_COLUMNS if split == "quarantine" else EXAMPLE_COLUMNS
+        if data.preference:  # the worse answer, and its tokens where the pair is kept
+            columns = [*columns, *(PAIR_COLUMNS[:1] if split == "quarantine" else PAIR_COLUMNS)]
         part.select_columns(columns).write_parquet(store.uri("datasets", attempt, split))
     written = {split: _rows_written(store.uri("datasets", attempt, split)) for split in SPLITS}
     if written != {split: counts[split] for split in SPLITS}:

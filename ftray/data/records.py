@@ -4,6 +4,7 @@
 as one row, either passing (rule '') or rejected with a named rule and a reason. Rules:
 
   malformed, missing_field, wrong_type, empty_field   the record itself
+  same_answers                                        a preference pair's answers are equal
   label_not_allowed, bad_output                       the output contract
   pii, toxic                                          content filters
   too_long                                            the token limit (unless truncated)
@@ -67,9 +68,12 @@ class CheckRecords:
             "fields": record["fields"],
             "prompt": None,
             "completion": None,
+            "rejected": None,  # a preference pair's worse answer (data.preference)
             "messages": None,
             "input_ids": [],
             "labels": [],
+            "rejected_input_ids": [],
+            "rejected_labels": [],
             "num_tokens": 0,
             "pii_redacted": 0,
             "truncated": False,
@@ -84,15 +88,21 @@ class CheckRecords:
         try:
             if record["error"]:
                 raise _Reject("malformed", record["error"])
-            messages, completion = self._parse(json.loads(record["fields"]))
+            fields = json.loads(record["fields"])
+            messages, completion = self._parse(fields)
             prompt = "\n".join(m["content"] for m in messages if m["role"] != "system")
-            out.update(prompt=prompt, completion=completion)
+            rejected = self._rejected(fields, completion) if self.spec.preference else None
+            out.update(prompt=prompt, completion=completion, rejected=rejected)
             messages, completion = self._content(messages, completion, out)
             out["completion"] = completion
-            messages, tokens = self._fit(messages, completion, out)
+            if rejected is None:
+                messages, tokens = self._fit(messages, completion, out)
+            else:
+                messages, tokens = self._fit_pair(messages, completion, out)
         except _Reject as reject:
             return {**out, "rule": reject.rule, "reason": reject.reason}
-        text = f"{out['prompt']}\n{completion}"
+        # a pair is a duplicate only when the prompt and both answers repeat
+        text = "\n".join(filter(None, [out["prompt"], completion, out["rejected"]]))
         dedup = self.spec.dedup
         signature = minhash(text, dedup.num_perm, dedup.shingle)
         return {
@@ -105,6 +115,28 @@ class CheckRecords:
             "band_keys": band_keys(signature, *self.bands),
             "signature": signature.tobytes(),  # uint32 × num_perm
         }
+
+    def _rejected(self, fields: dict, chosen: str) -> str:
+        """A preference pair's worse answer, read and checked as the completion is."""
+        assert self.spec.preference is not None
+        name = self.spec.preference.rejected_field
+        rejected = self._answer(fields, "rejected", name)
+        if rejected == chosen:
+            raise _Reject("same_answers", f"the chosen and {name!r} answers are the same")
+        return rejected
+
+    def _fit_pair(self, messages: list[dict], chosen: str, out: dict) -> tuple[list, dict]:
+        """As `_fit`, for the longer of the two answers (then both fit); the rejected
+        answer's tokens go into `out`."""
+        rejected = out["rejected"]
+        longer = max(
+            (chosen, rejected),
+            key=lambda answer: len(tokenize_example(self.tokenizer, messages, answer)["input_ids"]),
+        )
+        messages, _ = self._fit(messages, longer, out)
+        worse = tokenize_example(self.tokenizer, messages, rejected)
+        out.update(rejected_input_ids=worse["input_ids"], rejected_labels=worse["labels"])
+        return messages, tokenize_example(self.tokenizer, messages, chosen)
 
     def _fit(self, messages: list[dict], completion: str, out: dict) -> tuple[list, dict]:
         """Tokenize; over `max_seq_len`, quarantine or (truncation: prompt_start) drop words
@@ -138,21 +170,26 @@ class CheckRecords:
         spec = self.spec
         if spec.messages_field:
             return self._parse_chat(fields.get(spec.messages_field), spec.messages_field, fields)
-        values = {}
-        for role, name in (("prompt", spec.prompt_field), ("completion", spec.completion_field)):
-            value = fields.get(name)
-            if value is None:
-                raise _Reject("missing_field", f"no {role} field {name!r} (has: {sorted(fields)})")
-            if role == "completion" and isinstance(value, (dict, list, int, float, bool)):
-                # a JSON task's answer is an object; a label may be a number: as JSON text
-                value = json.dumps(value, ensure_ascii=False)
-            if not isinstance(value, str):
-                kind = type(value).__name__
-                raise _Reject("wrong_type", f"{role} field {name!r} is {kind}, not text")
-            if not value.strip():
-                raise _Reject("empty_field", f"{role} field {name!r} is empty")
-            values[role] = value.strip()
-        return messages_for(values["prompt"], spec.system_prompt), values["completion"]
+        answer = spec.preference.chosen_field if spec.preference else spec.completion_field
+        prompt = self._answer(fields, "prompt", spec.prompt_field)
+        completion = self._answer(fields, "completion", answer)
+        return messages_for(prompt, spec.system_prompt), completion
+
+    def _answer(self, fields: dict, role: str, name: str) -> str:
+        """The stripped text of field `name` (a JSON answer or a number as JSON text);
+        raises _Reject."""
+        value = fields.get(name)
+        if value is None:
+            raise _Reject("missing_field", f"no {role} field {name!r} (has: {sorted(fields)})")
+        if role != "prompt" and isinstance(value, (dict, list, int, float, bool)):
+            # a JSON task's answer is an object; a label may be a number: as JSON text
+            value = json.dumps(value, ensure_ascii=False)
+        if not isinstance(value, str):
+            kind = type(value).__name__
+            raise _Reject("wrong_type", f"{role} field {name!r} is {kind}, not text")
+        if not value.strip():
+            raise _Reject("empty_field", f"{role} field {name!r} is empty")
+        return value.strip()
 
     def _parse_chat(self, chat, name: str, fields: dict) -> tuple[list[dict], str]:
         if chat is None:
@@ -179,6 +216,7 @@ class CheckRecords:
         if problem:
             raise _Reject("label_not_allowed" if self.spec.labels else "bad_output", problem)
         texts = [m["content"] for m in messages if m["role"] != "system"] + [completion]
+        texts += [out["rejected"]] if out["rejected"] else []  # filters read both answers
         if self.toxic is not None:
             for text in texts:
                 reason = self.toxic(text)
@@ -196,5 +234,7 @@ class CheckRecords:
             ]
             completion = redact_pii(completion, region)
             out["prompt"] = redact_pii(out["prompt"], region)
+            if out["rejected"]:
+                out["rejected"] = redact_pii(out["rejected"], region)
             out["pii_redacted"] = len(found)
         return messages, completion

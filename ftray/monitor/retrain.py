@@ -3,9 +3,10 @@ through the same prepare rules, then train, evaluate against production, and the
 
 The corrections become one more source file, `monitor/corrections/<hash>.jsonl`, named by
 its content, with a precedence above every other source (a correction replaces the record
-it corrects); it lists the feedback ids it came from, so the dataset's manifest (its sources
-and their hashes) links the dataset version to the feedback, and the model card links the
-model to the dataset.
+it corrects; for a preference job, `data.preference`, each line is a pair: the correction
+chosen over the served output); it lists the feedback ids it came from, so the dataset's
+manifest (its sources and their hashes) links the dataset version to the feedback, and the
+model card links the model to the dataset.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 import json
 
 from ftray.errors import UserError
-from ftray.monitor.feedback import accepted_corrections
+from ftray.monitor.feedback import accepted_corrections, all_feedback
 from ftray.progress import Progress
 from ftray.spec import JobSpec, SourceSpec
 from ftray.store import Store
@@ -32,7 +33,11 @@ def retrain_spec(spec: JobSpec, store: Store, progress: Progress) -> JobSpec:
             "accepted with `ftray feedback accept JOB.yaml FEEDBACK_ID` or on the review page "
             "(or automatically with monitor.accept_corrections: auto)."
         )
-    lines = [json.dumps(_record(spec, row), sort_keys=True) for row in corrections]
+    served = {f["feedback_id"]: f.get("output") for f in all_feedback(store)}
+    lines = [
+        json.dumps(_record(spec, row, served[row["feedback_id"]]), sort_keys=True)
+        for row in corrections
+    ]
     body = "\n".join(lines) + "\n"
     digest = hashlib.sha256(body.encode()).hexdigest()[:12]
     name = f"corrections-{digest}.jsonl"
@@ -55,9 +60,18 @@ def retrain_spec(spec: JobSpec, store: Store, progress: Progress) -> JobSpec:
     )
 
 
-def _record(spec: JobSpec, row: dict) -> dict:
-    """A correction in the job's own input format (prompt/completion fields, or a chat)."""
+def _record(spec: JobSpec, row: dict, served: str | None) -> dict:
+    """A correction in the job's own input format (prompt/completion fields, a chat, or a
+    preference pair over the `served` output; without one, prepare quarantines the pair as
+    missing its rejected answer)."""
     data = spec.data
+    if data.preference:
+        return {
+            data.prompt_field: row["prompt"],
+            data.preference.chosen_field: row["completion"],
+            data.preference.rejected_field: served,
+            "feedback_id": row["feedback_id"],
+        }
     if data.messages_field:
         chat = [
             {"role": "user", "content": row["prompt"]},

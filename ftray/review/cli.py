@@ -1,4 +1,4 @@
-"""`ftray review [serve|results|decide] JOB.yaml`: the review app, its results, the decision."""
+"""`ftray review [serve|results|decide|pairs] JOB.yaml`: the review app, results, decision."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ ACTIONS = {
     "serve": "serve the review pages: pairwise and flagged outputs (the default)",
     "results": "print win rate, interval, agreement and the gate as JSON (and write the report)",
     "decide": "settle a gate that waits for human review: promote or reject, once",
+    "pairs": "write the rated items as preference pairs for train.method dpo (winner chosen, "
+    "loser rejected, ties dropped) and print the counts and the file",
 }
 
 
@@ -62,6 +64,12 @@ def _review(args: argparse.Namespace) -> int:
         eval_id = latest_eval(store)
     if args.action == "serve":
         return _serve(store, eval_id, args)
+    if args.action == "pairs":
+        from ftray.review.preferences import write_rating_pairs
+
+        assert eval_id is not None
+        print(json.dumps(write_rating_pairs(spec.data, store, eval_id), indent=2))
+        return exits.OK
     from ftray.review.verdict import decide, results
 
     found = results(store, eval_id) if args.action == "results" else decide(store, eval_id)

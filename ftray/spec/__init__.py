@@ -106,6 +106,20 @@ class JobSpec(_Section):
         return self
 
     @model_validator(mode="after")
+    def _pairs_for_dpo(self) -> JobSpec:
+        dpo, pairs = self.train.method == "dpo", self.data.preference is not None
+        if dpo != pairs:
+            where, value = ("train.method", "dpo") if dpo else ("data.preference", "set")
+            raise SpecRuleError(
+                where,
+                value,
+                "method dpo trains on preference pairs (data.preference), and pairs train "
+                "only with method dpo",
+                "set both data.preference and train.method: dpo, or neither",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sweep_metric_computable(self) -> JobSpec:
         if not self.sweep or self.sweep.metric != "task":
             return self

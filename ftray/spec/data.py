@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ftray.spec._base import SpecRuleError, _Section
 
@@ -30,6 +30,15 @@ class SourceSpec(_Section):
     )
 
 
+class PreferenceSpec(_Section):
+    """Preference pairs (for `train.method: dpo`): a prompt with a better and a worse answer."""
+
+    chosen_field: str = Field(default="chosen", description="Column holding the better answer.")
+    rejected_field: str = Field(
+        default="rejected", description="Column holding the worse answer to the same prompt."
+    )
+
+
 class DedupSpec(_Section):
     """Duplicate removal: exact (normalised text) and near (MinHash + LSH), both distributed."""
 
@@ -40,7 +49,7 @@ class DedupSpec(_Section):
         description="Keep one completion per prompt: records with the same normalised prompt "
         "(system prompt and earlier turns included) and another completion lose to the "
         "winner by source precedence (rule 'conflict'). Turn off for tasks with several right "
-        "answers per prompt.",
+        "answers per prompt; preference pairs (data.preference) never have it.",
     )
     threshold: float = Field(
         default=0.8,
@@ -113,6 +122,12 @@ class DataSpec(_Section):
         "assistant, ending with the assistant's answer (the completion; earlier turns are "
         "the prompt). When set, prompt_field and completion_field are not used.",
     )
+    preference: PreferenceSpec | None = Field(
+        default=None,
+        description="Read every record as a preference pair (prompt_field, chosen and rejected "
+        "answers) instead of prompt + completion; the chosen answer is the completion that "
+        "evaluation scores against. Needs train.method: dpo; not with messages_field.",
+    )
     system_prompt: str | None = Field(
         default=None,
         description="System prompt put before every example, as the production API will send "
@@ -162,6 +177,18 @@ class DataSpec(_Section):
     dedup: DedupSpec = Field(default_factory=DedupSpec, description="Duplicate removal.")
     pii: PiiSpec = Field(default_factory=PiiSpec, description="PII handling.")
     toxicity: ToxicitySpec = Field(default_factory=ToxicitySpec, description="Toxicity filter.")
+
+    @model_validator(mode="after")
+    def _pairs_from_fields(self) -> DataSpec:
+        if self.preference and self.messages_field:
+            raise SpecRuleError(
+                "preference",
+                self.preference.model_dump(),
+                "preference pairs are read from prompt_field and the two answer fields, not "
+                "from a chat",
+                "unset data.messages_field, or data.preference",
+            )
+        return self
 
     @field_validator("output_schema")
     @classmethod

@@ -69,6 +69,24 @@ class DeepSpeedSpec(_Section):
         return self
 
 
+class DpoSpec(_Section):
+    """Preference tuning (`method: dpo`): sigmoid DPO on `data.preference` pairs."""
+
+    beta: float = Field(
+        default=0.1,
+        gt=0,
+        description="How far the tuned model may move from the reference: the loss is "
+        "-log σ(beta × (chosen log-ratio - rejected log-ratio)); smaller lets it drift further.",
+    )
+    adapter: Literal["lora", "qlora"] = Field(
+        default="lora",
+        description="What trains: a LoRA adapter (train.lora) on the base model, or on the "
+        "base quantized by bitsandbytes (train.qlora). The reference model is the same base "
+        "with the adapter switched off, so no second copy is held; DPO on a full fine-tune is "
+        "not built.",
+    )
+
+
 class EarlyStoppingSpec(_Section):
     """Stop when validation loss stops improving."""
 
@@ -101,11 +119,12 @@ class ScalingSpec(_Section):
 class TrainSpec(_Section):
     """The train stage (Ray Train)."""
 
-    method: Literal["full", "lora", "qlora"] = Field(
+    method: Literal["full", "lora", "qlora", "dpo"] = Field(
         default="lora",
         description="Fine-tuning method: 'full' trains every weight under DeepSpeed ZeRO; "
         "'lora' trains a peft LoRA adapter; 'qlora' trains a LoRA adapter on a base model "
-        "quantized by bitsandbytes.",
+        "quantized by bitsandbytes; 'dpo' tunes a LoRA or QLoRA adapter on preference "
+        "pairs (data.preference; settings in train.dpo).",
     )
     epochs: int = Field(default=2, ge=1, le=20, description="Passes over the training set.")
     max_steps: int | None = Field(
@@ -164,6 +183,7 @@ class TrainSpec(_Section):
     )
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (lora, qlora).")
     qlora: QloraSpec = Field(default_factory=QloraSpec, description="Quantization (qlora).")
+    dpo: DpoSpec = Field(default_factory=DpoSpec, description="Preference tuning (dpo).")
     deepspeed: DeepSpeedSpec = Field(
         default_factory=DeepSpeedSpec, description="DeepSpeed ZeRO (full)."
     )
@@ -191,6 +211,22 @@ class TrainSpec(_Section):
                 f"pick a micro_batch_size that divides {self.batch_size // workers}",
             )
         return self
+
+    @model_validator(mode="after")
+    def _dpo_unpacked(self) -> TrainSpec:
+        if self.method == "dpo" and self.packing:
+            raise SpecRuleError(
+                "packing",
+                True,
+                "method dpo scores each answer as a sequence of its own; packed rows mix them",
+                "set train.packing: false",
+            )
+        return self
+
+    @property
+    def base_method(self) -> Literal["full", "lora", "qlora"]:
+        """How weights train: the method itself, or dpo's adapter."""
+        return self.dpo.adapter if self.method == "dpo" else self.method
 
     @property
     def per_worker_batch(self) -> int:

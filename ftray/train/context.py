@@ -22,8 +22,9 @@ class WorkerContext(Protocol):
     device: str
 
     def batches(self, split: str, batch_size: int, epoch: int) -> Iterable[dict]:
-        """Raw examples, {"input_ids": [[...], ...], "labels": [[...], ...]} per batch, in
-        the same order every time for the same epoch (resume skips what was consumed)."""
+        """Raw examples, {"input_ids": [[...], ...], "labels": [[...], ...]} per batch (pairs
+        add "rejected_input_ids" and "rejected_labels"), in the same order every time for the
+        same epoch (resume skips what was consumed)."""
         ...
 
     def wrap_model(self, model, move: bool = True):
@@ -42,15 +43,24 @@ class WorkerContext(Protocol):
 class LocalContext:
     """One process over a prepared dataset folder; checkpoints go to `checkpoint_root`.
 
-    Resumes from the newest checkpoint already in `checkpoint_root`.
+    Resumes from the newest checkpoint already in `checkpoint_root`. `columns`: what a
+    batch holds (`ftray.train.dpo.PAIR_COLUMNS` for preference pairs).
     """
 
     rank = 0
     world_size = 1
     node_id = "local"
 
-    def __init__(self, dataset_dir: str, checkpoint_root: str, seed: int = 0, device="cpu"):
+    def __init__(
+        self,
+        dataset_dir: str,
+        checkpoint_root: str,
+        seed: int = 0,
+        device="cpu",
+        columns: tuple[str, ...] = ("input_ids", "labels"),
+    ):
         self.dataset_dir = dataset_dir
+        self.columns = list(columns)
         self.tables: dict[str, dict] = {}  # split → columns, read when first asked for
         self.checkpoint_root = Path(checkpoint_root)
         self.seed = seed
@@ -61,9 +71,8 @@ class LocalContext:
         import pyarrow.parquet as pq
 
         if split not in self.tables:
-            columns = ["input_ids", "labels"]
             path = Path(self.dataset_dir, split)
-            self.tables[split] = pq.read_table(path, columns=columns).to_pydict()
+            self.tables[split] = pq.read_table(path, columns=self.columns).to_pydict()
         table = self.tables[split]
         count = len(table["input_ids"])
         order = np.arange(count)
@@ -71,7 +80,7 @@ class LocalContext:
             order = np.random.default_rng(self.seed + epoch).permutation(count)
         for start in range(0, count, batch_size):
             picked = order[start : start + batch_size]
-            yield {key: [table[key][i] for i in picked] for key in ("input_ids", "labels")}
+            yield {key: [table[key][i] for i in picked] for key in self.columns}
 
     def wrap_model(self, model, move: bool = True):
         return model.to(self.device) if move else model

@@ -3,11 +3,11 @@
 `train_loop(config, ctx)` trains `config.train.method` through an engine from
 `ftray.train.methods`, on batches from a `WorkerContext` (`ftray.train.context`). It logs
 metrics every `log_every` steps, measures the loss on the validation split (never the eval
-split, which is the test set) and saves a checkpoint every `eval_every` steps (or per epoch),
-scores a sweep trial's task probe there too, stops early when validation loss plateaus, and
-resumes exactly from the context's restored checkpoint: step, epoch and position in the
-epoch's data, optimizer and scheduler state, early-stopping state, and the dropout seed
-(derived from the step).
+split, which is the test set; for dpo the DPO loss and the preference accuracy) and saves a
+checkpoint every `eval_every` steps (or per epoch), scores a sweep trial's task probe there
+too, stops early when validation loss plateaus, and resumes exactly from the context's
+restored checkpoint: step, epoch and position in the epoch's data, optimizer and scheduler
+state, early-stopping state, and the dropout seed (derived from the step).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ftray.spec import EarlyStoppingSpec, TrainSpec
 from ftray.train.collate import collate
 from ftray.train.config import FaultConfig, LoopConfig
 from ftray.train.context import WorkerContext, all_reduce_sum, gather
+from ftray.train.dpo import collate_pairs, evaluate_pairs
 from ftray.train.methods import build_engine
 from ftray.train.tracking import Meter, Tracker
 
@@ -47,6 +48,7 @@ class TrainState:
     loss_history: list = field(default_factory=list)  # [step, mean loss]
     eval_history: list = field(default_factory=list)  # [step, validation loss]
     task_history: list = field(default_factory=list)  # [step, probe's task metric]
+    accuracy_history: list = field(default_factory=list)  # dpo: [step, preference accuracy]
     best_task_metric: float | None = None
     best_task_step: int | None = None
     resumed_from: list = field(default_factory=list)  # steps of the checkpoints resumed
@@ -110,8 +112,8 @@ def train_loop(config: LoopConfig | dict, ctx: WorkerContext) -> dict:
         engine.model.train()
         batches = ctx.batches("train", micro, state.epoch)
         for group in _steps(batches, accumulation, state.micro_index, micro_per_epoch):
-            tensors = [collate(raw, pack_length=pack, device=ctx.device) for raw in group]
-            num_items = all_reduce_sum(sum(_label_tokens(t) for t in tensors))
+            tensors = [_collate(raw, spec, pack, ctx.device) for raw in group]
+            num_items = all_reduce_sum(sum(_items(t, spec) for t in tensors))
             for offset, batch in enumerate(tensors):
                 torch.manual_seed(_dropout_seed(spec.seed, ctx.rank, state.step, offset))
                 boundary = offset == len(tensors) - 1
@@ -202,11 +204,20 @@ class _Probe:
 def _evaluate_and_save(
     engine, ctx, state: TrainState, spec: TrainSpec, tracker, pack, probe: _Probe | None
 ) -> None:
-    eval_loss = evaluate_loss(engine.model, ctx, spec.per_worker_batch, pack)
+    logged: dict[str, float | None] = {}
+    said = ""
+    if spec.method == "dpo":  # the validation DPO loss stands in for the token loss
+        eval_loss, accuracy = evaluate_pairs(
+            engine.model, engine.module, ctx, spec.per_worker_batch, spec.dpo.beta
+        )
+        state.accuracy_history.append([state.step, accuracy])
+        logged["validation/preference_accuracy"] = accuracy
+        said = f", preference accuracy {accuracy}"
+    else:
+        eval_loss = evaluate_loss(engine.model, ctx, spec.per_worker_batch, pack)
     state.record_eval(eval_loss, spec.early_stopping)
     state.last_checkpoint_step = state.step
-    logged: dict[str, float | None] = {"validation/loss": eval_loss}
-    said = ""
+    logged["validation/loss"] = eval_loss
     reported_loss = eval_loss if math.isfinite(eval_loss) else 1e30
     metrics: dict[str, float | int | None] = {
         "step": state.step,
@@ -247,6 +258,7 @@ def _summary(state: TrainState, nodes: list) -> dict:
         "loss_history": state.loss_history,
         "eval_history": state.eval_history,
         "task_history": state.task_history,
+        "accuracy_history": state.accuracy_history,
         "best_task_metric": state.best_task_metric,
         "best_task_step": state.best_task_step,
         "worker_nodes": nodes,
@@ -268,8 +280,17 @@ def _steps(batches, accumulation: int, skip: int, limit: int):
             group = []
 
 
-def _label_tokens(batch: dict):
-    """Tokens the loss counts: labels after the causal shift that are not masked out."""
+def _collate(raw: dict, spec: TrainSpec, pack: int | None, device) -> dict:
+    if spec.method == "dpo":
+        return collate_pairs(raw, device)
+    return collate(raw, pack_length=pack, device=device)
+
+
+def _items(batch: dict, spec: TrainSpec):
+    """What the loss averages over: pairs (dpo), else the tokens the loss counts (labels
+    after the causal shift that are not masked out)."""
+    if spec.method == "dpo":
+        return batch["labels"].new_tensor(batch["labels"].shape[0] // 2).float()
     return (batch["labels"][:, 1:] != IGNORE_INDEX).sum().float()
 
 

@@ -1,8 +1,9 @@
 """The three methods behind one interface, so `train_loop` has a single copy of the loop.
 
-- `AdapterEngine` (lora, qlora): a peft LoRA adapter on a plain or bitsandbytes-quantized
+- `AdapterEngine` (lora, qlora, dpo): a peft LoRA adapter on a plain or bitsandbytes-quantized
   base, data-parallel through the worker context (DDP under Ray Train), torch AdamW, gradient
-  accumulation without all-reduce on the non-final micro-steps.
+  accumulation without all-reduce on the non-final micro-steps; for dpo its loss is
+  `ftray.train.dpo`'s on pair batches, against the same base with the adapter disabled.
 - `DeepSpeedEngine` (full): every weight trained under DeepSpeed ZeRO-2/3, optional CPU
   offload, config from `ftray.train.ds_config`; its sharded checkpoints are consolidated into
   one safetensors model by `consolidate`.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from ftray.models import add_lora, load_model, load_quantized_model, torch_dtype
 from ftray.spec import TrainSpec
+from ftray.train.dpo import pair_loss_sum
 from ftray.train.ds_config import deepspeed_config, precision_of
 
 DS_TAG = "state"  # DeepSpeed's checkpoint tag inside each checkpoint's deepspeed/ folder
@@ -26,7 +28,7 @@ DS_TAG = "state"  # DeepSpeed's checkpoint tag inside each checkpoint's deepspee
 
 def build_engine(spec: TrainSpec, model_dir: str, dtype: str, ctx, total_steps: int):
     """The engine for `spec.method` on this worker."""
-    if spec.method == "full":
+    if spec.base_method == "full":
         return DeepSpeedEngine(spec, model_dir, dtype, ctx, total_steps)
     return AdapterEngine(spec, model_dir, dtype, ctx, total_steps)
 
@@ -37,7 +39,7 @@ class AdapterEngine:
     def __init__(self, spec: TrainSpec, model_dir: str, dtype: str, ctx, total_steps: int):
         import torch
 
-        if spec.method == "qlora":
+        if spec.base_method == "qlora":
             from peft import prepare_model_for_kbit_training
 
             base = load_quantized_model(model_dir, spec.qlora, ctx.device)
@@ -52,7 +54,7 @@ class AdapterEngine:
                 base.gradient_checkpointing_enable({"use_reentrant": False})
                 base.enable_input_require_grads()
         self.module = add_lora(base, spec.lora)
-        self.model = ctx.wrap_model(self.module, move=spec.method != "qlora")
+        self.model = ctx.wrap_model(self.module, move=spec.base_method != "qlora")
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=spec.lr, weight_decay=spec.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -60,6 +62,7 @@ class AdapterEngine:
         )
         self.max_grad_norm = spec.max_grad_norm
         self.flops_per_token = 4 * count_params(self.module)  # frozen base: no weight grads
+        self.beta = spec.dpo.beta if spec.method == "dpo" else None  # None: the SFT loss
 
     def micro_step(self, batch: dict, boundary: bool, num_items, world_size: int):
         """Forward and backward one micro-batch; step the optimizer on the boundary.
@@ -68,7 +71,8 @@ class AdapterEngine:
         of the whole step on all workers, times `world_size` (DDP averages over workers): the
         step's gradient is that of the mean token loss of the global batch, however it is
         split into micro-batches. Returns the unscaled part (summed over micro-batches and
-        workers: the global mean).
+        workers: the global mean). For dpo, a pair batch (`ftray.train.dpo`) whose items
+        are its pairs: the mean DPO loss of the global batch.
         """
         import torch
 
@@ -76,7 +80,10 @@ class AdapterEngine:
         if not boundary and hasattr(self.model, "no_sync"):
             sync = self.model.no_sync()  # all-reduce once per step, not per micro-batch
         with sync:
-            loss = self.model(**batch, use_cache=False, num_items_in_batch=num_items).loss
+            if self.beta is None:
+                loss = self.model(**batch, use_cache=False, num_items_in_batch=num_items).loss
+            else:
+                loss = pair_loss_sum(self.model, self.module, batch, self.beta)[0] / num_items
             (loss * world_size).backward()
         if boundary:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)

@@ -24,6 +24,7 @@ from ftray.progress import Progress
 from ftray.spec import ModelSpec, TrainSpec, WandbSpec
 from ftray.store import Store, content_id
 from ftray.train.config import FaultConfig, LoopConfig, ProbeConfig
+from ftray.train.dpo import PAIR_COLUMNS
 from ftray.train.loop import train_loop
 from ftray.train.methods import consolidate
 from ftray.train.tracking import wandb_settings
@@ -159,6 +160,7 @@ def _trainer(config: LoopConfig, dataset: DatasetRef, store: Store, folder, tria
 
     spec = config.train
     attribute, order = config.score_attribute
+    columns = PAIR_COLUMNS if spec.method == "dpo" else ["input_ids", "labels"]
     return TorchTrainer(
         _ray_worker,  # type: ignore[arg-type]  # typed as returning None; Ray keeps the value
         train_loop_config=config.model_dump(mode="json"),
@@ -171,7 +173,7 @@ def _trainer(config: LoopConfig, dataset: DatasetRef, store: Store, folder, tria
         torch_config=TorchConfig(backend="nccl" if spec.scaling.use_gpu else "gloo"),
         # the eval split is the test set: training never reads it
         datasets={
-            split: ray.data.read_parquet(f"{dataset.uri}/{split}", columns=["input_ids", "labels"])
+            split: ray.data.read_parquet(f"{dataset.uri}/{split}", columns=columns)
             for split in ("train", "validation")
         },
         # Same order every epoch on every attempt: a resumed run skips what it consumed.
@@ -196,7 +198,7 @@ def _finish(result, config: LoopConfig, dataset, store: Store, run, record) -> R
     spec = config.train
     final = result.return_value or {}
     best = result.get_best_checkpoint(*config.score_attribute) or result.checkpoint
-    if spec.method == "full":
+    if spec.base_method == "full":
         kind, weights_uri = "model", _consolidate(best, config.model_dir, store, run)
     else:
         kind, weights_uri = "adapter", f"{best.path}/adapter"
@@ -226,6 +228,7 @@ def _finish(result, config: LoopConfig, dataset, store: Store, run, record) -> R
             "loss_history": history,
             "eval_history": final.get("eval_history", []),
             "task_history": final.get("task_history", []),
+            "preference_accuracy_history": final.get("accuracy_history", []),
             "worker_nodes": final.get("worker_nodes", []),
             "wandb": config.wandb,
             "trial": record,

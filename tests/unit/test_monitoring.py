@@ -210,6 +210,23 @@ def test_feedback_decisions_and_the_corrections_file(store, tmp_path):
         {"text": "sea?", "color": "blue", "feedback_id": flagged["feedback_id"]},
     ]
     assert retrain_spec(spec, store, Progress()).data.sources[1].path == path  # by content
+    # a preference job gets pairs: the correction chosen over the answer that was served
+    data = {
+        **spec.data.model_dump(),
+        "preference": {"chosen_field": "good", "rejected_field": "bad"},
+    }
+    pairs = spec.model_copy(
+        update={
+            "data": spec.data.model_validate(data),
+            "train": spec.train.model_validate({"method": "dpo"}),
+        }
+    )
+    path = retrain_spec(pairs, store, Progress()).data.sources[1].path
+    lines = [json.loads(line) for line in store.fs.open(path).read().decode().splitlines()]
+    assert [(r["text"], r["good"], r["bad"]) for r in lines] == [
+        ("sky?", "blue", "red"),
+        ("sea?", "blue", "red"),
+    ]
 
 
 def test_retrain_without_corrections_says_how_to_get_them(store, tmp_path):

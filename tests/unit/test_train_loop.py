@@ -124,7 +124,7 @@ def test_train_loop_learns_and_checkpoints_an_adapter(tiny_dir, tmp_path):
 
 def test_gradient_accumulation_matches_the_full_batch(tiny_dir, tmp_path):
     """4 micro-batches of 2 accumulate the gradient of one batch of 8 (token-weighted)."""
-    from ftray.train.loop import _label_tokens
+    from ftray.train.loop import _items
     from ftray.train.methods import AdapterEngine
 
     _dataset(tmp_path / "ds", load_tokenizer(tiny_dir), 16)
@@ -140,7 +140,7 @@ def test_gradient_accumulation_matches_the_full_batch(tiny_dir, tmp_path):
             p.grad.clone() for p in e.params
         )
         parts = [collate({k: v[i : i + micro] for k, v in raw.items()}) for i in range(0, 8, micro)]
-        num_items = sum(_label_tokens(part) for part in parts)
+        num_items = sum(_items(part, spec) for part in parts)
         for i, part in enumerate(parts):
             engine.micro_step(part, i == len(parts) - 1, num_items, 1)
         grads.append(seen)

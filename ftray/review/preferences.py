@@ -1,0 +1,75 @@
+"""Pairwise ratings as training signal: each rated item's winner over its loser, written as a
+preference source file for `train.method: dpo` (`ftray review pairs`).
+
+Per item, each reviewer's latest rating is one vote for the candidate or the incumbent ('tie'
+and 'both bad' vote for neither); the arm with more votes is chosen, the other rejected, and
+items with no votes or equal votes are dropped. Each line keeps its evaluation, item and
+`votes` ([for the winner, for either arm]) so a dataset can be traced back to the ratings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+
+from ftray.review.ratings import RatingLog, latest, load_pairs
+from ftray.spec import DataSpec
+from ftray.store import Store
+
+
+def rating_pairs(store: Store, eval_id: str) -> tuple[list[dict], dict]:
+    """(pairs, counts): {prompt, chosen, rejected, eval_id, item, votes} per decided item,
+    and how many items were rated, became pairs, or were dropped as ties."""
+    examples = {pair.item: pair for pair in load_pairs(store, eval_id)}
+    votes: dict[int, Counter] = {}
+    for rating in latest(RatingLog(store, eval_id).all()):
+        votes.setdefault(rating["item"], Counter())[rating["preferred"]] += 1
+    pairs = []
+    for item, tally in sorted(votes.items()):
+        candidate, incumbent = tally["candidate"], tally["incumbent"]
+        if candidate == incumbent:
+            continue  # a tie, both bad, or reviewers split evenly: no preference to learn
+        example = examples[item]
+        win, lose = (example.candidate, example.incumbent)
+        if incumbent > candidate:
+            win, lose = lose, win
+        pairs.append(
+            {
+                "prompt": example.prompt,
+                "chosen": win,
+                "rejected": lose,
+                "eval_id": eval_id,
+                "item": item,
+                "votes": [max(candidate, incumbent), candidate + incumbent],
+            }
+        )
+    counts = {"items_rated": len(votes), "pairs": len(pairs), "ties": len(votes) - len(pairs)}
+    return pairs, counts
+
+
+def write_rating_pairs(data: DataSpec, store: Store, eval_id: str) -> dict:
+    """Write an evaluation's rated pairs as `evals/<eval-id>/reviews/preferences-<hash>.jsonl`
+    in the job's field names (`data.prompt_field`, `data.preference`'s or chosen/rejected);
+    returns the counts and the file's URI (None when no item has a winner)."""
+    pairs, counts = rating_pairs(store, eval_id)
+    if not pairs:
+        return {**counts, "path": None}
+    chosen = data.preference.chosen_field if data.preference else "chosen"
+    rejected = data.preference.rejected_field if data.preference else "rejected"
+    lines = [
+        json.dumps(
+            {
+                data.prompt_field: pair["prompt"],
+                chosen: pair["chosen"],
+                rejected: pair["rejected"],
+                **{key: pair[key] for key in ("eval_id", "item", "votes")},
+            },
+            sort_keys=True,
+        )
+        for pair in pairs
+    ]
+    body = "\n".join(lines) + "\n"
+    name = f"preferences-{hashlib.sha256(body.encode()).hexdigest()[:12]}.jsonl"
+    store.write_text(body, "evals", eval_id, "reviews", name)
+    return {**counts, "path": store.uri("evals", eval_id, "reviews", name)}
