@@ -56,7 +56,7 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
     generation = {"max_new_tokens": spec.eval.max_new_tokens}
     assess_id = content_id(
         "assess",
-        dataset.dataset_id,
+        dataset.id,
         spec.model.model_dump(mode="json"),
         settings.model_dump(mode="json"),
         spec.train.model_dump(mode="json"),
@@ -109,7 +109,7 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
     manifest = store.finish(
         {
             "assess_id": assess_id,
-            "dataset_id": dataset.dataset_id,
+            "dataset_id": dataset.id,
             "decision": decision,
             "reasons": reasons,
             "usable_examples": usable,

@@ -42,7 +42,7 @@ class Pipeline:
         with self.progress.stage("prepare"):
             ref = prepare(self.spec.data, self.spec.model, self.store, self.progress)
             counts = ref.manifest["counts"]
-            self._said(ref.reused, "dataset", ref.dataset_id)
+            self._said(ref.reused, "dataset", ref.id)
             self.progress.note(
                 f"records: {counts['train'] + counts['validation'] + counts['eval']} kept "
                 f"({counts['train']} train, {counts['validation']} validation, "
@@ -57,10 +57,10 @@ class Pipeline:
         dataset = self.dataset
         with self.progress.stage("assess"):
             ref = assess(self.spec, dataset, self.store, self.progress)
-            self._said(ref.reused, "assessment", ref.assess_id)
+            self._said(ref.reused, "assessment", ref.id)
             for line in assess_summary(ref.manifest, self.spec):
                 self.progress.note(line)
-            self.progress.artifact("assessment", self.store.uri("assessments", ref.assess_id))
+            self.progress.artifact("assessment", self.store.uri("assessments", ref.id))
         return ref
 
     @cached_property
@@ -73,10 +73,10 @@ class Pipeline:
             )
         with self.progress.stage("sweep"):
             ref = sweep(self.spec, dataset, self.store, self.progress)
-            self._said(ref.reused, "sweep", ref.sweep_id)
-            print_leaderboard(ref.leaderboard, metric_name(self.spec), self.progress)
-            self.progress.note(f"winner: {ref.winner.run_id}")
-            self.progress.artifact("leaderboard", self.store.uri("sweeps", ref.sweep_id))
+            self._said(ref.reused, "sweep", ref.id)
+            print_leaderboard(ref.manifest["leaderboard"], metric_name(self.spec), self.progress)
+            self.progress.note(f"winner: {ref.winner.id}")
+            self.progress.artifact("leaderboard", self.store.uri("sweeps", ref.id))
         return ref
 
     @property
@@ -97,7 +97,7 @@ class Pipeline:
                 wandb=self.spec.wandb,
                 project=self.spec.project,
             )
-            self._said(ref.reused, "run", ref.run_id)
+            self._said(ref.reused, "run", ref.id)
             self.progress.note(
                 f"loss {ref.manifest['loss_first']} → {ref.manifest['loss_last']} "
                 f"(validation loss {ref.manifest['metrics'].get('eval_loss')})"
@@ -122,7 +122,7 @@ class Pipeline:
                 self.store,
                 self.progress,
             )
-            self._said(ref.reused, "evaluation", ref.eval_id)
+            self._said(ref.reused, "evaluation", ref.id)
             if not ref.reused or ref.regated:
                 self._track(run, ref)
             if ref.regated:
@@ -147,7 +147,7 @@ class Pipeline:
                     self.progress.note(f"  – skipped {rule['rule']}: {rule['detail']}")
                 elif not rule["passed"]:
                     self.progress.note(f"  ✗ {rule['rule']}: {rule['detail']}")
-            report = self.store.uri("evals", ref.eval_id, "report.html")
+            report = self.store.uri("evals", ref.id, "report.html")
             self.progress.artifact("evaluation report", report)
         return ref
 
@@ -163,12 +163,12 @@ class Pipeline:
         with self.progress.stage("register"):
             model_id = self._register(evaluation)
             # A gate with a human rule waits for ratings; `ftray review decide` settles it.
-            gate = human_gate(self.store, evaluation.eval_id) or evaluation.gate
+            gate = human_gate(self.store, evaluation.id) or evaluation.gate
             outcome = apply_verdict(
                 self.store,
                 model_id,
                 gate,
-                eval_id=evaluation.eval_id,
+                eval_id=evaluation.id,
                 auto_promote=self.spec.eval.gate.promote,
             )
             self.decision = {**get_model(self.store, model_id), "gate": gate}
@@ -180,11 +180,11 @@ class Pipeline:
         """The candidate's model card written (or found, when registered before); its id."""
         card = register(
             self.store,
-            run_id=self.trained.run_id,
+            run_id=self.trained.id,
             weights_uri=self.trained.weights_uri,
             kind=self.trained.kind,
-            dataset_id=self.dataset.dataset_id,
-            eval_id=evaluation.eval_id,
+            dataset_id=self.dataset.id,
+            eval_id=evaluation.id,
             metrics=evaluation.metrics,
             gate=evaluation.gate,
             spec_hash=spec_hash(self.spec),
@@ -201,16 +201,16 @@ class Pipeline:
     def _track(self, run: RunRef, ref: EvalRef) -> None:
         """The evaluation as a W&B run in the trained model's group (its sweep's, or its own)."""
         # W&B writes its files locally; a remote store's evaluation logs from a temp folder
-        folder = self.store.path("evals", ref.eval_id) if self.store.is_local else None
-        group = (run.manifest.get("wandb") or {}).get("group") or run.run_id
+        folder = self.store.path("evals", ref.id) if self.store.is_local else None
+        group = (run.manifest.get("wandb") or {}).get("group") or run.id
         settings = wandb_settings(
             self.spec.wandb,
             self.spec.project,
-            ref.eval_id,
+            ref.id,
             folder or tempfile.gettempdir(),
             group=group,
         )
-        report = self.store.path("evals", ref.eval_id, "report.html")
+        report = self.store.path("evals", ref.id, "report.html")
         with self.store.fs.open(report, "r", encoding="utf-8") as handle:
             html = handle.read()
         log_evaluation(settings, ref.manifest, html)

@@ -53,7 +53,7 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
     probe = _probe(spec)
     sweep_id = content_id(
         "sweep",
-        dataset.dataset_id,
+        dataset.id,
         spec.model.model_dump(mode="json"),
         spec.train.model_dump(mode="json"),
         spec.sweep.model_dump(mode="json"),
@@ -113,7 +113,7 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
     manifest = store.finish(
         {
             "sweep_id": sweep_id,
-            "dataset_id": dataset.dataset_id,
+            "dataset_id": dataset.id,
             "sweep": rules.model_dump(mode="json"),
             "metric": metric_name(spec),
             "leaderboard": leaderboard,
@@ -216,8 +216,8 @@ def _trial(params: dict, job: dict, dataset: DatasetRef, sweep_id: str, probe: d
             "eval_loss": metrics["best_eval_loss"],
             "task_metric": metrics["best_task_metric"] or 0.0,
             "step": metrics["step"],
-            "run_id": ref.run_id,
-            "run_folder": [*trial.folder, ref.run_id],
+            "run_id": ref.id,
+            "run_folder": [*trial.folder, ref.id],
             "stopped_early": ref.manifest["stopped_early"],
         }
     )

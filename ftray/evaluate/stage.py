@@ -53,8 +53,8 @@ def evaluate(
     task = Task.of(spec, data)
     eval_id = content_id(
         "eval",
-        run.run_id,
-        dataset.dataset_id,
+        run.id,
+        dataset.id,
         spec.model_dump(mode="json", exclude={"gate"}),
         [task.name, task.labels, task.schema],
         EVAL_VERSION,
@@ -66,7 +66,7 @@ def evaluate(
 
     incumbent, incumbent_arm = _incumbent(spec.incumbent, model, run, store)
     candidate_arm = {"kind": run.kind, "uri": run.weights_uri}
-    progress.note(f"candidate {run.run_id} vs incumbent {incumbent['label']}")
+    progress.note(f"candidate {run.id} vs incumbent {incumbent['label']}")
     examples = _examples(dataset, spec.max_examples)
     options: dict[str, Any] = {
         "model_dir": resolve_model(model, store),
@@ -105,8 +105,8 @@ def evaluate(
     table, results = judge(answered.to_pandas(), sampled, task, spec)
     manifest = {
         "eval_id": eval_id,
-        "run_id": run.run_id,
-        "dataset_id": dataset.dataset_id,
+        "run_id": run.id,
+        "dataset_id": dataset.id,
         "spec": spec.model_dump(mode="json"),
         "incumbent": incumbent,
         # what the report needs to be rendered again later (with human review results)
@@ -181,7 +181,7 @@ def _incumbent(setting: str, model: ModelSpec, run: RunRef, store: Store) -> tup
                 f"{store.uri('models')}; use 'base' (or 'auto') for the first model."
             )
     card = get_model(store, model_id) if model_id else None
-    if card is not None and card["run_id"] == run.run_id:
+    if card is not None and card["run_id"] == run.id:
         card = None  # the candidate is production already: compare with the base model
     if card is None:
         return {"kind": "base", "model_id": None, "label": f"base model {model.base}"}, {
