@@ -84,15 +84,8 @@ def _metric_bars(comparison: dict) -> bytes:
         values = np.array([comparison[n][arm] for n in names])
         low = values - np.array([comparison[n][f"{arm}_interval"][0] for n in names])
         high = np.array([comparison[n][f"{arm}_interval"][1] for n in names]) - values
-        ax.bar(
-            x + offset,
-            values,
-            0.4,
-            color=COLORS[arm],
-            label=arm,
-            yerr=np.clip([low, high], 0, None),
-            capsize=3,
-        )
+        error = np.clip([low, high], 0, None)
+        ax.bar(x + offset, values, 0.4, color=COLORS[arm], label=arm, yerr=error, capsize=3)
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel("value (bootstrap interval)")
     ax.set_title("Candidate vs incumbent per metric")
@@ -128,16 +121,8 @@ def _confusion(confusion: dict) -> bytes:
     ax.set_yticks(range(len(confusion["labels"])), confusion["labels"])
     for (i, j), count in np.ndenumerate(matrix):
         if count:
-            dark = count > matrix.max() / 2
-            ax.text(
-                j,
-                i,
-                str(count),
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if dark else "black",
-            )
+            color = "white" if count > matrix.max() / 2 else "black"
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=color)
     ax.set_xlabel("candidate's answer")
     ax.set_ylabel("reference")
     ax.set_title("Confusion matrix (candidate)")
@@ -148,13 +133,8 @@ def _pr_curves(details: dict) -> bytes:
     figure, ax = _figure(5.5, 4)
     for arm in ARMS:
         points = details[arm]["pr_curve"]
-        ax.plot(
-            [p["recall"] for p in points],
-            [p["precision"] for p in points],
-            marker=".",
-            color=COLORS[arm],
-            label=arm,
-        )
+        recall, precision = [p["recall"] for p in points], [p["precision"] for p in points]
+        ax.plot(recall, precision, marker=".", color=COLORS[arm], label=arm)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1.02)
