@@ -161,7 +161,20 @@ class Pipeline:
             return self.decision
         evaluation = self.evaluation
         with self.progress.stage("register"):
-            model_id = self._register(evaluation)
+            card = register(
+                self.store,
+                run_id=self.trained.id,
+                weights_uri=self.trained.weights_uri,
+                kind=self.trained.kind,
+                dataset_id=self.dataset.id,
+                eval_id=evaluation.id,
+                metrics=evaluation.metrics,
+                gate=evaluation.gate,
+                spec_hash=spec_hash(self.spec),
+                base_model=self.spec.model.base,
+                system_prompt=self.spec.data.system_prompt,
+            )
+            model_id = card["model_id"]
             # A gate with a human rule waits for ratings; `ftray review decide` settles it.
             gate = human_gate(self.store, evaluation.id) or evaluation.gate
             outcome = apply_verdict(
@@ -176,23 +189,6 @@ class Pipeline:
             self.progress.artifact("model card", self.store.uri("models", model_id))
         return self.decision
 
-    def _register(self, evaluation: EvalRef) -> str:
-        """The candidate's model card written (or found, when registered before); its id."""
-        card = register(
-            self.store,
-            run_id=self.trained.id,
-            weights_uri=self.trained.weights_uri,
-            kind=self.trained.kind,
-            dataset_id=self.dataset.id,
-            eval_id=evaluation.id,
-            metrics=evaluation.metrics,
-            gate=evaluation.gate,
-            spec_hash=spec_hash(self.spec),
-            base_model=self.spec.model.base,
-            system_prompt=self.spec.data.system_prompt,
-        )
-        return card["model_id"]
-
     def serve(self, keep_serving: bool = False) -> str:
         card = self.decide()
         with self.progress.stage("serve"):
@@ -201,18 +197,10 @@ class Pipeline:
     def _track(self, run: RunRef, ref: EvalRef) -> None:
         """The evaluation as a W&B run in the trained model's group (its sweep's, or its own)."""
         # W&B writes its files locally; a remote store's evaluation logs from a temp folder
-        folder = self.store.path("evals", ref.id) if self.store.is_local else None
+        folder = self.store.path("evals", ref.id) if self.store.is_local else tempfile.gettempdir()
         group = (run.manifest.get("wandb") or {}).get("group") or run.id
-        settings = wandb_settings(
-            self.spec.wandb,
-            self.spec.project,
-            ref.id,
-            folder or tempfile.gettempdir(),
-            group=group,
-        )
-        report = self.store.path("evals", ref.id, "report.html")
-        with self.store.fs.open(report, "r", encoding="utf-8") as handle:
-            html = handle.read()
+        settings = wandb_settings(self.spec.wandb, self.spec.project, ref.id, folder, group=group)
+        html = self.store.fs.read_text(self.store.path("evals", ref.id, "report.html"), "utf-8")
         log_evaluation(settings, ref.manifest, html)
 
     def _said(self, reused: bool, what: str, ident: str) -> None:
@@ -221,17 +209,15 @@ class Pipeline:
 
 def _note_verdict(progress: Progress, outcome: str, card: dict) -> None:
     """Tell the user what the gate's verdict did to the registry, and what they can do."""
-    model_id = card["model_id"]
-    if outcome == "pending":
-        progress.note(
-            "awaiting human review: rate with `ftray review JOB.yaml`, then "
-            "`ftray review decide JOB.yaml`"
-        )
-    elif outcome == "now_passes":
-        progress.note(f"the gate now passes {model_id}; `ftray models promote` promotes it")
-    elif outcome == "rejects_production":
-        progress.note(
-            f"the gate now rejects {model_id}, the production model; production is "
-            "unchanged (`ftray models rollback JOB.yaml` restores the previous one)"
-        )
-    progress.note(f"model id: {model_id} (stage: {card['stage']})")
+    if outcome in _VERDICT_NOTES:
+        progress.note(_VERDICT_NOTES[outcome].format(model_id=card["model_id"]))
+    progress.note(f"model id: {card['model_id']} (stage: {card['stage']})")
+
+
+_VERDICT_NOTES = {
+    "pending": "awaiting human review: rate with `ftray review JOB.yaml`, then "
+    "`ftray review decide JOB.yaml`",
+    "now_passes": "the gate now passes {model_id}; `ftray models promote` promotes it",
+    "rejects_production": "the gate now rejects {model_id}, the production model; production "
+    "is unchanged (`ftray models rollback JOB.yaml` restores the previous one)",
+}
