@@ -12,10 +12,8 @@ no part in the order.
 
 from __future__ import annotations
 
-import time
-
 from ftray.errors import UserError
-from ftray.store import Store, code_version, content_id, current_user
+from ftray.store import Store, code_version, content_id, current_user, utc_stamp
 
 
 def register(
@@ -207,7 +205,7 @@ def _event(action: str, model_id: str, *, previous, reason: str) -> dict:
         "model_id": model_id,
         "previous": previous,
         "reason": reason,
-        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "at": utc_stamp(),
         "by": current_user(),
     }
 

@@ -83,6 +83,11 @@ def event_id() -> str:
     return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
 
 
+def utc_stamp(seconds: float | None = None) -> str:
+    """`seconds` since the epoch (default: now) as the ISO 8601 UTC time records carry."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
 def current_user() -> str:
     """Who runs this process, for the `by` of recorded decisions."""
     try:
@@ -209,7 +214,7 @@ class Store:
 
     def finish(self, manifest: dict, *parts: str) -> dict:
         """Mark the artifact at `parts` complete by writing its manifest, last."""
-        manifest = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **manifest}
+        manifest = {"created_at": utc_stamp(), **manifest}
         self.write_json(manifest, *parts, MANIFEST)
         return manifest
 

@@ -21,7 +21,6 @@ to the stored comparison (no generation) and rewrites the verdict and the report
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from ftray.models import resolve_model
 from ftray.progress import Progress
 from ftray.registry import get_model, production
 from ftray.spec import DataSpec, EvalSpec, ModelSpec
-from ftray.store import Store, content_id
+from ftray.store import Store, content_id, utc_stamp
 
 EVAL_VERSION = 4
 GENERAL_TEXT = Path(__file__).with_name("general") / "general.txt"
@@ -153,7 +152,7 @@ def regate(store: Store, eval_id: str, spec: EvalSpec) -> EvalRef:
         **manifest,
         "spec": {**manifest["spec"], "gate": gate_spec},
         "gate": gate,
-        "regated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "regated_at": utc_stamp(),
     }
     store.finish(manifest, "evals", eval_id)
     rewrite_report(store, eval_id)

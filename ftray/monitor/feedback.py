@@ -14,11 +14,10 @@ decision; the latest decision wins. Accepted corrections are what `ftray retrain
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from ftray.errors import UserError
-from ftray.store import Store, current_user
+from ftray.store import Store, current_user, utc_stamp
 
 FEEDBACK = ("monitor", "feedback")
 DECISIONS = ("monitor", "decisions")
@@ -28,7 +27,7 @@ def store_feedback(store: Store, feedback: dict) -> dict:
     """Write one feedback (already validated and redacted); returns it with its id."""
     record = {
         "feedback_id": f"fb-{uuid.uuid4().hex[:12]}",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "time": utc_stamp(),
         **feedback,
     }
     store.write_event(record, *FEEDBACK)
@@ -61,7 +60,7 @@ def decide(
         "decision": decision,
         "output": chosen if decision == "accept" else None,
         "by": by or current_user(),
-        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "at": utc_stamp(),
     }
     store.write_event(record, *DECISIONS)
     return record

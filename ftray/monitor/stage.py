@@ -24,7 +24,7 @@ from ftray.monitor import checks as c
 from ftray.monitor.feedback import all_feedback, store_feedback
 from ftray.progress import Progress
 from ftray.spec import JobSpec
-from ftray.store import Store, event_id
+from ftray.store import Store, event_id, utc_stamp
 
 log = logging.getLogger(__name__)
 REFERENCE_ROWS = 2000
@@ -57,7 +57,7 @@ def monitor(spec: JobSpec, store: Store, progress: Progress) -> MonitorRef:
             f"({'≤' if check['direction'] == 'max' else '≥'} {check['threshold']}) "
             f"{check['detail']}"
         )
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
+    stamp = utc_stamp(started)
     run = {
         "time": stamp,
         "window_hours": settings.window_hours,
@@ -90,7 +90,7 @@ def load_samples(store: Store, since: float) -> tuple:
 
     folder = store.path("monitor", "samples")
     first_day = time.strftime("%Y-%m-%d", time.gmtime(since))
-    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+    start = utc_stamp(since)
     frames, unreadable = [], []
     if store.fs.exists(folder):
         for path in sorted(store.fs.find(folder)):
@@ -180,7 +180,7 @@ def _checks(spec: JobSpec, samples, reference: dict, store: Store, since: float)
         flagged = _examples(samples, bad[: settings.alert_examples], flag=True)
         detail = f"{len(bad)} answers break data.output_schema"
         add("schema_compliance", "min", 1 - len(bad) / n, detail, flagged)
-    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+    start = utc_stamp(since)
     recent = [f for f in all_feedback(store) if f["time"] >= start]
     value, count = c.correction_agreement(recent)
     if count:

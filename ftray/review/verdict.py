@@ -15,8 +15,6 @@ records the verdict through the registry (promote or reject) and then writes
 
 from __future__ import annotations
 
-import time
-
 from ftray.errors import UserError
 from ftray.evaluate.gate import apply_gate
 from ftray.evaluate.report import rewrite_report
@@ -25,7 +23,7 @@ from ftray.review.ratings import RatingLog, eval_manifest, latest
 from ftray.review.report import write_review_report
 from ftray.review.stats import summarize
 from ftray.spec import GateSpec
-from ftray.store import Store
+from ftray.store import Store, utc_stamp
 
 DECISION = "decision.json"
 
@@ -87,7 +85,7 @@ def decide(store: Store, eval_id: str) -> dict:
             # The card keeps the gate `ftray eval` wrote (pending, so not passed); the verdict
             # that lets the candidate through is the one just computed.
             promote(store, model_id, reason=why, force=True)
-    decision = {**found, "decided": True, "decided_at": _now()}
+    decision = {**found, "decided": True, "decided_at": utc_stamp()}
     del decision["stage"]  # a stage changes later (rollback); it is read from the registry
     store.write_json(decision, "evals", eval_id, "reviews", DECISION)
     write_review_report(store, eval_id, found, ratings, decided=True)
@@ -132,7 +130,3 @@ def _apply(store: Store, eval_id: str) -> tuple[dict, list[dict]]:
 def _model_for(store: Store, eval_id: str) -> dict | None:
     """The model registered from this evaluation (one per eval: its id hashes the run)."""
     return next((card for card in list_models(store) if card["eval_id"] == eval_id), None)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
