@@ -60,10 +60,9 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
         probe or {},
         SWEEP_VERSION,
     )
+    uri = store.uri("sweeps", sweep_id)
     if (manifest := reuse(store, "sweeps", sweep_id)) is not None:
-        return SweepRef(
-            sweep_id, store.uri("sweeps", sweep_id), manifest, True, _winner(store, manifest)
-        )
+        return SweepRef(sweep_id, uri, manifest, True, _winner(store, manifest))
 
     from ray import tune
 
@@ -99,9 +98,7 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
                 scheduler=_scheduler(rules),
                 trial_dirname_creator=_trial_dirname,
             ),
-            run_config=tune.RunConfig(
-                name="tune", storage_path=store.uri("sweeps", sweep_id), verbose=0
-            ),
+            run_config=tune.RunConfig(name="tune", storage_path=uri, verbose=0),
         )
     grid = tuner.fit()
     results = [grid[i] for i in range(len(grid))]
@@ -127,9 +124,7 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
         log_leaderboard(
             wandb_settings(spec.wandb, spec.project, sweep_id, folder, group=sweep_id), manifest
         )
-    return SweepRef(
-        sweep_id, store.uri("sweeps", sweep_id), manifest, False, _winner(store, manifest)
-    )
+    return SweepRef(sweep_id, uri, manifest, False, _winner(store, manifest))
 
 
 def metric_name(spec: JobSpec) -> str:
@@ -287,9 +282,9 @@ def _leaderboard(results, rules) -> list[dict]:
 
 
 def _best(history, column: str, mode: str) -> float | None:
-    if history is None or column not in history or not len(history[column].dropna()):
+    values = history[column].dropna() if history is not None and column in history else []
+    if not len(values):
         return None
-    values = history[column].dropna()
     return round(float(values.min() if mode == "min" else values.max()), 5)
 
 

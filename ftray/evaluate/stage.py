@@ -10,7 +10,7 @@ reports (`regate`).
 Both arms answer the same examples (greedy, recorded decoding settings); each answer is
 scored per example, the arms are compared with paired bootstrap intervals (and McNemar's
 test for right/wrong answers), the spec's gate gives its verdict, and `report.md` /
-`report.html` show it all. The verdict is applied to the registry by the pipeline.
+`report.html` show it all.
 
 Beside the task, a forgetting probe: every model's perplexity on a general-text sample shipped
 with ftray (`general/general.txt`), the candidate's as a ratio to the base model's.
@@ -64,7 +64,6 @@ def evaluate(
     import ray.data
 
     incumbent, incumbent_arm = _incumbent(spec.incumbent, model, run, store)
-    candidate_arm = {"kind": run.kind, "uri": run.weights_uri}
     progress.note(f"candidate {run.id} vs incumbent {incumbent['label']}")
     examples = _examples(dataset, spec.max_examples)
     options: dict[str, Any] = {
@@ -75,7 +74,7 @@ def evaluate(
         "num_workers": spec.num_workers,
         "cpus_per_worker": spec.cpus_per_worker,
     }
-    arms = {"candidate": candidate_arm, "incumbent": incumbent_arm}
+    arms = {"candidate": {"kind": run.kind, "uri": run.weights_uri}, "incumbent": incumbent_arm}
     progress.note(f"generating for {len(examples)} held-out examples with both arms")
     answered = generate(
         ray.data.from_pandas(examples),
@@ -183,9 +182,8 @@ def _incumbent(setting: str, model: ModelSpec, run: RunRef, store: Store) -> tup
     if card is not None and card["run_id"] == run.id:
         card = None  # the candidate is production already: compare with the base model
     if card is None:
-        return {"kind": "base", "model_id": None, "label": f"base model {model.base}"}, {
-            "kind": "base"
-        }
+        base = {"kind": "base", "model_id": None, "label": f"base model {model.base}"}
+        return base, {"kind": "base"}
     if card["base_model"] != model.base:
         raise UserError(
             f"incumbent {card['model_id']} was tuned from {card['base_model']!r}, not "
