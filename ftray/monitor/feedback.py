@@ -25,11 +25,7 @@ DECISIONS = ("monitor", "decisions")
 
 def store_feedback(store: Store, feedback: dict) -> dict:
     """Write one feedback (already validated and redacted); returns it with its id."""
-    record = {
-        "feedback_id": f"fb-{uuid.uuid4().hex[:12]}",
-        "time": utc_stamp(),
-        **feedback,
-    }
+    record = {"feedback_id": f"fb-{uuid.uuid4().hex[:12]}", "time": utc_stamp(), **feedback}
     store.write_event(record, *FEEDBACK)
     return record
 
@@ -91,15 +87,8 @@ def accepted_corrections(store: Store) -> list[dict]:
     """(prompt, accepted output) for every accepted feedback that knows its prompt, with the
     feedback id; oldest first."""
     decided = decisions(store)
-    rows = []
-    for feedback in all_feedback(store):
-        decision = decided.get(feedback["feedback_id"])
-        if decision and decision["decision"] == "accept" and feedback.get("prompt"):
-            rows.append(
-                {
-                    "feedback_id": feedback["feedback_id"],
-                    "prompt": feedback["prompt"],
-                    "completion": decision["output"],
-                }
-            )
-    return rows
+    return [
+        {"feedback_id": f["feedback_id"], "prompt": f["prompt"], "completion": d["output"]}
+        for f in all_feedback(store)
+        if (d := decided.get(f["feedback_id"])) and d["decision"] == "accept" and f.get("prompt")
+    ]
