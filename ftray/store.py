@@ -208,6 +208,15 @@ class Store:
         """Write `obj` as JSON, atomically; returns its path."""
         return self.write_bytes(_json_bytes(obj), *parts)
 
+    def write_parquet(self, table, *parts: str) -> str:
+        """Write a pyarrow Table as parquet, atomically; returns its path."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer)
+        return self.write_bytes(buffer.getvalue().to_pybytes(), *parts)
+
     def read_json(self, *parts: str) -> Any:
         with self.fs.open(self.path(*parts)) as handle:
             return json.load(handle)

@@ -61,6 +61,7 @@ def evaluate(
     if reuse(store, "evals", eval_id) is not None:
         return regate(store, eval_id, spec)
 
+    import pyarrow as pa
     import ray.data
 
     incumbent, incumbent_arm = _incumbent(spec.incumbent, model, run, store)
@@ -123,7 +124,8 @@ def evaluate(
         },
         **results,
     }
-    _write_outputs(table, store, eval_id)
+    outputs = pa.Table.from_pandas(table, preserve_index=False)
+    store.write_parquet(outputs, "evals", eval_id, "outputs", "part-0.parquet")
     from ftray.evaluate.report import write_report
 
     write_report(manifest, table, task, store, eval_id, worst=spec.worst_examples)
@@ -193,12 +195,3 @@ def _incumbent(setting: str, model: ModelSpec, run: RunRef, store: Store) -> tup
     kind = card["kind"]
     record = {"kind": kind, "model_id": card["model_id"], "label": card["model_id"]}
     return record, {"kind": kind, "uri": card[f"{kind}_uri"]}
-
-
-def _write_outputs(table, store: Store, eval_id: str) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    buffer = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), buffer)
-    store.write_bytes(buffer.getvalue().to_pybytes(), "evals", eval_id, "outputs", "part-0.parquet")

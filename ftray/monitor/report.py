@@ -46,19 +46,8 @@ def write_report(store: Store) -> None:
             f" {latest['unreadable_sample_files']} unreadable sample file(s) were skipped "
             "(the monitor's log names them)."
         )
-    markdown = (
-        "\n\n".join(
-            [
-                "# Monitoring",
-                intro,
-                "## Latest checks",
-                markdown_table(head, rows),
-                "## Over time",
-                *[f"![{n}](plots/{n}.png)" for n in plots],
-            ]
-        )
-        + "\n"
-    )
+    parts = ["# Monitoring", intro, "## Latest checks", markdown_table(head, rows), "## Over time"]
+    markdown = "\n\n".join([*parts, *(f"![{n}](plots/{n}.png)" for n in plots)]) + "\n"
     figures = figures_html(plots)
     body = (
         f"<p>{html.escape(intro)}</p><h2>Latest checks</h2>{html_table(head, rows)}"
