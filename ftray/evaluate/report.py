@@ -224,31 +224,16 @@ def _tables(manifest: dict, examples: list[dict]) -> dict[str, tuple[list, list]
                 "incumbent F1",
             ],
             [
-                [
-                    name,
-                    row["support"],
-                    row["predicted"],
-                    f"{row['precision']:.3f}",
-                    f"{row['recall']:.3f}",
-                    f"{row['f1']:.3f}",
-                    f"{row['f1_normalized']:.3f}",
-                    f"{incumbent[name]['f1']:.3f}",
-                ]
+                [name, row["support"], row["predicted"]]
+                + [f"{row[key]:.3f}" for key in ("precision", "recall", "f1", "f1_normalized")]
+                + [f"{incumbent[name]['f1']:.3f}"]
                 for name, row in fields.items()
             ],
         )
     return tables | {
         "gate": gate_table(manifest["gate"]),
         "metrics": (
-            [
-                "metric",
-                "candidate",
-                "incumbent",
-                "difference",
-                "interval",
-                "p (bootstrap)",
-                "over",
-            ],
+            ["metric", "candidate", "incumbent", "difference", "interval", "p (bootstrap)", "over"],
             metrics,
         ),
         "slices": (
