@@ -319,14 +319,13 @@ def _render_summary(pipeline: Pipeline, assessment: AssessRef | None, card: dict
         f"{m['primary_metric']}: incumbent {_value(m['incumbent'][m['primary_metric']])}, "
         f"candidate {_value(m['candidate'][m['primary_metric']])}; gate "
         f"{'passed' if card['gate']['passed'] else 'failed'}",
-        *(
-            [
-                f"general_ppl (forgetting probe): base {g['base']:.4g}, candidate "
-                f"{g['candidate']:.4g} (ratio {g['ratio']:.3f})"
-            ]
-            if (g := m.get("general_ppl"))
-            else []
-        ),
+    ]
+    if g := m.get("general_ppl"):
+        lines.append(
+            f"general_ppl (forgetting probe): base {g['base']:.4g}, candidate "
+            f"{g['candidate']:.4g} (ratio {g['ratio']:.3f})"
+        )
+    lines += [
         f"model id {card['model_id']} (stage: {card['stage']})",
         "stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in progress.timings.items()),
     ]

@@ -18,6 +18,7 @@ from ftray.evaluate.render import (
     page,
     png,
     write_plots,
+    write_reports,
 )
 from ftray.evaluate.score import ARMS, Task, per_example_primary
 from ftray.store import Store
@@ -44,11 +45,8 @@ def write_report(
     plots = _plots(manifest, table, task)
     write_plots(store, plots, "evals", eval_id, "plots")
     examples = _worst(table, task, worst)
-    for name, text in (
-        ("report.md", _markdown(manifest, plots, examples, human)),
-        ("report.html", _html(manifest, plots, examples, human)),
-    ):
-        store.write_text(text, "evals", eval_id, name)
+    markdown = _markdown(manifest, plots, examples, human)
+    write_reports(store, markdown, _html(manifest, plots, examples, human), "evals", eval_id)
 
 
 # --- plots -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from ftray.evaluate.render import (
     page,
     png,
     write_plots,
+    write_reports,
 )
 from ftray.store import Store
 
@@ -53,8 +54,7 @@ def write_report(store: Store) -> None:
         f"<p>{html.escape(intro)}</p><h2>Latest checks</h2>{html_table(head, rows)}"
         f'<h2>Over time</h2><section id="plots">{figures}</section>'
     )
-    for name, text in (("report.md", markdown), ("report.html", page("Monitoring", body))):
-        store.write_text(text, "monitor", name)
+    write_reports(store, markdown, page("Monitoring", body), "monitor")
 
 
 def _plot(name: str, runs: list[dict]) -> bytes:
