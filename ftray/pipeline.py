@@ -111,16 +111,10 @@ class Pipeline:
 
     @cached_property
     def evaluation(self) -> EvalRef:
-        run = self.trained
+        run, spec = self.trained, self.spec
         with self.progress.stage("evaluate"):
             ref = evaluate(
-                self.spec.eval,
-                self.spec.model,
-                self.spec.data,
-                self.dataset,
-                run,
-                self.store,
-                self.progress,
+                spec.eval, spec.model, spec.data, self.dataset, run, self.store, self.progress
             )
             self._said(ref.reused, "evaluation", ref.id)
             if not ref.reused or ref.regated:
