@@ -87,6 +87,13 @@ def apply_gate(
     return {"passed": failed == 0, "pending": awaiting and failed == 1, "rules": rules}
 
 
+def apply_to_stored(gate: GateSpec, manifest: dict, human: dict | None = None) -> dict:
+    """`apply_gate` on a stored evaluation's manifest (its comparison and forgetting probe)."""
+    metrics = manifest["metrics"]
+    primary, comparison = metrics["primary_metric"], manifest["comparison"]
+    return apply_gate(gate, primary, comparison, human, general_ppl=metrics.get("general_ppl"))
+
+
 def _primary_rules(gate: GateSpec, primary: str, head: dict, rule) -> None:
     delta = gate.min_improvement
     title = f"{primary} ≥ incumbent + {delta:g}"

@@ -26,7 +26,7 @@ from typing import Any
 
 from ftray.artifacts import DatasetRef, EvalRef, RunRef, reuse
 from ftray.errors import UserError
-from ftray.evaluate.gate import apply_gate
+from ftray.evaluate.gate import apply_to_stored
 from ftray.evaluate.generate import generate
 from ftray.evaluate.score import ARMS, Task, judge
 from ftray.models import resolve_model
@@ -142,13 +142,7 @@ def regate(store: Store, eval_id: str, spec: EvalSpec) -> EvalRef:
     gate_spec = spec.gate.model_dump(mode="json")
     if manifest["spec"]["gate"] == gate_spec:
         return EvalRef(eval_id, store.uri("evals", eval_id), manifest, True)
-    metrics = manifest["metrics"]
-    gate = apply_gate(
-        spec.gate,
-        metrics["primary_metric"],
-        manifest["comparison"],
-        general_ppl=metrics.get("general_ppl"),
-    )
+    gate = apply_to_stored(spec.gate, manifest)
     manifest = {
         **manifest,
         "spec": {**manifest["spec"], "gate": gate_spec},

@@ -16,7 +16,7 @@ records the verdict through the registry (promote or reject) and then writes
 from __future__ import annotations
 
 from ftray.errors import UserError
-from ftray.evaluate.gate import apply_gate
+from ftray.evaluate.gate import apply_to_stored
 from ftray.evaluate.report import rewrite_report
 from ftray.registry import get_model, list_models, promote, reject, was_decided
 from ftray.review.ratings import RatingLog, eval_manifest, latest
@@ -99,14 +99,7 @@ def _apply(store: Store, eval_id: str) -> tuple[dict, list[dict]]:
     spec = GateSpec.model_validate(manifest["spec"]["gate"])
     ratings = latest(RatingLog(store, eval_id).all())
     human = summarize(ratings, manifest["spec"].get("confidence_level", 0.95))
-    metrics = manifest["metrics"]
-    gate = apply_gate(
-        spec,
-        metrics["primary_metric"],
-        manifest["comparison"],
-        human,
-        general_ppl=metrics.get("general_ppl"),
-    )
+    gate = apply_to_stored(spec, manifest, human)
     if spec.min_human_win_rate is None:
         status = "final"
     elif gate["pending"]:
