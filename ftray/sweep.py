@@ -282,9 +282,9 @@ def _leaderboard(results, rules) -> list[dict]:
 
 
 def _best(history, column: str, mode: str) -> float | None:
-    values = history[column].dropna() if history is not None and column in history else []
-    if not len(values):
+    if history is None or column not in history or not history[column].notna().any():
         return None
+    values = history[column].dropna()
     return round(float(values.min() if mode == "min" else values.max()), 5)
 
 
