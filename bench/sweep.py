@@ -52,13 +52,13 @@ def run(scheduler: str, steps: int, eval_every: int, storage: str) -> dict:
         started = time.perf_counter()
         ref = pipeline.sweep
         seconds = time.perf_counter() - started
-    board = ref.leaderboard
+    board = ref.manifest["leaderboard"]
     return {
         "trials": len(board),
         "trial_steps": sum(row["steps"] or 0 for row in board),
         "stopped_early": sum(row["status"] == "stopped by ASHA" for row in board),
         "best_eval_loss": min(row["metric"] for row in board if row["metric"] is not None),
-        "winner_params": ref.leaderboard[0]["params"],
+        "winner_params": board[0]["params"],
         "seconds": round(seconds, 1),
     }
 

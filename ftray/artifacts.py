@@ -2,10 +2,9 @@
 
 Every stage returns an `ArtifactRef`: the artifact's `id`, the `uri` of its folder, its
 `manifest` (what `manifest.json` holds) and whether it was `reused` (finished before, with
-the same inputs, so nothing ran). The subclasses only name the id the way users read it
-(`dataset_id`, `run_id`, ...) and read what callers need out of the manifest; they live here,
-not in the stages, so a stage that takes another stage's artifact (evaluate takes a run)
-imports this module, not that stage and everything it loads (Ray Train, Ray Tune).
+the same inputs, so nothing ran). The subclasses read what callers need out of the manifest;
+they live here, not in the stages, so a stage that takes another stage's artifact (evaluate
+takes a run) imports this module, not that stage and all it loads (Ray Train, Ray Tune).
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ def reuse(store: Store, *folder: str) -> dict | None:
 class DatasetRef(ArtifactRef):
     """A prepared dataset (`datasets/<dataset-id>/`): train, eval and quarantine parquet."""
 
+    # ftray/train/ray_train.py still reads the id by this name.
     @property
     def dataset_id(self) -> str:
         return self.id
@@ -44,10 +44,6 @@ class DatasetRef(ArtifactRef):
 @dataclass(frozen=True)
 class AssessRef(ArtifactRef):
     """An assessment (`assessments/<assess-id>/`): the verdict on fine-tuning and its costs."""
-
-    @property
-    def assess_id(self) -> str:
-        return self.id
 
     @property
     def decision(self) -> str:
@@ -59,10 +55,6 @@ class RunRef(ArtifactRef):
     """A finished training run: its weights (an adapter, or a full model) and metrics."""
 
     @property
-    def run_id(self) -> str:
-        return self.id
-
-    @property
     def weights_uri(self) -> str:
         return self.manifest["weights_uri"]
 
@@ -71,24 +63,12 @@ class RunRef(ArtifactRef):
         """ "adapter" (lora, qlora) or "model" (full)."""
         return self.manifest["kind"]
 
-    @property
-    def adapter_uri(self) -> str | None:
-        return self.weights_uri if self.kind == "adapter" else None
-
 
 @dataclass(frozen=True)
 class SweepRef(ArtifactRef):
     """A finished sweep (`sweeps/<sweep-id>/`): its leaderboard and the winning trial's run."""
 
     winner: RunRef
-
-    @property
-    def sweep_id(self) -> str:
-        return self.id
-
-    @property
-    def leaderboard(self) -> list[dict]:
-        return self.manifest["leaderboard"]
 
 
 @dataclass(frozen=True)
@@ -97,10 +77,6 @@ class EvalRef(ArtifactRef):
     `regated`: a reused evaluation judged again by a changed `eval.gate`."""
 
     regated: bool = False
-
-    @property
-    def eval_id(self) -> str:
-        return self.id
 
     @property
     def metrics(self) -> dict:

@@ -56,7 +56,7 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
     generation = {"max_new_tokens": spec.eval.max_new_tokens}
     assess_id = content_id(
         "assess",
-        dataset.dataset_id,
+        dataset.id,
         spec.model.model_dump(mode="json"),
         settings.model_dump(mode="json"),
         spec.train.model_dump(mode="json"),
@@ -96,12 +96,12 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
             "prompt, not a fine-tune",
         )
     else:
-        measured = baseline is not None and baseline["score"] is not None
-        score = f"{baseline['score']:.3f}" if baseline is not None and measured else "not measured"
+        score = (baseline or {}).get("score")
+        shown = "not measured" if score is None else f"{score:.3f}"
         metric = baseline["metric"] if baseline else _task(spec).primary
         reasons.insert(
             0,
-            f"the prompted base model scores {metric} {score}, below assess.target "
+            f"the prompted base model scores {metric} {shown}, below assess.target "
             f"{settings.target:g}",
         )
     shape = model_shape(resolve_model(spec.model, store))
@@ -109,7 +109,7 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
     manifest = store.finish(
         {
             "assess_id": assess_id,
-            "dataset_id": dataset.dataset_id,
+            "dataset_id": dataset.id,
             "decision": decision,
             "reasons": reasons,
             "usable_examples": usable,
@@ -214,11 +214,8 @@ def score_base(table, task: Task) -> dict[str, float | None]:
     """The base model's answers (`base_output`, `base_confidence`) scored by the
     evaluation's own scorers: the primary metric, exact match and, for JSON, the parse rate."""
     wanted = [task.primary, "exact_match"] + (["parse_rate"] if task.name == "json" else [])
-    return {name: _round(value) for name, value in score_one(table, task, wanted).items()}
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(float(value), 4)
+    found = score_one(table, task, wanted).items()
+    return {name: None if value is None else round(float(value), 4) for name, value in found}
 
 
 def _few_shot(dataset: DatasetRef, count: int) -> list[dict]:
@@ -247,11 +244,9 @@ def _few_shot(dataset: DatasetRef, count: int) -> list[dict]:
 
 def _estimates(spec: JobSpec, dataset: DatasetRef, shape) -> list:
     tokens = dataset.manifest.get("tokens") or {}
-    per_epoch = tokens.get("total", 0)
-    steps = spec.train.max_steps
-    total = per_epoch * spec.train.epochs
-    if steps:
-        total = min(total, steps * spec.train.batch_size * tokens.get("mean", 0))
+    total = tokens.get("total", 0) * spec.train.epochs
+    if spec.train.max_steps:
+        total = min(total, spec.train.max_steps * spec.train.batch_size * tokens.get("mean", 0))
     micro = (spec.train.batch_size // spec.train.scaling.num_workers) * tokens.get(
         "p95", spec.data.max_seq_len
     )

@@ -52,10 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for verb, help_text in STAGES.items():
         sub = verbs.add_parser(verb, help=help_text, description=help_text)
-        _job_args(sub)
-        sub.add_argument(
-            "--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)"
-        )
+        _job_args(sub, address=True)
         if verb in ("serve", "run"):
             sub.add_argument(
                 "--keep-serving", action="store_true", help="keep serving until Ctrl-C"
@@ -74,9 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     add_review_parser(verbs, _job_args)
     add_monitor_parsers(verbs, _job_args)
 
-    validate = verbs.add_parser("validate", help="check a job spec and print it resolved")
-    _job_args(validate)
-    validate.set_defaults(handler=_validate)
+    _verb(verbs, "validate", "check a job spec and print it resolved", _validate)
 
     schema = verbs.add_parser("schema", help="print the job spec's JSON Schema (for editors)")
     schema.add_argument(
@@ -86,11 +81,8 @@ def _parser() -> argparse.ArgumentParser:
 
     data = verbs.add_parser("data", help="datasets: list, show one, diff two versions")
     actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="the project's dataset versions")
-    _job_args(listing)
-    listing.set_defaults(handler=_data_list)
-    show = actions.add_parser("show", help="one dataset version's accounting and checks")
-    _job_args(show)
+    _verb(actions, "list", "the project's dataset versions", _data_list)
+    show = _verb(actions, "show", "one dataset version's accounting and checks", _data_show)
     show.add_argument("dataset_id", metavar="DATASET_ID", help="from `ftray data list`")
     show.add_argument(
         "--quarantine",
@@ -99,33 +91,29 @@ def _parser() -> argparse.ArgumentParser:
         metavar="RULE",
         help="list every quarantined line (or RULE's) with its file, line and raw text",
     )
-    show.set_defaults(handler=_data_show)
-    diff = actions.add_parser("diff", help="what changed from one dataset version to another")
-    _job_args(diff)
+    diff = _verb(actions, "diff", "what changed from one dataset version to another", _data_diff)
     diff.add_argument("old", metavar="OLD", help="a dataset id")
     diff.add_argument("new", metavar="NEW", help="a later dataset id")
-    diff.set_defaults(handler=_data_diff)
 
     models = verbs.add_parser("models", help="the model registry")
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="list registered models")
-    _job_args(listing)
-    listing.set_defaults(handler=_models_list)
-    show = actions.add_parser("show", help="print one model card")
-    _job_args(show)
-    show.add_argument("model_id")
-    show.set_defaults(handler=_models_show)
-    promote = actions.add_parser("promote", help="make a model the production model")
-    _job_args(promote)
+    _verb(actions, "list", "list registered models", _models_list)
+    _verb(actions, "show", "print one model card", _models_show).add_argument("model_id")
+    promote = _verb(actions, "promote", "make a model the production model", _models_promote)
     promote.add_argument("model_id")
     promote.add_argument("--force", action="store_true", help="even if the gate rejected it")
     promote.add_argument("--reason", default="promoted by hand", help="recorded in the log")
-    promote.set_defaults(handler=_models_promote)
-    rollback = actions.add_parser("rollback", help="restore the previous production model")
-    _job_args(rollback)
+    rollback = _verb(actions, "rollback", "restore the previous production model", _models_rollback)
     rollback.add_argument("--to", metavar="MODEL_ID", help="an earlier production model")
     rollback.add_argument("--reason", default="rolled back by hand", help="recorded in the log")
-    rollback.set_defaults(handler=_models_rollback)
+    return parser
+
+
+def _verb(verbs, name: str, help_text: str, handler) -> argparse.ArgumentParser:
+    """A sub-command that takes JOB and `--set` and runs `handler(args)`."""
+    parser = verbs.add_parser(name, help=help_text)
+    _job_args(parser)
+    parser.set_defaults(handler=handler)
     return parser
 
 
@@ -197,7 +185,8 @@ def _jobs(args) -> int:
     return job_command(args.action, jobs_address(args.address), args.job_id, args.follow)
 
 
-def _job_args(parser: argparse.ArgumentParser) -> None:
+def _job_args(parser: argparse.ArgumentParser, address: bool = False) -> None:
+    """JOB and `--set`; with `address`, `--address` of the Ray cluster the verb runs on."""
     parser.add_argument("job", help="path of the job spec YAML")
     parser.add_argument(
         "--set",
@@ -207,6 +196,10 @@ def _job_args(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a spec value, e.g. --set train.lr=1e-4 (repeatable)",
     )
+    if address:
+        parser.add_argument(
+            "--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)"
+        )
 
 
 # Verbs that read the job's input files (model folder, data sources, word list): their spec is
@@ -326,14 +319,13 @@ def _render_summary(pipeline: Pipeline, assessment: AssessRef | None, card: dict
         f"{m['primary_metric']}: incumbent {_value(m['incumbent'][m['primary_metric']])}, "
         f"candidate {_value(m['candidate'][m['primary_metric']])}; gate "
         f"{'passed' if card['gate']['passed'] else 'failed'}",
-        *(
-            [
-                f"general_ppl (forgetting probe): base {g['base']:.4g}, candidate "
-                f"{g['candidate']:.4g} (ratio {g['ratio']:.3f})"
-            ]
-            if (g := m.get("general_ppl"))
-            else []
-        ),
+    ]
+    if g := m.get("general_ppl"):
+        lines.append(
+            f"general_ppl (forgetting probe): base {g['base']:.4g}, candidate "
+            f"{g['candidate']:.4g} (ratio {g['ratio']:.3f})"
+        )
+    lines += [
         f"model id {card['model_id']} (stage: {card['stage']})",
         "stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in progress.timings.items()),
     ]
@@ -355,13 +347,12 @@ def _validate(args) -> int:
 
 def _schema(args) -> int:
     from ftray.spec import JobSpec
+    from ftray.specdoc import spec_reference
 
     if args.markdown:
-        from ftray.specdoc import spec_reference
-
         print(spec_reference(), end="")
-        return 0
-    print(json.dumps(JobSpec.model_json_schema(), indent=2))
+    else:
+        print(json.dumps(JobSpec.model_json_schema(), indent=2))
     return 0
 
 

@@ -140,11 +140,7 @@ def estimate(
 
 def recommend(estimates: list[Estimate]) -> str:
     """The cheapest method that fits; LoRA over QLoRA when both fit (better quality, faster)."""
-    fitting = [e for e in estimates if e.fits]
+    fitting = {e.method for e in estimates if e.fits}
     if not fitting:
         return "none fits: use more or larger GPUs (ZeRO-3 shards a full fine-tune across them)"
-    for preferred in ("lora", "qlora", "full"):
-        for found in fitting:
-            if found.method == preferred:
-                return preferred
-    return fitting[0].method
+    return next(method for method in ("lora", "qlora", "full") if method in fitting)

@@ -56,8 +56,7 @@ def rayjob_manifest(
 ) -> dict:
     """The RayJob object for one job spec (plain data, ready for the Kubernetes API)."""
     words = ["ftray", stage, Path(job).as_posix()]
-    for item in overrides:
-        words += ["--set", item]
+    words += [word for item in overrides for word in ("--set", item)]
     stamp = time.strftime("%Y%m%d%H%M%S")
     name = re.sub(r"[^a-z0-9-]", "-", f"ftray-{spec.project[:20]}-{stage}-{stamp}").strip("-")
     body: dict = {
@@ -76,21 +75,14 @@ def rayjob_manifest(
         },
     }
     image = image or DEFAULT_IMAGE
+    # The submitter carries the cluster's token to its Jobs API.
+    body["spec"]["submitterPodTemplate"] = _pod("ray-job-submitter", image, "500m", "1Gi", 0, False)
     if cluster:
         body["spec"]["clusterSelector"] = {"ray.io/cluster": cluster}
-        # The submitter carries the cluster's token to its Jobs API.
-        body["spec"]["submitterPodTemplate"] = _pod(
-            "ray-job-submitter", image, "500m", "1Gi", 0, False
-        )
-        return body
-    body["spec"].update(
-        {
-            "shutdownAfterJobFinishes": True,
-            "ttlSecondsAfterFinished": 600,
-            "submitterPodTemplate": _pod("ray-job-submitter", image, "500m", "1Gi", 0, False),
-            "rayClusterSpec": _cluster_spec(spec, image),
-        }
-    )
+    else:
+        body["spec"]["shutdownAfterJobFinishes"] = True
+        body["spec"]["ttlSecondsAfterFinished"] = 600
+        body["spec"]["rayClusterSpec"] = _cluster_spec(spec, image)
     return body
 
 

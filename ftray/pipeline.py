@@ -42,7 +42,7 @@ class Pipeline:
         with self.progress.stage("prepare"):
             ref = prepare(self.spec.data, self.spec.model, self.store, self.progress)
             counts = ref.manifest["counts"]
-            self._said(ref.reused, "dataset", ref.dataset_id)
+            self._said(ref.reused, "dataset", ref.id)
             self.progress.note(
                 f"records: {counts['train'] + counts['validation'] + counts['eval']} kept "
                 f"({counts['train']} train, {counts['validation']} validation, "
@@ -57,10 +57,10 @@ class Pipeline:
         dataset = self.dataset
         with self.progress.stage("assess"):
             ref = assess(self.spec, dataset, self.store, self.progress)
-            self._said(ref.reused, "assessment", ref.assess_id)
+            self._said(ref.reused, "assessment", ref.id)
             for line in assess_summary(ref.manifest, self.spec):
                 self.progress.note(line)
-            self.progress.artifact("assessment", self.store.uri("assessments", ref.assess_id))
+            self.progress.artifact("assessment", self.store.uri("assessments", ref.id))
         return ref
 
     @cached_property
@@ -73,10 +73,10 @@ class Pipeline:
             )
         with self.progress.stage("sweep"):
             ref = sweep(self.spec, dataset, self.store, self.progress)
-            self._said(ref.reused, "sweep", ref.sweep_id)
-            print_leaderboard(ref.leaderboard, metric_name(self.spec), self.progress)
-            self.progress.note(f"winner: {ref.winner.run_id}")
-            self.progress.artifact("leaderboard", self.store.uri("sweeps", ref.sweep_id))
+            self._said(ref.reused, "sweep", ref.id)
+            print_leaderboard(ref.manifest["leaderboard"], metric_name(self.spec), self.progress)
+            self.progress.note(f"winner: {ref.winner.id}")
+            self.progress.artifact("leaderboard", self.store.uri("sweeps", ref.id))
         return ref
 
     @property
@@ -97,7 +97,7 @@ class Pipeline:
                 wandb=self.spec.wandb,
                 project=self.spec.project,
             )
-            self._said(ref.reused, "run", ref.run_id)
+            self._said(ref.reused, "run", ref.id)
             self.progress.note(
                 f"loss {ref.manifest['loss_first']} → {ref.manifest['loss_last']} "
                 f"(validation loss {ref.manifest['metrics'].get('eval_loss')})"
@@ -111,18 +111,12 @@ class Pipeline:
 
     @cached_property
     def evaluation(self) -> EvalRef:
-        run = self.trained
+        run, spec = self.trained, self.spec
         with self.progress.stage("evaluate"):
             ref = evaluate(
-                self.spec.eval,
-                self.spec.model,
-                self.spec.data,
-                self.dataset,
-                run,
-                self.store,
-                self.progress,
+                spec.eval, spec.model, spec.data, self.dataset, run, self.store, self.progress
             )
-            self._said(ref.reused, "evaluation", ref.eval_id)
+            self._said(ref.reused, "evaluation", ref.id)
             if not ref.reused or ref.regated:
                 self._track(run, ref)
             if ref.regated:
@@ -147,7 +141,7 @@ class Pipeline:
                     self.progress.note(f"  – skipped {rule['rule']}: {rule['detail']}")
                 elif not rule["passed"]:
                     self.progress.note(f"  ✗ {rule['rule']}: {rule['detail']}")
-            report = self.store.uri("evals", ref.eval_id, "report.html")
+            report = self.store.uri("evals", ref.id, "report.html")
             self.progress.artifact("evaluation report", report)
         return ref
 
@@ -161,37 +155,33 @@ class Pipeline:
             return self.decision
         evaluation = self.evaluation
         with self.progress.stage("register"):
-            model_id = self._register(evaluation)
+            card = register(
+                self.store,
+                run_id=self.trained.id,
+                weights_uri=self.trained.weights_uri,
+                kind=self.trained.kind,
+                dataset_id=self.dataset.id,
+                eval_id=evaluation.id,
+                metrics=evaluation.metrics,
+                gate=evaluation.gate,
+                spec_hash=spec_hash(self.spec),
+                base_model=self.spec.model.base,
+                system_prompt=self.spec.data.system_prompt,
+            )
+            model_id = card["model_id"]
             # A gate with a human rule waits for ratings; `ftray review decide` settles it.
-            gate = human_gate(self.store, evaluation.eval_id) or evaluation.gate
+            gate = human_gate(self.store, evaluation.id) or evaluation.gate
             outcome = apply_verdict(
                 self.store,
                 model_id,
                 gate,
-                eval_id=evaluation.eval_id,
+                eval_id=evaluation.id,
                 auto_promote=self.spec.eval.gate.promote,
             )
             self.decision = {**get_model(self.store, model_id), "gate": gate}
             _note_verdict(self.progress, outcome, self.decision)
             self.progress.artifact("model card", self.store.uri("models", model_id))
         return self.decision
-
-    def _register(self, evaluation: EvalRef) -> str:
-        """The candidate's model card written (or found, when registered before); its id."""
-        card = register(
-            self.store,
-            run_id=self.trained.run_id,
-            weights_uri=self.trained.weights_uri,
-            kind=self.trained.kind,
-            dataset_id=self.dataset.dataset_id,
-            eval_id=evaluation.eval_id,
-            metrics=evaluation.metrics,
-            gate=evaluation.gate,
-            spec_hash=spec_hash(self.spec),
-            base_model=self.spec.model.base,
-            system_prompt=self.spec.data.system_prompt,
-        )
-        return card["model_id"]
 
     def serve(self, keep_serving: bool = False) -> str:
         card = self.decide()
@@ -201,18 +191,10 @@ class Pipeline:
     def _track(self, run: RunRef, ref: EvalRef) -> None:
         """The evaluation as a W&B run in the trained model's group (its sweep's, or its own)."""
         # W&B writes its files locally; a remote store's evaluation logs from a temp folder
-        folder = self.store.path("evals", ref.eval_id) if self.store.is_local else None
-        group = (run.manifest.get("wandb") or {}).get("group") or run.run_id
-        settings = wandb_settings(
-            self.spec.wandb,
-            self.spec.project,
-            ref.eval_id,
-            folder or tempfile.gettempdir(),
-            group=group,
-        )
-        report = self.store.path("evals", ref.eval_id, "report.html")
-        with self.store.fs.open(report, "r", encoding="utf-8") as handle:
-            html = handle.read()
+        folder = self.store.path("evals", ref.id) if self.store.is_local else tempfile.gettempdir()
+        group = (run.manifest.get("wandb") or {}).get("group") or run.id
+        settings = wandb_settings(self.spec.wandb, self.spec.project, ref.id, folder, group=group)
+        html = self.store.fs.read_text(self.store.path("evals", ref.id, "report.html"), "utf-8")
         log_evaluation(settings, ref.manifest, html)
 
     def _said(self, reused: bool, what: str, ident: str) -> None:
@@ -221,17 +203,15 @@ class Pipeline:
 
 def _note_verdict(progress: Progress, outcome: str, card: dict) -> None:
     """Tell the user what the gate's verdict did to the registry, and what they can do."""
-    model_id = card["model_id"]
-    if outcome == "pending":
-        progress.note(
-            "awaiting human review: rate with `ftray review JOB.yaml`, then "
-            "`ftray review decide JOB.yaml`"
-        )
-    elif outcome == "now_passes":
-        progress.note(f"the gate now passes {model_id}; `ftray models promote` promotes it")
-    elif outcome == "rejects_production":
-        progress.note(
-            f"the gate now rejects {model_id}, the production model; production is "
-            "unchanged (`ftray models rollback JOB.yaml` restores the previous one)"
-        )
-    progress.note(f"model id: {model_id} (stage: {card['stage']})")
+    if outcome in _VERDICT_NOTES:
+        progress.note(_VERDICT_NOTES[outcome].format(model_id=card["model_id"]))
+    progress.note(f"model id: {card['model_id']} (stage: {card['stage']})")
+
+
+_VERDICT_NOTES = {
+    "pending": "awaiting human review: rate with `ftray review JOB.yaml`, then "
+    "`ftray review decide JOB.yaml`",
+    "now_passes": "the gate now passes {model_id}; `ftray models promote` promotes it",
+    "rejects_production": "the gate now rejects {model_id}, the production model; production "
+    "is unchanged (`ftray models rollback JOB.yaml` restores the previous one)",
+}

@@ -12,10 +12,8 @@ no part in the order.
 
 from __future__ import annotations
 
-import time
-
 from ftray.errors import UserError
-from ftray.store import Store, code_version, content_id, current_user
+from ftray.store import Store, code_version, content_id, current_user, utc_stamp
 
 
 def register(
@@ -41,7 +39,9 @@ def register(
     model_id = content_id("model", run_id, eval_id)
     if store.is_complete("models", model_id):
         return store.manifest("models", model_id)
-    fs_src, src = _fs(weights_uri)
+    import fsspec
+
+    fs_src, src = fsspec.core.url_to_fs(weights_uri)
     target = store.path("models", model_id, kind)
     store.fs.makedirs(target, exist_ok=True)
     for path in fs_src.find(src):
@@ -71,14 +71,7 @@ def register(
 def list_models(store: Store) -> list[dict]:
     """Every registered model card with its current `stage` and `gate`, oldest first."""
     stages = _stages(store)
-    return [
-        {
-            **card,
-            "gate": _current_gate(store, card),
-            "stage": stages.get(card["model_id"], "candidate"),
-        }
-        for card in store.manifests("models")
-    ]
+    return [_as_now(store, card, stages) for card in store.manifests("models")]
 
 
 def get_model(store: Store, model_id: str) -> dict:
@@ -89,20 +82,17 @@ def get_model(store: Store, model_id: str) -> dict:
             f"no model {model_id!r} in {store.uri('models')}; registered: {', '.join(known)}. "
             "`ftray models list JOB.yaml` shows them."
         )
-    card = store.manifest("models", model_id)
-    return {
-        **card,
-        "gate": _current_gate(store, card),
-        "stage": _stages(store).get(model_id, "candidate"),
-    }
+    return _as_now(store, store.manifest("models", model_id), _stages(store))
 
 
-def _current_gate(store: Store, card: dict) -> dict | None:
-    """The gate's verdict as its evaluation now holds it: a changed `eval.gate` re-applied to
-    the stored evaluation replaces the one the card was registered with."""
+def _as_now(store: Store, card: dict, stages: dict[str, str]) -> dict:
+    """The card with its `stage` from the log and its gate's verdict as its evaluation now
+    holds it: a changed `eval.gate` re-applied to the stored evaluation replaces the one the
+    card was registered with."""
+    gate = card.get("gate")
     if store.is_complete("evals", card["eval_id"]):
-        return store.manifest("evals", card["eval_id"])["gate"]
-    return card.get("gate")
+        gate = store.manifest("evals", card["eval_id"])["gate"]
+    return {**card, "gate": gate, "stage": stages.get(card["model_id"], "candidate")}
 
 
 def history(store: Store) -> list[dict]:
@@ -112,8 +102,7 @@ def history(store: Store) -> list[dict]:
 
 def production(store: Store) -> str | None:
     """The production model's id, or None before the first promotion."""
-    stack = _production_stack(history(store))
-    return stack[-1] if stack else None
+    return _current(history(store))
 
 
 def promote(store: Store, model_id: str, *, reason: str, force: bool = False) -> dict:
@@ -130,8 +119,7 @@ def promote(store: Store, model_id: str, *, reason: str, force: bool = False) ->
         )
 
     def event(events: list[dict]) -> dict:
-        stack = _production_stack(events)
-        current = stack[-1] if stack else None
+        current = _current(events)
         if current == model_id:  # a concurrent promotion of the same model won
             raise UserError(f"{model_id} is already the production model.")
         return _event("promote", model_id, previous=current, reason=reason)
@@ -143,8 +131,7 @@ def reject(store: Store, model_id: str, *, reason: str) -> dict:
     """Record that the gate turned `model_id` down; production is unchanged."""
 
     def event(events: list[dict]) -> dict:
-        stack = _production_stack(events)
-        return _event("reject", model_id, previous=stack[-1] if stack else None, reason=reason)
+        return _event("reject", model_id, previous=_current(events), reason=reason)
 
     return store.append_event(event, "registry")
 
@@ -156,14 +143,8 @@ def rollback(store: Store, *, to: str | None = None, reason: str) -> dict:
     def event(events: list[dict]) -> dict:
         stack = _production_stack(events)
         if len(stack) < 2:
-            raise UserError(
-                "nothing to roll back to: "
-                + (
-                    f"{stack[0]} is the only model ever promoted."
-                    if stack
-                    else "no model has been promoted yet."
-                )
-            )
+            only = f"{stack[0]} is the only model ever promoted" if stack else ""
+            raise UserError(f"nothing to roll back to: {only or 'no model has been promoted yet'}.")
         target = to or stack[-2]
         if target not in stack[:-1]:
             raise UserError(
@@ -224,7 +205,7 @@ def _event(action: str, model_id: str, *, previous, reason: str) -> dict:
         "model_id": model_id,
         "previous": previous,
         "reason": reason,
-        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "at": utc_stamp(),
         "by": current_user(),
     }
 
@@ -241,6 +222,12 @@ def _production_stack(events: list[dict]) -> list[str]:
     return stack
 
 
+def _current(events: list[dict]) -> str | None:
+    """The production model's id after `events`, or None before the first promotion."""
+    stack = _production_stack(events)
+    return stack[-1] if stack else None
+
+
 def _stages(store: Store) -> dict[str, str]:
     events = history(store)
     stages: dict[str, str] = {}
@@ -255,9 +242,3 @@ def _stages(store: Store) -> dict[str, str]:
     if stack:
         stages[stack[-1]] = "production"
     return stages
-
-
-def _fs(uri: str):
-    import fsspec
-
-    return fsspec.core.url_to_fs(uri)

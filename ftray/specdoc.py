@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from ftray.spec import JobSpec
+from ftray.specload import inner_model
 
 
 def spec_reference() -> str:
@@ -27,7 +28,7 @@ def _section(model: type[BaseModel], prefix: str, out: list[str]) -> None:
     out += ["| key | type | default | description |", "|---|---|---|---|"]
     nested = []
     for name, field in model.model_fields.items():
-        inner = _model_in(field.annotation)
+        inner = inner_model(field.annotation)
         if inner is not None:
             is_list = typing.get_origin(field.annotation) is list
             nested.append((inner, f"{prefix}{name}{'[]' if is_list else ''}."))
@@ -38,16 +39,6 @@ def _section(model: type[BaseModel], prefix: str, out: list[str]) -> None:
     out.append("")
     for inner, inner_prefix in nested:
         _section(inner, inner_prefix, out)
-
-
-def _model_in(annotation) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
 
 
 def _type(annotation) -> str:

@@ -83,6 +83,11 @@ def event_id() -> str:
     return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
 
 
+def utc_stamp(seconds: float | None = None) -> str:
+    """`seconds` since the epoch (default: now) as the ISO 8601 UTC time records carry."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
 def current_user() -> str:
     """Who runs this process, for the `by` of recorded decisions."""
     try:
@@ -203,13 +208,22 @@ class Store:
         """Write `obj` as JSON, atomically; returns its path."""
         return self.write_bytes(_json_bytes(obj), *parts)
 
+    def write_parquet(self, table, *parts: str) -> str:
+        """Write a pyarrow Table as parquet, atomically; returns its path."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer)
+        return self.write_bytes(buffer.getvalue().to_pybytes(), *parts)
+
     def read_json(self, *parts: str) -> Any:
         with self.fs.open(self.path(*parts)) as handle:
             return json.load(handle)
 
     def finish(self, manifest: dict, *parts: str) -> dict:
         """Mark the artifact at `parts` complete by writing its manifest, last."""
-        manifest = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **manifest}
+        manifest = {"created_at": utc_stamp(), **manifest}
         self.write_json(manifest, *parts, MANIFEST)
         return manifest
 
@@ -223,14 +237,7 @@ class Store:
         writers never overwrite each other: the one that loses a number takes the next. The
         log's order is that sequence, never the writers' clocks.
         """
-        data = _json_bytes(event)
-        seq = self._last_sequence(parts) + 1
-        for _ in range(_APPEND_ATTEMPTS):
-            name = f"{seq:012d}.json"
-            if _create_new(self.fs, self.path(*parts, name), data):
-                return name
-            seq = self._last_sequence(parts) + 1
-        raise self._busy(parts)
+        return self._append(lambda names: event, parts)[0]
 
     def append_event(self, build: Callable[[list[dict]], dict], *parts: str) -> dict:
         """Append `build(events so far)` to the log `parts`, only if no other event landed in
@@ -240,14 +247,26 @@ class Store:
         This is what makes concurrent registry writes safe: each is decided on the log it
         extends, and the loser of a race is decided again on the log with the winner in it.
         """
-        self.fs.makedirs(self.path(*parts), exist_ok=True)
+        _, event = self._append(
+            lambda names: build([self.read_json(*parts, n) for n in names]), parts
+        )
+        return event
+
+    def _append(
+        self, build: Callable[[list[str]], dict], parts: tuple[str, ...]
+    ) -> tuple[str, dict]:
+        """Create the log's next numbered file with `build(event file names so far)`; on a
+        lost race, list the log again and retry. Returns the file name and the event."""
         for _ in range(_APPEND_ATTEMPTS):
             names = self._event_names(parts)
-            event = build([self.read_json(*parts, name) for name in names])
-            seq = max((_sequence(name) for name in names), default=0) + 1
-            if _create_new(self.fs, self.path(*parts, f"{seq:012d}.json"), _json_bytes(event)):
-                return event
-        raise self._busy(parts)
+            event = build(names)
+            name = f"{max((_sequence(n) for n in names), default=0) + 1:012d}.json"
+            if _create_new(self.fs, self.path(*parts, name), _json_bytes(event)):
+                return name, event
+        raise UserError(
+            f"could not add an event to {self.uri(*parts)}: other writers took the next "
+            f"{_APPEND_ATTEMPTS} places first. Nothing was written; run the command again."
+        )
 
     def read_events(self, *parts: str) -> list[dict]:
         """Every event in the log folder `parts`, in log order (temp files skipped)."""
@@ -262,15 +281,6 @@ class Store:
             return []
         names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(folder, detail=False)]
         return sorted((n for n in names if n.endswith(".json")), key=lambda n: (_sequence(n), n))
-
-    def _last_sequence(self, parts: tuple[str, ...]) -> int:
-        return max((_sequence(name) for name in self._event_names(parts)), default=0)
-
-    def _busy(self, parts: tuple[str, ...]) -> UserError:
-        return UserError(
-            f"could not add an event to {self.uri(*parts)}: other writers took the next "
-            f"{_APPEND_ATTEMPTS} places first. Nothing was written; run the command again."
-        )
 
     def put_dir(self, local_dir: str | Path, *parts: str) -> str:
         """Copy a local folder into the store."""

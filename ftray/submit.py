@@ -131,8 +131,7 @@ def build_submission(
             "a mounted volume) referenced from the job spec."
         )
     words = ["ftray", stage, job_path.relative_to(root).as_posix()]
-    for item in overrides:
-        words += ["--set", item]
+    words += [word for item in overrides for word in ("--set", item)]
     runtime_env: dict = {"working_dir": str(root), "excludes": all_excludes}
     if requirements:
         runtime_env["pip"] = _requirements(requirements)

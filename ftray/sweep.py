@@ -53,17 +53,16 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
     probe = _probe(spec)
     sweep_id = content_id(
         "sweep",
-        dataset.dataset_id,
+        dataset.id,
         spec.model.model_dump(mode="json"),
         spec.train.model_dump(mode="json"),
         spec.sweep.model_dump(mode="json"),
         probe or {},
         SWEEP_VERSION,
     )
+    uri = store.uri("sweeps", sweep_id)
     if (manifest := reuse(store, "sweeps", sweep_id)) is not None:
-        return SweepRef(
-            sweep_id, store.uri("sweeps", sweep_id), manifest, True, _winner(store, manifest)
-        )
+        return SweepRef(sweep_id, uri, manifest, True, _winner(store, manifest))
 
     from ray import tune
 
@@ -99,9 +98,7 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
                 scheduler=_scheduler(rules),
                 trial_dirname_creator=_trial_dirname,
             ),
-            run_config=tune.RunConfig(
-                name="tune", storage_path=store.uri("sweeps", sweep_id), verbose=0
-            ),
+            run_config=tune.RunConfig(name="tune", storage_path=uri, verbose=0),
         )
     grid = tuner.fit()
     results = [grid[i] for i in range(len(grid))]
@@ -113,7 +110,7 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
     manifest = store.finish(
         {
             "sweep_id": sweep_id,
-            "dataset_id": dataset.dataset_id,
+            "dataset_id": dataset.id,
             "sweep": rules.model_dump(mode="json"),
             "metric": metric_name(spec),
             "leaderboard": leaderboard,
@@ -127,9 +124,7 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
         log_leaderboard(
             wandb_settings(spec.wandb, spec.project, sweep_id, folder, group=sweep_id), manifest
         )
-    return SweepRef(
-        sweep_id, store.uri("sweeps", sweep_id), manifest, False, _winner(store, manifest)
-    )
+    return SweepRef(sweep_id, uri, manifest, False, _winner(store, manifest))
 
 
 def metric_name(spec: JobSpec) -> str:
@@ -216,8 +211,8 @@ def _trial(params: dict, job: dict, dataset: DatasetRef, sweep_id: str, probe: d
             "eval_loss": metrics["best_eval_loss"],
             "task_metric": metrics["best_task_metric"] or 0.0,
             "step": metrics["step"],
-            "run_id": ref.run_id,
-            "run_folder": [*trial.folder, ref.run_id],
+            "run_id": ref.id,
+            "run_folder": [*trial.folder, ref.id],
             "stopped_early": ref.manifest["stopped_early"],
         }
     )
@@ -287,7 +282,7 @@ def _leaderboard(results, rules) -> list[dict]:
 
 
 def _best(history, column: str, mode: str) -> float | None:
-    if history is None or column not in history or not len(history[column].dropna()):
+    if history is None or column not in history or not history[column].notna().any():
         return None
     values = history[column].dropna()
     return round(float(values.min() if mode == "min" else values.max()), 5)

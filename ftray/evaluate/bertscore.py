@@ -28,24 +28,36 @@ def model_path() -> str:
 
 def add_bertscore(dataset, arms: list[str], *, num_cpus: float):
     """`dataset` plus `<arm>_bertscore` (F1 against `completion`) per arm; materialized."""
+    return with_minilm(dataset, _BertScore, num_cpus, arms=arms).materialize()
+
+
+def with_minilm(dataset, actor: type, num_cpus: float, **options):
+    """`dataset` mapped in batches of 64 by one `actor(path, **options)`, a `MiniLM`."""
     import ray.data
 
     return dataset.map_batches(
-        _BertScore,
-        fn_constructor_kwargs={"path": model_path(), "arms": arms},
+        actor,
+        fn_constructor_kwargs={"path": model_path(), **options},
         batch_size=64,
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=num_cpus,
-    ).materialize()
+    )
 
 
-class _BertScore:
-    def __init__(self, path: str, arms: list[str]):
+class MiniLM:
+    """A Ray Data actor holding the MiniLM tokenizer and model."""
+
+    def __init__(self, path: str):
         from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval()
+
+
+class _BertScore(MiniLM):
+    def __init__(self, path: str, arms: list[str]):
+        super().__init__(path)
         self.arms = arms
 
     def __call__(self, batch):

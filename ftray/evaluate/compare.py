@@ -94,24 +94,14 @@ def mcnemar(candidate_correct: list[bool], incumbent_correct: list[bool]) -> dic
     b, c = int(np.sum(cand & ~inc)), int(np.sum(~cand & inc))
     discordant = b + c
     if discordant == 0:
-        return {"b": b, "c": c, "method": "exact", "statistic": 0.0, "p_value": 1.0}
-    if discordant < 25:
+        method, statistic, p_value = "exact", 0.0, 1.0
+    elif discordant < 25:
         tail = sum(math.comb(discordant, k) for k in range(min(b, c) + 1)) / 2**discordant
-        return {
-            "b": b,
-            "c": c,
-            "method": "exact",
-            "statistic": float(min(b, c)),
-            "p_value": min(1.0, 2 * tail),
-        }
-    statistic = (abs(b - c) - 1) ** 2 / discordant
-    return {
-        "b": b,
-        "c": c,
-        "method": "chi2",
-        "statistic": statistic,
-        "p_value": math.erfc(math.sqrt(statistic / 2)),
-    }
+        method, statistic, p_value = "exact", float(min(b, c)), min(1.0, 2 * tail)
+    else:
+        statistic = (abs(b - c) - 1) ** 2 / discordant
+        method, p_value = "chi2", math.erfc(math.sqrt(statistic / 2))
+    return {"b": b, "c": c, "method": method, "statistic": statistic, "p_value": p_value}
 
 
 def slices(keys: list[str], values: dict[str, np.ndarray], metric: str) -> list[dict]:

@@ -43,12 +43,7 @@ def apply_gate(
             continue
         limit = gate.max_regression_by_metric.get(name, gate.max_regression)
         if limit is None:
-            rule(
-                f"{name} regression",
-                True,
-                "exempt (eval.gate.max_regression_by_metric)",
-                skipped=True,
-            )
+            rule(f"{name} regression", True, "exempt (eval.gate.max_regression_by_metric)", True)
             continue
         title = f"{name} regresses by at most {limit:g}"
         if (why := _no_signal(row, gate.min_signal)) is not None:
@@ -73,12 +68,9 @@ def apply_gate(
         if general_ppl is None:
             rule(title, False, "not measured (an evaluation from before the forgetting probe)")
         else:
-            rule(
-                title,
-                general_ppl["ratio"] <= gate.max_general_ppl_ratio,
-                f"candidate {general_ppl['candidate']:.4g}, base {general_ppl['base']:.4g}, "
-                f"ratio {general_ppl['ratio']:.4f}",
-            )
+            ratio = general_ppl["ratio"]
+            detail = f"candidate {general_ppl['candidate']:.4g}, base {general_ppl['base']:.4g}"
+            rule(title, ratio <= gate.max_general_ppl_ratio, f"{detail}, ratio {ratio:.4f}")
     awaiting = False
     if gate.min_human_win_rate is not None:
         name = f"human win rate ≥ {gate.min_human_win_rate:g}"
@@ -88,14 +80,18 @@ def apply_gate(
             rule(name, False, f"awaiting ratings: {counted} of {gate.min_human_ratings}")
         else:
             low, high = human["win_rate_interval"]
-            rule(
-                name,
-                human["win_rate"] >= gate.min_human_win_rate,
-                f"candidate {human['win_rate']:.4f}, interval [{low:.4f}, {high:.4f}], "
-                f"{counted} ratings",
-            )
+            rate = human["win_rate"]
+            detail = f"candidate {rate:.4f}, interval [{low:.4f}, {high:.4f}], {counted} ratings"
+            rule(name, rate >= gate.min_human_win_rate, detail)
     failed = sum(not r["passed"] for r in rules)
     return {"passed": failed == 0, "pending": awaiting and failed == 1, "rules": rules}
+
+
+def apply_to_stored(gate: GateSpec, manifest: dict, human: dict | None = None) -> dict:
+    """`apply_gate` on a stored evaluation's manifest (its comparison and forgetting probe)."""
+    metrics = manifest["metrics"]
+    primary, comparison = metrics["primary_metric"], manifest["comparison"]
+    return apply_gate(gate, primary, comparison, human, general_ppl=metrics.get("general_ppl"))
 
 
 def _primary_rules(gate: GateSpec, primary: str, head: dict, rule) -> None:
@@ -108,11 +104,8 @@ def _primary_rules(gate: GateSpec, primary: str, head: dict, rule) -> None:
     rule(title, head["candidate"] >= head["incumbent"] + delta, _values(head))
     if gate.require_significant:
         low, high = head["difference_interval"]
-        rule(
-            f"{primary} interval of the difference excludes {delta:g}",
-            low > delta,
-            f"difference {head['difference']:+.4f}, interval [{low:+.4f}, {high:+.4f}]",
-        )
+        detail = f"difference {head['difference']:+.4f}, interval [{low:+.4f}, {high:+.4f}]"
+        rule(f"{primary} interval of the difference excludes {delta:g}", low > delta, detail)
 
 
 def _limits(gate: GateSpec, primary: str) -> list[tuple[str, str, float]]:

@@ -23,6 +23,14 @@ def exact_match(outputs: list[str], references: list[str]) -> list[bool]:
     return [normalize(o) == normalize(r) for o, r in zip(outputs, references, strict=True)]
 
 
+def _prf(hits: float, predicted: float, gold: float) -> tuple[float, float, float]:
+    """Precision, recall and F1 of `hits` among `predicted` answers and `gold` references."""
+    precision = hits / predicted if predicted else 0.0
+    recall = hits / gold if gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
 # --- classification ------------------------------------------------------------------------
 
 
@@ -67,9 +75,7 @@ def classification(
         tp = int(np.sum(correct & (ref == label)))
         predicted = int(np.sum(answered & (pred == label)))
         support = int(np.sum(ref == label))
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        precision, recall, f1 = _prf(tp, predicted, support)
         per_class[label] = {
             "precision": precision,
             "recall": recall,
@@ -101,10 +107,7 @@ def macro_f1(pred: np.ndarray, ref: np.ndarray, labels: list[str]) -> float:
         if not support:
             continue
         tp = np.sum((pred == label) & (ref == label))
-        predicted = np.sum(pred == label)
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support
-        scores.append(2 * precision * recall / (precision + recall) if tp else 0.0)
+        scores.append(_prf(tp, np.sum(pred == label), support)[2])
     return float(np.mean(scores)) if scores else 0.0
 
 
@@ -224,13 +227,6 @@ def field_outcomes(predicted: dict, gold: dict) -> dict[str, dict[str, int]]:
     return outcomes
 
 
-def _prf(hits: float, predicted: float, gold: float) -> tuple[float, float, float]:
-    precision = hits / predicted if predicted else 0.0
-    recall = hits / gold if gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return precision, recall, f1
-
-
 class FieldCounts:
     """Field outcomes of many examples as (examples × fields) count matrices, so any subset
     of examples (a bootstrap resample) is scored by summing rows."""
@@ -323,11 +319,7 @@ def rouge_l(output: str, reference: str) -> float:
         for j, other in enumerate(b):
             current.append(previous[j] + 1 if word == other else max(previous[j + 1], current[j]))
         previous = current
-    lcs = previous[-1]
-    if not lcs:
-        return 0.0
-    precision, recall = lcs / len(a), lcs / len(b)
-    return 2 * precision * recall / (precision + recall)
+    return _prf(previous[-1], len(a), len(b))[2]
 
 
 # --- hallucination ---------------------------------------------------------------------------
@@ -373,10 +365,7 @@ def unsupported(output: str, prompt: str, reference: str, task: str, labels: lis
             leaves = _leaves(parse_json(output))
         except ValueError:
             return []
-        try:
-            allowed = {leaf.lower() for leaf in _leaves(parse_json(reference))}
-        except ValueError:
-            allowed = set()
+        allowed = {leaf.lower() for leaf in _leaves(_parse_or_text(reference))}
         return [
             leaf for leaf in leaves if leaf.lower() not in allowed and leaf.lower() not in source
         ]

@@ -45,6 +45,12 @@ def html_table(head: list, rows: list, ident: str | None = None) -> str:
     return f"<table{attribute}><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def write_reports(store, markdown: str, html_page: str, *folder: str) -> None:
+    """The two renderings of a report as `<folder>/report.md` and `<folder>/report.html`."""
+    store.write_text(markdown, *folder, "report.md")
+    store.write_text(html_page, *folder, "report.html")
+
+
 def png(figure) -> bytes:
     """A matplotlib figure as PNG bytes."""
     buffer = io.BytesIO()

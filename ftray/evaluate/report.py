@@ -18,6 +18,7 @@ from ftray.evaluate.render import (
     page,
     png,
     write_plots,
+    write_reports,
 )
 from ftray.evaluate.score import ARMS, Task, per_example_primary
 from ftray.store import Store
@@ -44,11 +45,8 @@ def write_report(
     plots = _plots(manifest, table, task)
     write_plots(store, plots, "evals", eval_id, "plots")
     examples = _worst(table, task, worst)
-    for name, text in (
-        ("report.md", _markdown(manifest, plots, examples, human)),
-        ("report.html", _html(manifest, plots, examples, human)),
-    ):
-        store.write_text(text, "evals", eval_id, name)
+    markdown = _markdown(manifest, plots, examples, human)
+    write_reports(store, markdown, _html(manifest, plots, examples, human), "evals", eval_id)
 
 
 # --- plots -----------------------------------------------------------------------------------
@@ -84,15 +82,8 @@ def _metric_bars(comparison: dict) -> bytes:
         values = np.array([comparison[n][arm] for n in names])
         low = values - np.array([comparison[n][f"{arm}_interval"][0] for n in names])
         high = np.array([comparison[n][f"{arm}_interval"][1] for n in names]) - values
-        ax.bar(
-            x + offset,
-            values,
-            0.4,
-            color=COLORS[arm],
-            label=arm,
-            yerr=np.clip([low, high], 0, None),
-            capsize=3,
-        )
+        error = np.clip([low, high], 0, None)
+        ax.bar(x + offset, values, 0.4, color=COLORS[arm], label=arm, yerr=error, capsize=3)
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel("value (bootstrap interval)")
     ax.set_title("Candidate vs incumbent per metric")
@@ -128,16 +119,8 @@ def _confusion(confusion: dict) -> bytes:
     ax.set_yticks(range(len(confusion["labels"])), confusion["labels"])
     for (i, j), count in np.ndenumerate(matrix):
         if count:
-            dark = count > matrix.max() / 2
-            ax.text(
-                j,
-                i,
-                str(count),
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if dark else "black",
-            )
+            color = "white" if count > matrix.max() / 2 else "black"
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=color)
     ax.set_xlabel("candidate's answer")
     ax.set_ylabel("reference")
     ax.set_title("Confusion matrix (candidate)")
@@ -148,13 +131,8 @@ def _pr_curves(details: dict) -> bytes:
     figure, ax = _figure(5.5, 4)
     for arm in ARMS:
         points = details[arm]["pr_curve"]
-        ax.plot(
-            [p["recall"] for p in points],
-            [p["precision"] for p in points],
-            marker=".",
-            color=COLORS[arm],
-            label=arm,
-        )
+        recall, precision = [p["recall"] for p in points], [p["precision"] for p in points]
+        ax.plot(recall, precision, marker=".", color=COLORS[arm], label=arm)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1.02)
@@ -244,31 +222,16 @@ def _tables(manifest: dict, examples: list[dict]) -> dict[str, tuple[list, list]
                 "incumbent F1",
             ],
             [
-                [
-                    name,
-                    row["support"],
-                    row["predicted"],
-                    f"{row['precision']:.3f}",
-                    f"{row['recall']:.3f}",
-                    f"{row['f1']:.3f}",
-                    f"{row['f1_normalized']:.3f}",
-                    f"{incumbent[name]['f1']:.3f}",
-                ]
+                [name, row["support"], row["predicted"]]
+                + [f"{row[key]:.3f}" for key in ("precision", "recall", "f1", "f1_normalized")]
+                + [f"{incumbent[name]['f1']:.3f}"]
                 for name, row in fields.items()
             ],
         )
     return tables | {
         "gate": gate_table(manifest["gate"]),
         "metrics": (
-            [
-                "metric",
-                "candidate",
-                "incumbent",
-                "difference",
-                "interval",
-                "p (bootstrap)",
-                "over",
-            ],
+            ["metric", "candidate", "incumbent", "difference", "interval", "p (bootstrap)", "over"],
             metrics,
         ),
         "slices": (

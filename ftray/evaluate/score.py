@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -112,7 +113,7 @@ def judge(table, sampled, task: Task, spec: EvalSpec):
         "mcnemar": mcnemar(list(table[f"candidate_{right}"]), list(table[f"incumbent_{right}"])),
         "slices": slices(
             [str(k) for k in table["completion" if task.labels else "source"]],
-            {arm: np.asarray(table[f"{arm}_{right}"], dtype=float) for arm in ARMS},
+            _per_arm(table, right),
             "accuracy" if task.labels else "exact_match",
         ),
         "details": details,
@@ -206,7 +207,7 @@ def scorers(table, task: Task) -> dict[str, Scorer]:
             }
             out[name] = ratio_scorer(claims, checked)
         elif name.startswith(("field_", "invented_field")):
-            out[name] = _field_scorer(fields, name)
+            out[name] = partial(_field_score, fields, name)
         else:
             out[name] = _classification_scorer(table, task, name)
     return out
@@ -232,11 +233,8 @@ def _field_counts(table) -> dict[str, m.FieldCounts]:
     return {arm: m.FieldCounts(outcomes[arm], names) for arm in ARMS}
 
 
-def _field_scorer(counts: dict[str, m.FieldCounts], name: str) -> Scorer:
-    def score(arm: str, idx: np.ndarray) -> float | None:
-        return counts[arm].scores(idx)[name]
-
-    return score
+def _field_score(counts: dict[str, m.FieldCounts], name: str, arm: str, idx: np.ndarray):
+    return counts[arm].scores(idx)[name]
 
 
 def _per_arm(table, column: str) -> dict[str, np.ndarray]:
@@ -248,7 +246,7 @@ def _classification_scorer(table, task: Task, name: str) -> Scorer:
     assert labels is not None  # classification metrics are chosen only for a label set
     refs = np.asarray(table["completion"], dtype=object)
     preds = {arm: np.array([p or "" for p in table[f"{arm}_label"]], dtype=object) for arm in ARMS}
-    conf = {arm: np.asarray(table[f"{arm}_confidence"], dtype=float) for arm in ARMS}
+    conf = _per_arm(table, "confidence")
 
     def score(arm: str, idx: np.ndarray) -> float:
         if name == "macro_f1":

@@ -10,7 +10,7 @@ reports (`regate`).
 Both arms answer the same examples (greedy, recorded decoding settings); each answer is
 scored per example, the arms are compared with paired bootstrap intervals (and McNemar's
 test for right/wrong answers), the spec's gate gives its verdict, and `report.md` /
-`report.html` show it all. The verdict is applied to the registry by the pipeline.
+`report.html` show it all.
 
 Beside the task, a forgetting probe: every model's perplexity on a general-text sample shipped
 with ftray (`general/general.txt`), the candidate's as a ratio to the base model's.
@@ -21,20 +21,19 @@ to the stored comparison (no generation) and rewrites the verdict and the report
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from ftray.artifacts import DatasetRef, EvalRef, RunRef, reuse
 from ftray.errors import UserError
-from ftray.evaluate.gate import apply_gate
+from ftray.evaluate.gate import apply_to_stored
 from ftray.evaluate.generate import generate
 from ftray.evaluate.score import ARMS, Task, judge
 from ftray.models import resolve_model
 from ftray.progress import Progress
 from ftray.registry import get_model, production
 from ftray.spec import DataSpec, EvalSpec, ModelSpec
-from ftray.store import Store, content_id
+from ftray.store import Store, content_id, utc_stamp
 
 EVAL_VERSION = 4
 GENERAL_TEXT = Path(__file__).with_name("general") / "general.txt"
@@ -53,8 +52,8 @@ def evaluate(
     task = Task.of(spec, data)
     eval_id = content_id(
         "eval",
-        run.run_id,
-        dataset.dataset_id,
+        run.id,
+        dataset.id,
         spec.model_dump(mode="json", exclude={"gate"}),
         [task.name, task.labels, task.schema],
         EVAL_VERSION,
@@ -62,11 +61,11 @@ def evaluate(
     if reuse(store, "evals", eval_id) is not None:
         return regate(store, eval_id, spec)
 
+    import pyarrow as pa
     import ray.data
 
     incumbent, incumbent_arm = _incumbent(spec.incumbent, model, run, store)
-    candidate_arm = {"kind": run.kind, "uri": run.weights_uri}
-    progress.note(f"candidate {run.run_id} vs incumbent {incumbent['label']}")
+    progress.note(f"candidate {run.id} vs incumbent {incumbent['label']}")
     examples = _examples(dataset, spec.max_examples)
     options: dict[str, Any] = {
         "model_dir": resolve_model(model, store),
@@ -76,7 +75,7 @@ def evaluate(
         "num_workers": spec.num_workers,
         "cpus_per_worker": spec.cpus_per_worker,
     }
-    arms = {"candidate": candidate_arm, "incumbent": incumbent_arm}
+    arms = {"candidate": {"kind": run.kind, "uri": run.weights_uri}, "incumbent": incumbent_arm}
     progress.note(f"generating for {len(examples)} held-out examples with both arms")
     answered = generate(
         ray.data.from_pandas(examples),
@@ -105,8 +104,8 @@ def evaluate(
     table, results = judge(answered.to_pandas(), sampled, task, spec)
     manifest = {
         "eval_id": eval_id,
-        "run_id": run.run_id,
-        "dataset_id": dataset.dataset_id,
+        "run_id": run.id,
+        "dataset_id": dataset.id,
         "spec": spec.model_dump(mode="json"),
         "incumbent": incumbent,
         # what the report needs to be rendered again later (with human review results)
@@ -125,7 +124,8 @@ def evaluate(
         },
         **results,
     }
-    _write_outputs(table, store, eval_id)
+    outputs = pa.Table.from_pandas(table, preserve_index=False)
+    store.write_parquet(outputs, "evals", eval_id, "outputs", "part-0.parquet")
     from ftray.evaluate.report import write_report
 
     write_report(manifest, table, task, store, eval_id, worst=spec.worst_examples)
@@ -142,18 +142,12 @@ def regate(store: Store, eval_id: str, spec: EvalSpec) -> EvalRef:
     gate_spec = spec.gate.model_dump(mode="json")
     if manifest["spec"]["gate"] == gate_spec:
         return EvalRef(eval_id, store.uri("evals", eval_id), manifest, True)
-    metrics = manifest["metrics"]
-    gate = apply_gate(
-        spec.gate,
-        metrics["primary_metric"],
-        manifest["comparison"],
-        general_ppl=metrics.get("general_ppl"),
-    )
+    gate = apply_to_stored(spec.gate, manifest)
     manifest = {
         **manifest,
         "spec": {**manifest["spec"], "gate": gate_spec},
         "gate": gate,
-        "regated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "regated_at": utc_stamp(),
     }
     store.finish(manifest, "evals", eval_id)
     rewrite_report(store, eval_id)
@@ -181,12 +175,11 @@ def _incumbent(setting: str, model: ModelSpec, run: RunRef, store: Store) -> tup
                 f"{store.uri('models')}; use 'base' (or 'auto') for the first model."
             )
     card = get_model(store, model_id) if model_id else None
-    if card is not None and card["run_id"] == run.run_id:
+    if card is not None and card["run_id"] == run.id:
         card = None  # the candidate is production already: compare with the base model
     if card is None:
-        return {"kind": "base", "model_id": None, "label": f"base model {model.base}"}, {
-            "kind": "base"
-        }
+        base = {"kind": "base", "model_id": None, "label": f"base model {model.base}"}
+        return base, {"kind": "base"}
     if card["base_model"] != model.base:
         raise UserError(
             f"incumbent {card['model_id']} was tuned from {card['base_model']!r}, not "
@@ -196,12 +189,3 @@ def _incumbent(setting: str, model: ModelSpec, run: RunRef, store: Store) -> tup
     kind = card["kind"]
     record = {"kind": kind, "model_id": card["model_id"], "label": card["model_id"]}
     return record, {"kind": kind, "uri": card[f"{kind}_uri"]}
-
-
-def _write_outputs(table, store: Store, eval_id: str) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    buffer = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), buffer)
-    store.write_bytes(buffer.getvalue().to_pybytes(), "evals", eval_id, "outputs", "part-0.parquet")

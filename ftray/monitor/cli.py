@@ -10,16 +10,13 @@ from ftray import exits
 
 
 def add_monitor_parsers(verbs, job_args) -> None:
-    """Add the three verbs; `job_args` adds JOB and `--set`."""
+    """Add the three verbs; `job_args` adds JOB, `--set` and (address=True) `--address`."""
     monitor = verbs.add_parser(
         "monitor",
         help="quality checks on the Serve app's sampled traffic; alerts; report (exit 6 on "
         "an alert)",
     )
-    job_args(monitor)
-    monitor.add_argument(
-        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)"
-    )
+    job_args(monitor, address=True)
     monitor.set_defaults(handler=_monitor)
 
     retrain = verbs.add_parser(
@@ -27,10 +24,7 @@ def add_monitor_parsers(verbs, job_args) -> None:
         help="next dataset version = sources + accepted corrections; train, evaluate against "
         "production, gate (exit codes as `ftray eval`)",
     )
-    job_args(retrain)
-    retrain.add_argument(
-        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)"
-    )
+    job_args(retrain, address=True)
     retrain.set_defaults(handler=_retrain)
 
     feedback = verbs.add_parser("feedback", help="feedback on served answers: list, accept, reject")

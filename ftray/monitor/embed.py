@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ftray.evaluate.bertscore import model_path
+from ftray.evaluate.bertscore import MiniLM, with_minilm
 from ftray.monitor.checks import psi
 
 
@@ -13,20 +13,8 @@ def embed(texts: list[str], *, num_cpus: float = 1) -> np.ndarray:
     """[len(texts), 384] unit-norm embeddings, in input order."""
     import ray.data
 
-    rows = [{"index": i, "text": str(t)} for i, t in enumerate(texts)]
-    done = (
-        ray.data.from_items(rows)
-        .map_batches(
-            _Embed,
-            fn_constructor_kwargs={"path": model_path()},
-            batch_size=64,
-            batch_format="pandas",
-            compute=ray.data.ActorPoolStrategy(size=1),
-            num_cpus=num_cpus,
-        )
-        .to_pandas()
-        .sort_values("index")
-    )
+    rows = ray.data.from_items([{"index": i, "text": str(t)} for i, t in enumerate(texts)])
+    done = with_minilm(rows, _Embed, num_cpus).to_pandas().sort_values("index")
     return np.stack(done["embedding"].to_numpy()) if len(done) else np.zeros((0, 384))
 
 
@@ -39,13 +27,7 @@ def input_drift(reference: np.ndarray, sample: np.ndarray) -> tuple[float, np.nd
     return psi(ref_sim, sample_sim), sample_sim
 
 
-class _Embed:
-    def __init__(self, path: str):
-        from transformers import AutoModel, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
-
+class _Embed(MiniLM):
     def __call__(self, batch):
         import torch
 

@@ -14,11 +14,10 @@ decision; the latest decision wins. Accepted corrections are what `ftray retrain
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from ftray.errors import UserError
-from ftray.store import Store, current_user
+from ftray.store import Store, current_user, utc_stamp
 
 FEEDBACK = ("monitor", "feedback")
 DECISIONS = ("monitor", "decisions")
@@ -26,11 +25,7 @@ DECISIONS = ("monitor", "decisions")
 
 def store_feedback(store: Store, feedback: dict) -> dict:
     """Write one feedback (already validated and redacted); returns it with its id."""
-    record = {
-        "feedback_id": f"fb-{uuid.uuid4().hex[:12]}",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **feedback,
-    }
+    record = {"feedback_id": f"fb-{uuid.uuid4().hex[:12]}", "time": utc_stamp(), **feedback}
     store.write_event(record, *FEEDBACK)
     return record
 
@@ -61,7 +56,7 @@ def decide(
         "decision": decision,
         "output": chosen if decision == "accept" else None,
         "by": by or current_user(),
-        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "at": utc_stamp(),
     }
     store.write_event(record, *DECISIONS)
     return record
@@ -92,15 +87,8 @@ def accepted_corrections(store: Store) -> list[dict]:
     """(prompt, accepted output) for every accepted feedback that knows its prompt, with the
     feedback id; oldest first."""
     decided = decisions(store)
-    rows = []
-    for feedback in all_feedback(store):
-        decision = decided.get(feedback["feedback_id"])
-        if decision and decision["decision"] == "accept" and feedback.get("prompt"):
-            rows.append(
-                {
-                    "feedback_id": feedback["feedback_id"],
-                    "prompt": feedback["prompt"],
-                    "completion": decision["output"],
-                }
-            )
-    return rows
+    return [
+        {"feedback_id": f["feedback_id"], "prompt": f["prompt"], "completion": d["output"]}
+        for f in all_feedback(store)
+        if (d := decided.get(f["feedback_id"])) and d["decision"] == "accept" and f.get("prompt")
+    ]

@@ -12,6 +12,7 @@ from ftray.evaluate.render import (
     page,
     png,
     write_plots,
+    write_reports,
 )
 from ftray.store import Store
 
@@ -46,26 +47,14 @@ def write_report(store: Store) -> None:
             f" {latest['unreadable_sample_files']} unreadable sample file(s) were skipped "
             "(the monitor's log names them)."
         )
-    markdown = (
-        "\n\n".join(
-            [
-                "# Monitoring",
-                intro,
-                "## Latest checks",
-                markdown_table(head, rows),
-                "## Over time",
-                *[f"![{n}](plots/{n}.png)" for n in plots],
-            ]
-        )
-        + "\n"
-    )
+    parts = ["# Monitoring", intro, "## Latest checks", markdown_table(head, rows), "## Over time"]
+    markdown = "\n\n".join([*parts, *(f"![{n}](plots/{n}.png)" for n in plots)]) + "\n"
     figures = figures_html(plots)
     body = (
         f"<p>{html.escape(intro)}</p><h2>Latest checks</h2>{html_table(head, rows)}"
         f'<h2>Over time</h2><section id="plots">{figures}</section>'
     )
-    for name, text in (("report.md", markdown), ("report.html", page("Monitoring", body))):
-        store.write_text(text, "monitor", name)
+    write_reports(store, markdown, page("Monitoring", body), "monitor")
 
 
 def _plot(name: str, runs: list[dict]) -> bytes:

@@ -115,13 +115,8 @@ class Sampler:
 
     def _write(self, rows: list[dict]) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         table = pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS} for row in rows])
         day = time.strftime("%Y-%m-%d", time.gmtime())
-        buffer = pa.BufferOutputStream()
-        pq.write_table(table, buffer)
         name = f"{event_id()}.parquet"  # unique per writer; `time` in the rows orders them
-        self.store.write_bytes(
-            buffer.getvalue().to_pybytes(), "monitor", "samples", f"date={day}", name
-        )
+        self.store.write_parquet(table, "monitor", "samples", f"date={day}", name)

@@ -6,11 +6,9 @@ dataset and evaluation outputs (else the newest dataset) as the reference. Out: 
 effects: `latest.json`, one file per alert and a webhook post, the failing examples flagged
 as feedback for review, `metrics.prom` and the monitoring report, all under `monitor/`.
 
-`ftray monitor JOB.yaml` (meant to run on a schedule, as a Ray job) reads the samples of the
-last `monitor.window_hours`, compares them with what the production model was trained and
-evaluated on, and writes under `monitor/`: `checks/<sequence>.json` (every run, in order),
-`latest.json`, `alerts/<time>-<check>.json` (one per alert, with example requests, also posted
-to the webhook), `metrics.prom` (Prometheus text format) and `report.md` / `report.html`.
+`ftray monitor JOB.yaml` is meant to run on a schedule, as a Ray job, over the samples of
+the last `monitor.window_hours`; each alert is `alerts/<time>-<check>.json`, with example
+requests.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from ftray.monitor import checks as c
 from ftray.monitor.feedback import all_feedback, store_feedback
 from ftray.progress import Progress
 from ftray.spec import JobSpec
-from ftray.store import Store, event_id
+from ftray.store import Store, event_id, utc_stamp
 
 log = logging.getLogger(__name__)
 REFERENCE_ROWS = 2000
@@ -59,7 +57,7 @@ def monitor(spec: JobSpec, store: Store, progress: Progress) -> MonitorRef:
             f"({'≤' if check['direction'] == 'max' else '≥'} {check['threshold']}) "
             f"{check['detail']}"
         )
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
+    stamp = utc_stamp(started)
     run = {
         "time": stamp,
         "window_hours": settings.window_hours,
@@ -92,7 +90,7 @@ def load_samples(store: Store, since: float) -> tuple:
 
     folder = store.path("monitor", "samples")
     first_day = time.strftime("%Y-%m-%d", time.gmtime(since))
-    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+    start = utc_stamp(since)
     frames, unreadable = [], []
     if store.fs.exists(folder):
         for path in sorted(store.fs.find(folder)):
@@ -150,6 +148,12 @@ def _checks(spec: JobSpec, samples, reference: dict, store: Store, since: float)
     n, minimum = len(samples), settings.min_samples
     outputs = [str(o or "") for o in samples["output"]]
     found = []
+
+    def add(check: str, direction: str, value, detail: str, examples=None, count=n, least=minimum):
+        # each check's limit is the monitor setting `max_<check>` or `min_<check>`
+        threshold = getattr(settings, f"{direction}_{check}")
+        found.append(c.result(check, value, threshold, direction, count, least, detail, examples))
+
     if n and reference["prompts"]:
         from ftray.monitor.embed import embed, input_drift
 
@@ -158,102 +162,37 @@ def _checks(spec: JobSpec, samples, reference: dict, store: Store, since: float)
             vectors[: len(reference["prompts"])], vectors[len(reference["prompts"]) :]
         )
         odd = np.argsort(similarity)[: settings.alert_examples]
-        found.append(
-            c.result(
-                "input_drift_psi",
-                value,
-                settings.max_input_drift_psi,
-                "max",
-                n,
-                minimum,
-                "PSI of prompts' similarity to the training centroid",
-                _examples(samples, odd),
-            )
-        )
+        detail = "PSI of prompts' similarity to the training centroid"
+        add("input_drift_psi", "max", value, detail, _examples(samples, odd))
     if data.labels and n and reference["labels"]:
         value, shares = c.label_shift(outputs, reference["labels"], data.labels)
-        found.append(
-            c.result(
-                "label_shift_psi",
-                value,
-                settings.max_label_shift_psi,
-                "max",
-                n,
-                minimum,
-                f"answer label shares {shares}",
-            )
-        )
+        add("label_shift_psi", "max", value, f"answer label shares {shares}")
     if n and reference["lengths"]:
         value = c.psi(reference["lengths"], list(samples["completion_tokens"]))
-        found.append(
-            c.result(
-                "length_drift_psi",
-                value,
-                settings.max_length_drift_psi,
-                "max",
-                n,
-                minimum,
-                "PSI of answer tokens vs held-out answers",
-            )
-        )
+        add("length_drift_psi", "max", value, "PSI of answer tokens vs held-out answers")
     if n:
         bad = [i for i, o in enumerate(outputs) if c.is_empty_or_refusal(o)]
-        found.append(
-            c.result(
-                "empty_or_refusal_rate",
-                len(bad) / n,
-                settings.max_empty_or_refusal_rate,
-                "max",
-                n,
-                minimum,
-                f"{len(bad)} empty or refusing answers",
-                _examples(samples, bad[: settings.alert_examples], flag=True),
-            )
-        )
+        flagged = _examples(samples, bad[: settings.alert_examples], flag=True)
+        detail = f"{len(bad)} empty or refusing answers"
+        add("empty_or_refusal_rate", "max", len(bad) / n, detail, flagged)
     if data.output_schema is not None and n:
         bad = c.schema_failures(outputs, data.output_schema)
-        found.append(
-            c.result(
-                "schema_compliance",
-                1 - len(bad) / n,
-                settings.min_schema_compliance,
-                "min",
-                n,
-                minimum,
-                f"{len(bad)} answers break data.output_schema",
-                _examples(samples, bad[: settings.alert_examples], flag=True),
-            )
-        )
-    start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+        flagged = _examples(samples, bad[: settings.alert_examples], flag=True)
+        detail = f"{len(bad)} answers break data.output_schema"
+        add("schema_compliance", "min", 1 - len(bad) / n, detail, flagged)
+    start = utc_stamp(since)
     recent = [f for f in all_feedback(store) if f["time"] >= start]
     value, count = c.correction_agreement(recent)
     if count:
-        found.append(
-            c.result(
-                "correction_agreement",
-                value,
-                settings.min_correction_agreement,
-                "min",
-                count,
-                min(minimum, 10),
-                f"answers equal to {count} users' corrections",
-            )
-        )
+        detail = f"answers equal to {count} users' corrections"
+        add("correction_agreement", "min", value, detail, count=count, least=min(minimum, 10))
     return found
 
 
 def _examples(samples, indexes, flag: bool = False) -> list[dict]:
     rows = [samples.iloc[int(i)] for i in indexes]
-    return [
-        {
-            "request_id": r["request_id"],
-            "model": r["model"],
-            "prompt": r["prompt"],
-            "output": r["output"],
-            "flag": flag,
-        }
-        for r in rows
-    ]
+    fields = ("request_id", "model", "prompt", "output")
+    return [{**{name: row[name] for name in fields}, "flag": flag} for row in rows]
 
 
 def _alert(spec: JobSpec, store: Store, alert: dict, stamp: str, progress: Progress) -> None:
@@ -278,19 +217,8 @@ def _alert(spec: JobSpec, store: Store, alert: dict, stamp: str, progress: Progr
     progress.note(f"alert: {text} (webhook: {record['webhook']})")
     for example in alert["examples"]:
         if example["flag"]:  # a failing answer: a person should look at it
-            store_feedback(
-                store,
-                {
-                    "request_id": example["request_id"],
-                    "model": example["model"],
-                    "rating": None,
-                    "flag": True,
-                    "correction": None,
-                    "comment": alert["check"],
-                    "prompt": example["prompt"],
-                    "output": example["output"],
-                },
-            )
+            feedback = {**example, "rating": None, "correction": None, "comment": alert["check"]}
+            store_feedback(store, feedback)
 
 
 def _write_prometheus(spec: JobSpec, store: Store, found: list[dict]) -> None:

@@ -29,6 +29,7 @@ HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
 }
+NAME_RULE = "a name is 1 to 64 letters, digits or . _ @ - and starts with a letter or digit"
 
 
 def build_app(store: Store, eval_id: str | None, reviewers: Reviewers | None = None) -> FastAPI:
@@ -75,13 +76,8 @@ def build_app(store: Store, eval_id: str | None, reviewers: Reviewers | None = N
         if not next_path.startswith(prefix(request) + "/") or next_path.startswith("//"):
             next_path = prefix(request) + "/"  # only pages of this app, never another site
         if reviewers.name(token) is None:
-            problem = (
-                "unknown token"
-                if reviewers.tokens is not None
-                else "a name is 1 to 64 letters, digits or . _ @ - and starts with a letter "
-                "or digit"
-            )
             tokens = reviewers.tokens is not None
+            problem = "unknown token" if tokens else NAME_RULE
             html = pages.login_page(prefix(request), next_path, problem, tokens)
             return HTMLResponse(html, status_code=401)
         response = RedirectResponse(next_path, status_code=303)

@@ -11,11 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
 from dataclasses import dataclass
 
 from ftray.errors import UserError
-from ftray.store import Store, event_id
+from ftray.store import Store, event_id, utc_stamp
 
 QUEUE = "pairwise"
 CHOICES = ("A", "B", "tie", "both_bad")
@@ -137,7 +136,7 @@ class RatingLog:
             "choice": choice,
             "preferred": preferred(choice, side),
             "comment": comment,
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "at": utc_stamp(),
         }
         self.store.write_json(rating, *self._folder, f"{name}.json")
         with self._lock:

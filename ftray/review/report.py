@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 
-from ftray.evaluate.render import gate_table, html_table, markdown_table, page
+from ftray.evaluate.render import gate_table, html_table, markdown_table, page, write_reports
 from ftray.store import Store
 
 VERDICTS = {
@@ -27,11 +27,8 @@ def write_review_report(
     """Render both formats into `evals/<eval_id>/reviews/`."""
     heading = _heading(found, decided)
     tables = _tables(found, ratings)
-    for name, text in (
-        ("report.md", _markdown(found, heading, tables)),
-        ("report.html", _html(found, heading, tables)),
-    ):
-        store.write_text(text, "evals", eval_id, "reviews", name)
+    markdown, html_page = _markdown(found, heading, tables), _html(found, heading, tables)
+    write_reports(store, markdown, html_page, "evals", eval_id, "reviews")
 
 
 def _heading(found: dict, decided: bool) -> str:

@@ -15,17 +15,15 @@ records the verdict through the registry (promote or reject) and then writes
 
 from __future__ import annotations
 
-import time
-
 from ftray.errors import UserError
-from ftray.evaluate.gate import apply_gate
+from ftray.evaluate.gate import apply_to_stored
 from ftray.evaluate.report import rewrite_report
 from ftray.registry import get_model, list_models, promote, reject, was_decided
 from ftray.review.ratings import RatingLog, eval_manifest, latest
 from ftray.review.report import write_review_report
 from ftray.review.stats import summarize
 from ftray.spec import GateSpec
-from ftray.store import Store
+from ftray.store import Store, utc_stamp
 
 DECISION = "decision.json"
 
@@ -87,7 +85,7 @@ def decide(store: Store, eval_id: str) -> dict:
             # The card keeps the gate `ftray eval` wrote (pending, so not passed); the verdict
             # that lets the candidate through is the one just computed.
             promote(store, model_id, reason=why, force=True)
-    decision = {**found, "decided": True, "decided_at": _now()}
+    decision = {**found, "decided": True, "decided_at": utc_stamp()}
     del decision["stage"]  # a stage changes later (rollback); it is read from the registry
     store.write_json(decision, "evals", eval_id, "reviews", DECISION)
     write_review_report(store, eval_id, found, ratings, decided=True)
@@ -101,14 +99,7 @@ def _apply(store: Store, eval_id: str) -> tuple[dict, list[dict]]:
     spec = GateSpec.model_validate(manifest["spec"]["gate"])
     ratings = latest(RatingLog(store, eval_id).all())
     human = summarize(ratings, manifest["spec"].get("confidence_level", 0.95))
-    metrics = manifest["metrics"]
-    gate = apply_gate(
-        spec,
-        metrics["primary_metric"],
-        manifest["comparison"],
-        human,
-        general_ppl=metrics.get("general_ppl"),
-    )
+    gate = apply_to_stored(spec, manifest, human)
     if spec.min_human_win_rate is None:
         status = "final"
     elif gate["pending"]:
@@ -132,7 +123,3 @@ def _apply(store: Store, eval_id: str) -> tuple[dict, list[dict]]:
 def _model_for(store: Store, eval_id: str) -> dict | None:
     """The model registered from this evaluation (one per eval: its id hashes the run)."""
     return next((card for card in list_models(store) if card["eval_id"] == eval_id), None)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -13,7 +13,7 @@ from ftray.monitor.sampler import Sampler
 from ftray.serve.guard import FeedbackRequest
 from ftray.serve.metrics import ServeMetrics
 from ftray.spec import MonitorSpec
-from ftray.store import Store
+from ftray.store import Store, utc_stamp
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class ExchangeLog:
         self.sampler.record(
             {
                 "request_id": request_id,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "time": utc_stamp(),
                 "model": exchange.model,
                 "endpoint": "chat" if exchange.chat else "completions",
                 "prompt": exchange.said,

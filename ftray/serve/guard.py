@@ -166,12 +166,7 @@ class Guard:
 
     def check_prompt_tokens(self, tokens: int) -> None:
         """400 for a prompt over serve.max_prompt_tokens (chat template included)."""
-        if tokens > self.limits.max_prompt_tokens:
-            raise HTTPException(
-                400,
-                f"the prompt has {tokens} tokens; the limit is "
-                f"{self.limits.max_prompt_tokens} (serve.max_prompt_tokens)",
-            )
+        check_prompt(tokens, self.limits.max_prompt_tokens, "tokens", "serve.max_prompt_tokens")
 
 
 def describe(errors: Sequence[Mapping[str, Any]]) -> str:
@@ -183,14 +178,13 @@ def describe(errors: Sequence[Mapping[str, Any]]) -> str:
     return "; ".join(problems)
 
 
-def check_prompt(characters: int, limit: int) -> None:
-    """400 when the prompt has more than `limit` characters (before it is tokenized)."""
-    if characters > limit:
-        raise HTTPException(
-            400,
-            f"the prompt has {characters} characters; the limit is {limit} "
-            "(serve.max_prompt_chars)",
-        )
+def check_prompt(
+    size: int, limit: int, unit: str = "characters", setting: str = "serve.max_prompt_chars"
+) -> None:
+    """400 when the prompt has more than `limit` `unit`s (characters: before it is
+    tokenized)."""
+    if size > limit:
+        raise HTTPException(400, f"the prompt has {size} {unit}; the limit is {limit} ({setting})")
 
 
 def model_name(requested: str, base_name: str) -> str | None:

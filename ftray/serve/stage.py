@@ -88,22 +88,16 @@ def serve_model(
     url = f"http://{host}:{spec.serve.port}"
     serve.start(http_options={"host": spec.serve.host, "port": spec.serve.port})
     try:
-        serve.run(
-            deployment_for(spec, store, resolve_model(spec.model, store), env),
-            name="ftray",
-            route_prefix="/",
-        )
-        ready = httpx.get(f"{url}/ready", timeout=60).json()
-        memory = ready["memory"]
+        app = deployment_for(spec, store, resolve_model(spec.model, store), env)
+        serve.run(app, name="ftray", route_prefix="/")
+        memory = httpx.get(f"{url}/ready", timeout=60).json()["memory"]
         progress.note(
             f"replica ready: base model {memory['base_bytes'] / 2**20:.1f} MiB "
             f"(quantization: {memory['quantization']})"
         )
         progress.artifact("OpenAI-compatible API", f"{url}/v1")
-        request = {
-            "model": model_id,
-            "messages": [{"role": "user", "content": spec.serve.example_prompt}],
-        }
+        messages = [{"role": "user", "content": spec.serve.example_prompt}]
+        request = {"model": model_id, "messages": messages}
         response = httpx.post(
             f"{url}/v1/chat/completions", json=request, headers=headers, timeout=600
         )

