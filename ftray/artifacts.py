@@ -35,11 +35,6 @@ def reuse(store: Store, *folder: str) -> dict | None:
 class DatasetRef(ArtifactRef):
     """A prepared dataset (`datasets/<dataset-id>/`): train, eval and quarantine parquet."""
 
-    # ftray/train/ray_train.py still reads the id by this name.
-    @property
-    def dataset_id(self) -> str:
-        return self.id
-
 
 @dataclass(frozen=True)
 class AssessRef(ArtifactRef):

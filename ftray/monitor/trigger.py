@@ -9,11 +9,10 @@ retrain` when `retrain_reason` names a reason, and the gate decides as always.
 from __future__ import annotations
 
 import json
-import time
 
 from ftray.monitor.feedback import accepted_corrections
 from ftray.spec import JobSpec
-from ftray.store import Store
+from ftray.store import Store, utc_stamp
 
 LOG = ("monitor", "retrains")
 
@@ -57,7 +56,7 @@ def record_retrain(store: Store, started: float, reason: str, card: dict | None)
     outcome = {"model_id": card["model_id"], "stage": card["stage"]} if card else None
     event = {
         "started": started,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "time": utc_stamp(started),
         "reason": reason,
         "outcome": outcome,
     }

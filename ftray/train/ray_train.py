@@ -74,7 +74,7 @@ def train(
     record = trial.record() if trial else None
     run_id = content_id(
         "run",
-        dataset.dataset_id,
+        dataset.id,
         model.model_dump(mode="json"),
         spec.model_dump(mode="json"),
         TRAIN_VERSION,
@@ -104,11 +104,11 @@ def _loop_config(spec, model, dataset, store, run, wandb, project, trial) -> Loo
     if steps_per_epoch < 1:
         raise UserError(
             f"train.batch_size: {spec.batch_size} is more than the {n_train} training examples "
-            f"of dataset {dataset.dataset_id}; lower train.batch_size or add data."
+            f"of dataset {dataset.id}; lower train.batch_size or add data."
         )
     if not counts.get("validation"):
         raise UserError(
-            f"dataset {dataset.dataset_id} has no validation examples to choose checkpoints "
+            f"dataset {dataset.id} has no validation examples to choose checkpoints "
             "on; raise data.validation_fraction, add data, or give data.validation_sources."
         )
     model_dir = resolve_model(model, store)
@@ -208,7 +208,7 @@ def _finish(result, config: LoopConfig, dataset, store: Store, run, record) -> R
     manifest = store.finish(
         {
             "run_id": run[-1],
-            "dataset_id": dataset.dataset_id,
+            "dataset_id": dataset.id,
             "method": spec.method,
             "kind": kind,
             "weights_uri": weights_uri,
