@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from ftray import exits
+
+if TYPE_CHECKING:
+    from ftray.progress import Progress
+    from ftray.spec import JobSpec
+    from ftray.store import Store
 
 
 def add_monitor_parsers(verbs, job_args) -> None:
@@ -40,6 +46,7 @@ def _monitor(args: argparse.Namespace) -> int:
     import time
 
     from ftray.monitor import trigger
+    from ftray.monitor.retrain import unused_corrections
     from ftray.monitor.stage import monitor
     from ftray.progress import Progress
     from ftray.runtime import ray_session
@@ -54,7 +61,7 @@ def _monitor(args: argparse.Namespace) -> int:
             ref = monitor(spec, store, progress)
         started = time.time()
         reason = trigger.retrain_reason(spec, store, ref.alerts, started)
-        if reason and not trigger.unused_corrections(store):
+        if reason and not unused_corrections(store):
             # the same data again: the same dataset, run and model, judged against itself
             progress.note(f"retrain due ({reason}) but skipped: no new accepted corrections")
             trigger.record_retrain(store, started, reason, None)
@@ -78,7 +85,7 @@ def _retrain(args: argparse.Namespace) -> int:
     return exits.gate_exit(card["gate"])
 
 
-def _next_version(spec, store, progress) -> dict:
+def _next_version(spec: JobSpec, store: Store, progress: Progress) -> dict:
     """`ftray retrain`: the spec with the accepted corrections, trained, evaluated, decided."""
     from ftray.monitor.retrain import retrain_spec
     from ftray.pipeline import Pipeline

@@ -20,6 +20,8 @@ from ftray.progress import Progress
 from ftray.spec import JobSpec, SourceSpec
 from ftray.store import Store
 
+CORRECTIONS = ("monitor", "corrections")  # the corrections files, one per retrain
+
 
 def retrain_spec(spec: JobSpec, store: Store, progress: Progress) -> JobSpec:
     """The job spec of the next version: its sources plus the corrections file, compared
@@ -41,9 +43,9 @@ def retrain_spec(spec: JobSpec, store: Store, progress: Progress) -> JobSpec:
     body = "\n".join(lines) + "\n"
     digest = hashlib.sha256(body.encode()).hexdigest()[:12]
     name = f"corrections-{digest}.jsonl"
-    if not store.fs.exists(store.path("monitor", "corrections", name)):
-        store.write_text(body, "monitor", "corrections", name)
-    uri = store.uri("monitor", "corrections", name)
+    if not store.fs.exists(store.path(*CORRECTIONS, name)):
+        store.write_text(body, *CORRECTIONS, name)
+    uri = store.uri(*CORRECTIONS, name)
     progress.note(f"{len(corrections)} accepted correction(s) → {uri}")
     # above every other source, so a correction wins over the record it corrects (rule
     # 'conflict'), the eval and validation files included
@@ -58,6 +60,18 @@ def retrain_spec(spec: JobSpec, store: Store, progress: Progress) -> JobSpec:
             "eval": spec.eval.model_copy(update={"incumbent": incumbent}),
         }
     )
+
+
+def unused_corrections(store: Store) -> list[dict]:
+    """Accepted corrections in no corrections file yet (every retrain writes one)."""
+    used: set[str] = set()
+    folder = store.path(*CORRECTIONS)
+    if store.fs.exists(folder):
+        for path in store.fs.ls(folder, detail=False):
+            if path.endswith(".jsonl"):
+                lines = store.fs.read_text(path).splitlines()
+                used.update(json.loads(line)["feedback_id"] for line in lines if line.strip())
+    return [row for row in accepted_corrections(store) if row["feedback_id"] not in used]
 
 
 def _record(spec: JobSpec, row: dict, served: str | None) -> dict:

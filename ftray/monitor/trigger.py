@@ -8,9 +8,7 @@ retrain` when `retrain_reason` names a reason, and the gate decides as always.
 
 from __future__ import annotations
 
-import json
-
-from ftray.monitor.feedback import accepted_corrections
+from ftray.monitor.retrain import unused_corrections
 from ftray.spec import JobSpec
 from ftray.store import Store, utc_stamp
 
@@ -37,18 +35,6 @@ def retrain_reason(spec: JobSpec, store: Store, alerts: list[dict], now: float) 
         if not started or now - max(started) >= triggers.every_hours * 3600:
             return f"schedule: every {triggers.every_hours:g} h"
     return None
-
-
-def unused_corrections(store: Store) -> list[dict]:
-    """Accepted corrections in no corrections file yet (every retrain writes one)."""
-    used: set[str] = set()
-    folder = store.path("monitor", "corrections")
-    if store.fs.exists(folder):
-        for path in store.fs.ls(folder, detail=False):
-            if path.endswith(".jsonl"):
-                lines = store.fs.read_text(path).splitlines()
-                used.update(json.loads(line)["feedback_id"] for line in lines if line.strip())
-    return [row for row in accepted_corrections(store) if row["feedback_id"] not in used]
 
 
 def record_retrain(store: Store, started: float, reason: str, card: dict | None) -> None:
