@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field
 
 from ftray.spec._base import _Section
 
-# The names of `ftray monitor`'s checks (ftray.monitor.stage reports no other; tested).
-CheckName = Literal[
+# `any`, then the names of `ftray monitor`'s checks (ftray.monitor.stage reports no other;
+# tested). One Literal, not a union, so a misspelt name gets one error listing them all.
+OnAlert = Literal[
+    "any",
     "input_drift_psi",
     "label_shift_psi",
     "length_drift_psi",
@@ -17,12 +19,13 @@ CheckName = Literal[
     "schema_compliance",
     "correction_agreement",
 ]
+CHECKS = get_args(OnAlert)[1:]
 
 
 class RetrainSpec(_Section):
     """When `ftray monitor` starts `ftray retrain` by itself (any one trigger is enough)."""
 
-    on_alerts: list[Literal["any"] | CheckName] = Field(
+    on_alerts: list[OnAlert] = Field(
         default=[],
         description="Checks whose alert starts a retrain ('any': every check's); [] never.",
     )
