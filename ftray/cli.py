@@ -106,6 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     rollback = _verb(actions, "rollback", "restore the previous production model", _models_rollback)
     rollback.add_argument("--to", metavar="MODEL_ID", help="an earlier production model")
     rollback.add_argument("--reason", default="rolled back by hand", help="recorded in the log")
+
+    export = _verb(verbs, "export", "write a model merged into one Hugging Face folder", _export)
+    export.add_argument("--model", metavar="MODEL_ID", help="default: the production model")
+    export.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
     return parser
 
 
@@ -430,6 +434,16 @@ def _models_promote(args) -> int:
     event = promote(_store(args), args.model_id, reason=args.reason, force=args.force)
     print(f"production: {event['model_id']} (was {event['previous'] or 'none'})")
     return 0
+
+
+def _export(args) -> int:
+    from ftray.export import export_model
+    from ftray.store import Store
+
+    spec = _load(args)
+    folder = export_model(spec, Store(spec.storage, spec.project), args.model, args.out)
+    print(f"exported to {folder}")
+    return exits.OK
 
 
 def _models_rollback(args) -> int:
