@@ -4,16 +4,24 @@ lineage chain a model card leads to."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ftray import registry
 from ftray.errors import UserError
+from ftray.models import load_tokenizer, resolve_model
 from ftray.spec import ModelSpec, TrainSpec
 from ftray.store import Store
+from ftray.train.context import LocalContext
+from ftray.train.loop import train_loop
 from ftray.train.ray_train import run_identity
 from ftray.train.warm import parent_weights, pin_parent
+from tests.unit.test_train_loop import _config, _dataset, _spec
+from tests.unit.test_train_loop import process_group as process_group  # a fixture
 
 TINY = ModelSpec(base="tiny")
+LORA = {"r": 4, "dropout": 0.0}  # no dropout: a training step's loss equals an evaluation's
 SHAPE = {"r": 8, "target_modules": "all-linear"}
 
 
@@ -105,3 +113,59 @@ def test_a_parent_that_cannot_seed_the_run_is_refused_with_the_fix(
 def test_supported_pairings_resolve(store, tmp_path, parent, train):
     model_id = _register(store, tmp_path, "p", **parent)
     assert pin_parent(_train(**train, init_from=model_id), TINY, store).init_from == model_id
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return resolve_model(TINY, Store(str(tmp_path_factory.mktemp("s")), "t"))
+
+
+def _first_loss(tiny_dir, folder, spec: TrainSpec, init_weights=None) -> float:
+    ctx = LocalContext(str(folder / "ds"), str(folder / f"ckpt-{spec.method}-{init_weights}"))
+    config = {**_config(tiny_dir, spec), "init_weights": init_weights}
+    return train_loop(config, ctx)["loss_history"][0][1]
+
+
+@pytest.fixture(scope="module")
+def parent(tiny_dir, tmp_path_factory):
+    """A trained LoRA parent on a dataset whose one batch is the whole training set and the
+    validation set: (dataset folder, adapter folder, its final validation loss)."""
+    folder = tmp_path_factory.mktemp("parent")
+    _dataset(folder / "ds", load_tokenizer(tiny_dir), 8)
+    ctx = LocalContext(str(folder / "ds"), str(folder / "ckpt"))
+    final = train_loop(_config(tiny_dir, _spec(lora=LORA, epochs=5)), ctx)
+    return folder, Path(ctx.reports[-1]["checkpoint"]) / "adapter", final["eval_loss"]
+
+
+def _first_loss(tiny_dir, folder, spec: TrainSpec, init_weights=None) -> float:
+    """The loss of step 1, measured before its update."""
+    ctx = LocalContext(str(folder / "ds"), str(folder / f"ckpt-{spec.method}-{init_weights}"))
+    config = {**_config(tiny_dir, spec), "init_weights": init_weights}
+    return train_loop(config, ctx)["loss_history"][0][1]
+
+
+def test_a_warm_started_adapter_starts_from_the_parents_weights(tiny_dir, parent):
+    """The first step's loss is the parent's validation loss if, and only if, the parent's
+    adapter was loaded into the new one; a fresh adapter starts where the base model is."""
+    folder, adapter, parent_loss = parent
+    one_step = _spec(lora=LORA, max_steps=1)
+    assert _first_loss(tiny_dir, folder, one_step) > parent_loss + 0.3, "cold"
+    warm = _first_loss(tiny_dir, folder, one_step, str(adapter))
+    assert warm == pytest.approx(parent_loss, rel=1e-4)
+
+
+def test_a_warm_started_full_fine_tune_starts_from_the_parent_model(
+    tiny_dir, parent, process_group, monkeypatch
+):
+    """A full parent (here the LoRA parent merged into the base) seeds DeepSpeed."""
+    from peft import PeftModel
+
+    from ftray.models import load_model
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    folder, adapter, parent_loss = parent
+    merged = PeftModel.from_pretrained(load_model(tiny_dir, "float32"), adapter)
+    merged.merge_and_unload().save_pretrained(folder / "merged")
+    full = _spec(method="full", max_steps=1)
+    warm = _first_loss(tiny_dir, folder, full, str(folder / "merged"))
+    assert warm == pytest.approx(parent_loss, rel=1e-4)
