@@ -94,7 +94,9 @@ def train(
     return _finish(result, config, dataset, store, (*folder, run_id), record)
 
 
-def run_identity(spec: TrainSpec, model: ModelSpec, dataset_id: str, trial: Trial | None = None):
+def run_identity(
+    spec: TrainSpec, model: ModelSpec, dataset_id: str, trial: Trial | None = None
+) -> str:
     """The run's id: the hash of what decides its weights (with a pinned `init_from`, the
     parent's model id: `ftray.train.warm.pin_parent`)."""
     return content_id(
