@@ -422,9 +422,11 @@ def _gate_word(gate: dict) -> str:
 
 
 def _models_show(args) -> int:
-    from ftray.registry import get_model
+    from ftray.registry import get_model, lineage
 
-    print(json.dumps(get_model(_store(args), args.model_id), indent=2))
+    store = _store(args)
+    card = get_model(store, args.model_id)
+    print(json.dumps({**card, "lineage": lineage(store, args.model_id)}, indent=2))
     return 0
 
 

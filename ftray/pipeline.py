@@ -167,6 +167,8 @@ class Pipeline:
                 spec_hash=spec_hash(self.spec),
                 base_model=self.spec.model.base,
                 system_prompt=self.spec.data.system_prompt,
+                parent=self.trained.manifest.get("parent"),
+                lora=_adapter_shape(self.trained),
             )
             model_id = card["model_id"]
             # A gate with a human rule waits for ratings; `ftray review decide` settles it.
@@ -199,6 +201,14 @@ class Pipeline:
 
     def _said(self, reused: bool, what: str, ident: str) -> None:
         self.progress.note(f"{'reused' if reused else 'new'} {what} {ident}")
+
+
+def _adapter_shape(run: RunRef) -> dict | None:
+    """An adapter's LoRA rank and target modules, as its run's spec set them."""
+    if run.kind != "adapter":
+        return None
+    lora = run.manifest["spec"]["lora"]
+    return {"r": lora["r"], "target_modules": lora["target_modules"]}
 
 
 def _note_verdict(progress: Progress, outcome: str, card: dict) -> None:

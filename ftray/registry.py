@@ -29,9 +29,12 @@ def register(
     spec_hash: str,
     base_model: str,
     system_prompt: str | None,
+    parent: str | None = None,
+    lora: dict | None = None,
 ) -> dict:
     """Copy the run's weights into `models/<model-id>/<kind>` (an adapter, or a full model)
-    and write its model card.
+    and write its model card. `parent`: the model the run started from (`train.init_from`);
+    `lora`: an adapter's rank and target modules (what a warm start from it must match).
 
     The model id is derived from the run and the evaluation, so registering the same pair
     again returns the existing card.
@@ -54,6 +57,7 @@ def register(
     card = {
         "model_id": model_id,
         "base_model": base_model,
+        "parent": parent,
         "dataset_id": dataset_id,
         "run_id": run_id,
         "eval_id": eval_id,
@@ -64,6 +68,7 @@ def register(
         "system_prompt": system_prompt,
         "kind": kind,
         f"{kind}_uri": store.uri("models", model_id, kind),
+        "lora": lora,
     }
     return store.finish(card, "models", model_id)
 
@@ -83,6 +88,18 @@ def get_model(store: Store, model_id: str) -> dict:
             "`ftray models list JOB.yaml` shows them."
         )
     return _as_now(store, store.manifest("models", model_id), _stages(store))
+
+
+def lineage(store: Store, model_id: str) -> list[str]:
+    """The chain a model was trained along: its id, its parent's, and so on, then the base
+    model's name."""
+    chain, card = [model_id], get_model(store, model_id)
+    while card.get("parent"):
+        if card["parent"] in chain:  # cards are content-addressed; a loop means corruption
+            raise UserError(f"model {card['parent']} is its own ancestor: {' → '.join(chain)}")
+        chain.append(card["parent"])
+        card = get_model(store, card["parent"])
+    return [*chain, card["base_model"]]
 
 
 def _as_now(store: Store, card: dict, stages: dict[str, str]) -> dict:

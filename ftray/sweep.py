@@ -28,6 +28,7 @@ from ftray.spec import JobSpec, SweepParam
 from ftray.store import Store, content_id
 from ftray.train.ray_train import Trial, train
 from ftray.train.tracking import log_leaderboard, wandb_settings
+from ftray.train.warm import pin_parent
 
 SWEEP_VERSION = 2  # 2: trials ranked and pruned on the task metric, on the validation split
 # What a trial reports to Tune for each `sweep.metric`.
@@ -49,6 +50,8 @@ def with_params(spec: JobSpec, params: dict) -> JobSpec:
 
 def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) -> SweepRef:
     """Run (or resume, or reuse) the job's sweep; return the winner and the leaderboard."""
+    # one parent for every trial, and part of the sweep's id (train.init_from: production)
+    spec = spec.model_copy(update={"train": pin_parent(spec.train, spec.model, store)})
     assert spec.sweep is not None
     probe = _probe(spec)
     sweep_id = content_id(

@@ -35,6 +35,15 @@ def retrain_spec(spec: JobSpec, store: Store, progress: Progress) -> JobSpec:
             "accepted with `ftray feedback accept JOB.yaml FEEDBACK_ID` or on the review page "
             "(or automatically with monitor.accept_corrections: auto)."
         )
+    if not unused_corrections(store):
+        # nothing new: the same dataset, run and model as before, judged against itself
+        # once it is production (`ftray monitor` skips this case; a person gets this error)
+        raise UserError(
+            f"nothing new to retrain on: all {len(corrections)} accepted correction(s) are in "
+            f"the training data of registered models already (the latest: "
+            f"{list(_corrections_files(store))[-1]}). Accept new corrections first "
+            "(`ftray feedback list JOB.yaml` shows those waiting)."
+        )
     served = {f["feedback_id"]: f.get("output") for f in all_feedback(store)}
     lines = [
         json.dumps(_record(spec, row, served[row["feedback_id"]]), sort_keys=True)
@@ -63,15 +72,28 @@ def retrain_spec(spec: JobSpec, store: Store, progress: Progress) -> JobSpec:
 
 
 def unused_corrections(store: Store) -> list[dict]:
-    """Accepted corrections in no corrections file yet (every retrain writes one)."""
+    """Accepted corrections that no registered model was trained on yet. A corrections file
+    counts once a model is registered from a dataset built with it, so a retrain stopped
+    before that (a crash, Ctrl-C) is retried with the same file, not skipped."""
     used: set[str] = set()
-    folder = store.path(*CORRECTIONS)
-    if store.fs.exists(folder):
-        for path in store.fs.ls(folder, detail=False):
-            if path.endswith(".jsonl"):
-                lines = store.fs.read_text(path).splitlines()
-                used.update(json.loads(line)["feedback_id"] for line in lines if line.strip())
+    for path in _corrections_files(store).values():
+        lines = store.fs.read_text(path).splitlines()
+        used.update(json.loads(line)["feedback_id"] for line in lines if line.strip())
     return [row for row in accepted_corrections(store) if row["feedback_id"] not in used]
+
+
+def _corrections_files(store: Store) -> dict[str, str]:
+    """{model id: the corrections file in its dataset's sources}, for every registered model
+    trained on one, oldest first."""
+    folder = store.uri(*CORRECTIONS)
+    found: dict[str, str] = {}
+    for card in store.manifests("models"):
+        if not store.is_complete("datasets", card["dataset_id"]):
+            continue
+        for source in store.manifest("datasets", card["dataset_id"])["sources"]:
+            if source["path"].startswith(folder):
+                found[card["model_id"]] = source["path"]
+    return found
 
 
 def _record(spec: JobSpec, row: dict, served: str | None) -> dict:

@@ -126,6 +126,15 @@ class TrainSpec(_Section):
         "quantized by bitsandbytes; 'dpo' tunes a LoRA or QLoRA adapter on preference "
         "pairs (data.preference; settings in train.dpo).",
     )
+    init_from: str | None = Field(
+        default=None,
+        pattern=r"^(production|model-[0-9a-f]{12})$",
+        description="Warm start: continue from a registered model instead of model.base's "
+        "weights: 'production' (the production model when the run starts) or a model id. "
+        "An adapter continues as an adapter (lora, qlora or dpo, with the same train.lora r "
+        "and target_modules), a full model as a full model; the parent must be tuned from "
+        "the same model.base. Unset: start from model.base.",
+    )
     epochs: int = Field(default=2, ge=1, le=20, description="Passes over the training set.")
     max_steps: int | None = Field(
         default=None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."

@@ -39,6 +39,10 @@ class LoopConfig(_Frozen):
 
     train: TrainSpec
     model_dir: str
+    init_weights: str | None = Field(
+        default=None,
+        description="Warm start: URI of the parent's adapter or model folder (train.init_from).",
+    )
     dtype: str
     steps_per_epoch: int
     total_steps: int

@@ -29,6 +29,7 @@ from ftray.train.context import WorkerContext, all_reduce_sum, gather
 from ftray.train.dpo import collate_pairs, evaluate_pairs
 from ftray.train.methods import build_engine
 from ftray.train.tracking import Meter, Tracker
+from ftray.train.warm import local_copy
 
 STATE_FILE = "trainer_state.json"
 
@@ -88,7 +89,8 @@ def train_loop(config: LoopConfig | dict, ctx: WorkerContext) -> dict:
     spec = config.train
     total, steps_per_epoch = config.total_steps, config.steps_per_epoch
     torch.manual_seed(spec.seed)
-    engine = build_engine(spec, config.model_dir, config.dtype, ctx, total)
+    with local_copy(config.init_weights) as parent:
+        engine = build_engine(spec, config.model_dir, config.dtype, ctx, total, parent)
     state = TrainState()
     with ctx.restored() as folder:
         if folder:

@@ -17,6 +17,7 @@ import contextlib
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 from ftray.models import add_lora, load_model, load_quantized_model, torch_dtype
 from ftray.spec import TrainSpec
@@ -26,17 +27,28 @@ from ftray.train.ds_config import deepspeed_config, precision_of
 DS_TAG = "state"  # DeepSpeed's checkpoint tag inside each checkpoint's deepspeed/ folder
 
 
-def build_engine(spec: TrainSpec, model_dir: str, dtype: str, ctx, total_steps: int):
-    """The engine for `spec.method` on this worker."""
+def build_engine(
+    spec: TrainSpec, model_dir: str, dtype: str, ctx, total_steps: int, parent: str | None = None
+):
+    """The engine for `spec.method` on this worker; `parent`: a local folder with the
+    weights it starts from (a warm start's adapter or full model), else the base's."""
     if spec.base_method == "full":
-        return DeepSpeedEngine(spec, model_dir, dtype, ctx, total_steps)
-    return AdapterEngine(spec, model_dir, dtype, ctx, total_steps)
+        return DeepSpeedEngine(spec, parent or model_dir, dtype, ctx, total_steps)
+    return AdapterEngine(spec, model_dir, dtype, ctx, total_steps, parent)
 
 
 class AdapterEngine:
     """LoRA or QLoRA: only the adapter trains; checkpoints hold the adapter + optimizer."""
 
-    def __init__(self, spec: TrainSpec, model_dir: str, dtype: str, ctx, total_steps: int):
+    def __init__(
+        self,
+        spec: TrainSpec,
+        model_dir: str,
+        dtype: str,
+        ctx,
+        total_steps: int,
+        parent: str | None = None,
+    ):
         import torch
 
         if spec.base_method == "qlora":
@@ -54,6 +66,8 @@ class AdapterEngine:
                 base.gradient_checkpointing_enable({"use_reentrant": False})
                 base.enable_input_require_grads()
         self.module = add_lora(base, spec.lora)
+        if parent:  # the spec's LoRA settings, the parent's weights (same shape: warm.py)
+            _load_adapter(self.module, parent)
         self.model = ctx.wrap_model(self.module, move=spec.base_method != "qlora")
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=spec.lr, weight_decay=spec.weight_decay)
@@ -109,11 +123,8 @@ class AdapterEngine:
 
     def load(self, folder: str) -> None:
         import torch
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
 
-        weights = load_file(str(Path(folder, "adapter", "adapter_model.safetensors")))
-        set_peft_model_state_dict(self.module, weights)
+        _load_adapter(self.module, Path(folder, "adapter"))
         # weights_only: a checkpoint must not run code on load (tensors and plain state only)
         state = torch.load(Path(folder, "optimizer.pt"), weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -191,6 +202,17 @@ def consolidate(checkpoint_dir: str, base_model_dir: str, out_dir: str) -> None:
     model.tie_weights()
     model.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(base_model_dir).save_pretrained(out_dir)
+
+
+def _load_adapter(module, folder) -> None:
+    """Load the adapter `save_pretrained` wrote in `folder` into `module`'s adapter."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(folder, "adapter_model.safetensors")))
+    loaded: Any = set_peft_model_state_dict(module, weights)  # torch's _IncompatibleKeys
+    if loaded.unexpected_keys:
+        raise RuntimeError(f"adapter in {folder} does not fit: {loaded.unexpected_keys[:3]}")
 
 
 def lr_schedule(total: float, warmup_ratio: float):

@@ -28,6 +28,7 @@ from ftray.train.dpo import PAIR_COLUMNS
 from ftray.train.loop import train_loop
 from ftray.train.methods import consolidate
 from ftray.train.tracking import wandb_settings
+from ftray.train.warm import parent_weights, pin_parent
 
 TRAIN_VERSION = 3  # 3: checkpoints chosen on the validation split
 
@@ -70,23 +71,19 @@ def train(
     A finished identical run is reused; an unfinished one (a crash, a stopped job) resumes
     from its latest checkpoint: Ray Train picks the run up by its name and storage path.
     """
+    # a warm start's parent, resolved here (not in the workers): part of the run id
+    spec = pin_parent(spec, model, store)
     folder = trial.folder if trial else ("runs",)
     record = trial.record() if trial else None
-    run_id = content_id(
-        "run",
-        dataset.id,
-        model.model_dump(mode="json"),
-        spec.model_dump(mode="json"),
-        TRAIN_VERSION,
-        record or {},
-        (trial.probe if trial else None) or {},
-    )
+    run_id = run_identity(spec, model, dataset.id, trial)
     if (manifest := reuse(store, *folder, run_id)) is not None:
         return RunRef(run_id, store.uri(*folder, run_id), manifest, True)
 
     config = _loop_config(spec, model, dataset, store, (*folder, run_id), wandb, project, trial)
     store.write_json(config.model_dump(mode="json"), *folder, run_id, "config.json")
     n_train, workers = dataset.manifest["counts"]["train"], spec.scaling.num_workers
+    if spec.init_from:
+        progress.note(f"warm start from {spec.init_from}")
     progress.note(
         f"{spec.method} on {workers} worker(s): {n_train} examples, {config.total_steps} steps "
         f"of {spec.batch_size} ({spec.per_worker_batch} per worker × {spec.accumulation} "
@@ -95,6 +92,22 @@ def train(
     )
     result = _trainer(config, dataset, store, folder, trial).fit()
     return _finish(result, config, dataset, store, (*folder, run_id), record)
+
+
+def run_identity(
+    spec: TrainSpec, model: ModelSpec, dataset_id: str, trial: Trial | None = None
+) -> str:
+    """The run's id: the hash of what decides its weights (with a pinned `init_from`, the
+    parent's model id: `ftray.train.warm.pin_parent`)."""
+    return content_id(
+        "run",
+        dataset_id,
+        model.model_dump(mode="json"),
+        spec.model_dump(mode="json"),
+        TRAIN_VERSION,
+        trial.record() if trial else {},
+        (trial.probe if trial else None) or {},
+    )
 
 
 def _loop_config(spec, model, dataset, store, run, wandb, project, trial) -> LoopConfig:
@@ -116,6 +129,7 @@ def _loop_config(spec, model, dataset, store, run, wandb, project, trial) -> Loo
         run_id=run[-1],
         train=spec,
         model_dir=model_dir,
+        init_weights=parent_weights(spec, store),
         dtype=model.dtype,
         steps_per_epoch=steps_per_epoch,
         total_steps=min(
@@ -210,6 +224,7 @@ def _finish(result, config: LoopConfig, dataset, store: Store, run, record) -> R
             "run_id": run[-1],
             "dataset_id": dataset.id,
             "method": spec.method,
+            "parent": spec.init_from,
             "kind": kind,
             "weights_uri": weights_uri,
             "best_checkpoint": best.path,

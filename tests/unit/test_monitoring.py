@@ -276,7 +276,9 @@ def test_retrain_triggers_alerts_corrections_and_schedule(store, tmp_path):
     assert retrain_reason(two, store, [], now) is None
     _correction(store, 2)
     assert retrain_reason(two, store, [], now).startswith("2 accepted correction(s)")
-    retrain_spec(two, store, Progress())  # a retrain writes them into a corrections file
+    retrained = retrain_spec(two, store, Progress())  # writes them into a corrections file
+    assert retrain_reason(two, store, [], now), "a retrain stopped before registering: retried"
+    _registered_from(store, retrained, "1")
     assert retrain_reason(two, store, [], now) is None, "used corrections count no more"
     _correction(store, 3)
     _correction(store, 4)
@@ -289,6 +291,49 @@ def test_retrain_triggers_alerts_corrections_and_schedule(store, tmp_path):
     assert retrain_reason(daily, store, [], now + 3600) == "schedule: every 24 h"
     (event,) = store.read_events("monitor", "retrains")
     assert event["reason"] == "schedule: every 24 h" and event["outcome"] is None
+
+
+def _registered_from(store, spec, name: str) -> str:
+    """What a finished retrain leaves: its dataset (listing the corrections file among its
+    sources) and a model registered from it."""
+    from ftray import registry
+
+    dataset_id = f"ds-{name}"
+    sources = [{"path": source.path} for source in spec.data.sources]
+    store.finish({"dataset_id": dataset_id, "sources": sources}, "datasets", dataset_id)
+    weights = store.path("weights", name)
+    store.write_text("{}", "weights", name, "adapter_config.json")
+    return registry.register(
+        store,
+        run_id=f"run-{name}",
+        weights_uri=weights,
+        kind="adapter",
+        dataset_id=dataset_id,
+        eval_id=f"eval-{name}",
+        metrics={},
+        gate={"passed": True, "rules": []},
+        spec_hash="0" * 64,
+        base_model="tiny",
+        system_prompt=None,
+    )["model_id"]
+
+
+def test_a_second_retrain_by_hand_on_the_same_corrections_is_refused(store, tmp_path):
+    """Once a model is trained on every accepted correction, `ftray retrain` would rebuild
+    the same dataset and run and, after its promotion, judge the production model against
+    itself: refused, as `ftray monitor` skips it; a new correction makes it due again."""
+    from ftray import registry
+
+    spec = _retrain_spec(tmp_path)
+    _correction(store, 1)
+    first = retrain_spec(spec, store, Progress())
+    assert retrain_spec(spec, store, Progress()) == first, "not yet trained on: retried"
+    model_id = _registered_from(store, first, "1")
+    registry.promote(store, model_id, reason="test")
+    with pytest.raises(UserError, match=f"nothing new to retrain on: all 1 .*{model_id}"):
+        retrain_spec(spec, store, Progress())
+    _correction(store, 2)
+    assert len(retrain_spec(spec, store, Progress()).data.sources) == 2
 
 
 def test_retrain_triggers_refuse_unknown_checks(tmp_path):

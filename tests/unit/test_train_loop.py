@@ -240,6 +240,9 @@ def process_group():
     )
     yield
     dist.destroy_process_group()
+    from deepspeed.utils import groups
+
+    groups._WORLD_GROUP = None  # DeepSpeed's copy of the destroyed group: the next test's is new
 
 
 @pytest.mark.parametrize("stage, offload", [(3, True)])
