@@ -93,13 +93,23 @@ def test_pair_records_are_checked_and_tokenized_as_sft_records(tiny_dir):
         assert tokenizer.decode(answer_ids).startswith(answer), "labels cover the answer only"
     # the contract binds the chosen answer; a rejected one may break it (that is why it lost)
     loose = checker.one(_record({"prompt": "sky?", "good": "blue", "bad": "a plane"}))
-    assert loose["rule"] == ""
+    assert (loose["rule"], loose["weight"]) == ("", 1.0), "no weight field: weight 1"
+    for given, weight in ((0.25, 0.25), (0, 0.0), ("0.5", 0.5), ("", 1.0)):  # "0.5": a csv cell
+        fields = {"prompt": "sky?", "good": "blue", "bad": "red", "weight": given}
+        assert checker.one(_record(fields))["weight"] == weight
     cases = [
         ({"prompt": "sky?", "good": "blue"}, "missing_field", "'bad'"),
         ({"prompt": "sky?", "good": "blue", "bad": " "}, "empty_field", "'bad'"),
         ({"prompt": "sky?", "good": "green", "bad": "red"}, "label_not_allowed", "green"),
         ({"prompt": "sky?", "good": "blue", "bad": "blue"}, "same_answers", "same"),
         ({"prompt": "sky?", "good": "blue", "bad": "bullshit"}, "toxic", ""),
+        ({"prompt": "sky?", "good": "blue", "bad": "red", "weight": -1}, "wrong_type", "≥ 0"),
+        (
+            {"prompt": "sky?", "good": "blue", "bad": "red", "weight": "lots"},
+            "wrong_type",
+            "'weight'",
+        ),
+        ({"prompt": "sky?", "good": "blue", "bad": "red", "weight": True}, "wrong_type", "True"),
     ]
     for fields, rule, said in cases:
         out = checker.one(_record(fields))
@@ -273,7 +283,8 @@ def test_dpo_starts_at_log2_and_steps_move_the_margins(tiny_dir, tmp_path):
 
 def test_review_ratings_become_preference_pairs(tmp_path, capsys):
     """Per item the arm with more votes (each reviewer's latest rating) is chosen; ties,
-    'both bad' and split votes are dropped; `ftray review pairs` writes the file."""
+    'both bad' and split votes are dropped; the weight is the agreement, (winner's votes -
+    loser's) / votes for either arm; `ftray review pairs` writes the file."""
     from ftray.cli import main
     from ftray.review.ratings import RatingLog, candidate_side, load_pairs
     from tests.unit.review_eval import write_eval, write_job
@@ -297,22 +308,27 @@ def test_review_ratings_become_preference_pairs(tmp_path, capsys):
     vote(4, "alice", "candidate")
     vote(4, "bob", "both_bad")
     vote(4, "alice", "incumbent")  # alice changed her mind: her latest rating counts
+    vote(5, "alice", "candidate")
+    vote(5, "bob", "candidate")
+    vote(5, "carol", "incumbent")
+    vote(5, "dan", "tie")
 
     assert main(["review", "pairs", job, "--eval", "ev-1"]) == 0
     said = json.loads(capsys.readouterr().out)
     assert {k: said[k] for k in ("items_rated", "pairs", "ties")} == {
-        "items_rated": 5,
-        "pairs": 3,
+        "items_rated": 6,
+        "pairs": 4,
         "ties": 2,
     }
     lines = [
         json.loads(line) for line in store.fs.open(said["path"]).read().decode().split("\n")[:-1]
     ]
-    got = [(r["item"], r["chosen"], r["rejected"], r["votes"]) for r in lines]
+    got = [(r["item"], r["chosen"], r["rejected"], r["votes"], r["weight"]) for r in lines]
     assert got == [
-        (0, "candidate answer 0", "incumbent answer 0", [2, 2]),
-        (1, "incumbent answer 1", "candidate answer 1", [1, 1]),
-        (4, "incumbent answer 4", "candidate answer 4", [1, 1]),
+        (0, "candidate answer 0", "incumbent answer 0", [2, 2], 1.0),
+        (1, "incumbent answer 1", "candidate answer 1", [1, 1], 1.0),
+        (4, "incumbent answer 4", "candidate answer 4", [1, 1], 1.0),
+        (5, "candidate answer 5", "incumbent answer 5", [2, 3], 0.3333),  # 2 to 1
     ]
     assert lines[0]["text"] == "Question 0: where is my card?", "the job's prompt_field"
 
