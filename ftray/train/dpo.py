@@ -110,18 +110,17 @@ def evaluate_pairs(model, reference, ctx: WorkerContext, batch_size: int, beta: 
     import torch
 
     model.eval()
-    totals = torch.zeros(3, device=ctx.device)  # weighted loss sum, weight sum, pairs right
-    pairs = 0
+    totals = torch.zeros(4, device=ctx.device)  # weighted loss sum, weights, right, pairs
     with torch.no_grad():
         for raw in ctx.batches("validation", batch_size, 0):
             batch = collate_pairs(raw, ctx.device)
             loss, margins = pair_loss_sum(model, reference, batch, beta)
-            totals += torch.stack([loss, batch["weights"].sum(), (margins > 0).sum().float()])
-            pairs += len(margins)
+            ranked = (margins > 0).sum().float()
+            totals += torch.stack(
+                [loss, batch["weights"].sum(), ranked, margins.new_tensor(len(margins))]
+            )
     model.train()
-    loss_sum, weight, right, pairs = (
-        float(v) for v in all_reduce_sum(torch.cat([totals, totals.new_tensor([pairs])]))
-    )
+    loss_sum, weight, right, pairs = (float(v) for v in all_reduce_sum(totals))
     if not pairs:
         return float("nan"), None
     loss = round(loss_sum / weight, 5) if weight else float("nan")

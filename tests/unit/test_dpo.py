@@ -27,7 +27,7 @@ from ftray.train.dpo import (
     step_loss,
 )
 from ftray.train.methods import AdapterEngine, DeepSpeedEngine
-from tests.unit.test_train_loop import process_group  # noqa: F401 (a fixture)
+from tests.unit.test_train_loop import process_group  # noqa: F401 (a fixture DeepSpeed needs)
 
 
 @pytest.fixture(scope="module")
@@ -333,8 +333,9 @@ def test_review_ratings_become_preference_pairs(tmp_path, capsys):
     assert lines[0]["text"] == "Question 0: where is my card?", "the job's prompt_field"
 
 
+@pytest.mark.usefixtures("process_group")
 def test_full_dpo_trains_every_weight_against_the_initial_model_after_a_resume(
-    tiny_dir, tmp_path, process_group, monkeypatch
+    tiny_dir, tmp_path, monkeypatch
 ):
     """DeepSpeed ZeRO-2 trains the whole model on the DPO loss against a frozen copy of the
     initial weights; an engine resumed from the checkpoint has the trained policy and still
