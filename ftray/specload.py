@@ -337,7 +337,7 @@ def _unused_sections(spec: JobSpec, data: dict) -> list[SpecRuleError]:
     if spec.sweep and "train.method" in spec.sweep.parameters:
         methods |= set(spec.sweep.parameters["train.method"].values or [])
     if "dpo" in methods:
-        methods.add(spec.train.dpo.adapter)  # dpo trains through a lora or qlora adapter
+        methods.add(spec.train.dpo.adapter)  # dpo trains a lora/qlora adapter or every weight
     written = data.get("train") or {}
     problems = []
     for section, method in (("deepspeed", "full"), ("qlora", "qlora"), ("dpo", "dpo")):

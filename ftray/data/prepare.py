@@ -45,11 +45,12 @@ from ftray.store import Store, content_id, file_digest
 # 3: lines decoded one by one, blank lines counted, raw text in quarantine, JSON completions.
 # 4: a validation split apart from the eval (test) split.
 # 5: one completion per prompt (rule 'conflict'), source precedence.
-PREPARE_VERSION = 5
+# 6: preference pairs carry a weight.
+PREPARE_VERSION = 6
 SPLITS = ("train", "validation", "eval", "quarantine")
 EXAMPLE_COLUMNS = ["source", "row", "prompt", "completion", "messages", "input_ids", "labels"]
 EXAMPLE_COLUMNS += ["num_tokens"]
-PAIR_COLUMNS = ["rejected", "rejected_input_ids", "rejected_labels"]  # data.preference
+PAIR_COLUMNS = ["rejected", "rejected_input_ids", "rejected_labels", "weight"]  # data.preference
 QUARANTINE_COLUMNS = ["source", "row", "prompt", "completion", "fields", "raw", "rule", "reason"]
 _ATTEMPT = ".attempt-"  # `<dataset_id>.attempt-<hex>`: an attempt being written
 _STALE_ATTEMPT_S = 24 * 3600  # an attempt folder untouched this long was abandoned

@@ -13,6 +13,7 @@ as one row, either passing (rule '') or rejected with a named rule and a reason.
 from __future__ import annotations
 
 import json
+import math
 
 from ftray.data.checks import (
     band_keys,
@@ -74,6 +75,7 @@ class CheckRecords:
             "labels": [],
             "rejected_input_ids": [],
             "rejected_labels": [],
+            "weight": 1.0,  # a preference pair's weight (data.preference.weight_field)
             "num_tokens": 0,
             "pii_redacted": 0,
             "truncated": False,
@@ -93,6 +95,8 @@ class CheckRecords:
             prompt = "\n".join(m["content"] for m in messages if m["role"] != "system")
             rejected = self._rejected(fields, completion) if self.spec.preference else None
             out.update(prompt=prompt, completion=completion, rejected=rejected)
+            if self.spec.preference:
+                out["weight"] = self._weight(fields)
             messages, completion = self._content(messages, completion, out)
             out["completion"] = completion
             if rejected is None:
@@ -124,6 +128,22 @@ class CheckRecords:
         if rejected == chosen:
             raise _Reject("same_answers", f"the chosen and {name!r} answers are the same")
         return rejected
+
+    def _weight(self, fields: dict) -> float:
+        """A preference pair's weight: a number ≥ 0 (a csv cell's text too); 1 where the
+        record has none. Raises _Reject."""
+        assert self.spec.preference is not None
+        name = self.spec.preference.weight_field
+        value = fields.get(name) if name else None
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return 1.0
+        try:
+            weight = float(value) if isinstance(value, (int, float, str)) else math.nan
+        except ValueError:
+            weight = math.nan
+        if isinstance(value, bool) or not math.isfinite(weight) or weight < 0:
+            raise _Reject("wrong_type", f"weight field {name!r} is {value!r}, not a number ≥ 0")
+        return weight
 
     def _fit_pair(self, messages: list[dict], chosen: str, out: dict) -> tuple[list, dict]:
         """As `_fit`, for the longer of the two answers (then both fit); the rejected

@@ -14,7 +14,7 @@ ACTIONS = {
     "results": "print win rate, interval, agreement and the gate as JSON (and write the report)",
     "decide": "settle a gate that waits for human review: promote or reject, once",
     "pairs": "write the rated items as preference pairs for train.method dpo (winner chosen, "
-    "loser rejected, ties dropped) and print the counts and the file",
+    "loser rejected, ties dropped, weighted by agreement) and print the counts and the file",
 }
 
 

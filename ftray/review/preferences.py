@@ -4,7 +4,9 @@ preference source file for `train.method: dpo` (`ftray review pairs`).
 Per item, each reviewer's latest rating is one vote for the candidate or the incumbent ('tie'
 and 'both bad' vote for neither); the arm with more votes is chosen, the other rejected, and
 items with no votes or equal votes are dropped. Each line keeps its evaluation, item and
-`votes` ([for the winner, for either arm]) so a dataset can be traced back to the ratings.
+`votes` ([for the winner, for either arm]) so a dataset can be traced back to the ratings, and
+its weight, the reviewers' agreement: (votes for the winner - votes for the loser) / votes for
+either arm, 1 when every vote that took a side agrees, near 0 for a narrow split.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from ftray.store import Store
 
 
 def rating_pairs(store: Store, eval_id: str) -> tuple[list[dict], dict]:
-    """(pairs, counts): {prompt, chosen, rejected, eval_id, item, votes} per decided item,
-    and how many items were rated, became pairs, or were dropped as ties."""
+    """(pairs, counts): {prompt, chosen, rejected, eval_id, item, votes, weight} per decided
+    item, and how many items were rated, became pairs, or were dropped as ties."""
     examples = {pair.item: pair for pair in load_pairs(store, eval_id)}
     votes: dict[int, Counter] = {}
     for rating in latest(RatingLog(store, eval_id).all()):
@@ -42,6 +44,7 @@ def rating_pairs(store: Store, eval_id: str) -> tuple[list[dict], dict]:
                 "eval_id": eval_id,
                 "item": item,
                 "votes": [max(candidate, incumbent), candidate + incumbent],
+                "weight": round(abs(candidate - incumbent) / (candidate + incumbent), 4),
             }
         )
     counts = {"items_rated": len(votes), "pairs": len(pairs), "ties": len(votes) - len(pairs)}
@@ -50,13 +53,15 @@ def rating_pairs(store: Store, eval_id: str) -> tuple[list[dict], dict]:
 
 def write_rating_pairs(data: DataSpec, store: Store, eval_id: str) -> dict:
     """Write an evaluation's rated pairs as `evals/<eval-id>/reviews/preferences-<hash>.jsonl`
-    in the job's field names (`data.prompt_field`, `data.preference`'s or chosen/rejected);
-    returns the counts and the file's URI (None when no item has a winner)."""
+    in the job's field names (`data.prompt_field`, `data.preference`'s or chosen/rejected/
+    weight; no weight where `weight_field` is null); returns the counts and the file's URI
+    (None when no item has a winner)."""
     pairs, counts = rating_pairs(store, eval_id)
     if not pairs:
         return {**counts, "path": None}
     chosen = data.preference.chosen_field if data.preference else "chosen"
     rejected = data.preference.rejected_field if data.preference else "rejected"
+    weight = data.preference.weight_field if data.preference else "weight"
     lines = [
         json.dumps(
             {
@@ -64,6 +69,7 @@ def write_rating_pairs(data: DataSpec, store: Store, eval_id: str) -> dict:
                 chosen: pair["chosen"],
                 rejected: pair["rejected"],
                 **{key: pair[key] for key in ("eval_id", "item", "votes")},
+                **({weight: pair["weight"]} if weight else {}),
             },
             sort_keys=True,
         )

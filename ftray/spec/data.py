@@ -37,6 +37,13 @@ class PreferenceSpec(_Section):
     rejected_field: str = Field(
         default="rejected", description="Column holding the worse answer to the same prompt."
     )
+    weight_field: str | None = Field(
+        default="weight",
+        description="Column holding the pair's weight, a number ≥ 0 (`ftray review pairs` "
+        "writes the reviewers' agreement there): the DPO loss is the weighted mean over a "
+        "batch's pairs, so a pair of weight 0 teaches nothing. A record without it weighs 1; "
+        "null: every pair weighs 1.",
+    )
 
 
 class DedupSpec(_Section):

@@ -78,12 +78,13 @@ class DpoSpec(_Section):
         description="How far the tuned model may move from the reference: the loss is "
         "-log σ(beta × (chosen log-ratio - rejected log-ratio)); smaller lets it drift further.",
     )
-    adapter: Literal["lora", "qlora"] = Field(
+    adapter: Literal["lora", "qlora", "full"] = Field(
         default="lora",
         description="What trains: a LoRA adapter (train.lora) on the base model, or on the "
-        "base quantized by bitsandbytes (train.qlora). The reference model is the same base "
-        "with the adapter switched off, so no second copy is held; DPO on a full fine-tune is "
-        "not built.",
+        "base quantized by bitsandbytes (train.qlora), against the same base with the adapter "
+        "switched off as the reference (no second copy held); or 'full': every weight, under "
+        "DeepSpeed ZeRO-2 (train.deepspeed), against a frozen copy of the initial model held "
+        "beside it (two copies of the weights in memory).",
     )
 
 
@@ -123,8 +124,8 @@ class TrainSpec(_Section):
         default="lora",
         description="Fine-tuning method: 'full' trains every weight under DeepSpeed ZeRO; "
         "'lora' trains a peft LoRA adapter; 'qlora' trains a LoRA adapter on a base model "
-        "quantized by bitsandbytes; 'dpo' tunes a LoRA or QLoRA adapter on preference "
-        "pairs (data.preference; settings in train.dpo).",
+        "quantized by bitsandbytes; 'dpo' tunes a LoRA or QLoRA adapter, or every weight, on "
+        "preference pairs (data.preference; settings in train.dpo).",
     )
     init_from: str | None = Field(
         default=None,
@@ -222,13 +223,21 @@ class TrainSpec(_Section):
         return self
 
     @model_validator(mode="after")
-    def _dpo_unpacked(self) -> TrainSpec:
+    def _dpo_rules(self) -> TrainSpec:
         if self.method == "dpo" and self.packing:
             raise SpecRuleError(
                 "packing",
                 True,
                 "method dpo scores each answer as a sequence of its own; packed rows mix them",
                 "set train.packing: false",
+            )
+        if self.method == "dpo" and self.dpo.adapter == "full" and self.deepspeed.stage == 3:
+            raise SpecRuleError(
+                "deepspeed.stage",
+                3,
+                "DPO on a full fine-tune keeps a whole frozen reference model on every worker; "
+                "ZeRO-3 would need it partitioned too, which ftray does not do",
+                "set train.deepspeed.stage: 2, or train.dpo.adapter: lora",
             )
         return self
 

@@ -210,7 +210,7 @@ def _evaluate_and_save(
     said = ""
     if spec.method == "dpo":  # the validation DPO loss stands in for the token loss
         eval_loss, accuracy = evaluate_pairs(
-            engine.model, engine.module, ctx, spec.per_worker_batch, spec.dpo.beta
+            engine.model, engine.reference, ctx, spec.per_worker_batch, spec.dpo.beta
         )
         state.accuracy_history.append([state.step, accuracy])
         logged["validation/preference_accuracy"] = accuracy
@@ -289,10 +289,10 @@ def _collate(raw: dict, spec: TrainSpec, pack: int | None, device) -> dict:
 
 
 def _items(batch: dict, spec: TrainSpec):
-    """What the loss averages over: pairs (dpo), else the tokens the loss counts (labels
-    after the causal shift that are not masked out)."""
+    """What the loss averages over: the pairs' weights (dpo), else the tokens the loss counts
+    (labels after the causal shift that are not masked out)."""
     if spec.method == "dpo":
-        return batch["labels"].new_tensor(batch["labels"].shape[0] // 2).float()
+        return batch["weights"].sum()
     return (batch["labels"][:, 1:] != IGNORE_INDEX).sum().float()
 
 

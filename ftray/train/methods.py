@@ -1,12 +1,14 @@
 """The three methods behind one interface, so `train_loop` has a single copy of the loop.
 
-- `AdapterEngine` (lora, qlora, dpo): a peft LoRA adapter on a plain or bitsandbytes-quantized
-  base, data-parallel through the worker context (DDP under Ray Train), torch AdamW, gradient
-  accumulation without all-reduce on the non-final micro-steps; for dpo its loss is
-  `ftray.train.dpo`'s on pair batches, against the same base with the adapter disabled.
-- `DeepSpeedEngine` (full): every weight trained under DeepSpeed ZeRO-2/3, optional CPU
-  offload, config from `ftray.train.ds_config`; its sharded checkpoints are consolidated into
-  one safetensors model by `consolidate`.
+- `AdapterEngine` (lora, qlora, dpo on an adapter): a peft LoRA adapter on a plain or
+  bitsandbytes-quantized base, data-parallel through the worker context (DDP under Ray Train),
+  torch AdamW, gradient accumulation without all-reduce on the non-final micro-steps; for dpo
+  its loss is `ftray.train.dpo`'s on pair batches, against the same base with the adapter
+  disabled.
+- `DeepSpeedEngine` (full, dpo on every weight): every weight trained under DeepSpeed
+  ZeRO-2/3, optional CPU offload, config from `ftray.train.ds_config`; for dpo against a frozen
+  copy of the initial model (ZeRO-2 only); its sharded checkpoints are consolidated into one
+  safetensors model by `consolidate`.
 
 Both run without Ray: give them any `WorkerContext`.
 """
@@ -21,7 +23,7 @@ from typing import Any
 
 from ftray.models import add_lora, load_model, load_quantized_model, torch_dtype
 from ftray.spec import TrainSpec
-from ftray.train.dpo import pair_loss_sum
+from ftray.train.dpo import adapter_off, frozen_reference, step_loss
 from ftray.train.ds_config import deepspeed_config, precision_of
 
 DS_TAG = "state"  # DeepSpeed's checkpoint tag inside each checkpoint's deepspeed/ folder
@@ -75,8 +77,10 @@ class AdapterEngine:
             self.optimizer, lr_schedule(total_steps, spec.warmup_ratio)
         )
         self.max_grad_norm = spec.max_grad_norm
-        self.flops_per_token = 4 * count_params(self.module)  # frozen base: no weight grads
         self.beta = spec.dpo.beta if spec.method == "dpo" else None  # None: the SFT loss
+        self.reference = adapter_off(self.module) if self.beta is not None else None
+        # frozen base: no weight grads; dpo adds the reference's forward pass
+        self.flops_per_token = (6 if self.beta is not None else 4) * count_params(self.module)
 
     def micro_step(self, batch: dict, boundary: bool, num_items, world_size: int):
         """Forward and backward one micro-batch; step the optimizer on the boundary.
@@ -97,7 +101,7 @@ class AdapterEngine:
             if self.beta is None:
                 loss = self.model(**batch, use_cache=False, num_items_in_batch=num_items).loss
             else:
-                loss = pair_loss_sum(self.model, self.module, batch, self.beta)[0] / num_items
+                loss = step_loss(self.model, self.reference, batch, self.beta, num_items)
             (loss * world_size).backward()
         if boundary:
             torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
@@ -155,12 +159,21 @@ class DeepSpeedEngine:
             dist_init_required=False,
         )
         self.config = config
-        self.flops_per_token = 6 * count_params(model)
+        self.beta = spec.dpo.beta if spec.method == "dpo" else None  # None: the SFT loss
+        self.reference = None
+        # ZeRO-2 (the spec refuses 3): every worker holds whole weights, so a whole reference
+        if self.beta is not None:
+            self.reference = frozen_reference(model_dir, precision, ctx.device)
+        # dpo adds the reference's forward pass
+        self.flops_per_token = (8 if self.beta is not None else 6) * count_params(model)
 
     def micro_step(self, batch: dict, boundary: bool, num_items, world_size: int):
         """As `AdapterEngine.micro_step`; DeepSpeed counts micro-steps itself and steps on its
         accumulation boundary (its own 1/accumulation scaling is off: `num_items` does it)."""
-        loss = self.model(**batch, use_cache=False, num_items_in_batch=num_items).loss
+        if self.beta is None:
+            loss = self.model(**batch, use_cache=False, num_items_in_batch=num_items).loss
+        else:
+            loss = step_loss(self.model, self.reference, batch, self.beta, num_items)
         self.model.backward(loss * world_size, scale_wrt_gas=False)
         if boundary != self.model.is_gradient_accumulation_boundary():
             raise RuntimeError("DeepSpeed's accumulation boundary disagrees with the loop's")

@@ -17,8 +17,17 @@ from ftray.spec import DataSpec, ModelSpec, TrainSpec
 from ftray.specload import SpecError, validate_spec
 from ftray.store import Store
 from ftray.train.context import LocalContext
-from ftray.train.dpo import PAIR_COLUMNS, collate_pairs, dpo_loss, pair_loss_sum, sequence_logps
-from ftray.train.methods import AdapterEngine
+from ftray.train.dpo import (
+    PAIR_COLUMNS,
+    collate_pairs,
+    dpo_loss,
+    frozen_reference,
+    pair_loss_sum,
+    sequence_logps,
+    step_loss,
+)
+from ftray.train.methods import AdapterEngine, DeepSpeedEngine
+from tests.unit.test_train_loop import process_group  # noqa: F401 (a fixture DeepSpeed needs)
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +93,23 @@ def test_pair_records_are_checked_and_tokenized_as_sft_records(tiny_dir):
         assert tokenizer.decode(answer_ids).startswith(answer), "labels cover the answer only"
     # the contract binds the chosen answer; a rejected one may break it (that is why it lost)
     loose = checker.one(_record({"prompt": "sky?", "good": "blue", "bad": "a plane"}))
-    assert loose["rule"] == ""
+    assert (loose["rule"], loose["weight"]) == ("", 1.0), "no weight field: weight 1"
+    for given, weight in ((0.25, 0.25), (0, 0.0), ("0.5", 0.5), ("", 1.0)):  # "0.5": a csv cell
+        fields = {"prompt": "sky?", "good": "blue", "bad": "red", "weight": given}
+        assert checker.one(_record(fields))["weight"] == weight
     cases = [
         ({"prompt": "sky?", "good": "blue"}, "missing_field", "'bad'"),
         ({"prompt": "sky?", "good": "blue", "bad": " "}, "empty_field", "'bad'"),
         ({"prompt": "sky?", "good": "green", "bad": "red"}, "label_not_allowed", "green"),
         ({"prompt": "sky?", "good": "blue", "bad": "blue"}, "same_answers", "same"),
         ({"prompt": "sky?", "good": "blue", "bad": "bullshit"}, "toxic", ""),
+        ({"prompt": "sky?", "good": "blue", "bad": "red", "weight": -1}, "wrong_type", "≥ 0"),
+        (
+            {"prompt": "sky?", "good": "blue", "bad": "red", "weight": "lots"},
+            "wrong_type",
+            "'weight'",
+        ),
+        ({"prompt": "sky?", "good": "blue", "bad": "red", "weight": True}, "wrong_type", "True"),
     ]
     for fields, rule, said in cases:
         out = checker.one(_record(fields))
@@ -117,7 +136,12 @@ BASE = {
         ({"data": {"sources": [{"path": "x.csv"}]}}, "train.method", "data.preference"),
         ({"train": {"method": "lora"}}, "data.preference", "train.method: dpo"),
         ({"train": {"method": "dpo", "packing": True}}, "train.packing", "packing: false"),
-        ({"train": {"method": "dpo", "dpo": {"adapter": "full"}}}, "train.dpo.adapter", "qlora"),
+        ({"train": {"method": "dpo", "dpo": {"adapter": "none"}}}, "train.dpo.adapter", "full"),
+        (
+            {"train": {"method": "dpo", "dpo": {"adapter": "full"}, "deepspeed": {"stage": 3}}},
+            "train.deepspeed.stage",
+            "stage: 2",
+        ),
         ({"train": {"method": "dpo", "dpo": {"beta": 0}}}, "train.dpo.beta", "greater than"),
         ({"train": {"method": "lora", "dpo": {"beta": 0.2}}}, "train.dpo", "only"),
         (
@@ -144,8 +168,67 @@ def test_qlora_settings_apply_to_a_dpo_qlora_adapter():
     assert (spec.train.base_method, spec.train.qlora.bits) == ("qlora", 8)
 
 
+def test_full_dpo_is_a_deepspeed_zero2_run():
+    raw = {**BASE, "train": {**BASE["train"], "dpo": {"adapter": "full"}, "deepspeed": {}}}
+    spec = validate_spec(raw, [])
+    assert (spec.train.base_method, spec.train.deepspeed.stage) == ("full", 2)
+
+
+def _batch(tokenizer, answers, weights):
+    """A pair batch of 'is N a number?' prompts: (chosen, rejected) answers, with weights."""
+    raw: dict = {key: [] for key in PAIR_COLUMNS}
+    for i, (good, bad) in enumerate(answers):
+        messages = messages_for(f"is {i} a number?", "Answer.")
+        chosen, rejected = (tokenize_example(tokenizer, messages, a) for a in (good, bad))
+        raw["input_ids"].append(chosen["input_ids"])
+        raw["labels"].append(chosen["labels"])
+        raw["rejected_input_ids"].append(rejected["input_ids"])
+        raw["rejected_labels"].append(rejected["labels"])
+    raw["weight"] = weights
+    return collate_pairs(raw)
+
+
+def test_pair_weights_make_a_weighted_mean_and_weight_0_teaches_nothing(tiny_dir):
+    from ftray.models import load_model
+
+    torch.manual_seed(0)
+    policy = load_model(tiny_dir, "float32")
+    with torch.no_grad():  # move the policy off the reference, so the pairs' losses differ
+        for param in policy.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    reference = frozen_reference(tiny_dir, "float32", "cpu")
+    tokenizer = load_tokenizer(tiny_dir)
+    answers = [("yes", "no"), ("maybe so", "no"), ("yes", "never")]
+    batch = _batch(tokenizer, answers, [1.0, 0.5, 0.0])
+
+    # by hand: each pair's loss from its own sequences, then Σ w·loss / Σ w
+    with torch.no_grad():
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        mine = sequence_logps(policy(**inputs).logits, batch["labels"])
+        ref = sequence_logps(reference(**inputs), batch["labels"])
+    losses, _ = dpo_loss(mine[:3], mine[3:], ref[:3], ref[3:], 0.1)
+    assert len(set(round(v, 4) for v in losses.tolist())) == 3, "the pairs' losses differ"
+    expected = (1.0 * losses[0] + 0.5 * losses[1] + 0.0 * losses[2]) / 1.5
+    loss = step_loss(policy, reference, batch, 0.1, batch["weights"].sum())
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+    # the weight-0 pair adds no gradient: the same as the batch without it
+    def gradient(pair_batch):
+        policy.zero_grad()
+        step_loss(policy, reference, pair_batch, 0.1, pair_batch["weights"].sum()).backward()
+        return torch.cat([p.grad.flatten() for p in policy.parameters()])
+
+    with_zero = gradient(batch)
+    without = gradient(_batch(tokenizer, answers[:2], [1.0, 0.5]))
+    assert with_zero.abs().sum() > 0
+    torch.testing.assert_close(with_zero, without, atol=1e-6, rtol=1e-4)
+    # a step whose pairs all weigh 0: loss 0 and no gradient, not 0/0
+    assert gradient(_batch(tokenizer, answers[2:], [0.0])).abs().sum() == 0
+    assert all(not p.requires_grad for p in reference.__closure__[0].cell_contents.parameters())
+
+
 def _pairs(folder, tokenizer, n):
-    """'is N a number?' → chosen 'yes', rejected 'no'."""
+    """'is N a number?' → chosen 'yes', rejected 'no', weight 1."""
     rows = []
     for i in range(n):
         right, wrong = "yes", "no"
@@ -157,6 +240,7 @@ def _pairs(folder, tokenizer, n):
                 "labels": good["labels"],
                 "rejected_input_ids": bad["input_ids"],
                 "rejected_labels": bad["labels"],
+                "weight": 1.0,
             }
         )
     for split in ("train", "validation"):
@@ -186,20 +270,21 @@ def test_dpo_starts_at_log2_and_steps_move_the_margins(tiny_dir, tmp_path):
     engine = AdapterEngine(spec, tiny_dir, "float32", ctx, total_steps=1)
     batch = collate_pairs(next(ctx.batches("validation", 16, 0)))
     with torch.no_grad():
-        loss, margins = pair_loss_sum(engine.model, engine.module, batch, 0.5)
+        loss, margins = pair_loss_sum(engine.model, engine.reference, batch, 0.5)
     assert margins.abs().max() < 1e-5 and float(loss) == pytest.approx(16 * math.log(2))
 
     # a few steps on the same pairs: the policy ranks the chosen answers above the rejected
     for _ in range(4):
         engine.micro_step(batch, True, torch.tensor(16.0), 1)
     with torch.no_grad():
-        trained, margins = pair_loss_sum(engine.model, engine.module, batch, 0.5)
+        trained, margins = pair_loss_sum(engine.model, engine.reference, batch, 0.5)
     assert float(trained) < float(loss) and (margins > 0).float().mean() >= 0.75, margins
 
 
 def test_review_ratings_become_preference_pairs(tmp_path, capsys):
     """Per item the arm with more votes (each reviewer's latest rating) is chosen; ties,
-    'both bad' and split votes are dropped; `ftray review pairs` writes the file."""
+    'both bad' and split votes are dropped; the weight is the agreement, (winner's votes -
+    loser's) / votes for either arm; `ftray review pairs` writes the file."""
     from ftray.cli import main
     from ftray.review.ratings import RatingLog, candidate_side, load_pairs
     from tests.unit.review_eval import write_eval, write_job
@@ -223,21 +308,69 @@ def test_review_ratings_become_preference_pairs(tmp_path, capsys):
     vote(4, "alice", "candidate")
     vote(4, "bob", "both_bad")
     vote(4, "alice", "incumbent")  # alice changed her mind: her latest rating counts
+    vote(5, "alice", "candidate")
+    vote(5, "bob", "candidate")
+    vote(5, "carol", "incumbent")
+    vote(5, "dan", "tie")
 
     assert main(["review", "pairs", job, "--eval", "ev-1"]) == 0
     said = json.loads(capsys.readouterr().out)
     assert {k: said[k] for k in ("items_rated", "pairs", "ties")} == {
-        "items_rated": 5,
-        "pairs": 3,
+        "items_rated": 6,
+        "pairs": 4,
         "ties": 2,
     }
     lines = [
         json.loads(line) for line in store.fs.open(said["path"]).read().decode().split("\n")[:-1]
     ]
-    got = [(r["item"], r["chosen"], r["rejected"], r["votes"]) for r in lines]
+    got = [(r["item"], r["chosen"], r["rejected"], r["votes"], r["weight"]) for r in lines]
     assert got == [
-        (0, "candidate answer 0", "incumbent answer 0", [2, 2]),
-        (1, "incumbent answer 1", "candidate answer 1", [1, 1]),
-        (4, "incumbent answer 4", "candidate answer 4", [1, 1]),
+        (0, "candidate answer 0", "incumbent answer 0", [2, 2], 1.0),
+        (1, "incumbent answer 1", "candidate answer 1", [1, 1], 1.0),
+        (4, "incumbent answer 4", "candidate answer 4", [1, 1], 1.0),
+        (5, "candidate answer 5", "incumbent answer 5", [2, 3], 0.3333),  # 2 to 1
     ]
     assert lines[0]["text"] == "Question 0: where is my card?", "the job's prompt_field"
+
+
+@pytest.mark.usefixtures("process_group")
+def test_full_dpo_trains_every_weight_against_the_initial_model_after_a_resume(
+    tiny_dir, tmp_path, monkeypatch
+):
+    """DeepSpeed ZeRO-2 trains the whole model on the DPO loss against a frozen copy of the
+    initial weights; an engine resumed from the checkpoint has the trained policy and still
+    the initial model as its reference (else every margin would restart at 0)."""
+    from ftray.models import load_model
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    _pairs(tmp_path / "ds", load_tokenizer(tiny_dir), 8)
+    ctx = LocalContext(str(tmp_path / "ds"), str(tmp_path / "ckpt"), columns=PAIR_COLUMNS)
+    spec = TrainSpec.model_validate(
+        {
+            "method": "dpo",
+            "dpo": {"beta": 0.5, "adapter": "full"},
+            "batch_size": 8,
+            "lr": 1e-3,
+            "warmup_ratio": 0,
+            "scaling": {"num_workers": 1},
+        }
+    )
+    engine = DeepSpeedEngine(spec, tiny_dir, "float32", ctx, total_steps=4)
+    batch = collate_pairs(next(ctx.batches("validation", 8, 0)))
+    with torch.no_grad():
+        start, margins = pair_loss_sum(engine.model, engine.reference, batch, 0.5)
+    assert margins.abs().max() < 1e-5 and float(start) == pytest.approx(8 * math.log(2))
+    for _ in range(3):
+        engine.micro_step(batch, True, batch["weights"].sum(), 1)
+    engine.save(str(tmp_path / "saved"), 0)
+
+    resumed = DeepSpeedEngine(spec, tiny_dir, "float32", ctx, total_steps=4)
+    resumed.load(str(tmp_path / "saved"))
+    base = load_model(tiny_dir, "float32").eval()
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        torch.testing.assert_close(resumed.reference(**inputs), base(**inputs).logits)
+        trained, margins = pair_loss_sum(resumed.model, resumed.reference, batch, 0.5)
+        again, _ = pair_loss_sum(engine.model, engine.reference, batch, 0.5)
+    assert float(trained) == pytest.approx(float(again), rel=1e-5), "the policy resumed"
+    assert float(trained) < float(start) and (margins > 0).all(), margins
