@@ -30,6 +30,7 @@ def _decide(job: str, eval_id: str, tmp_path) -> dict:
     (weights / "adapter_config.json").write_text("{}")
     manifest = pipeline.store.manifest("evals", eval_id)
     run = {"weights_uri": str(weights), "kind": "adapter"}
+    run["spec"] = {"lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]}}  # as a run records it
     pipeline.__dict__.update(
         dataset=DatasetRef("ds-1", str(tmp_path), {}, True),
         run=RunRef(manifest["run_id"], str(tmp_path), run, True),
