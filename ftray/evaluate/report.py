@@ -6,20 +6,12 @@ attached to a review; the Markdown links the same PNGs under `plots/`.
 
 from __future__ import annotations
 
-import html
+import json
 
 import numpy as np
 
-from ftray.evaluate.render import (
-    figures_html,
-    gate_table,
-    html_table,
-    markdown_table,
-    page,
-    png,
-    write_plots,
-    write_reports,
-)
+from ftray.evaluate import render
+from ftray.evaluate.render import Code, Heading, gate_table, png
 from ftray.evaluate.score import ARMS, Task, per_example_primary
 from ftray.store import Store
 
@@ -42,11 +34,8 @@ def write_report(
 ):
     """Render the plots and both reports into `evals/<eval_id>/`; `human` (a summary from
     `ftray.review.stats.summarize`) adds the human review's results."""
-    plots = _plots(manifest, table, task)
-    write_plots(store, plots, "evals", eval_id, "plots")
-    examples = _worst(table, task, worst)
-    markdown = _markdown(manifest, plots, examples, human)
-    write_reports(store, markdown, _html(manifest, plots, examples, human), "evals", eval_id)
+    blocks = _blocks(manifest, _plots(manifest, table, task), _worst(table, task, worst), human)
+    render.write_report(store, f"Evaluation {manifest['eval_id']}", blocks, "evals", eval_id)
 
 
 # --- plots -----------------------------------------------------------------------------------
@@ -181,12 +170,74 @@ def _worst(table, task: Task, count: int) -> list[dict]:
     ]
 
 
-def _tables(manifest: dict, examples: list[dict]) -> dict[str, tuple[list, list]]:
-    """Every table of the report as (header, rows) of plain values: both formats use them."""
-    metrics = []
-    for name, row in manifest["comparison"].items():
+def _blocks(manifest: dict, plots: dict, examples: list[dict], human: dict | None) -> list:
+    """The report top to bottom, as `ftray.evaluate.render` blocks."""
+    general = manifest["metrics"].get("general_ppl")
+    fields = manifest["details"]["candidate"].get("per_field")
+    blocks = [
+        _intro(manifest),
+        Heading(f"Gate: {_verdict(manifest)}", "pass" if manifest["gate"]["passed"] else "fail"),
+        gate_table(manifest["gate"]),
+        Heading("Metrics"),
+        _metrics(manifest["comparison"]),
+        _mcnemar(manifest),
+    ]
+    if general:
+        blocks += [
+            Heading("Forgetting"),
+            FORGETTING,
+            (
+                ["model", "general_ppl", "ratio to the base model"],
+                [
+                    [name, f"{general[name]:.4g}", f"{general[name] / general['base']:.4f}"]
+                    for name in ("base", "candidate", "incumbent")
+                ],
+            ),
+        ]
+    if fields:
+        incumbent = manifest["details"]["incumbent"]["per_field"]
+        head = ["field", "support", "predicted", "precision", "recall", "F1"]
+        head += ["F1 (normalised)", "incumbent F1"]
+        rows = [
+            [name, row["support"], row["predicted"]]
+            + [f"{row[key]:.3f}" for key in ("precision", "recall", "f1", "f1_normalized")]
+            + [f"{incumbent[name]['f1']:.3f}"]
+            for name, row in fields.items()
+        ]
+        blocks += [Heading("Per field"), FIELDS, (head, rows)]
+    slices = [
+        [
+            s["slice"],
+            s["examples"],
+            s["metric"],
+            f"{s['candidate']:.3f}",
+            f"{s['incumbent']:.3f}",
+            f"{s['difference']:+.3f}",
+        ]
+        for s in manifest["slices"]
+    ]
+    worst = [[e["prompt"], e["reference"], e["candidate"], e["incumbent"]] for e in examples]
+    return [
+        *blocks,
+        plots,
+        Heading("Per slice"),
+        (["slice", "examples", "metric", "candidate", "incumbent", "difference"], slices),
+        Heading("Worst examples"),
+        (["prompt", "reference", "candidate", "incumbent"], worst)
+        if worst
+        else "None: the candidate scores full marks everywhere.",
+        Heading("Decoding"),
+        Code(json.dumps(manifest["decoding"], indent=2, sort_keys=True)),
+        Heading("Human review"),
+        _human(human),
+    ]
+
+
+def _metrics(comparison: dict) -> tuple[list, list]:
+    rows = []
+    for name, row in comparison.items():
         interval = row["difference_interval"]
-        metrics.append(
+        rows.append(
             [
                 name,
                 _number(row["candidate"], row.get("candidate_n")),
@@ -197,62 +248,8 @@ def _tables(manifest: dict, examples: list[dict]) -> dict[str, tuple[list, list]
                 row.get("denominator", "examples"),
             ]
         )
-    fields = manifest["details"]["candidate"].get("per_field")
-    tables = {}
-    general = manifest["metrics"].get("general_ppl")
-    if general:
-        tables["forgetting"] = (
-            ["model", "general_ppl", "ratio to the base model"],
-            [
-                [name, f"{general[name]:.4g}", f"{general[name] / general['base']:.4f}"]
-                for name in ("base", "candidate", "incumbent")
-            ],
-        )
-    if fields:
-        incumbent = manifest["details"]["incumbent"]["per_field"]
-        tables["fields"] = (
-            [
-                "field",
-                "support",
-                "predicted",
-                "precision",
-                "recall",
-                "F1",
-                "F1 (normalised)",
-                "incumbent F1",
-            ],
-            [
-                [name, row["support"], row["predicted"]]
-                + [f"{row[key]:.3f}" for key in ("precision", "recall", "f1", "f1_normalized")]
-                + [f"{incumbent[name]['f1']:.3f}"]
-                for name, row in fields.items()
-            ],
-        )
-    return tables | {
-        "gate": gate_table(manifest["gate"]),
-        "metrics": (
-            ["metric", "candidate", "incumbent", "difference", "interval", "p (bootstrap)", "over"],
-            metrics,
-        ),
-        "slices": (
-            ["slice", "examples", "metric", "candidate", "incumbent", "difference"],
-            [
-                [
-                    s["slice"],
-                    s["examples"],
-                    s["metric"],
-                    f"{s['candidate']:.3f}",
-                    f"{s['incumbent']:.3f}",
-                    f"{s['difference']:+.3f}",
-                ]
-                for s in manifest["slices"]
-            ],
-        ),
-        "worst": (
-            ["prompt", "reference", "candidate", "incumbent"],
-            [[e["prompt"], e["reference"], e["candidate"], e["incumbent"]] for e in examples],
-        ),
-    }
+    head = ["metric", "candidate", "incumbent", "difference", "interval", "p (bootstrap)", "over"]
+    return head, rows
 
 
 def _number(value: float | None, n: int | None = None, sign: bool = False) -> str:
@@ -346,77 +343,3 @@ def _human(human: dict | None) -> str:
         + (f"kappa {kappa:.3f}." if kappa is not None else "not measurable yet.")
         + " Details: reviews/report.html."
     )
-
-
-def _markdown(manifest: dict, plots: dict, examples: list[dict], human=None) -> str:
-    def table(name):
-        return markdown_table(*tables[name])
-
-    tables = _tables(manifest, examples)
-    parts = [
-        f"# Evaluation {manifest['eval_id']}",
-        _intro(manifest),
-        f"## Gate: {_verdict(manifest)}",
-        table("gate"),
-        "## Metrics",
-        table("metrics"),
-        _mcnemar(manifest),
-        *(
-            [f"## Forgetting\n\n{FORGETTING}", table("forgetting")]
-            if "forgetting" in tables
-            else []
-        ),
-        *([f"## Per field\n\n{FIELDS}", table("fields")] if "fields" in tables else []),
-        *[f"![{name}](plots/{name}.png)" for name in plots],
-        "## Per slice",
-        table("slices"),
-        "## Worst examples",
-        table("worst") if examples else "None: the candidate scores full marks everywhere.",
-        "## Decoding",
-        "```json\n" + _json(manifest["decoding"]) + "\n```",
-        f"## Human review\n\n{_human(human)}",
-    ]
-    return "\n\n".join(parts) + "\n"
-
-
-def _html(manifest: dict, plots: dict, examples: list[dict], human=None) -> str:
-    def table(name):
-        return html_table(*tables[name])
-
-    tables = _tables(manifest, examples)
-    figures = figures_html(plots)
-    verdict = "pass" if manifest["gate"]["passed"] else "fail"
-    fields = (
-        f"<h2>Per field</h2>\n<p>{html.escape(FIELDS)}</p>\n{table('fields')}"
-        if "fields" in tables
-        else ""
-    )
-    forgetting = (
-        f"<h2>Forgetting</h2>\n<p>{html.escape(FORGETTING)}</p>\n{table('forgetting')}"
-        if "forgetting" in tables
-        else ""
-    )
-    body = f"""<p>{html.escape(_intro(manifest))}</p>
-<h2 class="{verdict}">Gate: {html.escape(_verdict(manifest))}</h2>
-{table("gate")}
-<h2>Metrics</h2>
-{table("metrics")}
-<p>{html.escape(_mcnemar(manifest))}</p>
-{forgetting}
-{fields}
-<section id="plots">{figures}</section>
-<h2>Per slice</h2>
-{table("slices")}
-<h2>Worst examples</h2>
-{table("worst")}
-<h2>Decoding</h2><pre>{html.escape(_json(manifest["decoding"]))}</pre>
-<h2>Human review</h2>
-<p id="human">{html.escape(_human(human))}
-<a href="reviews/report.html">reviews/report.html</a></p>"""
-    return page(f"Evaluation {manifest['eval_id']}", body)
-
-
-def _json(value) -> str:
-    import json
-
-    return json.dumps(value, indent=2, sort_keys=True)
