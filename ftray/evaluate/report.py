@@ -174,13 +174,20 @@ def _blocks(manifest: dict, plots: dict, examples: list[dict], human: dict | Non
     """The report top to bottom, as `ftray.evaluate.render` blocks."""
     general = manifest["metrics"].get("general_ppl")
     fields = manifest["details"]["candidate"].get("per_field")
+    m, mc, gate = manifest["metrics"], manifest["mcnemar"], manifest["gate"]
+    verdict = "PASSED: promote" if gate["passed"] else "FAILED: keep the incumbent"
+    if again := manifest.get("regated_at"):
+        verdict += f" (gate re-applied {again}, no new answers)"
     blocks = [
-        _intro(manifest),
-        Heading(f"Gate: {_verdict(manifest)}", "pass" if manifest["gate"]["passed"] else "fail"),
-        gate_table(manifest["gate"]),
+        f"Candidate run {manifest['run_id']} vs incumbent {manifest['incumbent']['label']} on "
+        f"{m['examples']} held-out examples of dataset {manifest['dataset_id']} (task: "
+        f"{m['task']}, primary metric: {m['primary_metric']}).",
+        Heading(f"Gate: {verdict}", "pass" if gate["passed"] else "fail"),
+        gate_table(gate),
         Heading("Metrics"),
         _metrics(manifest["comparison"]),
-        _mcnemar(manifest),
+        f"McNemar ({mc['method']}): candidate-only right {mc['b']}, incumbent-only right "
+        f"{mc['c']}, p = {mc['p_value']:.3g}.",
     ]
     if general:
         blocks += [
@@ -272,29 +279,6 @@ FIELDS = (
     "it (an unparsable answer gives no field), F1 (normalised): strings compared "
     "case-folded with whitespace collapsed, numbers as numbers."
 )
-
-
-def _verdict(manifest: dict) -> str:
-    verdict = "PASSED: promote" if manifest["gate"]["passed"] else "FAILED: keep the incumbent"
-    again = manifest.get("regated_at")
-    return f"{verdict} (gate re-applied {again}, no new answers)" if again else verdict
-
-
-def _intro(manifest: dict) -> str:
-    m = manifest["metrics"]
-    return (
-        f"Candidate run {manifest['run_id']} vs incumbent {manifest['incumbent']['label']} on "
-        f"{m['examples']} held-out examples of dataset {manifest['dataset_id']} (task: "
-        f"{m['task']}, primary metric: {m['primary_metric']})."
-    )
-
-
-def _mcnemar(manifest: dict) -> str:
-    mc = manifest["mcnemar"]
-    return (
-        f"McNemar ({mc['method']}): candidate-only right {mc['b']}, incumbent-only right "
-        f"{mc['c']}, p = {mc['p_value']:.3g}."
-    )
 
 
 def rewrite_report(store: Store, eval_id: str, human: dict | None = None) -> bool:

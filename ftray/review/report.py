@@ -26,6 +26,9 @@ def write_review_report(
     human = found["human"]
     rate, interval = human["win_rate"], human["win_rate_interval"]
     status = {"promote": "pass", "record": "pass", "reject": "fail"}.get(found["status"], "")
+    heading = f"Verdict: {VERDICTS[found['status']]}"
+    if status and not decided:
+        heading += " (not recorded yet: `ftray review decide` records it)"
     comments = [
         [r["item"], r["reviewer"], r["preferred"], r["comment"]]
         for r in sorted(ratings, key=lambda r: (r["item"], r["reviewer"]))
@@ -33,7 +36,7 @@ def write_review_report(
     ]
     blocks = [
         _intro(found),
-        Heading(_heading(found, decided), status),
+        Heading(heading, status),
         gate_table(found["gate"]),
         Heading("Win rate"),
         f"Ties count half, 'both bad' is left out; interval: {human['interval']}.",
@@ -58,13 +61,6 @@ def write_review_report(
     ]
     title = f"Human review of evaluation {found['eval_id']}"
     write_report(store, title, blocks, "evals", eval_id, "reviews")
-
-
-def _heading(found: dict, decided: bool) -> str:
-    heading = f"Verdict: {VERDICTS[found['status']]}"
-    if found["status"] in ("promote", "record", "reject") and not decided:
-        heading += " (not recorded yet: `ftray review decide` records it)"
-    return heading
 
 
 def _intro(found: dict) -> str:
