@@ -285,18 +285,14 @@ def rewrite_report(store: Store, eval_id: str, human: dict | None = None) -> boo
     """Render an evaluation's reports again from its manifest (after a new gate, or with the
     human review's results: `human`, else the ratings as they stand); False for an
     evaluation written before manifests kept their task."""
-    import pandas as pd
     import pyarrow.parquet as pq
 
     manifest = store.manifest("evals", eval_id)
     if "task" not in manifest:
         return False
-    parts = []
-    for path in sorted(store.fs.find(store.path("evals", eval_id, "outputs"))):
-        if path.endswith(".parquet"):  # not a temp file a crashed write left
-            with store.fs.open(path, "rb") as handle:
-                parts.append(pq.read_table(handle).to_pandas())
-    table = pd.concat(parts, ignore_index=True)
+    # one file since before manifests kept their task (ftray.evaluate.stage writes it)
+    with store.fs.open(store.path("evals", eval_id, "outputs", "part-0.parquet"), "rb") as handle:
+        table = pq.read_table(handle).to_pandas()
     task = Task(**manifest["task"])
     worst = manifest["spec"].get("worst_examples", 10)
     if human is None:
