@@ -58,10 +58,18 @@ def gate_table(gate: dict) -> tuple[list, list]:
     return ["rule", "passed", "detail"], rows
 
 
-def png(figure) -> bytes:
+def figure(width: float, height: float = 3.6):
+    """A matplotlib figure (not pyplot's: no GUI, no global state) and its axes."""
+    from matplotlib.figure import Figure
+
+    made = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return made, made.add_subplot()
+
+
+def png(plot) -> bytes:
     """A matplotlib figure as PNG bytes."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    plot.savefig(buffer, format="png")
     return buffer.getvalue()
 
 

@@ -11,7 +11,7 @@ import json
 import numpy as np
 
 from ftray.evaluate import render
-from ftray.evaluate.render import Code, Heading, gate_table, png
+from ftray.evaluate.render import Code, Heading, figure, gate_table, png
 from ftray.evaluate.score import ARMS, Task, per_example_primary
 from ftray.store import Store
 
@@ -52,20 +52,13 @@ def _plots(manifest: dict, table, task: Task) -> dict[str, bytes]:
     return plots
 
 
-def _figure(width: float = 7, height: float = 3.6):
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    return figure, figure.add_subplot()
-
-
 def _metric_bars(comparison: dict) -> bytes:
     names = [  # a rate one arm cannot measure has no bar
         name
         for name, row in comparison.items()
         if None not in (row["candidate_interval"], row["incumbent_interval"])
     ]
-    figure, ax = _figure(max(6, 0.9 * len(names) + 2))
+    plot, ax = figure(max(6, 0.9 * len(names) + 2))
     x = np.arange(len(names))
     for offset, arm in ((-0.2, "candidate"), (0.2, "incumbent")):
         values = np.array([comparison[n][arm] for n in names])
@@ -77,12 +70,12 @@ def _metric_bars(comparison: dict) -> bytes:
     ax.set_ylabel("value (bootstrap interval)")
     ax.set_title("Candidate vs incumbent per metric")
     ax.legend()
-    return png(figure)
+    return png(plot)
 
 
 def _per_class(per_class: dict, details: dict) -> bytes:
     labels = list(per_class)
-    figure, ax = _figure(max(6, 0.7 * len(labels) + 2))
+    plot, ax = figure(max(6, 0.7 * len(labels) + 2))
     x = np.arange(len(labels))
     for offset, arm, key, hatch in (
         (-0.3, "candidate", "precision", ""),
@@ -96,13 +89,13 @@ def _per_class(per_class: dict, details: dict) -> bytes:
     ax.set_ylim(0, 1.05)
     ax.set_title("Precision and recall per class (at the confidence threshold)")
     ax.legend(fontsize=7, ncols=2)
-    return png(figure)
+    return png(plot)
 
 
 def _confusion(confusion: dict) -> bytes:
     matrix = np.array(confusion["matrix"])
     size = 0.45 * len(confusion["columns"]) + 2.5
-    figure, ax = _figure(size + 1, size)
+    plot, ax = figure(size + 1, size)
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(confusion["columns"])), confusion["columns"], rotation=45, ha="right")
     ax.set_yticks(range(len(confusion["labels"])), confusion["labels"])
@@ -113,11 +106,11 @@ def _confusion(confusion: dict) -> bytes:
     ax.set_xlabel("candidate's answer")
     ax.set_ylabel("reference")
     ax.set_title("Confusion matrix (candidate)")
-    return png(figure)
+    return png(plot)
 
 
 def _pr_curves(details: dict) -> bytes:
-    figure, ax = _figure(5.5, 4)
+    plot, ax = figure(5.5, 4)
     for arm in ARMS:
         points = details[arm]["pr_curve"]
         recall, precision = [p["recall"] for p in points], [p["precision"] for p in points]
@@ -128,11 +121,11 @@ def _pr_curves(details: dict) -> bytes:
     ax.set_ylim(0, 1.02)
     ax.set_title("Precision-recall as the confidence threshold moves")
     ax.legend()
-    return png(figure)
+    return png(plot)
 
 
 def _lengths(details: dict, table) -> bytes:
-    figure, ax = _figure(6, 3.4)
+    plot, ax = figure(6, 3.4)
     series = {arm: details[arm]["output_tokens_all"] for arm in ARMS}
     series["reference"] = [len(str(text).split()) for text in table["completion"]]
     top = max(max(values, default=1) for values in series.values()) + 1
@@ -143,7 +136,7 @@ def _lengths(details: dict, table) -> bytes:
     ax.set_ylabel("examples")
     ax.set_title("Answer lengths")
     ax.legend()
-    return png(figure)
+    return png(plot)
 
 
 # --- text ------------------------------------------------------------------------------------

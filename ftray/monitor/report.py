@@ -4,7 +4,7 @@ threshold, from all runs in `monitor/checks/` (md + self-contained html)."""
 from __future__ import annotations
 
 from ftray.evaluate import render
-from ftray.evaluate.render import Heading, png
+from ftray.evaluate.render import Heading, figure, png
 from ftray.store import Store
 
 
@@ -42,11 +42,8 @@ def write_report(store: Store) -> None:
 
 
 def _plot(name: str, runs: list[dict]) -> bytes:
-    from matplotlib.figure import Figure
-
     points = [(run["time"], k) for run in runs for k in run["checks"] if k["check"] == name]
-    figure = Figure(figsize=(6, 3), dpi=100, layout="constrained")
-    ax = figure.add_subplot()
+    plot, ax = figure(6, 3)
     x = range(len(points))
     ax.plot(x, [k["value"] for _, k in points], marker="o", color="#2f6db5", label=name)
     ax.axhline(points[-1][1]["threshold"], color="#b3261e", linestyle="--", label="threshold")
@@ -58,4 +55,4 @@ def _plot(name: str, runs: list[dict]) -> bytes:
     )
     ax.set_title(name)
     ax.legend(fontsize=7)
-    return png(figure)
+    return png(plot)
