@@ -36,12 +36,17 @@ class DatasetRef(ArtifactRef):
     """A prepared dataset (`datasets/<dataset-id>/`): train, eval and quarantine parquet."""
 
 
+# An assessment's decisions; here, not in the stage, so `ftray.exits` can map them to codes.
+FINE_TUNE, DONT, TOO_LITTLE = "fine-tune", "don't fine-tune", "not enough data"
+
+
 @dataclass(frozen=True)
 class AssessRef(ArtifactRef):
     """An assessment (`assessments/<assess-id>/`): the verdict on fine-tuning and its costs."""
 
     @property
     def decision(self) -> str:
+        """FINE_TUNE, DONT or TOO_LITTLE."""
         return self.manifest["decision"]
 
 

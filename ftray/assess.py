@@ -26,7 +26,7 @@ import json
 
 import numpy as np
 
-from ftray.artifacts import AssessRef, DatasetRef, reuse
+from ftray.artifacts import DONT, FINE_TUNE, TOO_LITTLE, AssessRef, DatasetRef, reuse
 from ftray.data.tokenize import render_prompt
 from ftray.errors import UserError
 from ftray.estimate import (
@@ -47,7 +47,6 @@ from ftray.spec import METRIC_GROUPS, JobSpec
 from ftray.store import Store, content_id
 
 ASSESS_VERSION = 2
-FINE_TUNE, DONT, TOO_LITTLE = "fine-tune", "don't fine-tune", "not enough data"
 
 
 def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) -> AssessRef:

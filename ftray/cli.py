@@ -276,7 +276,7 @@ _STAGE_VERBS: dict[str, Callable[[Pipeline, argparse.Namespace], int]] = {
 
 
 def _render_assess_stop(progress: Progress, decision: str) -> None:
-    from ftray.assess import DONT
+    from ftray.artifacts import DONT
 
     hint = "`ftray run --force` trains anyway." if decision == DONT else ""
     progress.note(f"stopped: assess says {decision!r}. {hint}")

@@ -30,7 +30,7 @@ def assess_exit(decision: str, *, force: bool) -> int:
 
     `--force` overrides "don't fine-tune" only; "not enough data" always stops.
     """
-    from ftray.assess import DONT, FINE_TUNE
+    from ftray.artifacts import DONT, FINE_TUNE
 
     if decision == FINE_TUNE or (decision == DONT and force):
         return OK

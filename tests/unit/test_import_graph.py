@@ -146,6 +146,18 @@ def test_only_orchestrators_import_orchestrators():
     assert not upward, f"modules importing an orchestrator: {upward}"
 
 
+def test_only_orchestrators_import_stages():
+    """Stages are called by the orchestrators, not by each other or by building blocks; the
+    sweep alone builds on another stage (each trial is a train stage's run)."""
+    allowed = {("ftray.sweep", "ftray.train.ray_train")}
+    upward = sorted(
+        (source, target)
+        for source, target in import_graph().edges
+        if target in STAGES and source not in ORCHESTRATORS and (source, target) not in allowed
+    )
+    assert not upward, f"modules importing a stage: {upward}"
+
+
 def test_serving_does_not_import_training():
     """What a Serve replica imports pulls in neither the trainer nor data preparation."""
     code = (
