@@ -153,6 +153,7 @@ def _baseline(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progre
         {"base": {"kind": "base"}},
         model_dir=model_dir,
         dtype=spec.model.dtype,
+        chat_template=spec.model.chat_template,
         max_new_tokens=spec.eval.max_new_tokens,
         batch_size=spec.eval.batch_size,
         num_workers=spec.eval.num_workers,
@@ -165,7 +166,7 @@ def _baseline(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progre
         answered = add_bertscore(answered, ["base"], num_cpus=spec.eval.cpus_per_worker)
     table = answered.to_pandas()
     # The tuned model is asked without examples and answers like the references.
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, spec.model.chat_template)
     tuned_prompt = [
         len(tokenizer(render_prompt(tokenizer, json.loads(m)), add_special_tokens=False).input_ids)
         for m in table["messages"]

@@ -30,6 +30,7 @@ def export_model(spec: JobSpec, store: Store, model_id: str | None, out: str | P
     `out` in `model.dtype`; `out` must not exist yet or be empty. Returns the folder."""
     from transformers import AutoTokenizer
 
+    from ftray.chat_templates import use_chat_template
     from ftray.models import load_model, resolve_model
     from ftray.registry import get_model, production
 
@@ -41,6 +42,12 @@ def export_model(spec: JobSpec, store: Store, model_id: str | None, out: str | P
         raise UserError(
             f"{model_id} was trained on model.base {card['base_model']!r}, but the job's "
             f"model.base is {spec.model.base!r}: export with the job spec it was trained from."
+        )
+    if card.get("chat_template") != spec.model.chat_template:
+        raise UserError(
+            f"{model_id} was trained with model.chat_template {card.get('chat_template')!r}, "
+            f"but the job's is {spec.model.chat_template!r}: export with the job spec it was "
+            "trained from."
         )
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -61,7 +68,9 @@ def export_model(spec: JobSpec, store: Store, model_id: str | None, out: str | P
         staging = Path(tempfile.mkdtemp(prefix=".ftray-export-", dir=out.parent))
         try:
             model.save_pretrained(staging, safe_serialization=True)
-            AutoTokenizer.from_pretrained(base_dir).save_pretrained(staging)
+            tokenizer = AutoTokenizer.from_pretrained(base_dir)
+            use_chat_template(tokenizer, spec.model.chat_template, spec.model.base)
+            tokenizer.save_pretrained(staging)
             (staging / CARD).write_text(json.dumps({**card, "exported_from": kind}, indent=2))
             if out.exists():
                 out.rmdir()

@@ -9,16 +9,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ftray.chat_templates import CHATML_TEMPLATE, use_chat_template
 from ftray.errors import UserError
 from ftray.spec import LoraSpec, ModelSpec, QloraSpec
 from ftray.spec.paths import gguf_path, model_problem
 from ftray.store import Store, content_id, file_digest
-
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
-    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 def resolve_model(spec: ModelSpec, store: Store) -> str:
@@ -39,11 +34,15 @@ def resolve_model(spec: ModelSpec, store: Store) -> str:
     return _cached(store, key, lambda out: _convert_gguf(gguf, out))
 
 
-def load_tokenizer(model_dir: str):
-    """The model's tokenizer, with left padding for generation and a pad token."""
+def load_tokenizer(model_dir: str, chat_template: str | None = None):
+    """The model's tokenizer with the job's chat template (`model.chat_template`; None: its
+    own), left padding for generation and a pad token. Raises UserError when it has no
+    template to use."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = use_chat_template(
+        AutoTokenizer.from_pretrained(model_dir), chat_template, model_dir
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

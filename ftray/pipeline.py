@@ -169,6 +169,7 @@ class Pipeline:
                 system_prompt=self.spec.data.system_prompt,
                 parent=self.trained.manifest.get("parent"),
                 lora=_adapter_shape(self.trained),
+                chat_template=self.trained.manifest.get("chat_template"),
             )
             model_id = card["model_id"]
             # A gate with a human rule waits for ratings; `ftray review decide` settles it.

@@ -36,7 +36,7 @@ from ftray.data.records import BLANK, CheckRecords
 from ftray.data.report import build_report
 from ftray.data.sources import SourceFile, expand_sources, number_files, read_records
 from ftray.errors import UserError
-from ftray.models import resolve_model
+from ftray.models import load_tokenizer, resolve_model
 from ftray.progress import Progress
 from ftray.spec import DataSpec, ModelSpec
 from ftray.store import Store, content_id, file_digest
@@ -46,7 +46,8 @@ from ftray.store import Store, content_id, file_digest
 # 4: a validation split apart from the eval (test) split.
 # 5: one completion per prompt (rule 'conflict'), source precedence.
 # 6: preference pairs carry a weight.
-PREPARE_VERSION = 6
+# 7: every assistant turn of a chat is labelled (data.train_on); model.chat_template.
+PREPARE_VERSION = 7
 SPLITS = ("train", "validation", "eval", "quarantine")
 EXAMPLE_COLUMNS = ["source", "row", "prompt", "completion", "messages", "input_ids", "labels"]
 EXAMPLE_COLUMNS += ["num_tokens"]
@@ -74,6 +75,8 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
         ),
     )
     model_dir = resolve_model(model, store)
+    # here, not in the Ray Data actors: a base model with no chat template is a UserError
+    load_tokenizer(model_dir, model.chat_template)
     digests = [{"path": f.path, "format": f.format, "sha256": _digest(f)} for f in files]
     dataset_id = content_id(
         "ds", digests, data.model_dump(mode="json"), model.model_dump(mode="json"), PREPARE_VERSION
@@ -107,7 +110,11 @@ def _build(data, model, model_dir, files, digests, store, attempt, progress) -> 
     )
     checked = records.map_batches(
         CheckRecords,
-        fn_constructor_kwargs={"data": data.model_dump(mode="json"), "model_dir": model_dir},
+        fn_constructor_kwargs={
+            "data": data.model_dump(mode="json"),
+            "model_dir": model_dir,
+            "chat_template": model.chat_template,
+        },
         batch_format="pandas",
         batch_size=256,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=data.num_workers),

@@ -45,9 +45,9 @@ class _Reject(Exception):
 class CheckRecords:
     """Per actor: the tokenizer and checkers once; per batch: one output row per record."""
 
-    def __init__(self, data: dict, model_dir: str):
+    def __init__(self, data: dict, model_dir: str, chat_template: str | None = None):
         self.spec = DataSpec.model_validate(data)
-        self.tokenizer = load_tokenizer(model_dir)
+        self.tokenizer = load_tokenizer(model_dir, chat_template)
         self.contract = contract_checker(self.spec.labels, self.spec.output_schema)
         tox = self.spec.toxicity
         self.toxic = toxicity_checker(tox.word_list, tox.hook) if tox.enabled else None
@@ -151,18 +151,18 @@ class CheckRecords:
         rejected = out["rejected"]
         longer = max(
             (chosen, rejected),
-            key=lambda answer: len(tokenize_example(self.tokenizer, messages, answer)["input_ids"]),
+            key=lambda answer: len(self._tokens(messages, answer)["input_ids"]),
         )
         messages, _ = self._fit(messages, longer, out)
-        worse = tokenize_example(self.tokenizer, messages, rejected)
+        worse = self._tokens(messages, rejected)
         out.update(rejected_input_ids=worse["input_ids"], rejected_labels=worse["labels"])
-        return messages, tokenize_example(self.tokenizer, messages, chosen)
+        return messages, self._tokens(messages, chosen)
 
     def _fit(self, messages: list[dict], completion: str, out: dict) -> tuple[list, dict]:
         """Tokenize; over `max_seq_len`, quarantine or (truncation: prompt_start) drop words
         from the start of the last user message until it fits. Raises _Reject."""
         limit = self.spec.max_seq_len
-        tokens = tokenize_example(self.tokenizer, messages, completion)
+        tokens = self._tokens(messages, completion)
         full = len(tokens["input_ids"])
         if full <= limit:
             return messages, tokens
@@ -174,7 +174,7 @@ class CheckRecords:
                 cut = (low + high) // 2
                 trial = [*messages]
                 trial[last] = {**trial[last], "content": " ".join(words[cut:])}
-                fitted = tokenize_example(self.tokenizer, trial, completion)
+                fitted = self._tokens(trial, completion)
                 if len(fitted["input_ids"]) <= limit:
                     best, high = (trial, fitted), cut - 1
                 else:
@@ -184,6 +184,12 @@ class CheckRecords:
                 out["prompt"] = "\n".join(m["content"] for m in best[0] if m["role"] != "system")
                 return best
         raise _Reject("too_long", f"{full} tokens > data.max_seq_len {limit}")
+
+    def _tokens(self, messages: list[dict], completion: str) -> dict:
+        """The example's tokens and labels; a preference pair labels only its answer (the
+        DPO loss compares the two answers, and they share every earlier turn)."""
+        train_on = "last_assistant" if self.spec.preference else self.spec.train_on
+        return tokenize_example(self.tokenizer, messages, completion, train_on)
 
     def _parse(self, fields: dict) -> tuple[list[dict], str]:
         """(messages before the answer, the answer); raises _Reject."""

@@ -1,4 +1,4 @@
-"""Chat formatting and completion-only labels: the one place that decides what a model sees.
+"""Chat formatting and assistant-only labels: the one place that decides what a model sees.
 
 Training, evaluation and serving all build prompts with `render_prompt`, so the tuned model is
 asked exactly the way it was taught.
@@ -20,22 +20,36 @@ def render_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def tokenize_example(tokenizer, messages: list[dict[str, str]], completion: str) -> dict:
-    """input_ids and labels for one example; labels cover only the completion.
+def tokenize_example(
+    tokenizer,
+    messages: list[dict[str, str]],
+    completion: str,
+    train_on: str = "all_assistant",
+) -> dict:
+    """input_ids and labels for one example; labels cover only what the assistant says.
 
-    The prompt and the completion are tokenized separately and joined, so the label boundary is
-    exact and the prompt tokens match what generation feeds the model.
+    `train_on`: 'all_assistant' labels every assistant turn of the chat (the earlier ones in
+    `messages` too), 'last_assistant' only `completion`. The chat is rendered once per
+    assistant turn, and each turn's text is tokenized apart from the text before it, so the
+    label boundaries are exact and a prompt's tokens match what generation feeds the model.
     """
-    prompt = render_prompt(tokenizer, messages)
-    full = tokenizer.apply_chat_template(
-        [*messages, {"role": "assistant", "content": completion}], tokenize=False
-    )
-    if not full.startswith(prompt):
-        raise ValueError("the chat template renders the prompt differently inside a full chat")
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
-    return {
-        "input_ids": prompt_ids + answer_ids,
-        "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids,
-        "prompt_tokens": len(prompt_ids),
-    }
+    chat = [*messages, {"role": "assistant", "content": completion}]
+    first_user = next(i for i, m in enumerate(chat) if m["role"] == "user")
+    # an assistant turn before any user turn (a greeting) is context, not an answer
+    turns = [i for i, m in enumerate(chat) if m["role"] == "assistant" and i > first_user]
+    if train_on == "last_assistant":
+        turns = turns[-1:]
+    input_ids: list[int] = []
+    labels: list[int] = []
+    done = ""  # the text tokenized so far
+    for turn in turns:
+        prompt = render_prompt(tokenizer, chat[:turn])
+        full = tokenizer.apply_chat_template(chat[: turn + 1], tokenize=False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise ValueError("the chat template renders a turn differently inside a longer chat")
+        context = tokenizer(prompt[len(done) :], add_special_tokens=False)["input_ids"]
+        answer = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+        input_ids += context + answer
+        labels += [IGNORE_INDEX] * len(context) + answer
+        done = full
+    return {"input_ids": input_ids, "labels": labels}

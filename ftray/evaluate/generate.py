@@ -29,6 +29,7 @@ def generate(
     *,
     model_dir: str,
     dtype: str,
+    chat_template: str | None = None,
     max_new_tokens: int,
     batch_size: int,
     num_workers: int,
@@ -50,6 +51,7 @@ def generate(
         fn_constructor_kwargs={
             "model_dir": model_dir,
             "dtype": dtype,
+            "chat_template": chat_template,
             "arms": arms,
             "max_new_tokens": max_new_tokens,
             "few_shot": few_shot or [],
@@ -79,6 +81,7 @@ class _Generate:
         self,
         model_dir,
         dtype,
+        chat_template,
         arms,
         max_new_tokens,
         few_shot,
@@ -90,7 +93,7 @@ class _Generate:
         import torch
 
         torch.manual_seed(seed)  # sampled answers repeat from run to run
-        self.tokenizer = load_tokenizer(model_dir)
+        self.tokenizer = load_tokenizer(model_dir, chat_template)
         self.base = load_model(model_dir, dtype).eval()
         self.peft = None
         self.full = {}

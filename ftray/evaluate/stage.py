@@ -70,6 +70,7 @@ def evaluate(
     options: dict[str, Any] = {
         "model_dir": resolve_model(model, store),
         "dtype": model.dtype,
+        "chat_template": model.chat_template,
         "max_new_tokens": spec.max_new_tokens,
         "batch_size": spec.batch_size,
         "num_workers": spec.num_workers,

@@ -85,6 +85,7 @@ class ChatModel:
             config.model.dtype,
             config.serve.quantization,
             timeout_s=config.serve.generation_timeout_s,
+            chat_template=config.model.chat_template,
         )
         self.cache = CompletionCache(config.serve.cache_entries, config.serve.cache_ttl_s)
         self.metrics = ServeMetrics()

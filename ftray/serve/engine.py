@@ -41,13 +41,18 @@ class Engine:
     """The base model, the loaded adapters and full models, and batched generation."""
 
     def __init__(
-        self, model_dir: str, dtype: str, quantization: str = "none", timeout_s: float = 300
+        self,
+        model_dir: str,
+        dtype: str,
+        quantization: str = "none",
+        timeout_s: float = 300,
+        chat_template: str | None = None,
     ):
-        self.tokenizer = load_tokenizer(model_dir)
+        self.tokenizer = load_tokenizer(model_dir, chat_template)
         # A second tokenizer for requests outside generation: batched generation switches the
         # first one's padding on, and a fast tokenizer changed in one thread while another
         # thread encodes with it fails ("Already borrowed").
-        self._reader = load_tokenizer(model_dir)
+        self._reader = load_tokenizer(model_dir, chat_template)
         self.timeout_s = timeout_s
         # generations whose stream gave up on them; `settle` waits for them
         self._stragglers: list[threading.Thread] = []
@@ -196,6 +201,8 @@ class Engine:
                     max_time=self.timeout_s,
                     streamer=streamer,
                     pad_token_id=self.tokenizer.pad_token_id,
+                    # the template's end of turn (model.chat_template), not the config's EOS
+                    eos_token_id=self.tokenizer.eos_token_id,
                     **(sampling if request.temperature else {"do_sample": False}),
                 )
             except BaseException as error:  # handed to the reading thread

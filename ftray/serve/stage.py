@@ -18,7 +18,7 @@ import signal
 import time
 
 from ftray.errors import UserError
-from ftray.models import resolve_model
+from ftray.models import load_tokenizer, resolve_model
 from ftray.progress import Progress
 from ftray.spec import JobSpec
 from ftray.store import Store
@@ -86,9 +86,11 @@ def serve_model(
         env, headers = {spec.serve.api_key_env: key}, {"Authorization": f"Bearer {key}"}
     host = "127.0.0.1" if spec.serve.host in ("0.0.0.0", "::") else spec.serve.host
     url = f"http://{host}:{spec.serve.port}"
+    model_dir = resolve_model(spec.model, store)
+    load_tokenizer(model_dir, spec.model.chat_template)  # no template: a UserError, here
     serve.start(http_options={"host": spec.serve.host, "port": spec.serve.port})
     try:
-        app = deployment_for(spec, store, resolve_model(spec.model, store), env)
+        app = deployment_for(spec, store, model_dir, env)
         serve.run(app, name="ftray", route_prefix="/")
         memory = httpx.get(f"{url}/ready", timeout=60).json()["memory"]
         progress.note(

@@ -129,6 +129,13 @@ class DataSpec(_Section):
         "assistant, ending with the assistant's answer (the completion; earlier turns are "
         "the prompt). When set, prompt_field and completion_field are not used.",
     )
+    train_on: Literal["all_assistant", "last_assistant"] = Field(
+        default="all_assistant",
+        description="Which turns of a multi-turn chat (messages_field) the loss is computed "
+        "on: 'all_assistant', every assistant answer; 'last_assistant', only the last one "
+        "(the completion). System and user turns never count. Evaluation always scores the "
+        "last answer; preference pairs always train on their answers only.",
+    )
     preference: PreferenceSpec | None = Field(
         default=None,
         description="Read every record as a preference pair (prompt_field, chosen and rejected "

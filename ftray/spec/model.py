@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from ftray.spec._base import _Section
+from ftray.spec._base import SpecRuleError, _Section
+
+# The named chat templates (their Jinja text lives in ftray.chat_templates).
+CHAT_TEMPLATE_NAMES = ("chatml", "llama3", "zephyr")
 
 
 class ModelSpec(_Section):
@@ -29,3 +32,24 @@ class ModelSpec(_Section):
         default="auto",
         description="Weights dtype: 'auto' is bfloat16 on GPUs that support it, else float32.",
     )
+    chat_template: str | None = Field(
+        default=None,
+        description="The chat template every stage renders conversations with (prepare, "
+        "training's probe, evaluate, assess, serve, export): a name, 'chatml' (turns end with "
+        "<|im_end|>), 'llama3' (<|eot_id|>) or 'zephyr' (the tokenizer's end-of-sequence "
+        "token), or a Jinja template string whose turns end with `{{ eos_token }}`. Unset: the "
+        "tokenizer's own template; a base model that ships none needs this set. Part of the "
+        "dataset id: changing it prepares the data again.",
+    )
+
+    @field_validator("chat_template")
+    @classmethod
+    def _known_template(cls, value: str | None) -> str | None:
+        if value is None or value in CHAT_TEMPLATE_NAMES or "{{" in value or "{%" in value:
+            return value
+        raise SpecRuleError(
+            "",
+            value,
+            "neither a named chat template nor a Jinja template",
+            f"use one of {', '.join(CHAT_TEMPLATE_NAMES)}, or a Jinja string",
+        )

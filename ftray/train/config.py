@@ -39,6 +39,9 @@ class LoopConfig(_Frozen):
 
     train: TrainSpec
     model_dir: str
+    chat_template: str | None = Field(
+        default=None, description="model.chat_template: what the task probe renders with."
+    )
     init_weights: str | None = Field(
         default=None,
         description="Warm start: URI of the parent's adapter or model folder (train.init_from).",

@@ -190,7 +190,7 @@ class _Probe:
 
         assert config.probe is not None
         self.settings = config.probe
-        self.tokenizer = load_tokenizer(config.model_dir)
+        self.tokenizer = load_tokenizer(config.model_dir, config.chat_template)
         self.synced = config.train.method == "full" and config.train.deepspeed.stage == 3
         self.metric = self.settings.task["primary"]
 

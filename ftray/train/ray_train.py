@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ftray.artifacts import DatasetRef, RunRef, reuse
+from ftray.chat_templates import use_chat_template
 from ftray.errors import UserError
 from ftray.models import resolve_model
 from ftray.progress import Progress
@@ -129,6 +130,7 @@ def _loop_config(spec, model, dataset, store, run, wandb, project, trial) -> Loo
         run_id=run[-1],
         train=spec,
         model_dir=model_dir,
+        chat_template=model.chat_template,
         init_weights=parent_weights(spec, store),
         dtype=model.dtype,
         steps_per_epoch=steps_per_epoch,
@@ -213,7 +215,7 @@ def _finish(result, config: LoopConfig, dataset, store: Store, run, record) -> R
     final = result.return_value or {}
     best = result.get_best_checkpoint(*config.score_attribute) or result.checkpoint
     if spec.base_method == "full":
-        kind, weights_uri = "model", _consolidate(best, config.model_dir, store, run)
+        kind, weights_uri = "model", _consolidate(best, config, store, run)
     else:
         kind, weights_uri = "adapter", f"{best.path}/adapter"
     history = final.get("loss_history", [])
@@ -249,25 +251,32 @@ def _finish(result, config: LoopConfig, dataset, store: Store, run, record) -> R
             "trial": record,
             "probe": config.probe.task if config.probe else None,
             "spec": spec.model_dump(mode="json"),
+            # model.chat_template the model was taught with (None: the tokenizer's own)
+            "chat_template": config.chat_template,
         },
         *run,
     )
     return RunRef(run[-1], store.uri(*run), manifest, False)
 
 
-def _consolidate(checkpoint, model_dir: str, store: Store, run: tuple[str, ...]) -> str:
-    """The best ZeRO checkpoint → <run folder>/model, on a Ray worker (it needs the memory)."""
+def _consolidate(checkpoint, config: LoopConfig, store: Store, run: tuple[str, ...]) -> str:
+    """The best ZeRO checkpoint → <run folder>/model, on a Ray worker (it needs the memory),
+    with the job's chat template in its tokenizer: the folder is self-contained."""
     import ray
 
     @ray.remote(num_cpus=1)
-    def job(checkpoint, model_dir: str) -> None:
+    def job(checkpoint, model_dir: str, chat_template: str | None) -> None:
         import tempfile
+
+        from transformers import AutoTokenizer
 
         with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as out:
             consolidate(folder, model_dir, out)
+            tokenizer = AutoTokenizer.from_pretrained(out)
+            use_chat_template(tokenizer, chat_template, model_dir).save_pretrained(out)
             store.put_dir(out, *run, "model")
 
-    ray.get(job.remote(checkpoint, model_dir))
+    ray.get(job.remote(checkpoint, config.model_dir, config.chat_template))
     return store.uri(*run, "model")
 
 

@@ -44,6 +44,8 @@ BAD_SPECS = [
     (_with("model.base", DELETE), "model.base", "required key is missing"),
     (_with("model.dtype", "fp8"), "model.dtype", "one of"),
     (_with("model.baes", "x"), "model.baes", "did you mean `base`"),
+    (_with("model.chat_template", "chatlm"), "model.chat_template", "one of chatml, llama3"),
+    (_with("data.train_on", "all"), "data.train_on", "one of"),
     (_with("data.sources", []), "data.sources", "at least 1 item"),
     (_with("data.sources", [{"pth": "x.csv"}]), "data.sources.0.pth", "did you mean `path`"),
     (_with("data.sources.0.format", "xlsx"), "data.sources.0.format", "one of"),

@@ -38,7 +38,7 @@ def _dataset(folder, tokenizer, n):
 def test_completion_only_labels(tiny_dir):
     tokenizer = load_tokenizer(tiny_dir)
     example = tokenize_example(tokenizer, messages_for("hi", "sys"), "there")
-    prompt_len = example["prompt_tokens"]
+    prompt_len = example["labels"].count(IGNORE_INDEX)
     assert example["labels"][:prompt_len] == [IGNORE_INDEX] * prompt_len
     assert example["labels"][prompt_len:] == example["input_ids"][prompt_len:]
     assert tokenizer.decode(example["input_ids"][prompt_len:]).startswith("there")
