@@ -24,8 +24,10 @@ def job(tmp_path):
     return spec, Store(spec.storage, spec.project), ["jobs/tiny.yaml", "--set", *overrides]
 
 
-def _register(store, tmp_path, model, kind: str, base_model: str = "tiny") -> str:
-    folder = tmp_path / f"weights-{kind}-{base_model}"
+def _register(
+    store, tmp_path, model, kind: str, base_model: str = "tiny", chat_template=None
+) -> str:
+    folder = tmp_path / f"weights-{kind}-{base_model.replace('/', '_')}"
     model.save_pretrained(folder)
     card = register(
         store,
@@ -39,6 +41,7 @@ def _register(store, tmp_path, model, kind: str, base_model: str = "tiny") -> st
         spec_hash="0",
         base_model=base_model,
         system_prompt=None,
+        chat_template=chat_template,
     )
     return card["model_id"]
 
@@ -109,3 +112,29 @@ def test_export_refuses_what_it_cannot_write(job, tmp_path, capsys):
     assert main(["export", *args, "--model", tiny, "--out", str(out)]) == 2
     assert "is not an empty folder" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"], "nothing written into it"
+
+
+def test_a_base_model_exports_with_the_template_it_was_tuned_with(job, tmp_path, capsys):
+    """A base checkpoint ships no template: the exported tokenizer carries the job's, and
+    stops at its end of turn, so the folder chats with no ftray."""
+    import shutil
+
+    from ftray.chat_templates import CHATML_TEMPLATE
+
+    _, store, args = job
+    tiny = resolve_model(load_spec("jobs/tiny.yaml", args[3:]).model, store)
+    base = tmp_path / "tiny-base"
+    shutil.copytree(tiny, base, ignore=shutil.ignore_patterns("chat_template.jinja"))
+    model = add_lora(load_model(str(base), "float32"), load_spec("jobs/tiny.yaml").train.lora)
+    model_id = _register(store, tmp_path, model, "adapter", str(base), chat_template="chatml")
+    on_base = [*args, "--set", f"model.base={base}"]
+
+    out = tmp_path / "exported"
+    assert main(["export", *on_base, "--model", model_id, "--out", str(out)]) == 2
+    assert "was trained with model.chat_template 'chatml'" in capsys.readouterr().err
+    with_template = [*on_base, "--set", "model.chat_template=chatml"]
+    assert main(["export", *with_template, "--model", model_id, "--out", str(out)]) == 0
+    from transformers import AutoTokenizer
+
+    exported = AutoTokenizer.from_pretrained(out)
+    assert exported.chat_template == CHATML_TEMPLATE and exported.eos_token == "<|im_end|>"
