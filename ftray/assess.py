@@ -103,7 +103,7 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
             f"the prompted base model scores {metric} {shown}, below assess.target "
             f"{settings.target:g}",
         )
-    shape = model_shape(resolve_model(spec.model, store))
+    shape = _shape(spec, store)
     estimates = _estimates(spec, dataset, shape)
     manifest = store.finish(
         {
@@ -242,14 +242,53 @@ def _few_shot(dataset: DatasetRef, count: int) -> list[dict]:
     return shots
 
 
+def memory_estimates(spec: JobSpec, store: Store) -> list[str]:
+    """`ftray assess --estimates-only`: each method's memory per GPU on assess.num_gpus ×
+    assess.gpu, as lines for the terminal. Reads the model's config only (assess.base_config,
+    else the base model's): no Ray, no data, no weights. Micro-batches are taken as full
+    (micro-batch × data.max_seq_len tokens): an upper bound, as with packing."""
+    shape = _shape(spec, store)
+    micro = _micro_batch(spec)
+    where = f"{spec.assess.num_gpus} × {spec.assess.gpu}"
+    lines = [
+        f"{spec.model.base}: {shape.params / 1e9:.2f} B parameters; micro-batch {micro} × "
+        f"{spec.data.max_seq_len} tokens per GPU, gradient checkpointing assumed"
+    ]
+    for method in METHODS:
+        row = estimate(
+            shape,
+            method,
+            tokens=0,
+            micro_batch_tokens=micro * spec.data.max_seq_len,
+            gpu=spec.assess.gpu,
+            num_gpus=spec.assess.num_gpus,
+            lora_r=spec.train.lora.r,
+        )
+        chosen = "  ← train.method" if method == spec.train.base_method else ""
+        fits = "fits" if row.fits else "does not fit"
+        lines.append(f"  {method:<5} {row.memory_gib:>7.1f} GiB/GPU  {fits} on {where}{chosen}")
+    if not spec.train.gradient_checkpointing:
+        lines.append("  train.gradient_checkpointing is off: activations need several times more")
+    return lines
+
+
+def _shape(spec: JobSpec, store: Store):
+    """The base model's shape, from assess.base_config when set (no model needed)."""
+    return model_shape(spec.assess.base_config or resolve_model(spec.model, store))
+
+
+def _micro_batch(spec: JobSpec) -> int:
+    """Examples per GPU per forward pass: what activations are sized by."""
+    train = spec.train
+    return train.micro_batch_size or train.batch_size // train.scaling.num_workers
+
+
 def _estimates(spec: JobSpec, dataset: DatasetRef, shape) -> list:
     tokens = dataset.manifest.get("tokens") or {}
     total = tokens.get("total", 0) * spec.train.epochs
     if spec.train.max_steps:
         total = min(total, spec.train.max_steps * spec.train.batch_size * tokens.get("mean", 0))
-    micro = (spec.train.batch_size // spec.train.scaling.num_workers) * tokens.get(
-        "p95", spec.data.max_seq_len
-    )
+    micro = _micro_batch(spec) * tokens.get("p95", spec.data.max_seq_len)
     return [
         estimate(
             shape,

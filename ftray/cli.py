@@ -65,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--force", action="store_true", help="train even when assess says not to"
             )
+        if verb == "assess":
+            sub.add_argument(
+                "--estimates-only",
+                action="store_true",
+                help="print each method's memory per GPU from the spec and the model's config "
+                "only (no Ray, no data, no weights; see assess.base_config)",
+            )
         sub.set_defaults(handler=_run_stage)
 
     _submit_parsers(verbs)
@@ -224,6 +231,13 @@ def _run_stage(args) -> int:
 
     spec = _load(args)
     progress = Progress()
+    if getattr(args, "estimates_only", False):
+        from ftray.assess import memory_estimates
+        from ftray.store import Store
+
+        for line in memory_estimates(spec, Store(spec.storage, spec.project)):
+            progress.note(line)
+        return exits.OK
     with ray_session(spec.ray, args.address):
         if args.verb == "serve":
             from ftray.serve.stage import serve_registry

@@ -90,7 +90,8 @@ def usd(value: float) -> str:
 
 
 def model_shape(model_dir: str) -> ModelShape:
-    """Parameter count and shape, from the config, without loading any weights."""
+    """Parameter count and shape, from the config (of a model folder or hub id, or a
+    config.json file), without loading any weights."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 

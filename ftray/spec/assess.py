@@ -44,6 +44,13 @@ class AssessSpec(_Section):
         default="A100-80GB", description="GPU type the training and serving estimates are for."
     )
     num_gpus: int = Field(default=1, ge=1, description="GPUs the estimates are for.")
+    base_config: str | None = Field(
+        default=None,
+        description="A config.json of the base model (a path, relative to the folder ftray "
+        "runs in) that the estimates read instead of the model's own, so `ftray assess "
+        "--estimates-only` needs neither the weights nor the network (e.g. "
+        "jobs/gpu/configs/llama-3.1-8b.json). Unset: the base model's config.",
+    )
     gpu_prices: dict[
         GpuType,
         Annotated[float, Field(gt=0)],

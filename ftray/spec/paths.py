@@ -32,6 +32,16 @@ def missing_files(spec: JobSpec) -> list[SpecRuleError]:
     problems += _source_problems("data.eval_sources", spec.data.eval_sources or [])
     problems += _source_problems("data.validation_sources", spec.data.validation_sources or [])
     problems += _word_list_problems(spec.data.toxicity)
+    config = spec.assess.base_config
+    if config is not None and not Path(config).is_file():
+        problems.append(
+            SpecRuleError(
+                "assess.base_config",
+                config,
+                f"no such file: looked for {Path(config).resolve()}",
+                "fix the path, or unset it to read the base model's own config",
+            )
+        )
     return problems
 
 
