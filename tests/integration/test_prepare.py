@@ -365,3 +365,43 @@ def test_a_correction_replaces_the_record_it_corrects(tmp_path, run_cli):
     assert replaced[sea]["new"] == f"{fixed}:2 (eval)"
     assert all(r["old_completion"] == ["red"] for r in replaced.values())
     assert all(r["new_completion"] == "blue" for r in replaced.values())
+
+
+def test_a_base_model_prepares_multi_turn_chats_with_the_job_template(tmp_path, run_cli):
+    """A model with no chat template, given `model.chat_template: chatml`: every assistant
+    turn of every chat is labelled by the Ray Data actors, and nothing else."""
+    import shutil
+
+    from ftray.models import load_tokenizer, resolve_model
+    from ftray.spec import ModelSpec
+    from ftray.store import Store
+
+    tiny = resolve_model(ModelSpec(base="tiny"), Store(str(tmp_path / "cache"), "t"))
+    base = tmp_path / "tiny-base"
+    shutil.copytree(tiny, base, ignore=shutil.ignore_patterns("chat_template.jinja"))
+    chats = [
+        [
+            {"role": "user", "content": first["text"]},
+            {"role": "assistant", "content": first["category"]},
+            {"role": "user", "content": second["text"]},
+            {"role": "assistant", "content": second["category"]},
+        ]
+        for first, second in zip(QUERIES[0::15], QUERIES[7::15], strict=True)
+    ]
+    (tmp_path / "chats.jsonl").write_text("".join(json.dumps({"chat": c}) + "\n" for c in chats))
+    job = _job(tmp_path, {"sources": [{"path": str(tmp_path / "chats.jsonl")}]})
+    spec = yaml.safe_load(job.read_text())
+    spec["model"] |= {"base": str(base), "chat_template": "chatml"}
+    spec["data"]["messages_field"] = "chat"
+    job.write_text(yaml.safe_dump(spec))
+
+    run_cli("prepare", str(job))
+    rows = _rows(_dataset(tmp_path) / "train")
+    assert rows
+    tokenizer = load_tokenizer(str(base), "chatml")
+    for row in rows:
+        earlier = [m["content"] for m in json.loads(row["messages"]) if m["role"] == "assistant"]
+        answers = [*earlier, row["completion"]]
+        assert len(answers) == 2
+        labelled = tokenizer.decode([t for t in row["labels"] if t != -100])
+        assert labelled == "".join(f"{answer}<|im_end|>\n" for answer in answers)
