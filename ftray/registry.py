@@ -31,10 +31,12 @@ def register(
     system_prompt: str | None,
     parent: str | None = None,
     lora: dict | None = None,
+    serving: dict | None = None,
 ) -> dict:
     """Copy the run's weights into `models/<model-id>/<kind>` (an adapter, or a full model)
     and write its model card. `parent`: the model the run started from (`train.init_from`);
-    `lora`: an adapter's rank and target modules (what a warm start from it must match).
+    `lora`: an adapter's rank and target modules (what a warm start from it must match);
+    `serving`: the base quantization and dtype its evaluation loaded (what the gate approved).
 
     The model id is derived from the run and the evaluation, so registering the same pair
     again returns the existing card.
@@ -69,6 +71,7 @@ def register(
         "kind": kind,
         f"{kind}_uri": store.uri("models", model_id, kind),
         "lora": lora,
+        "serving": serving,
     }
     return store.finish(card, "models", model_id)
 
