@@ -69,7 +69,7 @@ def test_a_reserved_gpu_without_cuda_and_flash_attention_where_it_cannot_run_are
     if importlib.util.find_spec("flash_attn") is None:
         with pytest.raises(UserError, match="pip install flash-attn"):
             place(1, attention="flash_attention_2", cuda=True, bf16=True)
-    with pytest.raises(UserError, match="model.attention"):  # the spec names the choices
+    with pytest.raises(UserError, match=r"model\.attention"):  # the spec names the choices
         _spec(model={"base": "tiny", "attention": "flash"})
 
 
