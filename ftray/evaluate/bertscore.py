@@ -68,7 +68,7 @@ class MiniLM:
 
 
 class _BertScore(MiniLM):
-    def __init__(self, path: str, gpus: float, arms: list[str]):
+    def __init__(self, path: str, arms: list[str], gpus: float = 0):
         super().__init__(path, gpus)
         self.arms = arms
 
