@@ -91,8 +91,10 @@ def load_quantized_model(
         )
     else:
         quantization = BitsAndBytesConfig(load_in_8bit=True)
-    options = placement.load_kwargs() if placement else {"device_map": {"": str(device)}}
-    options = {**options, "dtype": compute, "device_map": options.get("device_map", {"": "cpu"})}
+    options: dict = {"device_map": {"": str(device)}}
+    if placement is not None:
+        options = {**placement.load_kwargs(), "device_map": placement.device_map or {"": "cpu"}}
+    options["dtype"] = compute
     return AutoModelForCausalLM.from_pretrained(
         model_dir, quantization_config=quantization, **options
     )

@@ -1,9 +1,9 @@
 """The inference engine behind the Serve app, runnable without Ray (a GPU box, a test).
 
 One base model (optionally INT8/INT4-quantized by bitsandbytes), on the replica's GPU when it
-has one (`ftray.placement.place`), carries every loaded LoRA
-adapter by name; a batch of requests for different adapters runs as one `generate` call with
-peft's per-row `adapter_names`. Fully fine-tuned models load beside it and run in their own
+has one (`ftray.placement.place`), carries every loaded LoRA adapter by name; a batch of
+requests for different adapters runs as one `generate` call with peft's per-row
+`adapter_names`. Fully fine-tuned models load beside it and run in their own
 groups. Loading, unloading and generating are not thread-safe: the Serve replica serializes
 them. Counting tokens, rendering prompts and the in-use counts are safe from any thread.
 
