@@ -22,8 +22,8 @@ from typing import Any, Literal
 from ftray.errors import UserError
 from ftray.spec import JobSpec, QloraSpec
 
-# Generation batches per device when the spec leaves them unset: a GPU generates a batch of
-# 64 about as fast as one of 8, a CPU's time grows with the batch.
+# Generation batches per device when the spec leaves them unset: decoding on a GPU is bound by
+# memory bandwidth, so a larger batch costs little more per step; on a CPU time grows with it.
 CPU_BATCH, GPU_BATCH = 16, 64
 CPU_SERVE_BATCH, GPU_SERVE_BATCH = 8, 32
 

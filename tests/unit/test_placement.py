@@ -71,6 +71,10 @@ def test_a_reserved_gpu_without_cuda_and_flash_attention_where_it_cannot_run_are
             place(1, attention="flash_attention_2", cuda=True, bf16=True)
     with pytest.raises(UserError, match=r"model\.attention"):  # the spec names the choices
         _spec(model={"base": "tiny", "attention": "flash"})
+    flash = {"base": "tiny", "attention": "flash_attention_2"}
+    with pytest.raises(UserError, match=r"eval\.gpus_per_worker is 0"):
+        _spec(model=flash, serve={"gpus_per_replica": 1})
+    _spec(model=flash, serve={"gpus_per_replica": 1}, eval={"gpus_per_worker": 1})
 
 
 def test_serve_eval_and_assess_actors_take_their_resources_from_the_spec(tiny_dir):
