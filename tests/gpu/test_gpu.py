@@ -105,7 +105,8 @@ def test_serve_engine_puts_the_model_and_its_adapters_on_the_gpu(tiny_dir, tmp_p
 
     engine = Engine(tiny_dir, "auto", gpus=1)
     assert _on_cuda(engine.base) == {"cuda"}
-    assert {p.dtype for p in engine.base.parameters()} == {torch.bfloat16}
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    assert {p.dtype for p in engine.base.parameters()} == {expected}  # model.dtype auto
     engine.load_adapter("a1", random_adapter(tiny_dir, tmp_path / "a1", 1))
     assert _on_cuda(engine.peft) == {"cuda"}
     answers = engine.generate([Request("a1", PROMPTS[0], 6), Request(None, PROMPTS[1], 6)])
