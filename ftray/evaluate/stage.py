@@ -12,6 +12,10 @@ scored per example, the arms are compared with paired bootstrap intervals (and M
 test for right/wrong answers), the spec's gate gives its verdict, and `report.md` /
 `report.html` show it all.
 
+Evaluation judges what serving will serve: the base loads with the job's serving
+configuration (`serving`: `serve.quantization`'s bitsandbytes settings and the dtype, from
+`ftray.placement.serving_config`), which the manifest records for the model card.
+
 Beside the task, a forgetting probe: every model's perplexity on a general-text sample shipped
 with ftray (`general/general.txt`), the candidate's as a ratio to the base model's.
 
@@ -27,7 +31,7 @@ from typing import Any
 from ftray.artifacts import DatasetRef, EvalRef, RunRef, reuse
 from ftray.errors import UserError
 from ftray.evaluate.gate import apply_to_stored
-from ftray.evaluate.generate import generate
+from ftray.evaluate.generate import generate, generation_options
 from ftray.evaluate.score import ARMS, Task, judge
 from ftray.models import resolve_model
 from ftray.progress import Progress
@@ -47,8 +51,10 @@ def evaluate(
     run: RunRef,
     store: Store,
     progress: Progress,
+    serving: dict,
 ) -> EvalRef:
-    """Generate with the candidate and the incumbent, score, compare, apply the gate."""
+    """Generate with the candidate and the incumbent, score, compare, apply the gate; the
+    base model loads as `serving` (`ftray.placement.serving_config`) says."""
     task = Task.of(spec, data)
     eval_id = content_id(
         "eval",
@@ -56,6 +62,7 @@ def evaluate(
         dataset.id,
         spec.model_dump(mode="json", exclude={"gate"}),
         [task.name, task.labels, task.schema],
+        [serving, model.attention],
         EVAL_VERSION,
     )
     if reuse(store, "evals", eval_id) is not None:
@@ -69,12 +76,7 @@ def evaluate(
     examples = _examples(dataset, spec.max_examples)
     options: dict[str, Any] = {
         "model_dir": resolve_model(model, store),
-        "dtype": model.dtype,
-        "chat_template": model.chat_template,
-        "max_new_tokens": spec.max_new_tokens,
-        "batch_size": spec.batch_size,
-        "num_workers": spec.num_workers,
-        "cpus_per_worker": spec.cpus_per_worker,
+        **generation_options(spec, model, serving),
     }
     arms = {"candidate": {"kind": run.kind, "uri": run.weights_uri}, "incumbent": incumbent_arm}
     progress.note(f"generating for {len(examples)} held-out examples with both arms")
@@ -87,7 +89,9 @@ def evaluate(
     if "bertscore" in task.groups:
         from ftray.evaluate.bertscore import add_bertscore
 
-        answered = add_bertscore(answered, list(ARMS), num_cpus=spec.cpus_per_worker)
+        answered = add_bertscore(
+            answered, list(ARMS), num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker
+        )
     sampled = None
     if "consistency" in task.groups:
         progress.note(
@@ -109,12 +113,13 @@ def evaluate(
         "dataset_id": dataset.id,
         "spec": spec.model_dump(mode="json"),
         "incumbent": incumbent,
+        "serving": serving,  # what the gate approves along with the weights
         # what the report needs to be rendered again later (with human review results)
         "task": dict(task.__dict__),
         "decoding": {
             "do_sample": False,
             "max_new_tokens": spec.max_new_tokens,
-            "batch_size": spec.batch_size,
+            "batch_size": options["batch_size"],
             "dtype": model.dtype,
             "consistency": {
                 "temperature": spec.consistency_temperature,

@@ -9,12 +9,12 @@ from ftray.evaluate.bertscore import MiniLM, with_minilm
 from ftray.monitor.checks import psi
 
 
-def embed(texts: list[str], *, num_cpus: float = 1) -> np.ndarray:
-    """[len(texts), 384] unit-norm embeddings, in input order."""
+def embed(texts: list[str], *, num_cpus: float = 1, num_gpus: float = 0) -> np.ndarray:
+    """[len(texts), 384] unit-norm embeddings, in input order (on a GPU when `num_gpus`)."""
     import ray.data
 
     rows = ray.data.from_items([{"index": i, "text": str(t)} for i, t in enumerate(texts)])
-    done = with_minilm(rows, _Embed, num_cpus).to_pandas().sort_values("index")
+    done = with_minilm(rows, _Embed, num_cpus, num_gpus).to_pandas().sort_values("index")
     return np.stack(done["embedding"].to_numpy()) if len(done) else np.zeros((0, 384))
 
 
@@ -31,12 +31,10 @@ class _Embed(MiniLM):
     def __call__(self, batch):
         import torch
 
-        encoded = self.tokenizer(
-            list(batch["text"]), padding=True, truncation=True, max_length=256, return_tensors="pt"
-        )
+        encoded = self.encode(list(batch["text"]))
         with torch.no_grad():
             hidden = self.model(**encoded).last_hidden_state
         mask = encoded["attention_mask"].unsqueeze(-1).float()
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        batch["embedding"] = list(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+        batch["embedding"] = list(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
         return batch

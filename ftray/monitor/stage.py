@@ -157,7 +157,8 @@ def _checks(spec: JobSpec, samples, reference: dict, store: Store, since: float)
     if n and reference["prompts"]:
         from ftray.monitor.embed import embed, input_drift
 
-        vectors = embed(reference["prompts"] + [str(p) for p in samples["prompt"]])
+        texts = reference["prompts"] + [str(p) for p in samples["prompt"]]
+        vectors = embed(texts, num_gpus=settings.embedding_gpus)
         value, similarity = input_drift(
             vectors[: len(reference["prompts"])], vectors[len(reference["prompts"]) :]
         )

@@ -6,16 +6,20 @@ evicted and unused. Models load only from the registry, by a name `guard.model_n
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
 
 from fastapi import HTTPException
 from ray import serve
 
+from ftray.placement import serving_mismatch
 from ftray.serve.config import ReplicaConfig
 from ftray.serve.engine import Engine
 from ftray.serve.guard import PRODUCTION, ModelLock, model_name
 from ftray.serve.openai_format import BASE_MODEL_NAME
 from ftray.store import Store, download_dir
+
+_log = logging.getLogger("ray.serve")
 
 
 class Loaded:
@@ -40,7 +44,8 @@ class Adapters:
     loaded at most), and the routing of requests to them."""
 
     def __init__(self, store: Store, engine: Engine, lock: ModelLock, config: ReplicaConfig):
-        self.store, self.engine, self.lock, self.dtype = store, engine, lock, config.model.dtype
+        self.store, self.engine, self.lock = store, engine, lock
+        self.serving = config.serving
         self.base_name = config.model.base
 
         # A closure, not a bound method: Serve keeps its LRU as an attribute of the decorated
@@ -86,6 +91,9 @@ class Adapters:
 
     async def _load(self, model_id: str) -> Loaded:
         card = await asyncio.to_thread(self.store.manifest, "models", model_id)
+        mismatch = serving_mismatch(model_id, card, self.serving)
+        if mismatch:  # served all the same: someone deployed it so (`ftray serve` says it too)
+            _log.warning(mismatch)
         if not self.engine.revive(model_id):  # evicted but still in use: keep it
             kind = card.get("kind", "adapter")
             # The weights are read into memory on load; the folder is not needed after.
@@ -97,5 +105,5 @@ class Adapters:
                     if kind == "adapter":
                         await asyncio.to_thread(self.engine.load_adapter, model_id, folder)
                     else:
-                        await asyncio.to_thread(self.engine.load_full, model_id, folder, self.dtype)
+                        await asyncio.to_thread(self.engine.load_full, model_id, folder)
         return Loaded(self.engine, model_id, card.get("system_prompt"))

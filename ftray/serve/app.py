@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from ray import serve
 
+from ftray.placement import generation_batch_size
 from ftray.serve.adapters import Adapters, Loaded
 from ftray.serve.cache import CompletionCache
 from ftray.serve.config import ReplicaConfig
@@ -70,6 +71,11 @@ def _replica_grpc_on_loopback() -> None:
     replica.add_port_to_grpc_server = on_loopback
 
 
+def _batch_size(serving) -> int:
+    """The replica's dynamic batch: serve.max_batch_size, or its device's default."""
+    return generation_batch_size(serving.max_batch_size, serving.gpus_per_replica, serving=True)
+
+
 @serve.deployment
 @serve.ingress(api)
 class ChatModel:
@@ -83,7 +89,9 @@ class ChatModel:
         self.engine = Engine(
             config.model_dir,
             config.model.dtype,
-            config.serve.quantization,
+            config.quantization,
+            gpus=config.serve.gpus_per_replica,
+            attention=config.model.attention,
             timeout_s=config.serve.generation_timeout_s,
             chat_template=config.model.chat_template,
         )
@@ -95,7 +103,7 @@ class ChatModel:
         self.adapters = Adapters(self.store, self.engine, self.lock, config)
         self._streams: set[asyncio.Task] = set()  # running streams, referenced until done
         # `@serve.batch` adds these setters to the method
-        self.generate_batch.set_max_batch_size(config.serve.max_batch_size)  # type: ignore[attr-defined]
+        self.generate_batch.set_max_batch_size(_batch_size(config.serve))  # type: ignore[attr-defined]
         self.generate_batch.set_batch_wait_timeout_s(config.serve.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     async def __del__(self):
@@ -312,6 +320,6 @@ def deployment_for(spec, store: Store, model_dir: str, env: dict | None = None):
         actor["runtime_env"] = {"env_vars": env}
     return ChatModel.options(  # type: ignore[attr-defined]  # `@serve.deployment` made it one
         ray_actor_options=actor,
-        max_ongoing_requests=max(32, 4 * serving.max_batch_size),
+        max_ongoing_requests=max(32, 4 * _batch_size(serving)),
         **scaling,
     ).bind(ReplicaConfig.of(spec, store, model_dir).model_dump(mode="json"))

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from ftray.spec import JobSpec, ModelSpec, MonitorSpec, ServeSpec
+from ftray.placement import serving_config
+from ftray.spec import JobSpec, ModelSpec, MonitorSpec, QloraSpec, ServeSpec
 from ftray.store import Store
 
 
 class ReplicaConfig(BaseModel):
-    """A replica's settings; `model_dir` is the resolved base model's local folder."""
+    """A replica's settings; `model_dir` is the resolved base model's local folder, `serving`
+    the base's quantization and dtype (`ftray.placement.serving_config`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -23,6 +25,13 @@ class ReplicaConfig(BaseModel):
     system_prompt: str | None
     serve: ServeSpec
     monitor: MonitorSpec
+    serving: dict
+
+    @property
+    def quantization(self) -> QloraSpec | None:
+        """The served base's bitsandbytes settings (None: unquantized)."""
+        bnb = self.serving["bitsandbytes"]
+        return None if bnb is None else QloraSpec.model_validate(bnb)
 
     @classmethod
     def of(cls, spec: JobSpec, store: Store, model_dir: str) -> ReplicaConfig:
@@ -35,4 +44,5 @@ class ReplicaConfig(BaseModel):
             system_prompt=spec.data.system_prompt,
             serve=spec.serve,
             monitor=spec.monitor,
+            serving=serving_config(spec),
         )

@@ -1,8 +1,9 @@
 """The inference engine behind the Serve app, runnable without Ray (a GPU box, a test).
 
-One base model (optionally INT8/INT4-quantized by bitsandbytes) carries every loaded LoRA
-adapter by name; a batch of requests for different adapters runs as one `generate` call with
-peft's per-row `adapter_names`. Fully fine-tuned models load beside it and run in their own
+One base model (optionally INT8/INT4-quantized by bitsandbytes), on the replica's GPU when it
+has one (`ftray.placement.place`), carries every loaded LoRA adapter by name; a batch of
+requests for different adapters runs as one `generate` call with peft's per-row
+`adapter_names`. Fully fine-tuned models load beside it and run in their own
 groups. Loading, unloading and generating are not thread-safe: the Serve replica serializes
 them. Counting tokens, rendering prompts and the in-use counts are safe from any thread.
 
@@ -19,9 +20,10 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, cast
 
-from ftray.models import generate_texts, load_model, load_quantized_model, load_tokenizer
+from ftray.models import generate_texts, load_for_inference, load_model, load_tokenizer
+from ftray.placement import place
 from ftray.spec import QloraSpec
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
@@ -43,11 +45,16 @@ class Engine:
     def __init__(
         self,
         model_dir: str,
-        dtype: str,
-        quantization: str = "none",
+        dtype: str = "auto",
+        quantization: QloraSpec | None = None,
+        *,
+        gpus: float = 0,
+        attention: str = "sdpa",
         timeout_s: float = 300,
         chat_template: str | None = None,
     ):
+        """`quantization`: bitsandbytes settings of the base (None: unquantized); `gpus`: the
+        GPUs Ray reserved for the replica, where the models go."""
         self.tokenizer = load_tokenizer(model_dir, chat_template)
         # A second tokenizer for requests outside generation: batched generation switches the
         # first one's padding on, and a fast tokenizer changed in one thread while another
@@ -56,13 +63,9 @@ class Engine:
         self.timeout_s = timeout_s
         # generations whose stream gave up on them; `settle` waits for them
         self._stragglers: list[threading.Thread] = []
-        if quantization == "none":
-            self.base = load_model(model_dir, dtype)
-        else:
-            bits: Literal[4, 8] = 8 if quantization == "int8" else 4
-            self.base = load_quantized_model(model_dir, QloraSpec(bits=bits))
-        self.base.eval()
-        self.quantization = quantization
+        self.placement = place(gpus, dtype, attention)
+        self.base = load_for_inference(model_dir, self.placement, quantization)
+        self.quantization = "none" if quantization is None else f"int{quantization.bits}"
         self.peft: Any = None  # a PeftModel once the first adapter is loaded
         self.full: dict[str, Any] = {}
         self._uses: Counter[str] = Counter()
@@ -132,9 +135,10 @@ class Engine:
         self.peft.eval()
         self.counts["loads"] += 1
 
-    def load_full(self, name: str, folder: str, dtype: str) -> None:
-        """Load a fully fine-tuned model (same tokenizer as the base) under `name`."""
-        self.full[name] = load_model(folder, dtype).eval()
+    def load_full(self, name: str, folder: str) -> None:
+        """Load a fully fine-tuned model (same tokenizer as the base) under `name`, placed as
+        the base (never quantized)."""
+        self.full[name] = load_model(folder, placement=self.placement).eval()
         self.counts["loads"] += 1
 
     def unload(self, name: str) -> bool:
@@ -231,9 +235,11 @@ class Engine:
             self._stragglers.pop().join()
 
     def memory(self) -> dict:
-        """Bytes held by the base model's weights and by each full model."""
+        """Bytes held by the base model's weights and by each full model, and where they are."""
         return {
             "quantization": self.quantization,
+            "device": self.placement.device,
+            "dtype": self.placement.dtype,
             "base_bytes": int(self.base.get_memory_footprint()),
             "adapters": sorted(set(self.peft.peft_config) if self.peft else set()),
             "full_models": {n: int(m.get_memory_footprint()) for n, m in self.full.items()},

@@ -13,6 +13,7 @@ run the app from a Serve config instead (`cluster/kuberay/rayservice.yaml`).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -22,6 +23,8 @@ from ftray.models import load_tokenizer, resolve_model
 from ftray.progress import Progress
 from ftray.spec import JobSpec
 from ftray.store import Store
+
+_log = logging.getLogger(__name__)
 
 
 def serve_registry(
@@ -34,7 +37,8 @@ def serve_registry(
     store = Store(spec.storage, spec.project)
     target = model or ("production" if production(store) else "base")
     with progress.stage("serve"):
-        for warning in rejection_warnings(store, target):
+        for warning in rejection_warnings(store, target) + serving_warnings(spec, store, target):
+            _log.warning(warning)
             progress.note(warning)
         return serve_model(spec, store, target, progress, keep_serving)
 
@@ -42,12 +46,10 @@ def serve_registry(
 def rejection_warnings(store: Store, model: str) -> list[str]:
     """Warnings for serving a model the gate or the registry did not approve. It is served all
     the same: someone named it, or forced it into production."""
-    from ftray.registry import get_model, production
+    from ftray.registry import get_model
 
-    model_id = model.rsplit(":", 1)[-1]
-    if model_id == "production":
-        model_id = production(store) or "base"
-    if model_id == "base":
+    model_id = _registry_id(store, model)
+    if model_id is None:
         return []
     card = get_model(store, model_id)  # a clear error when there is no such model
     gate = card.get("gate") or {}
@@ -61,6 +63,29 @@ def rejection_warnings(store: Store, model: str) -> list[str]:
         f"warning: serving {model_id} although {' and '.join(reasons)}; "
         f"`ftray models show JOB.yaml {model_id}` has its evaluation"
     ]
+
+
+def serving_warnings(spec: JobSpec, store: Store, model: str) -> list[str]:
+    """A warning when the job serves `model` with another base quantization or dtype than
+    the one its gate approved (`ftray.placement.serving_config`)."""
+    from ftray.placement import serving_config, serving_mismatch
+    from ftray.registry import get_model
+
+    model_id = _registry_id(store, model)
+    if model_id is None:
+        return []
+    mismatch = serving_mismatch(model_id, get_model(store, model_id), serving_config(spec))
+    return [mismatch] if mismatch else []
+
+
+def _registry_id(store: Store, model: str) -> str | None:
+    """The registry model a request name means; None for the base model."""
+    from ftray.registry import production
+
+    model_id = model.rsplit(":", 1)[-1]
+    if model_id == "production":
+        model_id = production(store) or "base"
+    return None if model_id == "base" else model_id
 
 
 def serve_model(
@@ -95,7 +120,7 @@ def serve_model(
         memory = httpx.get(f"{url}/ready", timeout=60).json()["memory"]
         progress.note(
             f"replica ready: base model {memory['base_bytes'] / 2**20:.1f} MiB "
-            f"(quantization: {memory['quantization']})"
+            f"(quantization: {memory['quantization']}, {memory['dtype']} on {memory['device']})"
         )
         progress.artifact("OpenAI-compatible API", f"{url}/v1")
         messages = [{"role": "user", "content": spec.serve.example_prompt}]

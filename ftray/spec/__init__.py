@@ -120,6 +120,25 @@ class JobSpec(_Section):
         return self
 
     @model_validator(mode="after")
+    def _flash_attention_on_gpus(self) -> JobSpec:
+        if self.model.attention != "flash_attention_2":
+            return self
+        reserved = {
+            "serve.gpus_per_replica": self.serve.gpus_per_replica,
+            "eval.gpus_per_worker": self.eval.gpus_per_worker,
+        }
+        on_cpu = [name for name, gpus in reserved.items() if not gpus]
+        if on_cpu:
+            raise SpecRuleError(
+                "model.attention",
+                self.model.attention,
+                f"runs only on a CUDA GPU, and {' and '.join(on_cpu)} is 0 (those models "
+                "load on CPU)",
+                "reserve GPUs there, or use model.attention: sdpa",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sweep_metric_computable(self) -> JobSpec:
         if not self.sweep or self.sweep.metric != "task":
             return self

@@ -169,9 +169,21 @@ class EvalSpec(_Section):
         default=200, ge=1, description="Evaluate at most this many held-out examples."
     )
     max_new_tokens: int = Field(default=16, ge=1, le=4096, description="Generation limit.")
-    batch_size: int = Field(default=16, ge=1, description="Examples generated together.")
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Examples generated together (also by assess). Unset: 16 on CPU, 64 with "
+        "a GPU.",
+    )
     num_workers: int = Field(default=1, ge=1, description="Ray Data generation actors.")
     cpus_per_worker: float = Field(default=1, gt=0, description="CPUs reserved per actor.")
+    gpus_per_worker: float = Field(
+        default=0,
+        ge=0,
+        description="GPUs reserved per generation actor (evaluate and assess) and for the "
+        "BERTScore actor; the models load on them (0: CPU; a fraction shares a GPU; 2 or "
+        "more shard each model across them).",
+    )
     consistency_samples: int = Field(
         default=3, ge=2, description="Consistency: answers sampled per example."
     )

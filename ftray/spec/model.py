@@ -28,9 +28,17 @@ class ModelSpec(_Section):
         description="File name of the .gguf inside `base` when `base` is a directory or package "
         "holding several.",
     )
+    attention: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        default="sdpa",
+        description="Attention kernel where a model is served, evaluated or assessed: 'sdpa' "
+        "(PyTorch's fused attention, any device), 'eager' (plain matmuls), or "
+        "'flash_attention_2' (needs a CUDA GPU and the flash-attn package where the model "
+        "loads, else a clear error).",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",
-        description="Weights dtype: 'auto' is bfloat16 on GPUs that support it, else float32.",
+        description="Weights dtype: 'auto' is bfloat16 where the model holds a GPU that supports "
+        "it, else float32 (CPU actors, older GPUs).",
     )
     chat_template: str | None = Field(
         default=None,

@@ -115,6 +115,11 @@ class MonitorSpec(_Section):
         description="Name of an environment variable holding a webhook URL (Slack-compatible "
         "JSON is posted there for each alert); unset: alerts are stored and logged only.",
     )
+    embedding_gpus: float = Field(
+        default=0,
+        ge=0,
+        description="GPUs reserved for the input-drift check's embedding actor (0: CPU).",
+    )
     alert_examples: int = Field(default=3, ge=0, description="Example requests an alert carries.")
     retrain: RetrainSpec = Field(
         default_factory=RetrainSpec,

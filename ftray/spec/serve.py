@@ -65,11 +65,13 @@ class ServeSpec(_Section):
         default="Hello!",
         description="The request `ftray serve` sends through the served model after start-up.",
     )
-    quantization: Literal["none", "int8", "int4"] = Field(
-        default="none",
+    quantization: Literal["auto", "none", "int8", "int4"] = Field(
+        default="auto",
         description="The base model's weights in each replica: as model.dtype ('none'), or "
-        "quantized by bitsandbytes to 8-bit ('int8') or 4-bit NF4 ('int4'); adapters run on "
-        "top unchanged.",
+        "quantized by bitsandbytes to 8-bit ('int8') or 4-bit ('int4', with train.qlora's "
+        "settings when the job trains QLoRA with 4 bits, else NF4); adapters run on top "
+        "unchanged. 'auto': a QLoRA job's base quantized as it was trained (train.qlora), "
+        "else 'none'. Evaluation loads the base the same way.",
     )
     num_replicas: int = Field(
         default=1, ge=1, description="Replicas of the model (ignored when autoscaling is set)."
@@ -78,12 +80,20 @@ class ServeSpec(_Section):
         default=None, description="Scale replicas with load instead of a fixed num_replicas."
     )
     cpus_per_replica: float = Field(default=1, gt=0, description="CPUs reserved per replica.")
-    gpus_per_replica: float = Field(default=0, ge=0, description="GPUs reserved per replica.")
+    gpus_per_replica: float = Field(
+        default=0,
+        ge=0,
+        description="GPUs reserved per replica; the model loads on them (0: CPU; a fraction "
+        "shares a GPU; 2 or more shard it across them).",
+    )
     max_adapters_per_replica: int = Field(
         default=8, ge=1, description="Adapters (or full models) kept loaded per replica, LRU."
     )
-    max_batch_size: int = Field(
-        default=8, ge=1, description="Dynamic batching: most requests generated together."
+    max_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Dynamic batching: most requests generated together. Unset: 8 on CPU, 32 "
+        "with a GPU.",
     )
     batch_wait_timeout_s: float = Field(
         default=0.01, ge=0, description="Dynamic batching: how long a batch waits to fill."

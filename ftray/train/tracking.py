@@ -136,7 +136,7 @@ class Meter:
         self.device = device
         self.flops_per_token = flops_per_token
         self.world_size = world_size
-        self.peak = _peak_flops(device)
+        self.peak = peak_flops(device)
         self.reset()
 
     def reset(self) -> None:
@@ -174,7 +174,9 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _peak_flops(device) -> float | None:
+def peak_flops(device) -> float | None:
+    """Dense bf16 peak FLOP/s of `device` ($FTRAY_PEAK_TFLOPS, else by GPU name); None on
+    CPU and on GPUs not listed."""
     if os.environ.get("FTRAY_PEAK_TFLOPS"):
         return float(os.environ["FTRAY_PEAK_TFLOPS"]) * 1e12
     if not str(device).startswith("cuda"):

@@ -1,4 +1,6 @@
-"""GPU-only paths: bf16, NCCL, CUDA 4-bit, DeepSpeed on a GPU. Skipped without CUDA.
+"""GPU-only paths: bf16, NCCL, CUDA 4-bit, DeepSpeed on a GPU, inference placed on the GPU
+(serve engine, evaluation generator, INT4 base) and the 1B benchmark's path. Skipped without
+CUDA.
 
 Run on a GPU machine with `pytest -m gpu tests/gpu` or `tests/gpu/run.sh` (no Ray needed:
 the loop runs in-process through `LocalContext`).
@@ -91,3 +93,75 @@ def test_full_zero3_bf16_on_cuda(tiny_dir, tmp_path, nccl_group, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "0")
     factory = lambda *a: LocalContext(*a, device="cuda:0")  # noqa: E731
     _train(tiny_dir, tmp_path, factory, method="full", lr=1e-3, deepspeed={"stage": 3})
+
+
+def _on_cuda(model) -> set[str]:
+    return {p.device.type for p in model.parameters()}
+
+
+def test_serve_engine_puts_the_model_and_its_adapters_on_the_gpu(tiny_dir, tmp_path):
+    from ftray.serve.engine import Engine, Request
+    from tests.unit.test_serve_engine import PROMPTS, random_adapter
+
+    engine = Engine(tiny_dir, "auto", gpus=1)
+    assert _on_cuda(engine.base) == {"cuda"}
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    assert {p.dtype for p in engine.base.parameters()} == {expected}  # model.dtype auto
+    engine.load_adapter("a1", random_adapter(tiny_dir, tmp_path / "a1", 1))
+    assert _on_cuda(engine.peft) == {"cuda"}
+    answers = engine.generate([Request("a1", PROMPTS[0], 6), Request(None, PROMPTS[1], 6)])
+    assert all(a["tokens"] >= 1 for a in answers)
+    assert engine.memory()["device"] == "cuda"
+
+
+def test_int4_base_is_quantized_on_the_gpu(tiny_dir):
+    pytest.importorskip("bitsandbytes")
+    from ftray.serve.engine import Engine, Request
+    from ftray.spec import QloraSpec
+    from tests.unit.test_serve_engine import PROMPTS
+
+    engine = Engine(tiny_dir, "auto", QloraSpec(bits=4), gpus=1)
+    q_proj = engine.base.model.layers[0].self_attn.q_proj
+    assert type(q_proj).__name__ == "Linear4bit" and q_proj.weight.device.type == "cuda"
+    assert _on_cuda(engine.base) == {"cuda"}
+    assert engine.generate([Request(None, PROMPTS[0], 6)])[0]["tokens"] >= 1
+
+
+def test_evaluation_generator_puts_every_arm_on_the_gpu(tiny_dir, tmp_path):
+    import json
+
+    from ftray.evaluate.generate import _Generate
+    from tests.unit.test_serve_engine import random_adapter
+
+    folder = random_adapter(tiny_dir, tmp_path / "candidate", 1)
+    actor = _Generate(
+        model_dir=tiny_dir,
+        dtype="auto",
+        gpus=1,
+        attention="sdpa",
+        quantization=None,
+        arms={"base": {"kind": "base"}, "candidate": {"kind": "adapter", "uri": folder}},
+        max_new_tokens=6,
+        few_shot=[],
+        temperature=0.0,
+        samples=1,
+        seed=0,
+        probe_text="General text for the perplexity probe. " * 20,
+    )
+    assert _on_cuda(actor.base) == {"cuda"} and _on_cuda(actor.peft) == {"cuda"}
+    messages = json.dumps([{"role": "user", "content": "hello"}])
+    batch = actor({"messages": [messages, messages]})  # Ray Data's batch, without pandas
+    assert all(t >= 1 for t in batch["candidate_tokens"])
+    assert batch["base_general_ppl"][0] > 1
+
+
+def test_bench_gpu_reports_tokens_per_second_and_mfu(tmp_path):
+    from bench.gpu import main
+
+    # a 2-layer model of the 1B's width: the script's whole path, in seconds
+    out = tmp_path / "gpu.json"
+    sizes = ["--layers", "2", "--batch", "4", "--prompt", "32", "--new-tokens", "8"]
+    result = main([*sizes, "--seq", "128", "--steps", "1", "--out", str(out)])
+    assert out.exists() and result["generate"]["device"] == ["cuda:0"]
+    for part in ("generate", "prefill", "train_step"):
+        assert result[part]["tokens_per_s"] > 0

@@ -34,6 +34,9 @@ def test_gate_promotes_rejects_and_rollback_restores(job, run_cli):
     assert candidate["accuracy"] >= 0.6 and manifest["metrics"]["incumbent"]["accuracy"] == 0
     assert manifest["comparison"]["macro_f1"]["difference_interval"][0] > 0
     assert (root / "evals" / manifest["eval_id"] / "report.html").is_file()
+    # the model card keeps the serving configuration the gate approved (a LoRA job: unquantized)
+    card = json.loads((root / "models" / good_id / "manifest.json").read_text())
+    assert card["serving"] == manifest["serving"] and card["serving"]["quantization"] == "none"
 
     # barely trained: worse than production on the same held-out examples; `ftray run` stops
     # at the gate and still prints its summary

@@ -57,6 +57,8 @@ def registry_store(tmp_path_factory):
             spec_hash="0" * 64,
             base_model="tiny",
             system_prompt=SYSTEM,
+            # as the job's defaults serve it (the quantized replica below warns)
+            serving={"quantization": "none", "bitsandbytes": None, "dtype": "auto"},
         )
         ids.append(card["model_id"])
     registry.promote(store, ids[1], reason="test")
@@ -148,7 +150,8 @@ def test_quantized_replica_serves_the_adapters(ray_address, registry_store):
     try:
         ready = httpx.get(f"http://127.0.0.1:{port}/ready").json()
         assert ready["memory"]["quantization"] == "int4"
-        assert "(quantization: int4)" in out
+        assert "(quantization: int4, float32 on cpu)" in out
+        assert "its gate approved it with quantization none, dtype auto" in out
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY)
         reply = client.chat.completions.create(
             model=registry_store[4][1], messages=[{"role": "user", "content": "hi"}]

@@ -8,8 +8,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from ftray.placement import serving_config
 from ftray.serve.config import ReplicaConfig
-from ftray.spec import JobSpec
+from ftray.spec import JobSpec, QloraSpec
 from ftray.store import Store
 
 # A value other than the default for every field, so a field the replica never gets shows.
@@ -51,10 +52,11 @@ MONITOR = {
     "min_schema_compliance": 0.8,
     "min_correction_agreement": 0.7,
     "webhook_url_env": "HOOK",
+    "embedding_gpus": 0.25,
     "alert_examples": 1,
     "retrain": {"on_alerts": ["any"], "min_corrections": 3, "every_hours": 12},
 }
-MODEL = {"base": "tiny", "gguf_file": "m.gguf", "dtype": "bfloat16"}
+MODEL = {"base": "tiny", "gguf_file": "m.gguf", "attention": "eager", "dtype": "bfloat16"}
 
 
 def _spec() -> JobSpec:
@@ -88,6 +90,8 @@ def test_every_serve_monitor_and_model_field_reaches_the_replica(tmp_path):
     assert arrived.monitor.model_dump() == MONITOR
     assert (arrived.project, arrived.system_prompt) == ("demo", "Be brief.")
     assert (arrived.storage, arrived.model_dir) == (str(tmp_path), "/models/tiny")
+    assert arrived.serving == serving_config(spec)  # what evaluation loads too
+    assert arrived.quantization == QloraSpec(bits=4)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 from ftray.models import resolve_model
 from ftray.serve.cache import CompletionCache
 from ftray.serve.engine import Engine, Request
-from ftray.spec import ModelSpec
+from ftray.spec import ModelSpec, QloraSpec
 from ftray.store import Store
 
 PROMPTS = [
@@ -80,19 +80,18 @@ def test_streaming_gives_the_greedy_answer(tiny_dir, adapters):
     assert "".join(pieces).strip() == _texts(engine, [Request("a1", PROMPTS[1], 12)])[0]
 
 
-@pytest.mark.parametrize("quantization", ["int8", "int4"])
-def test_quantized_base_with_an_adapter_answers_and_uses_less_memory(
-    tiny_dir, adapters, quantization
-):
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_base_with_an_adapter_answers_and_uses_less_memory(tiny_dir, adapters, bits):
     full = Engine(tiny_dir, "float32")
-    small = Engine(tiny_dir, "float32", quantization)
+    small = Engine(tiny_dir, "float32", QloraSpec(bits=bits))
     small.load_adapter("a1", adapters["a1"])
     answers = small.generate(
         [Request("a1", p, 6) for p in PROMPTS] + [Request(None, PROMPTS[0], 6)]
     )
     assert all(a["tokens"] >= 1 for a in answers)
     memory = small.memory()
-    assert memory["quantization"] == quantization and memory["adapters"] == ["a1"]
+    assert memory["quantization"] == f"int{bits}" and memory["adapters"] == ["a1"]
+    assert memory["device"] == "cpu"  # no GPU reserved: the embedded default
     assert memory["base_bytes"] < full.memory()["base_bytes"]
 
 
