@@ -1,4 +1,5 @@
-"""The DeepSpeed config for `method: full`, derived from the spec so its numbers always agree.
+"""The DeepSpeed config for `method: full` (and LoRA under `train.sharding: zero3`), derived
+from the spec so its numbers always agree.
 
 Other launchers leave batch sizes to two places (the launcher's arguments and the DeepSpeed
 JSON) and fail with "mismatch… set to auto". Here the spec is the one source: the generated
@@ -22,17 +23,19 @@ _OWNED = (
 
 
 def deepspeed_config(spec: TrainSpec, dtype: str) -> dict:
-    """DeepSpeed config for `spec` (method full) with weights computed in `dtype`.
+    """DeepSpeed config for `spec` (method full, or an adapter under ZeRO-3) with weights
+    computed in `dtype`.
 
     `dtype` is resolved ('bfloat16', 'float16' or 'float32'), not 'auto'.
     """
     ds = spec.deepspeed
-    zero: dict = {"stage": ds.stage, "overlap_comm": True, "contiguous_gradients": True}
+    stage = 3 if spec.zero3 else ds.stage
+    zero: dict = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
     if ds.offload_params:
         zero["offload_param"] = {"device": "cpu", "pin_memory": False}
-    if ds.stage == 3:
+    if stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = False
     config: dict = {
         "train_batch_size": spec.batch_size,
