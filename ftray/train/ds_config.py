@@ -22,11 +22,14 @@ _OWNED = (
 )
 
 
-def deepspeed_config(spec: TrainSpec, dtype: str) -> dict:
+def deepspeed_config(spec: TrainSpec, dtype: str, hidden_size: int | None = None) -> dict:
     """DeepSpeed config for `spec` (method full, or an adapter under ZeRO-3) with weights
     computed in `dtype`.
 
-    `dtype` is resolved ('bfloat16', 'float16' or 'float32'), not 'auto'.
+    `dtype` is resolved ('bfloat16', 'float16' or 'float32'), not 'auto'. `hidden_size`, the
+    model's, sizes the communication buckets as transformers' Trainer does for 'auto':
+    DeepSpeed's defaults (5e8 elements, 2 GB in fp32) outweigh a model under a billion
+    parameters, and they are host memory when the device is the CPU.
     """
     ds = spec.deepspeed
     stage = 3 if spec.zero3 else ds.stage
@@ -35,8 +38,13 @@ def deepspeed_config(spec: TrainSpec, dtype: str) -> dict:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
     if ds.offload_params:
         zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    if hidden_size:
+        zero["reduce_bucket_size"] = hidden_size**2
     if stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = False
+        if hidden_size:
+            zero["stage3_prefetch_bucket_size"] = int(0.9 * hidden_size**2)
+            zero["stage3_param_persistence_threshold"] = 10 * hidden_size
     config: dict = {
         "train_batch_size": spec.batch_size,
         "train_micro_batch_size_per_gpu": spec.per_worker_batch,

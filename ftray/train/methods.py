@@ -158,9 +158,11 @@ class DeepSpeedEngine:
     ):
         import deepspeed
         import torch
+        from transformers import AutoConfig
 
         precision = precision_of(torch_dtype(dtype))
-        config = deepspeed_config(spec, precision)
+        hidden = getattr(AutoConfig.from_pretrained(model_dir), "hidden_size", None)
+        config = deepspeed_config(spec, precision, hidden)
         self.adapter = spec.base_method != "full"
         # Under ZeRO-3 transformers builds and loads the model inside `deepspeed.zero.Init`
         # while this object lives (it holds only a weak reference to it), so every weight is
