@@ -16,11 +16,18 @@ run in fresh processes:
 
 Per rank it reports the peak resident set (the kernel's VmHWM: private memory plus the
 mapped pages of the safetensors file) and the peak private memory (RssAnon, sampled every
-10 ms), each for the construction phase (load + `deepspeed.initialize`/DDP wrap; on a GPU node
-the only phase that holds weights in host memory) and for the whole run (construction + the
-steps, whose optimizer state on this CPU-only machine is host memory too), the memory the
-process held after imports, and the parameter bytes the rank holds. Ratios compare each run
-with its baseline. Results go to bench/results/memory.json; nothing is asserted.
+10 ms) over three nested phases, each from the start of construction:
+
+- `load`: the model built and its weights loaded (`ftray.models.load_model`); the phase
+  partitioned construction changes, and on a GPU node the one that holds the weights in host
+  memory (under zero.Init each partition goes straight to the device);
+- `construction`: + `deepspeed.initialize` (or the DDP wrap), ZeRO's flat fp32 partitions and
+  optimizer state included: on this CPU-only machine they are host memory, on a GPU node not;
+- `run`: + the steps.
+
+Also: the memory the process held after imports, and the parameter bytes the rank holds.
+Each run's numbers are its worst rank's; ratios compare each run with its baseline. Results
+go to bench/results/memory.json; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -144,6 +151,15 @@ def _rank(rank: int, name: str, model_dir: str, steps: int, tokens: int, port: i
         }
     )
     sampler = _Peak()
+    load = {}
+    load_model = methods.load_model
+
+    def measured_load(*args, **kwargs):  # the engine's own call, its peak recorded
+        model = load_model(*args, **kwargs)
+        load.update(peak_rss=_status("VmHWM"), peak_private=sampler.peak)
+        return model
+
+    methods.load_model = measured_load
     dist.barrier()
     imported = _status("VmRSS")
     _reset_hwm()
@@ -169,6 +185,7 @@ def _rank(rank: int, name: str, model_dir: str, steps: int, tokens: int, port: i
     result = {
         "rank": rank,
         "after_imports": imported,
+        "load": load,
         "construction": construction,
         # VmHWM spans construction and steps; the private peak is the steps' own
         "run": {
@@ -216,6 +233,8 @@ def _summary(ranks: list[dict]) -> dict:
 
     return {
         "after_imports_gib": _gib(worst(("after_imports",))),
+        "load_peak_rss_gib": _gib(worst(("load", "peak_rss"))),
+        "load_peak_private_gib": _gib(worst(("load", "peak_private"))),
         "construction_peak_rss_gib": _gib(worst(("construction", "peak_rss"))),
         "construction_peak_private_gib": _gib(worst(("construction", "peak_private"))),
         "construction_seconds": worst(("construction", "seconds")),
@@ -227,6 +246,8 @@ def _summary(ranks: list[dict]) -> dict:
 
 
 _COMPARED = (
+    "load_peak_rss_gib",
+    "load_peak_private_gib",
     "construction_peak_rss_gib",
     "construction_peak_private_gib",
     "run_peak_rss_gib",
