@@ -3,9 +3,9 @@
     python -m bench.memory [--steps 2] [--tokens 32]
 
 A random-init Llama of ~340M parameters, built here from a config (no download) and saved
-once as safetensors, trains for a few optimizer steps on 2 gloo ranks (DS_ACCELERATOR=cpu),
-through ftray's own engines (`ftray.train.methods.build_engine`), one run after another, each
-run in fresh processes:
+once in bf16, as released checkpoints are, trains in fp32 for a few optimizer steps on 2 gloo
+ranks (DS_ACCELERATOR=cpu), through ftray's own engines (`ftray.train.methods.build_engine`),
+one run after another, each run in fresh processes:
 
 - `full_zero3_partitioned`: `method: full`, ZeRO-3, as ftray runs it: the model built inside
   `deepspeed.zero.Init`, every weight loaded straight into its partitions;
@@ -64,13 +64,13 @@ RUNS = {
 
 
 def build_model(out: Path) -> int:
-    """Save the random-init model to `out`; return its parameter count."""
+    """Save the random-init model to `out` in bf16; return its parameter count."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**MODEL))
-    model.save_pretrained(out)
+    model.to(torch.bfloat16).save_pretrained(out)
     return sum(p.numel() for p in model.parameters())
 
 
