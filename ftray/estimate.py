@@ -5,8 +5,8 @@ Rules of thumb, stated so they can be checked:
 - full fine-tune with AdamW in mixed precision keeps 16 bytes per parameter (bf16 weights
   and gradients, fp32 master weights and two moments); DeepSpeed ZeRO-3 shards all of it
   across the GPUs (ZeRO-2 shards gradients and optimizer state: 2 + 14/n bytes). In fp32
-  (DeepSpeed on CPU) ZeRO-3 keeps 20/n: fp32 weights, their flat fp32 copy, gradients and
-  two moments (checked against bench/results/memory.json by a unit test).
+  (DeepSpeed on CPU) there is no separate master copy: 4 + 4 + 8 = 16/n bytes under ZeRO-3
+  (`FP32_BYTES`; a unit test checks the parts against bench/results/memory.json).
 - LoRA keeps the frozen weights in bf16 (2 bytes/param; 4 in fp32) and 16 bytes per adapter
   parameter; under `train.sharding: zero3` both are partitioned over the n GPUs (1/n each).
   QLoRA the same with 4-bit NF4 weights (≈ 0.55 bytes/param with double quantization), whole
@@ -37,6 +37,8 @@ GPUS = {
     "H100-80GB": (80, 989, 6.98),
 }
 MFU = 0.4
+# bytes per parameter of an fp32 AdamW fine-tune (no mixed-precision master copy)
+FP32_BYTES = {"weights": 4, "gradients": 4, "moments": 8}
 METHODS = ("full", "lora", "qlora")
 HEADROOM = 0.9  # usable share of GPU memory (CUDA context, fragmentation)
 
@@ -124,9 +126,11 @@ def state_bytes(
     precision, or `fp32` throughout."""
     n = shape.params
     if method == "full":
+        total = sum(FP32_BYTES.values()) if fp32 else 16
         if zero_stage == 3:
-            return n * (20 if fp32 else 16) / num_gpus
-        return n * ((4 + 16 / num_gpus) if fp32 else (2 + 14 / num_gpus))
+            return n * total / num_gpus
+        weights = FP32_BYTES["weights"] if fp32 else 2
+        return n * (weights + (total - weights) / num_gpus)
     frozen = {"lora": 4 if fp32 else 2, "qlora": 0.55}[method]
     states = n * frozen + lora_params(shape, lora_r) * 16
     return states / num_gpus if sharding == "zero3" and method == "lora" else states

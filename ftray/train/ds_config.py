@@ -45,6 +45,11 @@ def deepspeed_config(spec: TrainSpec, dtype: str, hidden_size: int | None = None
         if hidden_size:
             zero["stage3_prefetch_bucket_size"] = int(0.9 * hidden_size**2)
             zero["stage3_param_persistence_threshold"] = 10 * hidden_size
+            # DeepSpeed keeps up to 1e9 gathered parameters live between forward and
+            # backward: a whole model under a billion parameters on every rank. A few
+            # layers' worth instead (unchanged from ~8192 hidden up: 70B-class models).
+            live = min(10**9, 32 * hidden_size**2)
+            zero["stage3_max_live_parameters"] = zero["stage3_max_reuse_distance"] = live
     config: dict = {
         "train_batch_size": spec.batch_size,
         "train_micro_batch_size_per_gpu": spec.per_worker_batch,

@@ -70,6 +70,9 @@ def test_lora_under_zero3_gets_a_stage_3_config_with_buckets_sized_to_the_model(
     assert zero["reduce_bucket_size"] == 64**2
     assert zero["stage3_prefetch_bucket_size"] == int(0.9 * 64**2)
     assert zero["stage3_param_persistence_threshold"] == 640
+    assert zero["stage3_max_live_parameters"] == zero["stage3_max_reuse_distance"] == 32 * 64**2
+    big = deepspeed_config(spec, "bfloat16", hidden_size=8192)["zero_optimization"]
+    assert big["stage3_max_live_parameters"] == 10**9, "DeepSpeed's default for 70B-class"
     user = {"zero_optimization": {"reduce_bucket_size": 10**6}}
     spec = spec.model_copy(update={"deepspeed": spec.deepspeed.model_copy(update={"config": user})})
     assert deepspeed_config(spec, "float32", 64)["zero_optimization"]["reduce_bucket_size"] == 10**6
