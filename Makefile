@@ -19,7 +19,7 @@ export DS_ACCELERATOR ?= cpu
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install quickstart test test-slow test-all lint bench bench-train bench-sweep bench-serve clean
+.PHONY: install quickstart test test-slow test-all lint bench bench-train bench-sweep bench-serve bench-memory clean
 
 install: $(STAMP)
 
@@ -58,6 +58,9 @@ bench-sweep: install
 
 bench-serve: install
 	$(BIN)/python -m bench.serve
+
+bench-memory: install
+	DS_ACCELERATOR=cpu $(BIN)/python -m bench.memory
 
 clean:
 	rm -rf ftray-store .ray-tmp .cache .pytest_cache

@@ -300,6 +300,7 @@ def _estimates(spec: JobSpec, dataset: DatasetRef, shape) -> list:
             gpu=spec.assess.gpu,
             num_gpus=spec.assess.num_gpus,
             lora_r=spec.train.lora.r,
+            sharding=spec.train.sharding,
             prices=spec.assess.gpu_prices,
         )
         for method in METHODS

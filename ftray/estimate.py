@@ -4,9 +4,13 @@ Rules of thumb, stated so they can be checked:
 
 - full fine-tune with AdamW in mixed precision keeps 16 bytes per parameter (bf16 weights
   and gradients, fp32 master weights and two moments); DeepSpeed ZeRO-3 shards all of it
-  across the GPUs (ZeRO-2 shards gradients and optimizer state: 2 + 14/n bytes).
-- LoRA keeps the frozen weights in bf16 (2 bytes/param) and 16 bytes per adapter parameter;
-  QLoRA the same with 4-bit NF4 weights (≈ 0.55 bytes/param with double quantization).
+  across the GPUs (ZeRO-2 shards gradients and optimizer state: 2 + 14/n bytes). In fp32
+  (DeepSpeed on CPU) there is no separate master copy: 4 + 4 + 8 = 16/n bytes under ZeRO-3
+  (`FP32_BYTES`; a unit test checks the parts against bench/results/memory.json).
+- LoRA keeps the frozen weights in bf16 (2 bytes/param; 4 in fp32) and 16 bytes per adapter
+  parameter; under `train.sharding: zero3` both are partitioned over the n GPUs (1/n each).
+  QLoRA the same with 4-bit NF4 weights (≈ 0.55 bytes/param with double quantization), whole
+  on every GPU.
 - activations, with gradient checkpointing: about 2 bytes × hidden × tokens × layers × 2,
   plus the logits of the micro-batch (4 bytes × vocab × tokens).
 - compute: 6 FLOPs per parameter per token for a full fine-tune, 4 for (Q)LoRA (no weight
@@ -33,6 +37,8 @@ GPUS = {
     "H100-80GB": (80, 989, 6.98),
 }
 MFU = 0.4
+# bytes per parameter of an fp32 AdamW fine-tune (no mixed-precision master copy)
+FP32_BYTES = {"weights": 4, "gradients": 4, "moments": 8}
 METHODS = ("full", "lora", "qlora")
 HEADROOM = 0.9  # usable share of GPU memory (CUDA context, fragmentation)
 
@@ -107,6 +113,30 @@ def lora_params(shape: ModelShape, r: int) -> int:
     return int(shape.layers * 7 * r * 2 * shape.hidden * 1.5)
 
 
+def state_bytes(
+    shape: ModelShape,
+    method: str,
+    num_gpus: int,
+    *,
+    lora_r: int = 16,
+    zero_stage: int = 3,
+    sharding: str = "none",
+    fp32: bool = False,
+) -> float:
+    """Bytes per GPU of weights, gradients and optimizer state (no activations): mixed
+    precision, or `fp32` throughout."""
+    n = shape.params
+    if method == "full":
+        total = sum(FP32_BYTES.values()) if fp32 else 16
+        if zero_stage == 3:
+            return n * total / num_gpus
+        weights = FP32_BYTES["weights"] if fp32 else 2
+        return n * (weights + (total - weights) / num_gpus)
+    frozen = {"lora": 4 if fp32 else 2, "qlora": 0.55}[method]
+    states = n * frozen + lora_params(shape, lora_r) * 16
+    return states / num_gpus if sharding == "zero3" and method == "lora" else states
+
+
 def estimate(
     shape: ModelShape,
     method: str,
@@ -117,19 +147,20 @@ def estimate(
     num_gpus: int,
     lora_r: int = 16,
     zero_stage: int = 3,
+    sharding: str = "none",
     prices: Mapping[Any, float] | None = None,
 ) -> Estimate:
-    """Per-GPU memory and the wall time and cost of training on `tokens` tokens."""
+    """Per-GPU memory and the wall time and cost of training on `tokens` tokens; `sharding`
+    (`train.sharding`) applies to lora."""
     memory_gib, tflops, _ = GPUS[gpu]
     price = gpu_price(gpu, prices)
     n = shape.params
+    states = state_bytes(
+        shape, method, num_gpus, lora_r=lora_r, zero_stage=zero_stage, sharding=sharding
+    )
     if method == "full":
-        per_param = 16 / num_gpus if zero_stage == 3 else 2 + 14 / num_gpus
-        states = n * per_param
         flops_per_token, slowdown = 6 * n, 1.0
     else:
-        weights = n * (2 if method == "lora" else 0.55)
-        states = weights + lora_params(shape, lora_r) * 16
         flops_per_token, slowdown = 4 * n, (1.0 if method == "lora" else 1.3)
     activations = 4 * shape.hidden * micro_batch_tokens * shape.layers
     logits = 4 * shape.vocab * micro_batch_tokens

@@ -340,7 +340,11 @@ def _unused_sections(spec: JobSpec, data: dict) -> list[SpecRuleError]:
         methods.add(spec.train.dpo.adapter)  # dpo trains a lora/qlora adapter or every weight
     written = data.get("train") or {}
     problems = []
+    # a ZeRO-3 LoRA run is a DeepSpeed run: train.deepspeed applies to it
+    deepspeed_runs = spec.train.sharding == "zero3"
     for section, method in (("deepspeed", "full"), ("qlora", "qlora"), ("dpo", "dpo")):
+        if section == "deepspeed" and deepspeed_runs:
+            continue
         if section in written and method not in methods:
             problems.append(
                 SpecRuleError(

@@ -194,8 +194,18 @@ class TrainSpec(_Section):
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (lora, qlora).")
     qlora: QloraSpec = Field(default_factory=QloraSpec, description="Quantization (qlora).")
     dpo: DpoSpec = Field(default_factory=DpoSpec, description="Preference tuning (dpo).")
+    sharding: Literal["none", "zero3"] = Field(
+        default="none",
+        description="How an adapter run (lora) spreads the model over its workers: 'none' "
+        "keeps the whole base on every worker (DDP, gradients all-reduced); 'zero3' "
+        "partitions the frozen base and the adapter across workers under DeepSpeed ZeRO-3, "
+        "built partitioned, so no worker ever holds the whole base (weights per worker ≈ "
+        "1/num_workers; train.deepspeed's offload and config apply). A full fine-tune shards "
+        "through train.deepspeed.stage instead.",
+    )
     deepspeed: DeepSpeedSpec = Field(
-        default_factory=DeepSpeedSpec, description="DeepSpeed ZeRO (full)."
+        default_factory=DeepSpeedSpec,
+        description="DeepSpeed ZeRO (full; lora with sharding: zero3).",
     )
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Ray Train scaling.")
 
@@ -240,6 +250,41 @@ class TrainSpec(_Section):
                 "set train.deepspeed.stage: 2, or train.dpo.adapter: lora",
             )
         return self
+
+    @model_validator(mode="after")
+    def _sharding_rules(self) -> TrainSpec:
+        if self.sharding == "none":
+            return self
+        problem = None
+        if self.method == "dpo":
+            problem = (
+                "dpo scores each pair against the base with the adapter switched off; ftray "
+                "runs that only on a whole base",
+                "set train.sharding: none",
+            )
+        elif self.base_method == "full":
+            problem = (
+                "a full fine-tune is sharded by DeepSpeed's ZeRO stage, not train.sharding",
+                "set train.sharding: none and train.deepspeed.stage: 3",
+            )
+        elif self.base_method == "qlora":
+            problem = (
+                "ZeRO-3 partitions float weights; bitsandbytes' packed 4-bit weights and "
+                "their quantization state are not partitioned with them",
+                "set train.method: lora (the base partitioned instead of quantized), or "
+                "train.sharding: none",
+            )
+        if problem:
+            raise SpecRuleError("sharding", self.sharding, *problem)
+        return self
+
+    @property
+    def zero3(self) -> bool:
+        """Weights partitioned across workers (DeepSpeed ZeRO-3): every worker must take
+        part in every forward pass, generation included."""
+        return self.sharding == "zero3" or (
+            self.base_method == "full" and self.deepspeed.stage == 3
+        )
 
     @property
     def base_method(self) -> Literal["full", "lora", "qlora"]:

@@ -191,7 +191,7 @@ class _Probe:
         assert config.probe is not None
         self.settings = config.probe
         self.tokenizer = load_tokenizer(config.model_dir, config.chat_template)
-        self.synced = config.train.method == "full" and config.train.deepspeed.stage == 3
+        self.synced = config.train.zero3  # partitioned weights: every rank in every forward
         self.metric = self.settings.task["primary"]
 
     def score(self, model, ctx: WorkerContext) -> float | None:

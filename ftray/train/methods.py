@@ -5,10 +5,12 @@
   torch AdamW, gradient accumulation without all-reduce on the non-final micro-steps; for dpo
   its loss is `ftray.train.dpo`'s on pair batches, against the same base with the adapter
   disabled.
-- `DeepSpeedEngine` (full, dpo on every weight): every weight trained under DeepSpeed
-  ZeRO-2/3, optional CPU offload, config from `ftray.train.ds_config`; for dpo against a frozen
-  copy of the initial model (ZeRO-2 only); its sharded checkpoints are consolidated into one
-  safetensors model by `consolidate`.
+- `DeepSpeedEngine` (full, dpo on every weight; lora under `train.sharding: zero3`): every
+  weight (or only the adapter's, on a frozen base) trained under DeepSpeed ZeRO-2/3, optional
+  CPU offload, config from `ftray.train.ds_config`; for dpo against a frozen copy of the
+  initial model (ZeRO-2 only). Under ZeRO-3 the model is built partitioned: no rank ever holds
+  the whole of it. A full run's sharded checkpoints are consolidated into one safetensors model
+  by `consolidate`; an adapter run also writes the whole adapter, gathered, as `adapter/`.
 
 Both run without Ray: give them any `WorkerContext`.
 """
@@ -36,6 +38,8 @@ def build_engine(
     weights it starts from (a warm start's adapter or full model), else the base's."""
     if spec.base_method == "full":
         return DeepSpeedEngine(spec, parent or model_dir, dtype, ctx, total_steps)
+    if spec.sharding == "zero3":
+        return DeepSpeedEngine(spec, model_dir, dtype, ctx, total_steps, adapter_parent=parent)
     return AdapterEngine(spec, model_dir, dtype, ctx, total_steps, parent)
 
 
@@ -136,17 +140,49 @@ class AdapterEngine:
 
 
 class DeepSpeedEngine:
-    """Full fine-tune under DeepSpeed ZeRO; every rank saves its shard of each checkpoint."""
+    """Full fine-tune, or a LoRA adapter on a frozen base, under DeepSpeed ZeRO; every rank
+    saves its shard of each checkpoint.
 
-    def __init__(self, spec: TrainSpec, model_dir: str, dtype: str, ctx, total_steps: int):
+    `adapter_parent`: with `spec.method` lora, a warm start's adapter folder (None: a fresh
+    adapter); the spec refuses qlora and dpo here.
+    """
+
+    def __init__(
+        self,
+        spec: TrainSpec,
+        model_dir: str,
+        dtype: str,
+        ctx,
+        total_steps: int,
+        adapter_parent: str | None = None,
+    ):
         import deepspeed
         import torch
+        from transformers import AutoConfig
 
         precision = precision_of(torch_dtype(dtype))
+        hidden = getattr(AutoConfig.from_pretrained(model_dir), "hidden_size", None)
+        config = deepspeed_config(spec, precision, hidden)
+        self.adapter = spec.base_method != "full"
+        # Under ZeRO-3 transformers builds and loads the model inside `deepspeed.zero.Init`
+        # while this object lives (it holds only a weak reference to it), so every weight is
+        # partitioned as it is created: no rank holds the whole model. It stays alive with
+        # the engine: peft and generation ask it too.
+        self._partitioned = partitioned_construction(config)
         model = load_model(model_dir, "float32")  # DeepSpeed casts to bf16/fp16 itself
         if spec.gradient_checkpointing:
             model.gradient_checkpointing_enable({"use_reentrant": False})
-        config = deepspeed_config(spec, precision)
+            if self.adapter:
+                model.enable_input_require_grads()
+        if self.adapter:
+            # built outside zero.Init: whole (small) tensors, partitioned by initialize below
+            model = add_lora(model, spec.lora)
+            if adapter_parent:
+                _load_adapter(model, adapter_parent)
+        self.module = model
+        params = count_params(model)
+        # frozen base: no weight gradients
+        flops = (4 if self.adapter else 6) * params
         groups = _decay_groups(model, spec.weight_decay)
         optimizer = None if "optimizer" in config else torch.optim.AdamW(groups, lr=spec.lr)
         schedule = lr_schedule(total_steps, spec.warmup_ratio)
@@ -164,8 +200,8 @@ class DeepSpeedEngine:
         # ZeRO-2 (the spec refuses 3): every worker holds whole weights, so a whole reference
         if self.beta is not None:
             self.reference = frozen_reference(model_dir, precision, ctx.device)
-        # dpo adds the reference's forward pass
-        self.flops_per_token = (8 if self.beta is not None else 6) * count_params(model)
+            flops += 2 * params  # dpo adds the reference's forward pass
+        self.flops_per_token = flops
 
     def micro_step(self, batch: dict, boundary: bool, num_items, world_size: int):
         """As `AdapterEngine.micro_step`; DeepSpeed counts micro-steps itself and steps on its
@@ -185,13 +221,30 @@ class DeepSpeedEngine:
         return self.model.get_lr()[0]
 
     def save(self, folder: str, rank: int) -> bool:
-        self.model.save_checkpoint(str(Path(folder, "deepspeed")), tag=DS_TAG)
+        # an adapter run's frozen base comes from model.base again on resume: not saved
+        self.model.save_checkpoint(
+            str(Path(folder, "deepspeed")), tag=DS_TAG, exclude_frozen_parameters=self.adapter
+        )
+        if self.adapter:
+            self._save_adapter(Path(folder, "adapter"), rank)
         if rank == 0:
             Path(folder, "deepspeed_config.json").write_text(json.dumps(self.config, indent=1))
         return True
 
+    def _save_adapter(self, folder: Path, rank: int) -> None:
+        """The whole adapter as peft writes it (it loads onto the base as a DDP run's does),
+        gathered from its partitions on every rank, written by rank 0."""
+        import deepspeed
+
+        trained = [p for p in self.module.parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters(trained):
+            if rank == 0:
+                self.module.save_pretrained(folder)
+
     def load(self, folder: str) -> None:
-        path, _ = self.model.load_checkpoint(str(Path(folder, "deepspeed")), tag=DS_TAG)
+        path, _ = self.model.load_checkpoint(
+            str(Path(folder, "deepspeed")), tag=DS_TAG, load_module_strict=not self.adapter
+        )
         if path is None:
             raise RuntimeError(f"no DeepSpeed checkpoint in {folder}")
 
@@ -242,8 +295,42 @@ def lr_schedule(total: float, warmup_ratio: float):
 
 
 def count_params(model) -> int:
-    """The model's parameters, trainable or not."""
-    return sum(p.numel() for p in model.parameters())
+    """The model's parameters, trainable or not (whole sizes of ZeRO-3 partitioned ones)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+
+
+def partitioned_construction(config: dict):
+    """Under ZeRO-3, transformers' `HfDeepSpeedConfig` for `config`: while it is alive,
+    `from_pretrained` builds the model inside `deepspeed.zero.Init` and loads each weight
+    straight into its partitions. None for ZeRO-2 (whole weights on every rank anyway)."""
+    if config["zero_optimization"]["stage"] != 3:
+        return None
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    # over the process group Ray Train (or torchrun) set up, as `deepspeed.initialize` does:
+    # the config checks its batch size against the world size
+    deepspeed.init_distributed(dist_init_required=False)
+    _return_freed_blocks()
+    return HfDeepSpeedConfig(config)
+
+
+def _return_freed_blocks() -> None:
+    """Fix glibc's mmap threshold at its 128 KiB default.
+
+    zero.Init allocates each weight whole and frees it once partitioned (loading gathers and
+    frees each layer again). glibc raises its threshold to the size of each large block freed
+    and keeps later blocks of that size in its heap, so the process goes on holding about the
+    whole model it freed: 1.37 GiB against 0.79 GiB for a 340M-parameter model on 2 ranks
+    (bench/memory.py). A fixed threshold hands such blocks back to the system.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, macOS): another allocator
+        return
+    libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
 
 
 def _decay_groups(model, weight_decay: float) -> list[dict]:

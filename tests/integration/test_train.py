@@ -16,7 +16,8 @@ def _run_manifest(store: Path) -> dict:
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint(ray_address, tmp_path):
-    """Rank 1 dies after step 3; Ray Train restarts both workers from step 2's checkpoint."""
+    """Rank 1 dies after step 3; Ray Train restarts both workers from step 2's checkpoint.
+    Then the same run with the base partitioned (`train.sharding: zero3`)."""
     args = ["train", "jobs/tiny.yaml", "--set", f"storage={tmp_path}"]
     args += ["--set", "train.eval_every=2"]
     done = cli(ray_address, *args, env={"FTRAY_INJECT_FAULT": "3"})
@@ -41,6 +42,44 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_address, tmp_path):
     records = b"".join(f.read_bytes() for r in runs for f in r.glob("*.wandb"))
     for key in (b"train/loss", b"train/tokens_per_s", b"train/lr", b"validation/loss"):
         assert key in records, key
+
+    _lora_under_zero3_matches_ddp(ray_address, tmp_path, args, manifest)
+
+
+def _lora_under_zero3_matches_ddp(ray_address, store: Path, args: list, ddp: dict) -> None:
+    """LoRA on a ZeRO-3 partitioned base, killed and resumed as the DDP run `ddp` was,
+    follows its losses and leaves a plain peft adapter that loads onto the base."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from ftray.models import load_model
+
+    args = [*args, "--set", "train.sharding=zero3", "--set", "wandb.mode=disabled"]
+    cli(ray_address, *args, env={"FTRAY_INJECT_FAULT": "3"})
+    (zero3,) = [
+        run
+        for path in (store / "tiny" / "runs").glob("*/manifest.json")
+        if (run := json.loads(path.read_text()))["spec"]["sharding"] == "zero3"
+    ]
+    assert zero3["resumed_from"] == [2]
+    assert (Path(zero3["best_checkpoint"]) / "deepspeed").is_dir()
+    for key in ("loss_history", "eval_history"):
+        assert [s for s, _ in zero3[key]] == [s for s, _ in ddp[key]]
+        for (_, got), (_, want) in zip(zero3[key], ddp[key], strict=True):
+            assert abs(got - want) <= 1e-3 * abs(want), (key, zero3[key], ddp[key])
+
+    adapter = load_file(Path(zero3["weights_uri"], "adapter_model.safetensors"))
+    trained = [w for name, w in adapter.items() if "lora_B" in name]  # 0 before training
+    assert trained and all(w.abs().max() > 0 for w in trained), "gathered, not placeholders"
+    config = json.loads((store / "tiny" / "runs" / ddp["run_id"] / "config.json").read_text())
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    logits = []
+    for run in (ddp, zero3):
+        model = PeftModel.from_pretrained(load_model(config["model_dir"]), run["weights_uri"])
+        with torch.no_grad():
+            logits.append(model(input_ids=ids).logits)
+    assert torch.allclose(logits[0], logits[1], atol=1e-3), (logits[0] - logits[1]).abs().max()
 
 
 def test_resubmitted_job_resumes_its_run(ray_address, tmp_path):

@@ -58,3 +58,29 @@ def test_contradicting_user_config_lists_every_disagreement():
 def test_parameter_offload_needs_stage_3():
     with pytest.raises(ValueError, match="offload_params"):
         _spec(stage=2, offload_params=True)
+
+
+def test_lora_under_zero3_gets_a_stage_3_config_with_buckets_sized_to_the_model():
+    spec = TrainSpec.model_validate(
+        {"method": "lora", "sharding": "zero3", "batch_size": 4, "scaling": {"num_workers": 2}}
+    )
+    assert spec.zero3 and spec.deepspeed.stage == 2, "the section's default stage is not used"
+    zero = deepspeed_config(spec, "float32", hidden_size=64)["zero_optimization"]
+    assert zero["stage"] == 3
+    assert zero["reduce_bucket_size"] == 64**2
+    assert zero["stage3_prefetch_bucket_size"] == int(0.9 * 64**2)
+    assert zero["stage3_param_persistence_threshold"] == 640
+    assert zero["stage3_max_live_parameters"] == zero["stage3_max_reuse_distance"] == 32 * 64**2
+    big = deepspeed_config(spec, "bfloat16", hidden_size=8192)["zero_optimization"]
+    assert big["stage3_max_live_parameters"] == 10**9, "DeepSpeed's default for 70B-class"
+    user = {"zero_optimization": {"reduce_bucket_size": 10**6}}
+    spec = spec.model_copy(update={"deepspeed": spec.deepspeed.model_copy(update={"config": user})})
+    assert deepspeed_config(spec, "float32", 64)["zero_optimization"]["reduce_bucket_size"] == 10**6
+
+
+def test_only_zero3_builds_partitioned():
+    from ftray.train.methods import partitioned_construction
+
+    assert partitioned_construction(deepspeed_config(_spec(stage=2), "float32")) is None
+    assert not TrainSpec.model_validate({"method": "lora", "batch_size": 4}).zero3
+    assert _spec(stage=3).zero3

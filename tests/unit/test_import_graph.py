@@ -28,7 +28,13 @@ STAGES |= {"ftray.review.verdict"}
 # a stage or an orchestrator.
 LEAF_PACKAGES = ("ftray.spec", "ftray.data", "ftray.train")
 LEAF_MODULES = {"ftray.store", "ftray.errors", "ftray.progress", "ftray.artifacts"}
-LEAF_MODULES |= {"ftray.models", "ftray.placement", "ftray.specload", "ftray.specdoc", "ftray.chat_templates"}
+LEAF_MODULES |= {
+    "ftray.models",
+    "ftray.placement",
+    "ftray.specload",
+    "ftray.specdoc",
+    "ftray.chat_templates",
+}
 
 # Import cycles known and being removed; each is the set of modules the cycle runs through.
 KNOWN_CYCLES: list[set[str]] = []  # none: keep it so

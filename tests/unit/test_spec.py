@@ -66,6 +66,22 @@ BAD_SPECS = [
         "train.deepspeed.offload_params",
         "needs ZeRO stage 3",
     ),
+    (
+        _with("train", {"method": "qlora", "sharding": "zero3", "batch_size": 4}),
+        "train.sharding",
+        "bitsandbytes",
+    ),
+    (
+        _with("train", {"method": "full", "sharding": "zero3", "batch_size": 4}),
+        "train.sharding",
+        "train.deepspeed.stage: 3",
+    ),
+    (
+        _with("train", {"method": "dpo", "sharding": "zero3", "batch_size": 4}),
+        "train.sharding",
+        "set train.sharding: none",
+    ),
+    (_with("train.sharding", "fsdp"), "train.sharding", "one of"),
     (_with("wandb.mode", "cloud"), "wandb.mode", "one of"),
     (
         _with("sweep", {"parameters": {"data.eval_fraction": {"type": "grid", "values": [0.1]}}}),

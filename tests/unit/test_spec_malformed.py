@@ -340,6 +340,10 @@ def test_every_problem_is_listed_at_once(workdir):
         (spec(extra="serve: {host: localhost}\n"), []),
         (spec(train="  method: full\n  deepspeed: {stage: 3}\n"), []),
         (spec(train="  method: qlora\n  qlora: {bits: 8}\n"), []),
+        (  # a ZeRO-3 LoRA run is a DeepSpeed run
+            spec(train="  sharding: zero3\n  deepspeed: {stage: 3, offload_params: true}\n"),
+            [],
+        ),
         (  # a sweep over methods may set each method's section
             spec(
                 train="  deepspeed: {stage: 2}\n",
