@@ -265,6 +265,7 @@ def memory_estimates(spec: JobSpec, store: Store) -> list[str]:
             gpu=spec.assess.gpu,
             num_gpus=spec.assess.num_gpus,
             lora_r=spec.train.lora.r,
+            sharding=spec.train.sharding,
         )
         chosen = "  ← train.method" if method == spec.train.base_method else ""
         fits = "fits" if row.fits else "does not fit"

@@ -50,13 +50,22 @@ def load_tokenizer(model_dir: str, chat_template: str | None = None):
     return tokenizer
 
 
-def load_model(model_dir: str, dtype: str = "auto", placement: Placement | None = None):
-    """The base causal LM: on `placement`'s device in its dtype (inference actors, from
-    `ftray.placement.place`), or without one on CPU in `dtype` ('auto': bf16 on capable GPUs,
-    else fp32), where the training loop places it."""
+def load_model(
+    model_dir: str,
+    dtype: str = "auto",
+    placement: Placement | None = None,
+    attention: str = "sdpa",
+):
+    """The base causal LM: on `placement`'s device in its dtype and attention (inference
+    actors, from `ftray.placement.place`), or without one on CPU in `dtype` ('auto': bf16 on
+    capable GPUs, else fp32) with `attention`, where the training loop places it."""
     from transformers import AutoModelForCausalLM
 
-    options = placement.load_kwargs() if placement else {"dtype": torch_dtype(dtype)}
+    options = (
+        placement.load_kwargs()
+        if placement
+        else {"dtype": torch_dtype(dtype), "attn_implementation": attention}
+    )
     try:
         return AutoModelForCausalLM.from_pretrained(model_dir, **options)
     except OSError as err:
@@ -67,7 +76,11 @@ def load_model(model_dir: str, dtype: str = "auto", placement: Placement | None 
 
 
 def load_quantized_model(
-    model_dir: str, spec: QloraSpec, device: str = "cpu", placement: Placement | None = None
+    model_dir: str,
+    spec: QloraSpec,
+    device: str = "cpu",
+    placement: Placement | None = None,
+    attention: str = "sdpa",
 ):
     """The base model with its linear layers quantized by bitsandbytes (4-bit or 8-bit).
 
@@ -90,7 +103,7 @@ def load_quantized_model(
         )
     else:
         quantization = BitsAndBytesConfig(load_in_8bit=True)
-    options: dict = {"device_map": {"": str(device)}}
+    options: dict = {"device_map": {"": str(device)}, "attn_implementation": attention}
     if placement is not None:
         options = {**placement.load_kwargs(), "device_map": placement.device_map or {"": "cpu"}}
     options["dtype"] = compute

@@ -109,7 +109,6 @@ class _Generate:
         self,
         model_dir,
         dtype,
-        chat_template,
         gpus,
         attention,
         quantization,
@@ -120,6 +119,7 @@ class _Generate:
         samples,
         seed,
         probe_text,
+        chat_template=None,
     ):
         import torch
 

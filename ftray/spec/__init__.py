@@ -124,6 +124,7 @@ class JobSpec(_Section):
         if self.model.attention != "flash_attention_2":
             return self
         reserved = {
+            "train.scaling.use_gpu": self.train.scaling.use_gpu,
             "serve.gpus_per_replica": self.serve.gpus_per_replica,
             "eval.gpus_per_worker": self.eval.gpus_per_worker,
         }
@@ -132,8 +133,8 @@ class JobSpec(_Section):
             raise SpecRuleError(
                 "model.attention",
                 self.model.attention,
-                f"runs only on a CUDA GPU, and {' and '.join(on_cpu)} is 0 (those models "
-                "load on CPU)",
+                f"runs only on a CUDA GPU, and {' and '.join(on_cpu)} "
+                f"{'is' if len(on_cpu) == 1 else 'are'} 0 or false (those models load on CPU)",
                 "reserve GPUs there, or use model.attention: sdpa",
             )
         return self

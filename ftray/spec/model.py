@@ -30,10 +30,10 @@ class ModelSpec(_Section):
     )
     attention: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         default="sdpa",
-        description="Attention kernel where a model is served, evaluated or assessed: 'sdpa' "
-        "(PyTorch's fused attention, any device), 'eager' (plain matmuls), or "
-        "'flash_attention_2' (needs a CUDA GPU and the flash-attn package where the model "
-        "loads, else a clear error).",
+        description="Attention kernel wherever the model runs (trained, served, evaluated, "
+        "assessed): 'sdpa' (PyTorch's fused attention, any device), 'eager' (plain matmuls), "
+        "or 'flash_attention_2' (needs GPUs for training, serving and evaluation, and the "
+        "flash-attn package where the model loads, else a clear error).",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto",

@@ -42,6 +42,7 @@ class LoopConfig(_Frozen):
     chat_template: str | None = Field(
         default=None, description="model.chat_template: what the task probe renders with."
     )
+    attention: str = Field(default="sdpa", description="model.attention: training's kernel.")
     init_weights: str | None = Field(
         default=None,
         description="Warm start: URI of the parent's adapter or model folder (train.init_from).",

@@ -90,7 +90,9 @@ def train_loop(config: LoopConfig | dict, ctx: WorkerContext) -> dict:
     total, steps_per_epoch = config.total_steps, config.steps_per_epoch
     torch.manual_seed(spec.seed)
     with local_copy(config.init_weights) as parent:
-        engine = build_engine(spec, config.model_dir, config.dtype, ctx, total, parent)
+        engine = build_engine(
+            spec, config.model_dir, config.dtype, ctx, total, parent, config.attention
+        )
     state = TrainState()
     with ctx.restored() as folder:
         if folder:

@@ -32,15 +32,25 @@ DS_TAG = "state"  # DeepSpeed's checkpoint tag inside each checkpoint's deepspee
 
 
 def build_engine(
-    spec: TrainSpec, model_dir: str, dtype: str, ctx, total_steps: int, parent: str | None = None
+    spec: TrainSpec,
+    model_dir: str,
+    dtype: str,
+    ctx,
+    total_steps: int,
+    parent: str | None = None,
+    attention: str = "sdpa",
 ):
     """The engine for `spec.method` on this worker; `parent`: a local folder with the
-    weights it starts from (a warm start's adapter or full model), else the base's."""
+    weights it starts from (a warm start's adapter or full model), else the base's;
+    `attention`: model.attention, the kernel the trained model runs."""
+    options = {"attention": attention}
     if spec.base_method == "full":
-        return DeepSpeedEngine(spec, parent or model_dir, dtype, ctx, total_steps)
+        return DeepSpeedEngine(spec, parent or model_dir, dtype, ctx, total_steps, **options)
     if spec.sharding == "zero3":
-        return DeepSpeedEngine(spec, model_dir, dtype, ctx, total_steps, adapter_parent=parent)
-    return AdapterEngine(spec, model_dir, dtype, ctx, total_steps, parent)
+        return DeepSpeedEngine(
+            spec, model_dir, dtype, ctx, total_steps, adapter_parent=parent, **options
+        )
+    return AdapterEngine(spec, model_dir, dtype, ctx, total_steps, parent, **options)
 
 
 class AdapterEngine:
@@ -54,20 +64,21 @@ class AdapterEngine:
         ctx,
         total_steps: int,
         parent: str | None = None,
+        attention: str = "sdpa",
     ):
         import torch
 
         if spec.base_method == "qlora":
             from peft import prepare_model_for_kbit_training
 
-            base = load_quantized_model(model_dir, spec.qlora, ctx.device)
+            base = load_quantized_model(model_dir, spec.qlora, ctx.device, attention=attention)
             base = prepare_model_for_kbit_training(
                 base,
                 use_gradient_checkpointing=spec.gradient_checkpointing,
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
         else:
-            base = load_model(model_dir, dtype)
+            base = load_model(model_dir, dtype, attention=attention)
             if spec.gradient_checkpointing:
                 base.gradient_checkpointing_enable({"use_reentrant": False})
                 base.enable_input_require_grads()
@@ -155,6 +166,7 @@ class DeepSpeedEngine:
         ctx,
         total_steps: int,
         adapter_parent: str | None = None,
+        attention: str = "sdpa",
     ):
         import deepspeed
         import torch
@@ -169,7 +181,8 @@ class DeepSpeedEngine:
         # partitioned as it is created: no rank holds the whole model. It stays alive with
         # the engine: peft and generation ask it too.
         self._partitioned = partitioned_construction(config)
-        model = load_model(model_dir, "float32")  # DeepSpeed casts to bf16/fp16 itself
+        # fp32: DeepSpeed casts to bf16/fp16 itself
+        model = load_model(model_dir, "float32", attention=attention)
         if spec.gradient_checkpointing:
             model.gradient_checkpointing_enable({"use_reentrant": False})
             if self.adapter:

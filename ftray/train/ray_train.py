@@ -131,6 +131,7 @@ def _loop_config(spec, model, dataset, store, run, wandb, project, trial) -> Loo
         train=spec,
         model_dir=model_dir,
         chat_template=model.chat_template,
+        attention=model.attention,
         init_weights=parent_weights(spec, store),
         dtype=model.dtype,
         steps_per_epoch=steps_per_epoch,

@@ -159,7 +159,18 @@ def test_evaluation_and_serving_render_with_the_job_template(tiny_dir, base_dir)
     for name, folder, template in (("base", base_dir, "chatml"), ("instruct", tiny_dir, None)):
         options = {"few_shot": [], "temperature": 0.0, "samples": 1, "seed": 0}
         arms = {"base": {"kind": "base"}}
-        generator = _Generate(folder, "float32", template, arms, 4, probe_text=None, **options)
+        generator = _Generate(
+            model_dir=folder,
+            dtype="float32",
+            gpus=0,
+            attention="sdpa",
+            quantization=None,
+            arms=arms,
+            max_new_tokens=4,
+            probe_text=None,
+            chat_template=template,
+            **options,
+        )
         engine = Engine(folder, "float32", chat_template=template)
         prompt = engine.render(CHAT[:4])
         served = engine.generate([Request(None, prompt, 4)])

@@ -72,9 +72,12 @@ def test_a_reserved_gpu_without_cuda_and_flash_attention_where_it_cannot_run_are
     with pytest.raises(UserError, match=r"model\.attention"):  # the spec names the choices
         _spec(model={"base": "tiny", "attention": "flash"})
     flash = {"base": "tiny", "attention": "flash_attention_2"}
+    gpus = {"serve": {"gpus_per_replica": 1}, "train": {"scaling": {"use_gpu": True}}}
     with pytest.raises(UserError, match=r"eval\.gpus_per_worker is 0"):
+        _spec(model=flash, **gpus)
+    with pytest.raises(UserError, match=r"train\.scaling\.use_gpu and eval\.gpus_per_worker are"):
         _spec(model=flash, serve={"gpus_per_replica": 1})
-    _spec(model=flash, serve={"gpus_per_replica": 1}, eval={"gpus_per_worker": 1})
+    _spec(model=flash, eval={"gpus_per_worker": 1}, **gpus)
 
 
 def test_serve_eval_and_assess_actors_take_their_resources_from_the_spec(tiny_dir):

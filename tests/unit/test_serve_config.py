@@ -56,7 +56,13 @@ MONITOR = {
     "alert_examples": 1,
     "retrain": {"on_alerts": ["any"], "min_corrections": 3, "every_hours": 12},
 }
-MODEL = {"base": "tiny", "gguf_file": "m.gguf", "attention": "eager", "dtype": "bfloat16"}
+MODEL = {
+    "base": "tiny",
+    "gguf_file": "m.gguf",
+    "attention": "eager",
+    "dtype": "bfloat16",
+    "chat_template": "chatml",
+}
 
 
 def _spec() -> JobSpec:

@@ -339,3 +339,14 @@ def test_validation_decides_and_the_test_split_is_never_read(tiny_dir, tmp_path)
     assert sorted(range(2), key=lambda i: -scores[i]) == sorted(
         range(2), key=lambda i: (-tasks[i], losses[i])
     ), "checkpoints rank on the task metric, ties to the lower loss"
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_the_training_model_runs_the_spec_attention_kernel(tiny_dir, tmp_path, method):
+    """model.attention reaches the model the loop trains (build_engine, as the loop calls it)."""
+    from ftray.train.methods import build_engine
+
+    ctx = LocalContext(str(tmp_path / "ds"), str(tmp_path / "ckpt"))
+    for attention in ("eager", "sdpa"):
+        engine = build_engine(_spec(method=method), tiny_dir, "float32", ctx, 1, None, attention)
+        assert engine.module.config._attn_implementation == attention
