@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from ftray.errors import UserError
 from ftray.spec import JobSpec, QloraSpec
+from ftray.spec.model import CHAT_TEMPLATE_NAMES
 
 # Generation batches per device when the spec leaves them unset: decoding on a GPU is bound by
 # memory bandwidth, so a larger batch costs little more per step; on a CPU time grows with it.
@@ -119,12 +120,14 @@ def served_quantization(spec: JobSpec) -> QloraSpec | None:
 
 
 def serving_config(spec: JobSpec) -> dict:
-    """What the gate approves besides the weights: the base's quantization and the dtype."""
+    """What the gate approves besides the weights: the base's quantization, the dtype and the
+    chat template prompts are rendered with (None: the tokenizer's own)."""
     quantization = served_quantization(spec)
     return {
         "quantization": "none" if quantization is None else f"int{quantization.bits}",
         "bitsandbytes": None if quantization is None else quantization.model_dump(mode="json"),
         "dtype": spec.model.dtype,
+        "chat_template": spec.model.chat_template,
     }
 
 
@@ -134,19 +137,29 @@ def describe(config: dict) -> str:
     # in the spec's order: a stored card's keys come back sorted
     detail = ", ".join(f"{k} {bnb[k]}" for k in QloraSpec.model_fields if k in bnb and k != "bits")
     quantization = config["quantization"] + (f" ({detail})" if detail else "")
-    return f"quantization {quantization}, dtype {config['dtype']}"
+    words = f"quantization {quantization}, dtype {config['dtype']}"
+    if "chat_template" in config:  # cards from before it was recorded have none
+        template = config["chat_template"]
+        if template is None:
+            template = "the tokenizer's own"
+        elif template not in CHAT_TEMPLATE_NAMES:
+            template = "a Jinja string"
+        words += f", chat template {template}"
+    return words
 
 
 def serving_mismatch(model_id: str, card: dict, serving: dict) -> str | None:
     """A warning when `serving` is not the configuration the gate approved `model_id` with
     (its model card's `serving`; cards from before it was recorded say nothing)."""
     approved = card.get("serving")
-    if not approved or approved == serving:
+    if not approved or all(serving.get(key) == value for key, value in approved.items()):
         return None
+    shown = {key: serving[key] for key in approved}  # compare like with like in the message
     return (
-        f"warning: serving {model_id} with {describe(serving)}, but its gate approved it "
+        f"warning: serving {model_id} with {describe(shown)}, but its gate approved it "
         f"with {describe(approved)}: its evaluation judged a different model; set serve."
-        "quantization and model.dtype as evaluated, or evaluate it again with these settings"
+        "quantization, model.dtype and model.chat_template as evaluated, or evaluate it "
+        "again with these settings"
     )
 
 

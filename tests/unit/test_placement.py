@@ -159,6 +159,12 @@ def test_serving_with_another_configuration_than_the_gate_approved_warns(tmp_pat
     assert registry.get_model(store, model_id)["serving"] == approved
     assert serving_warnings(_spec(serve={"quantization": "int4"}), store, model_id) == []
     assert serving_warnings(_spec(), store, "base") == []
+    zephyr = {"base": "tiny", "chat_template": "zephyr"}
+    (warning,) = serving_warnings(
+        _spec(model=zephyr, serve={"quantization": "int4"}), store, model_id
+    )
+    assert "chat template zephyr, but its gate approved it" in warning
+    assert "chat template the tokenizer's own: its evaluation judged a different model" in warning
     (warning,) = serving_warnings(
         _spec(model={"base": "tiny", "dtype": "float16"}), store, model_id
     )
