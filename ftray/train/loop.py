@@ -93,60 +93,63 @@ def train_loop(config: LoopConfig | dict, ctx: WorkerContext) -> dict:
         engine = build_engine(
             spec, config.model_dir, config.dtype, ctx, total, parent, config.attention
         )
-    state = TrainState()
-    with ctx.restored() as folder:
-        if folder:
-            engine.load(folder)
-            state = TrainState.load(folder)
-            state.resumed_from.append(state.step)
-    trial = config.trial or {}
-    run_config = {"run_id": config.run_id, **trial, **spec.model_dump(mode="json")}
-    tracker = Tracker(config.wandb, ctx.rank, run_config)
-    meter = Meter(ctx.device, engine.flops_per_token, ctx.world_size)
-    nodes = gather(ctx.node_id)
-    micro, accumulation = spec.per_worker_batch, spec.accumulation
-    pack = config.pack_length if spec.packing else None
-    probe = _Probe(config) if config.probe else None
-    micro_per_epoch = steps_per_epoch * accumulation
-    loss_sum = torch.zeros((), device=ctx.device)
-    if ctx.rank == 0 and state.resumed_from:
-        print(f"  resumed at step {state.step} (epoch {state.epoch + 1})", flush=True)
+    try:
+        state = TrainState()
+        with ctx.restored() as folder:
+            if folder:
+                engine.load(folder)
+                state = TrainState.load(folder)
+                state.resumed_from.append(state.step)
+        trial = config.trial or {}
+        run_config = {"run_id": config.run_id, **trial, **spec.model_dump(mode="json")}
+        tracker = Tracker(config.wandb, ctx.rank, run_config)
+        meter = Meter(ctx.device, engine.flops_per_token, ctx.world_size)
+        nodes = gather(ctx.node_id)
+        micro, accumulation = spec.per_worker_batch, spec.accumulation
+        pack = config.pack_length if spec.packing else None
+        probe = _Probe(config) if config.probe else None
+        micro_per_epoch = steps_per_epoch * accumulation
+        loss_sum = torch.zeros((), device=ctx.device)
+        if ctx.rank == 0 and state.resumed_from:
+            print(f"  resumed at step {state.step} (epoch {state.epoch + 1})", flush=True)
 
-    while state.step < total and not state.stopped_early:
-        engine.model.train()
-        batches = ctx.batches("train", micro, state.epoch)
-        for group in _steps(batches, accumulation, state.micro_index, micro_per_epoch):
-            tensors = [_collate(raw, spec, pack, ctx.device) for raw in group]
-            num_items = all_reduce_sum(sum(_items(t, spec) for t in tensors))
-            for offset, batch in enumerate(tensors):
-                torch.manual_seed(_dropout_seed(spec.seed, ctx.rank, state.step, offset))
-                boundary = offset == len(tensors) - 1
-                loss_sum += engine.micro_step(batch, boundary, num_items, ctx.world_size)
-                meter.add_tokens(sum(len(ids) for ids in group[offset]["input_ids"]))
-            state.micro_index += len(group)
-            state.step += 1
-            meter.step()
-            if state.step % spec.log_every == 0 or state.step in (1, total):
-                _log(state, engine, ctx, meter, tracker, loss_sum, total)
-            loss_sum.zero_()
-            if spec.eval_every and state.step % spec.eval_every == 0:
-                _evaluate_and_save(engine, ctx, state, spec, tracker, pack, probe)
-            _maybe_fail(config.fault, state.step, ctx.rank)
-            if state.step >= total or state.stopped_early:
+        while state.step < total and not state.stopped_early:
+            engine.model.train()
+            batches = ctx.batches("train", micro, state.epoch)
+            for group in _steps(batches, accumulation, state.micro_index, micro_per_epoch):
+                tensors = [_collate(raw, spec, pack, ctx.device) for raw in group]
+                num_items = all_reduce_sum(sum(_items(t, spec) for t in tensors))
+                for offset, batch in enumerate(tensors):
+                    torch.manual_seed(_dropout_seed(spec.seed, ctx.rank, state.step, offset))
+                    boundary = offset == len(tensors) - 1
+                    loss_sum += engine.micro_step(batch, boundary, num_items, ctx.world_size)
+                    meter.add_tokens(sum(len(ids) for ids in group[offset]["input_ids"]))
+                state.micro_index += len(group)
+                state.step += 1
+                meter.step()
+                if state.step % spec.log_every == 0 or state.step in (1, total):
+                    _log(state, engine, ctx, meter, tracker, loss_sum, total)
+                loss_sum.zero_()
+                if spec.eval_every and state.step % spec.eval_every == 0:
+                    _evaluate_and_save(engine, ctx, state, spec, tracker, pack, probe)
+                _maybe_fail(config.fault, state.step, ctx.rank)
+                if state.step >= total or state.stopped_early:
+                    break
+            else:  # the epoch's data is used up (a short shard may end before the limit)
+                state.micro_index = micro_per_epoch
+            if state.micro_index >= micro_per_epoch:
+                state.epoch, state.micro_index = state.epoch + 1, 0
+                if not spec.eval_every:
+                    _evaluate_and_save(engine, ctx, state, spec, tracker, pack, probe)
+            if state.epoch >= spec.epochs:
                 break
-        else:  # the epoch's data is used up (a short shard may end before the limit)
-            state.micro_index = micro_per_epoch
-        if state.micro_index >= micro_per_epoch:
-            state.epoch, state.micro_index = state.epoch + 1, 0
-            if not spec.eval_every:
-                _evaluate_and_save(engine, ctx, state, spec, tracker, pack, probe)
-        if state.epoch >= spec.epochs:
-            break
-    if state.last_checkpoint_step != state.step:
-        _evaluate_and_save(engine, ctx, state, spec, tracker, pack, probe)
-    final = _summary(state, nodes)
-    tracker.finish(final)
-    return final
+        if state.last_checkpoint_step != state.step:
+            _evaluate_and_save(engine, ctx, state, spec, tracker, pack, probe)
+        final = _summary(state, nodes)
+        tracker.finish(final)
+        return final
+    finally:  # a ZeRO-3 engine leaves transformers in partitioned mode until closed
+        engine.close()
 
 
 def evaluate_loss(model, ctx: WorkerContext, batch_size: int, pack: int | None = None) -> float:

@@ -129,6 +129,9 @@ class AdapterEngine:
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
 
+    def close(self) -> None:
+        """Nothing outlives the loop."""
+
     def save(self, folder: str, rank: int) -> bool:
         """Write this rank's part of a checkpoint; True if it wrote anything (rank 0 only)."""
         import torch
@@ -232,6 +235,16 @@ class DeepSpeedEngine:
     @property
     def lr(self) -> float:
         return self.model.get_lr()[0]
+
+    def close(self) -> None:
+        """Leave partitioned construction: while transformers holds its `HfDeepSpeedConfig`,
+        every later `from_pretrained` in this process (evaluation, a next run) would build
+        inside `zero.Init` too."""
+        if self._partitioned is not None:
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+            self._partitioned = None
 
     def save(self, folder: str, rank: int) -> bool:
         # an adapter run's frozen base comes from model.base again on resume: not saved

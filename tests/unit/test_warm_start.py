@@ -120,12 +120,6 @@ def tiny_dir(tmp_path_factory):
     return resolve_model(TINY, Store(str(tmp_path_factory.mktemp("s")), "t"))
 
 
-def _first_loss(tiny_dir, folder, spec: TrainSpec, init_weights=None) -> float:
-    ctx = LocalContext(str(folder / "ds"), str(folder / f"ckpt-{spec.method}-{init_weights}"))
-    config = {**_config(tiny_dir, spec), "init_weights": init_weights}
-    return train_loop(config, ctx)["loss_history"][0][1]
-
-
 @pytest.fixture(scope="module")
 def parent(tiny_dir, tmp_path_factory):
     """A trained LoRA parent on a dataset whose one batch is the whole training set and the
@@ -139,7 +133,8 @@ def parent(tiny_dir, tmp_path_factory):
 
 def _first_loss(tiny_dir, folder, spec: TrainSpec, init_weights=None) -> float:
     """The loss of step 1, measured before its update."""
-    ctx = LocalContext(str(folder / "ds"), str(folder / f"ckpt-{spec.method}-{init_weights}"))
+    checkpoints = folder / f"ckpt-{spec.method}-{spec.sharding}-{init_weights}"
+    ctx = LocalContext(str(folder / "ds"), str(checkpoints))
     config = {**_config(tiny_dir, spec), "init_weights": init_weights}
     return train_loop(config, ctx)["loss_history"][0][1]
 
@@ -174,3 +169,15 @@ def test_a_warm_started_full_fine_tune_starts_from_the_parent_model(
     full = _spec(method="full", max_steps=1)
     warm = _first_loss(tiny_dir, folder, full, str(folder / "merged"))
     assert warm == pytest.approx(parent_loss, rel=1e-4)
+
+
+def test_a_warm_started_adapter_under_zero3_starts_from_the_parents_weights(
+    tiny_dir, parent, process_group, monkeypatch
+):
+    """LoRA under ZeRO-3 (a partitioned base) loads the parent's adapter as DDP LoRA does."""
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    folder, adapter, parent_loss = parent
+    one_step = _spec(lora=LORA, max_steps=1, sharding="zero3")
+    assert _first_loss(tiny_dir, folder, one_step) > parent_loss + 0.3, "cold"
+    warm = _first_loss(tiny_dir, folder, one_step, str(adapter))
+    assert warm == pytest.approx(parent_loss, rel=1e-3)
