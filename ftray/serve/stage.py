@@ -66,8 +66,8 @@ def rejection_warnings(store: Store, model: str) -> list[str]:
 
 
 def serving_warnings(spec: JobSpec, store: Store, model: str) -> list[str]:
-    """A warning when the job serves `model` with another base quantization or dtype than
-    the one its gate approved (`ftray.placement.serving_config`)."""
+    """A warning when the job serves `model` with another base quantization, dtype or chat
+    template than its gate approved (`ftray.placement.serving_config`)."""
     from ftray.placement import serving_config, serving_mismatch
     from ftray.registry import get_model
 

@@ -23,6 +23,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ftray.chat_templates import use_chat_template
 from ftray.models import add_lora, load_model, load_quantized_model, torch_dtype
 from ftray.spec import TrainSpec
 from ftray.train.dpo import adapter_off, frozen_reference, step_loss
@@ -275,8 +276,12 @@ class DeepSpeedEngine:
             raise RuntimeError(f"no DeepSpeed checkpoint in {folder}")
 
 
-def consolidate(checkpoint_dir: str, base_model_dir: str, out_dir: str) -> None:
-    """One safetensors HF model from a full run's sharded ZeRO checkpoint, on CPU.
+def consolidate(
+    checkpoint_dir: str, base_model_dir: str, out_dir: str, chat_template: str | None = None
+) -> None:
+    """One safetensors HF model from a full run's sharded ZeRO checkpoint, on CPU, with the
+    base's tokenizer carrying `chat_template` (model.chat_template; None: its own), so the
+    folder is self-contained.
 
     Later stages load the result with plain transformers, no DeepSpeed.
     """
@@ -293,7 +298,8 @@ def consolidate(checkpoint_dir: str, base_model_dir: str, out_dir: str) -> None:
         raise RuntimeError(f"checkpoint does not match the model: {missing=} {unexpected=}")
     model.tie_weights()
     model.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(base_model_dir).save_pretrained(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    use_chat_template(tokenizer, chat_template, base_model_dir).save_pretrained(out_dir)
 
 
 def _load_adapter(module, folder) -> None:

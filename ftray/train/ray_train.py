@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ftray.artifacts import DatasetRef, RunRef, reuse
-from ftray.chat_templates import use_chat_template
 from ftray.errors import UserError
 from ftray.models import resolve_model
 from ftray.progress import Progress
@@ -269,12 +268,8 @@ def _consolidate(checkpoint, config: LoopConfig, store: Store, run: tuple[str, .
     def job(checkpoint, model_dir: str, chat_template: str | None) -> None:
         import tempfile
 
-        from transformers import AutoTokenizer
-
         with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as out:
-            consolidate(folder, model_dir, out)
-            tokenizer = AutoTokenizer.from_pretrained(out)
-            use_chat_template(tokenizer, chat_template, model_dir).save_pretrained(out)
+            consolidate(folder, model_dir, out, chat_template)
             store.put_dir(out, *run, "model")
 
     ray.get(job.remote(checkpoint, config.model_dir, config.chat_template))

@@ -251,7 +251,7 @@ def test_full_zero3_checkpoint_consolidates_to_a_plain_hf_model(
 ):
     """ZeRO-3 with CPU offload trains; its sharded checkpoint becomes one safetensors model
     that plain transformers loads and that scores the run's own eval loss."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ftray.train.loop import evaluate_loss
     from ftray.train.methods import consolidate
@@ -271,8 +271,12 @@ def test_full_zero3_checkpoint_consolidates_to_a_plain_hf_model(
     checkpoint = ctx.reports[-1]["checkpoint"]
     assert (Path(checkpoint) / "deepspeed" / "state").is_dir()
 
-    consolidate(checkpoint, tiny_dir, str(tmp_path / "model"))
+    consolidate(checkpoint, tiny_dir, str(tmp_path / "model"), chat_template="zephyr")
     assert (tmp_path / "model" / "model.safetensors").is_file()
+    # self-contained: the folder's tokenizer renders with the job's template
+    from ftray.chat_templates import ZEPHYR_TEMPLATE
+
+    assert AutoTokenizer.from_pretrained(tmp_path / "model").chat_template == ZEPHYR_TEMPLATE
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     assert evaluate_loss(model, ctx, 8) == pytest.approx(final["eval_loss"], rel=1e-4)
 
