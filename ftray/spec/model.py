@@ -45,7 +45,8 @@ class ModelSpec(_Section):
         description="The chat template every stage renders conversations with (prepare, "
         "training's probe, evaluate, assess, serve, export): a name, 'chatml' (turns end with "
         "<|im_end|>), 'llama3' (<|eot_id|>) or 'zephyr' (the tokenizer's end-of-sequence "
-        "token), or a Jinja template string whose turns end with `{{ eos_token }}`. Unset: the "
+        "token), or a Jinja template string whose turns end with `{{ eos_token }}` (its syntax "
+        "is checked when the spec loads). Unset: the "
         "tokenizer's own template; a base model that ships none needs this set. Part of the "
         "dataset id: changing it prepares the data again.",
     )
@@ -53,7 +54,20 @@ class ModelSpec(_Section):
     @field_validator("chat_template")
     @classmethod
     def _known_template(cls, value: str | None) -> str | None:
-        if value is None or value in CHAT_TEMPLATE_NAMES or "{{" in value or "{%" in value:
+        if value is None or value in CHAT_TEMPLATE_NAMES:
+            return value
+        if "{{" in value or "{%" in value:
+            import jinja2  # what transformers renders chat templates with
+
+            try:
+                jinja2.Environment().parse(value)
+            except jinja2.TemplateSyntaxError as err:
+                raise SpecRuleError(
+                    "",
+                    value,
+                    f"not a valid Jinja template (line {err.lineno}: {err.message})",
+                    "fix the template, or use one of " + ", ".join(CHAT_TEMPLATE_NAMES),
+                ) from None
             return value
         raise SpecRuleError(
             "",

@@ -45,6 +45,7 @@ BAD_SPECS = [
     (_with("model.dtype", "fp8"), "model.dtype", "one of"),
     (_with("model.baes", "x"), "model.baes", "did you mean `base`"),
     (_with("model.chat_template", "chatlm"), "model.chat_template", "one of chatml, llama3"),
+    (_with("model.chat_template", "{{ junk"), "model.chat_template", "not a valid Jinja template"),
     (_with("data.train_on", "all"), "data.train_on", "one of"),
     (_with("data.sources", []), "data.sources", "at least 1 item"),
     (_with("data.sources", [{"pth": "x.csv"}]), "data.sources.0.pth", "did you mean `path`"),
