@@ -216,3 +216,37 @@ def test_the_models_verbs(job, tmp_path, capsys):
     ]
     assert f"canary     {b} 20% (vs {a})" in history[1], history
     assert history[-1].endswith("rolled back: rolled back by hand"), history
+
+
+def test_a_split_answer_is_counted_and_sampled_with_its_arm(tmp_path):
+    """The replica's record of an answer: the model that answered and whether a split chose
+    it, in the sampled row (what `ftray monitor` reads) and the metrics' tags (Ray checks
+    every tag key is given)."""
+    import asyncio
+
+    import pyarrow.parquet as pq
+    from fastapi import HTTPException
+
+    from ftray.serve.exchange import Exchange, ExchangeLog
+    from ftray.serve.metrics import ServeMetrics
+    from ftray.spec import MonitorSpec
+
+    store = Store(str(tmp_path / "store"), "proj")
+    metrics = ServeMetrics()
+    monitor = MonitorSpec(sample_rate=1.0, flush_rows=100)
+    answer = {"text": "ok", "tokens": 1, "finish_reason": "stop"}
+
+    async def traffic():
+        log = ExchangeLog(store, monitor, metrics)
+        log.answered(Exchange("model-b", True, "hi", 3, 0.0, split=True), "r1", answer)
+        log.answered(Exchange("model-a", True, "hi", 3, 0.0), "r2", answer)
+        await log.sampler.drain()
+
+    asyncio.run(traffic())
+    rows = pq.read_table(store.path("monitor", "samples")).to_pylist()
+    assert sorted((r["request_id"], r["model"], r["split"]) for r in rows) == [
+        ("r1", "model-b", True),
+        ("r2", "model-a", False),
+    ]
+    metrics.error("model-b", True, HTTPException(400, "too long"))
+    metrics.error("model-b", True, RuntimeError("generation failed"))
