@@ -302,10 +302,11 @@ def test_two_hundred_requests_at_concurrency_sixteen(served, registry_store, ray
     assert "ray_serve_" in text
 
 
-def test_a_canary_answers_its_share_of_users_and_keeps_them(served, registry_store):
+def test_a_canary_answers_its_share_of_users_and_keeps_them(served, registry_store, ray_cluster):
     """`production` with a 20% canary: 1,000 distinct users (the `user` field or the
     X-Ftray-User header) split 20/80 as the registry's hash says, one user always on one arm,
-    the cache keyed on the arm; ending the canary sends everyone to production again."""
+    the cache keyed on the arm, the arm counted in Prometheus; ending the canary sends
+    everyone to production again."""
     url, _ = served
     _, _, store, _, (_, production, candidate) = registry_store
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
@@ -351,6 +352,20 @@ def test_a_canary_answers_its_share_of_users_and_keeps_them(served, registry_sto
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         after = {m for m, _ in pool.map(ask, users[:100])}
     assert after == {production}
+    # the canary's requests, counted under its model with split="true"
+    canary_users = list(expected.values()).count(candidate)
+    deadline, counted = time.time() + 90, 0.0
+    while time.time() < deadline and counted < canary_users:
+        text = httpx.get(ray_cluster["metrics"], timeout=10).text
+        counted = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("ray_ftray_requests_total{")
+            and f'model="{candidate}"' in line
+            and 'split="true"' in line
+        )
+        time.sleep(2)
+    assert counted >= canary_users, (counted, canary_users)
 
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
