@@ -4,7 +4,8 @@ model is in production (and which share of its traffic a canary or experiment ta
 `ftray.routing`).
 
 Cards never change once written. A model's stage is read from the log: `production` (the
-current one), `archived` (was production), `rejected` (the gate said no), or `candidate`.
+current one), `archived` (was production), `rejected` (the gate said no), `canary` or
+`experiment` (an arm of the active split, unless it is production), or `candidate`.
 Events live one per file under `registry/`, numbered in log order (`Store.append_event`):
 each decision is checked against the log it extends, so of two concurrent promotions neither
 is lost, and the second is decided again with the first in place. The writers' clocks play
