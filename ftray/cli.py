@@ -113,11 +113,36 @@ def _parser() -> argparse.ArgumentParser:
     rollback = _verb(actions, "rollback", "restore the previous production model", _models_rollback)
     rollback.add_argument("--to", metavar="MODEL_ID", help="an earlier production model")
     rollback.add_argument("--reason", default="rolled back by hand", help="recorded in the log")
+    _split_parsers(actions)
 
     export = _verb(verbs, "export", "write a model merged into one Hugging Face folder", _export)
     export.add_argument("--model", metavar="MODEL_ID", help="default: the production model")
     export.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
     return parser
+
+
+def _split_parsers(actions) -> None:
+    """`ftray models canary|experiment|end-split|history`: traffic splits of `production`."""
+    canary = _verb(
+        actions, "canary", "send a share of production traffic to a candidate", _models_canary
+    )
+    canary.add_argument("model_id")
+    canary.add_argument(
+        "--percent", type=float, required=True, help="its share of production traffic, 0 < P < 100"
+    )
+    canary.add_argument("--reason", default="canary by hand", help="recorded in the log")
+    experiment = _verb(
+        actions, "experiment", "split production traffic between two models", _models_experiment
+    )
+    experiment.add_argument("a", metavar="A", help="a model id")
+    experiment.add_argument("b", metavar="B", help="another model id")
+    experiment.add_argument(
+        "--split", type=float, default=50.0, help="B's share of production traffic (default 50)"
+    )
+    experiment.add_argument("--reason", default="experiment by hand", help="recorded in the log")
+    end = _verb(actions, "end-split", "end the canary or experiment", _models_end_split)
+    end.add_argument("--reason", default="ended by hand", help="recorded in the log")
+    _verb(actions, "history", "every registry event, oldest first", _models_history)
 
 
 def _verb(verbs, name: str, help_text: str, handler) -> argparse.ArgumentParser:
@@ -415,10 +440,15 @@ def _store(args):
 
 def _models_list(args) -> int:
     from ftray.registry import list_models
+    from ftray.routing import describe, split_of
 
-    cards = list_models(_store(args))
+    store = _store(args)
+    cards = list_models(store)
     if not cards:
         print("no registered models yet; `ftray run JOB.yaml` registers one")
+    split = split_of(store)
+    if split:
+        print(describe(split))
     for card in cards:
         metrics = card["metrics"]
         primary = metrics.get("primary_metric", "exact_match")
@@ -437,10 +467,56 @@ def _gate_word(gate: dict) -> str:
 
 def _models_show(args) -> int:
     from ftray.registry import get_model, lineage
+    from ftray.routing import split_of
 
     store = _store(args)
     card = get_model(store, args.model_id)
-    print(json.dumps({**card, "lineage": lineage(store, args.model_id)}, indent=2))
+    split = split_of(store)
+    in_split = split if split and args.model_id in (split["model_id"], split["control"]) else None
+    print(
+        json.dumps({**card, "lineage": lineage(store, args.model_id), "split": in_split}, indent=2)
+    )
+    return 0
+
+
+def _models_canary(args) -> int:
+    from ftray.routing import canary, describe
+
+    print(describe(canary(_store(args), args.model_id, percent=args.percent, reason=args.reason)))
+    return 0
+
+
+def _models_experiment(args) -> int:
+    from ftray.routing import describe, experiment
+
+    split = experiment(_store(args), args.a, args.b, percent=args.split, reason=args.reason)
+    print(describe(split))
+    return 0
+
+
+def _models_end_split(args) -> int:
+    from ftray.registry import production
+    from ftray.routing import end_split
+
+    store = _store(args)
+    event = end_split(store, reason=args.reason)
+    print(
+        f"ended the {event['ended_split']['action']} of {event['model_id']}; "
+        f"production: {production(store) or 'none'}"
+    )
+    return 0
+
+
+def _models_history(args) -> int:
+    from ftray.registry import history
+
+    for event in history(_store(args)):
+        share = f" {event['percent']:g}%" if "percent" in event else ""
+        against = event.get("control") or event.get("previous")
+        print(
+            f"{event['at']}  {event['action']:<10} {event['model_id']}{share}"
+            f"{f' (vs {against})' if against else ''}  by {event['by']}: {event['reason']}"
+        )
     return 0
 
 
@@ -463,10 +539,17 @@ def _export(args) -> int:
 
 
 def _models_rollback(args) -> int:
-    from ftray.registry import rollback
+    from ftray.registry import production, rollback
 
-    event = rollback(_store(args), to=args.to, reason=args.reason)
-    print(f"production: {event['model_id']} (rolled back from {event['previous']})")
+    store = _store(args)
+    event = rollback(store, to=args.to, reason=args.reason)
+    if event["action"] == "end_split":
+        print(
+            f"rolled back the {event['ended_split']['action']} of {event['model_id']}; "
+            f"production: {production(store) or 'none'}"
+        )
+    else:
+        print(f"production: {event['model_id']} (rolled back from {event['previous']})")
     return 0
 
 

@@ -1,9 +1,11 @@
 """The model registry: model cards linking weights, dataset, run, spec, code and eval, and
-an append-only log of promotions, rejections and rollbacks that says which model is in
-production.
+an append-only log of promotions, rejections, rollbacks and traffic splits that says which
+model is in production (and which share of its traffic a canary or experiment takes:
+`ftray.routing`).
 
 Cards never change once written. A model's stage is read from the log: `production` (the
-current one), `archived` (was production), `rejected` (the gate said no), or `candidate`.
+current one), `archived` (was production), `rejected` (the gate said no), `canary` or
+`experiment` (an arm of the active split, unless it is production), or `candidate`.
 Events live one per file under `registry/`, numbered in log order (`Store.append_event`):
 each decision is checked against the log it extends, so of two concurrent promotions neither
 is lost, and the second is decided again with the first in place. The writers' clocks play
@@ -119,13 +121,27 @@ def _as_now(store: Store, card: dict, stages: dict[str, str]) -> dict:
 
 
 def history(store: Store) -> list[dict]:
-    """Every registry event (promote, reject, rollback), oldest first."""
+    """Every registry event (promote, reject, rollback, canary, experiment, end_split),
+    oldest first."""
     return store.read_events("registry")
 
 
 def production(store: Store) -> str | None:
     """The production model's id, or None before the first promotion."""
-    return _current(history(store))
+    return production_in(history(store))
+
+
+def active_split(events: list[dict]) -> dict | None:
+    """The `canary` or `experiment` event whose split of `production` traffic is in force
+    after `events` (the latest one: a percent change is a new event), or None. An
+    `end_split`, a promotion or a rollback ends a split."""
+    split = None
+    for event in events:
+        if event["action"] in SPLITS:
+            split = event
+        elif event["action"] in ("promote", "rollback", "end_split"):
+            split = None
+    return split
 
 
 def promote(store: Store, model_id: str, *, reason: str, force: bool = False) -> dict:
@@ -142,10 +158,12 @@ def promote(store: Store, model_id: str, *, reason: str, force: bool = False) ->
         )
 
     def event(events: list[dict]) -> dict:
-        current = _current(events)
+        current = production_in(events)
         if current == model_id:  # a concurrent promotion of the same model won
             raise UserError(f"{model_id} is already the production model.")
-        return _event("promote", model_id, previous=current, reason=reason)
+        split = active_split(events)  # ended by the promotion: the event says which
+        ended = {"ended_split": split_summary(split)} if split else {}
+        return make_event("promote", model_id, previous=current, reason=reason, **ended)
 
     return store.append_event(event, "registry")
 
@@ -154,16 +172,32 @@ def reject(store: Store, model_id: str, *, reason: str) -> dict:
     """Record that the gate turned `model_id` down; production is unchanged."""
 
     def event(events: list[dict]) -> dict:
-        return _event("reject", model_id, previous=_current(events), reason=reason)
+        return make_event("reject", model_id, previous=production_in(events), reason=reason)
 
     return store.append_event(event, "registry")
 
 
 def rollback(store: Store, *, to: str | None = None, reason: str) -> dict:
     """Put back the model that was production before the current one (or `to`, any earlier
-    production model still below it), and record it."""
+    production model still below it), and record it. While a canary or experiment is
+    active, end it instead (an `end_split` event saying it was rolled back): all of
+    `production`'s traffic goes back to the production model, which stays."""
 
     def event(events: list[dict]) -> dict:
+        split = active_split(events)
+        if split and to:
+            raise UserError(
+                f"a {split['action']} of {split['model_id']} is active: roll it back first "
+                "(`ftray models rollback` without --to), then roll production back."
+            )
+        if split:
+            return make_event(
+                "end_split",
+                split["model_id"],
+                previous=None,
+                reason=f"rolled back: {reason}",
+                ended_split=split_summary(split),
+            )
         stack = _production_stack(events)
         if len(stack) < 2:
             only = f"{stack[0]} is the only model ever promoted" if stack else ""
@@ -174,7 +208,7 @@ def rollback(store: Store, *, to: str | None = None, reason: str) -> dict:
                 f"{target} was not production before {stack[-1]}; roll back to one of: "
                 + ", ".join(reversed(stack[:-1]))
             )
-        return _event("rollback", target, previous=stack[-1], reason=reason)
+        return make_event("rollback", target, previous=stack[-1], reason=reason)
 
     return store.append_event(event, "registry")
 
@@ -217,20 +251,36 @@ def apply_verdict(
 
 
 def was_decided(store: Store, model_id: str) -> bool:
-    """Whether any registry event names `model_id` (promoted, rejected or rolled back)."""
-    return any(model_id in (e["model_id"], e.get("previous")) for e in history(store))
+    """Whether a decision (promote, reject, rollback) names `model_id`; a traffic split is
+    no decision on the model."""
+    return any(
+        model_id in (e["model_id"], e.get("previous"))
+        for e in history(store)
+        if e["action"] in DECISIONS
+    )
 
 
-def _event(action: str, model_id: str, *, previous, reason: str) -> dict:
+# The actions that decide production; traffic splits (`ftray.routing`) only share it.
+DECISIONS = ("promote", "reject", "rollback")
+SPLITS = ("canary", "experiment")
+
+
+def make_event(action: str, model_id: str, *, previous, reason: str, **details) -> dict:
     """One registry event; `at` is for people, the log's order is its sequence."""
     return {
         "action": action,
         "model_id": model_id,
         "previous": previous,
         "reason": reason,
+        **details,
         "at": utc_stamp(),
         "by": current_user(),
     }
+
+
+def split_summary(split: dict) -> dict:
+    """What a promotion or rollback records of the split it ended."""
+    return {key: split[key] for key in ("action", "model_id", "control", "percent")}
 
 
 def _production_stack(events: list[dict]) -> list[str]:
@@ -245,7 +295,7 @@ def _production_stack(events: list[dict]) -> list[str]:
     return stack
 
 
-def _current(events: list[dict]) -> str | None:
+def production_in(events: list[dict]) -> str | None:
     """The production model's id after `events`, or None before the first promotion."""
     stack = _production_stack(events)
     return stack[-1] if stack else None
@@ -257,11 +307,16 @@ def _stages(store: Store) -> dict[str, str]:
     for event in events:
         if event["action"] == "reject":
             stages.setdefault(event["model_id"], "rejected")
-        else:
+        elif event["action"] in DECISIONS:
             stages[event["model_id"]] = "archived"
             if event.get("previous"):
                 stages[event["previous"]] = "archived"
     stack = _production_stack(events)
     if stack:
         stages[stack[-1]] = "production"
+    split = active_split(events)
+    if split:
+        for arm in (split["model_id"], split["control"]):
+            if stages.get(arm) != "production":  # `canary` or `experiment` while it runs
+                stages[arm] = split["action"]
     return stages

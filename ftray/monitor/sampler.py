@@ -31,6 +31,9 @@ COLUMNS = (
     "latency_s",
     "finish_reason",
 )
+# Written too, but not required of older sample files: whether a canary or experiment chose
+# the row's `model` for a `production` request.
+ROUTING_COLUMNS = ("split",)
 
 
 class Sampler:
@@ -116,7 +119,8 @@ class Sampler:
     def _write(self, rows: list[dict]) -> None:
         import pyarrow as pa
 
-        table = pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS} for row in rows])
+        columns = (*COLUMNS, *ROUTING_COLUMNS)
+        table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
         day = time.strftime("%Y-%m-%d", time.gmtime())
         name = f"{event_id()}.parquet"  # unique per writer; `time` in the rows orders them
         self.store.write_parquet(table, "monitor", "samples", f"date={day}", name)

@@ -56,31 +56,48 @@ class Adapters:
         slots = config.serve.max_adapters_per_replica
         self._get = serve.multiplexed(max_num_models_per_replica=slots)(load)
 
-    async def route(self, requested: str) -> tuple[str, Loaded | None]:
-        """(the name of the model a request asks for, its handle or None for the base
-        model). The caller owns one use of a registry model and ends it with `engine.done`."""
+    async def route(
+        self, requested: str, user: str | None = None
+    ) -> tuple[str, Loaded | None, bool]:
+        """(the name of the model that answers a request, its handle or None for the base
+        model, whether a canary or experiment chose it: see `resolve`). The caller owns one
+        use of a registry model and ends it with `engine.done`."""
+        name, split = await self.resolve(requested, user)
+        if name == BASE_MODEL_NAME:
+            return BASE_MODEL_NAME, None, False
+        loaded = await self._get(name)
+        # No await between getting the handle and counting the use: an eviction in between
+        # could unload the model before this request runs.
+        self.engine.use(name)
+        return name, loaded, split
+
+    async def resolve(self, requested: str, user: str | None = None) -> tuple[str, bool]:
+        """(the name of the model that answers a request, whether a canary or experiment
+        chose it); 404 when there is none. `production` resolves per request: to the
+        production model, or to one arm of an active split by `user`'s sticky hash
+        (`ftray.routing`); named models are never split. Loads nothing, so what depends only
+        on the answering model (the completion cache) can be looked up before it loads."""
         asked = serve.get_multiplexed_model_id() or requested
         name = model_name(asked, self.base_name)
+        split = False
         if name == PRODUCTION:
-            from ftray.registry import production
+            from ftray.registry import history
+            from ftray.routing import resolve
 
-            name = await asyncio.to_thread(production, self.store)
+            # Read per request: a promotion, rollback or split applies without a redeploy.
+            name, split = resolve(await asyncio.to_thread(history, self.store), user)
             if name is None:
                 raise HTTPException(
                     404, f"no model is in production yet; available: {self.names()}"
                 )
         if name == BASE_MODEL_NAME:
-            return BASE_MODEL_NAME, None
+            return BASE_MODEL_NAME, False
         # Checked before Serve's loader: an unknown id must not evict a loaded model.
         if name is None or not (
             self.engine.has(name) or await asyncio.to_thread(self.store.is_complete, "models", name)
         ):
             raise HTTPException(404, f"model {asked[:100]!r} not found; available: {self.names()}")
-        loaded = await self._get(name)
-        # No await between getting the handle and counting the use: an eviction in between
-        # could unload the model before this request runs.
-        self.engine.use(name)
-        return name, loaded
+        return name, split
 
     def names(self) -> list[str]:
         """The names a request may use: the base model and every complete registry model."""

@@ -1,7 +1,9 @@
 """The Ray Serve application: one base model per replica, registry models routed per request.
 
 The OpenAI `model` field (or Serve's multiplex header) picks the model: `base`, a registered
-model id, `<base>:<model id>`, or `production` (whatever the registry has in production).
+model id, `<base>:<model id>`, or `production` (whatever the registry has in production, or
+one arm of its canary or experiment per user: `ftray.routing`); the response's `model` names
+the model that answered.
 Adapters and full models load on demand through `@serve.multiplexed` (LRU per replica,
 `ftray.serve.adapters`), only from the registry, never from a path in a request
 (`ftray.serve.guard` checks every request first). Concurrent requests are batched with
@@ -165,7 +167,7 @@ class ChatModel:
         """Check limits, answer (cache, batch or stream), count and sample."""
         started = time.perf_counter()
         limit = self.guard.max_tokens(body)
-        model_id, loaded = await self.adapters.route(body.model)
+        model_id, loaded, split = await self.adapters.route(body.model, body.user)
         in_use = loaded.name if loaded else None
         try:
             # Long prompts are tokenized in a thread, not to block the event loop; short ones
@@ -178,7 +180,7 @@ class ChatModel:
             else:
                 prompt, said, prompt_tokens = self._prompt(body, loaded, chat)
             self.guard.check_prompt_tokens(prompt_tokens)
-            exchange = Exchange(model_id, chat, said, prompt_tokens, started)
+            exchange = Exchange(model_id, chat, said, prompt_tokens, started, split)
             request = Completion(in_use, prompt, limit, body.temperature)
             if body.stream:
                 pieces, task = self._start_stream(request)
@@ -192,10 +194,13 @@ class ChatModel:
             if answer is None:
                 answer = await self.generate_batch(request)
                 self.cache.put(key, answer)
+        except Exception as error:
+            self.metrics.error(model_id, split, error)
+            raise
         finally:
             if in_use:
                 self.engine.done(in_use)
-        response = completion(body.model, answer, prompt_tokens, chat)
+        response = completion(model_id, answer, prompt_tokens, chat)
         self.exchanges.answered(exchange, response["id"], answer)
         return response
 
@@ -275,6 +280,7 @@ class ChatModel:
             await asyncio.wait({task})  # not `await task`: leaving early would cancel it
         error = piece if piece is not None else task.exception()
         if error is not None:  # logged by _stream_ended, with its traceback
+            self.metrics.error(exchange.model, exchange.split, error)
             yield error_event(
                 f"the generation stopped: {error}"
                 if isinstance(error, TimeoutError)

@@ -18,14 +18,16 @@ from ftray.store import Store, utc_stamp
 
 @dataclass(frozen=True)
 class Exchange:
-    """A request on its way to an answer: `said` is the user's own text (what is sampled),
-    `started` its `time.perf_counter()` on arrival."""
+    """A request on its way to an answer: `model` is the model that answers it, `said` the
+    user's own text (what is sampled), `started` its `time.perf_counter()` on arrival,
+    `split` whether a canary or experiment chose `model` for a `production` request."""
 
     model: str
     chat: bool
     said: str
     prompt_tokens: int
     started: float
+    split: bool = False
 
 
 class ExchangeLog:
@@ -38,12 +40,15 @@ class ExchangeLog:
     def answered(self, exchange: Exchange, request_id: str, answer: dict) -> None:
         """Count the answer and offer it to the sampler."""
         latency = time.perf_counter() - exchange.started
-        self.metrics.done(exchange.model, latency, exchange.prompt_tokens, answer["tokens"])
+        self.metrics.done(
+            exchange.model, exchange.split, latency, exchange.prompt_tokens, answer["tokens"]
+        )
         self.sampler.record(
             {
                 "request_id": request_id,
                 "time": utc_stamp(),
                 "model": exchange.model,
+                "split": exchange.split,
                 "endpoint": "chat" if exchange.chat else "completions",
                 "prompt": exchange.said,
                 "output": answer["text"],

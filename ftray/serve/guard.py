@@ -26,6 +26,10 @@ from ftray.serve.openai_format import BASE_MODEL_NAME
 from ftray.spec import ServeSpec
 
 PRODUCTION = "production"
+# The header that names the user a `production` request is assigned an arm for (over the
+# body's `user`): a gateway in front can set it from its own authentication.
+USER_HEADER = "x-ftray-user"
+USER_CHARS = 256
 # The ids `ftray.registry.register` gives models: content_id("model", ...).
 MODEL_ID = re.compile(r"model-[0-9a-f]{12}")
 # How long the model lock may be held, in units of serve.generation_timeout_s, before the
@@ -55,6 +59,11 @@ class _Common(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=0.0, ge=0, le=2)
     stream: bool = False
+    user: str | None = Field(
+        default=None,
+        max_length=USER_CHARS,
+        description="The end user (OpenAI's field); keeps one arm of a canary or experiment.",
+    )
     n: int = Field(default=1, description="Answers per request: only 1 is supported.")
 
     @field_validator("n")
@@ -147,9 +156,18 @@ class Guard:
             raise HTTPException(401, "missing or wrong API key (Authorization: Bearer …)")
 
     async def read(self, request: Request, schema: type[_Body]) -> _Body:
-        """The authorized request's body as `schema` (see `read_body`)."""
+        """The authorized request's body as `schema` (see `read_body`), its `user` replaced
+        by the `X-Ftray-User` header when there is one."""
         self.authorize(request)
-        return await read_body(request, schema, self.limits.max_request_bytes)
+        body = await read_body(request, schema, self.limits.max_request_bytes)
+        user = request.headers.get(USER_HEADER)
+        if user and "user" in schema.model_fields:
+            if len(user) > USER_CHARS:
+                raise HTTPException(
+                    400, f"the {USER_HEADER} header is over {USER_CHARS} characters"
+                )
+            body = body.model_copy(update={"user": user})
+        return body
 
     def max_tokens(self, body: ChatRequest | CompletionRequest) -> int:
         """The tokens `body` may generate; 400 for a prompt over serve.max_prompt_chars or

@@ -1,4 +1,7 @@
-"""Prometheus metrics of the Serve app, per model: requests, latency, tokens, cache use.
+"""Prometheus metrics of the Serve app, per model: requests, latency, tokens, errors, cache
+use. `model` is the model that answered (a `production` request's resolved arm); `split`
+("true"/"false") says whether a canary or experiment chose it, so a split's arms compare on
+the traffic the split itself sent them.
 
 They go out through Ray's metrics agent beside Ray Serve's own (`ray_serve_*`), as
 `ray_ftray_*`, on each node's metrics export port.
@@ -15,7 +18,7 @@ class ServeMetrics:
     def __init__(self):
         from ray.serve.metrics import Counter, Gauge, Histogram
 
-        tags = ("model",)
+        tags = ("model", "split")
         self.requests = Counter("ftray_requests", "Completed requests.", tag_keys=tags)
         self.latency = Histogram(
             "ftray_request_latency_s",
@@ -27,8 +30,16 @@ class ServeMetrics:
         self.completion_tokens = Counter(
             "ftray_completion_tokens", "Generated tokens.", tag_keys=tags
         )
-        self.cache_hits = Counter("ftray_cache_hits", "Completion cache hits.", tag_keys=tags)
-        self.cache_misses = Counter("ftray_cache_misses", "Completion cache misses.", tag_keys=tags)
+        self.errors = Counter(
+            "ftray_errors",
+            "Requests that failed after routing, by HTTP status (4xx: the request's fault).",
+            tag_keys=(*tags, "status"),
+        )
+        cached = ("model",)
+        self.cache_hits = Counter("ftray_cache_hits", "Completion cache hits.", tag_keys=cached)
+        self.cache_misses = Counter(
+            "ftray_cache_misses", "Completion cache misses.", tag_keys=cached
+        )
         self.check_value = Gauge(
             "ftray_monitor_value",
             "Latest value of each `ftray monitor` check.",
@@ -41,14 +52,23 @@ class ServeMetrics:
             "ftray_batch_size", "Requests per generation batch.", boundaries=[1, 2, 4, 8, 16, 32]
         )
 
-    def done(self, model: str, seconds: float, prompt_tokens: int, tokens: int) -> None:
-        tags = {"model": model}
+    def done(
+        self, model: str, split: bool, seconds: float, prompt_tokens: int, tokens: int
+    ) -> None:
+        """Count an answered request of `model`."""
+        tags = _tags(model, split)
         self.requests.inc(tags=tags)
         self.latency.observe(seconds, tags=tags)
         if prompt_tokens:
             self.prompt_tokens.inc(prompt_tokens, tags=tags)
         if tokens:
             self.completion_tokens.inc(tokens, tags=tags)
+
+    def error(self, model: str, split: bool, error: BaseException) -> None:
+        """Count a request of `model` that failed with `error` (an HTTPException's status,
+        else 500)."""
+        status = str(getattr(error, "status_code", 500))
+        self.errors.inc(tags={**_tags(model, split), "status": status})
 
     def checks(self, found: list[dict]) -> None:
         for check in found:
@@ -62,3 +82,7 @@ class ServeMetrics:
     def cache(self, model: str, *, hit: bool, cacheable: bool) -> None:
         if cacheable:
             (self.cache_hits if hit else self.cache_misses).inc(tags={"model": model})
+
+
+def _tags(model: str, split: bool) -> dict[str, str]:
+    return {"model": model, "split": "true" if split else "false"}

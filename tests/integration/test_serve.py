@@ -1,7 +1,7 @@
 """`ftray serve` on the session's local Ray, driven by the real `openai` client and raw HTTP:
-routing of the base model and registry adapters, adapters evicted while in use, streaming,
-errors, auth, batching under load, the cache, Prometheus metrics, a quantized replica,
-hostile requests, and sockets on loopback only."""
+routing of the base model and registry adapters, a canary's share of users, adapters evicted
+while in use, streaming, errors, auth, batching under load, the cache, Prometheus metrics, a
+quantized replica, hostile requests, and sockets on loopback only."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import openai
 import pytest
 import yaml
 
-from ftray import registry
+from ftray import registry, routing
 from ftray.data.tokenize import render_prompt
 from ftray.models import resolve_model
 from ftray.serve.engine import Engine, Request
@@ -300,6 +300,72 @@ def test_two_hundred_requests_at_concurrency_sixteen(served, registry_store, ray
     ]
     assert "ray_ftray_request_latency_s_bucket" in text and "ray_ftray_batch_size" in text
     assert "ray_serve_" in text
+
+
+def test_a_canary_answers_its_share_of_users_and_keeps_them(served, registry_store, ray_cluster):
+    """`production` with a 20% canary: 1,000 distinct users (the `user` field or the
+    X-Ftray-User header) split 20/80 as the registry's hash says, one user always on one arm,
+    the cache keyed on the arm, the arm counted in Prometheus; ending the canary sends
+    everyone to production again."""
+    url, _ = served
+    _, _, store, _, (_, production, candidate) = registry_store
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+    message = [{"role": "user", "content": "where is my card?"}]
+
+    def ask(user: str, max_tokens: int = 1, model: str = "production") -> tuple[str, str]:
+        # half the users in the body's `user`, half in the header (the same key either way)
+        by_header = sum(map(ord, user)) % 2 == 0
+        reply = client.chat.completions.create(
+            model=model,
+            messages=message,
+            max_tokens=max_tokens,
+            **({"extra_headers": {"X-Ftray-User": user}} if by_header else {"user": user}),
+        )
+        return reply.model, reply.choices[0].message.content
+
+    routing.canary(store, candidate, percent=20, reason="test")
+    try:
+        users = [f"user-{i}" for i in range(1000)]
+        events = registry.history(store)
+        expected = {user: routing.resolve(events, user)[0] for user in users}
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            answered = dict(zip(users, (m for m, _ in pool.map(ask, users)), strict=True))
+        assert answered == expected, "each user answered by the arm its hash gives"
+        share = list(answered.values()).count(candidate) / len(users)
+        assert 0.17 <= share <= 0.23, share
+        assert {ask("user-7")[0] for _ in range(20)} == {expected["user-7"]}
+        # longer answers: each arm's own (the cache is keyed on the model that answered)
+        in_canary = next(u for u in users if expected[u] == candidate)
+        in_production = next(u for u in users if expected[u] == production)
+        named = {m: ask("anyone", 8, model=m)[1] for m in (production, candidate)}
+        assert named[production] != named[candidate]
+        assert ask(in_production, 8) == (production, named[production])
+        assert ask(in_canary, 8) == (candidate, named[candidate])
+        stream = client.chat.completions.create(
+            model="production", messages=message, stream=True, user=in_canary
+        )
+        assert {chunk.model for chunk in stream} == {candidate}
+        # named models are never split
+        assert ask(in_canary, model=production)[0] == production
+    finally:
+        routing.end_split(store, reason="test over")
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        after = {m for m, _ in pool.map(ask, users[:100])}
+    assert after == {production}
+    # the canary's requests, counted under its model with split="true"
+    canary_users = list(expected.values()).count(candidate)
+    deadline, counted = time.time() + 90, 0.0
+    while time.time() < deadline and counted < canary_users:
+        text = httpx.get(ray_cluster["metrics"], timeout=10).text
+        counted = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("ray_ftray_requests_total{")
+            and f'model="{candidate}"' in line
+            and 'split="true"' in line
+        )
+        time.sleep(2)
+    assert counted >= canary_users, (counted, canary_users)
 
 
 AUTH = {"Authorization": f"Bearer {KEY}"}

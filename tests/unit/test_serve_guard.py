@@ -15,6 +15,7 @@ from ftray.serve.guard import (
     MODEL_ID,
     ChatRequest,
     CompletionRequest,
+    Guard,
     ModelLock,
     authorized,
     check_prompt,
@@ -22,6 +23,7 @@ from ftray.serve.guard import (
     model_name,
     read_body,
 )
+from ftray.spec import ServeSpec
 from ftray.store import Store
 
 ID = "model-0123456789ab"
@@ -131,6 +133,10 @@ def client():
         body = await read_body(request, ChatRequest, max_bytes=2048)
         return {"messages": len(body.messages)}
 
+    @app.post("/user")
+    async def user(request: Request):
+        return {"user": (await Guard(ServeSpec()).read(request, CompletionRequest)).user}
+
     @app.get("/fail")
     async def fail():
         raise RuntimeError("cannot open /srv/secret/weights.bin")
@@ -185,6 +191,20 @@ def test_oversized_bodies_are_413_declared_or_streamed(client):
 def test_invalid_requests_are_400_saying_what(client, path, body, expected):
     error = _error(client.post(path, json=body), 400)
     assert expected in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_the_user_header_wins_over_the_body_user(client):
+    """The key a canary or experiment assigns an arm by: X-Ftray-User, else `user`."""
+    body = {"model": "production", "prompt": "hi"}
+    assert client.post("/user", json=body).json() == {"user": None}
+    assert client.post("/user", json={**body, "user": "ana"}).json() == {"user": "ana"}
+    header = {"X-Ftray-User": "bo"}
+    assert client.post("/user", json={**body, "user": "ana"}, headers=header).json() == {
+        "user": "bo"
+    }
+    too_long = client.post("/user", json=body, headers={"X-Ftray-User": "u" * 300})
+    assert "x-ftray-user header is over 256 characters" in _error(too_long, 400)["message"]
+    assert "user" in _error(client.post("/user", json={**body, "user": "u" * 300}), 400)["message"]
 
 
 def test_malformed_json_is_400(client):
