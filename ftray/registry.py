@@ -134,12 +134,17 @@ def production(store: Store) -> str | None:
 def active_split(events: list[dict]) -> dict | None:
     """The `canary` or `experiment` event whose split of `production` traffic is in force
     after `events` (the latest one: a percent change is a new event), or None. An
-    `end_split`, a promotion or a rollback ends a split."""
+    `end_split`, a promotion or a rollback ends a split, and so does the gate rejecting one
+    of its arms (a rejected model takes no production traffic)."""
     split = None
     for event in events:
         if event["action"] in SPLITS:
             split = event
-        elif event["action"] in ("promote", "rollback", "end_split"):
+        elif event["action"] in ("promote", "rollback", "end_split") or (
+            event["action"] == "reject"
+            and split is not None
+            and event["model_id"] in (split["model_id"], split["control"])
+        ):
             split = None
     return split
 

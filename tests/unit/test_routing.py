@@ -130,6 +130,20 @@ def test_promotion_rollback_and_end_split_end_a_canary(job, tmp_path):
     ]
 
 
+def test_the_gate_rejecting_an_arm_ends_its_split(job, tmp_path):
+    """A gate re-run that turns the canary's model down takes it out of production traffic."""
+    store, _ = job
+    a, b, c = (_register(store, tmp_path, name) for name in "abc")
+    registry.promote(store, a, reason="test")
+    routing.canary(store, b, percent=30, reason="test")
+    registry.reject(store, c, reason="another model")  # not an arm: the canary goes on
+    assert routing.split_of(store)["model_id"] == b
+    registry.reject(store, b, reason="macro_f1 below the incumbent")
+    assert routing.split_of(store) is None
+    events = registry.history(store)
+    assert {routing.resolve(events, f"u{i}")[0] for i in range(50)} == {a}
+
+
 def test_an_experiment_splits_production_between_two_models(job, tmp_path):
     store, _ = job
     a, b, c = (_register(store, tmp_path, name) for name in "abc")
