@@ -1,6 +1,6 @@
 """ASHA vs FIFO on the same random search: trial-steps spent, and the best reached.
 
-    python -m bench.sweep [--trials 16] [--steps 16] [--eval-every 2] [--seed 0]
+    python -m bench.sweep [--trials 16] [--steps 12] [--eval-every 2] [--seed 0]
 
 Both sweeps sample the same `--trials` points (one seed) of a space where pruning can matter,
 the learning rate (log-uniform over two decades and a half), the LoRA rank and the warmup
@@ -82,7 +82,7 @@ def run(scheduler: str, args, storage: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--eval-every", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
