@@ -72,9 +72,8 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     rules = spec.sweep
-    grace, factor = asha_rungs(
-        rules, evaluations_per_trial(spec.train, dataset.manifest["counts"]["train"])
-    )
+    evaluations = evaluations_per_trial(spec.train, dataset.manifest["counts"]["train"])
+    grace, factor = asha_rungs(rules, evaluations)
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial,
@@ -109,7 +108,7 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
                 search_alg=BasicVariantGenerator(
                     max_concurrent=rules.max_concurrent, random_state=rules.seed
                 ),
-                scheduler=_scheduler(rules.scheduler, grace, factor),
+                scheduler=_scheduler(rules.scheduler, grace, factor, evaluations),
                 trial_dirname_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(name="tune", storage_path=uri, verbose=0),
@@ -275,13 +274,19 @@ def asha_rungs(rules: SweepSpec, evaluations: int) -> tuple[int, int]:
     return grace, factor
 
 
-def _scheduler(kind: str, grace: int, factor: int):
+def _scheduler(kind: str, grace: int, factor: int, evaluations: int):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if kind == "fifo":
         return FIFOScheduler()
+    # No rung at the last evaluation: a trial stopped there has spent its steps, and would
+    # lose the report that makes it a finished run (it follows the last evaluation).
     return ASHAScheduler(
-        time_attr="training_iteration", grace_period=grace, reduction_factor=factor
+        time_attr="training_iteration",
+        grace_period=grace,
+        reduction_factor=factor,
+        max_t=max(grace, evaluations - 1),
+        stop_last_trials=False,
     )
 
 

@@ -13,7 +13,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-
 # What a hit answers with: the engine's answer and the prompt's tokens (for `usage`).
 Cached = tuple[dict, int]
 
