@@ -1,13 +1,15 @@
-"""ASHA vs an exhaustive grid on the same search space and data.
+"""ASHA vs FIFO on the same random search: trial-steps spent, and the best reached.
 
-    python -m bench.sweep [--steps 12] [--eval-every 3]
+    python -m bench.sweep [--trials 16] [--steps 12] [--eval-every 2] [--seed 0]
 
-Both sweeps search the same 8-point grid (4 learning rates × 2 LoRA ranks) on
-`jobs/tiny-sweep.yaml`'s data and tiny model, one Ray Train worker per trial, two trials at
-once, on an embedded local Ray: `fifo` runs every trial to the end, `asha` stops trials that
-trail at each rung of evaluations. Reported per sweep: trial-steps spent (the sum over
-trials of the optimizer steps each ran), wall time and the best eval loss reached; results
-go to bench/results/sweep.json. Nothing is asserted about time.
+Both sweeps sample the same `--trials` points (one seed) of a space where pruning can matter,
+the learning rate (log-uniform over two decades and a half), the LoRA rank and the warmup
+share, on `jobs/tiny-sweep.yaml`'s data and tiny model, ranked on validation loss, one Ray
+Train worker per trial, two trials at once, on an embedded local Ray: `fifo` runs every trial
+to the end, `asha` (its grace period and reduction factor derived from the trial budget, the
+defaults) stops trials that trail at each rung of evaluations. Reported per sweep: trial-steps
+(the sum over trials of the optimizer steps at each trial's last report), wall time, the best
+validation loss and its trial. Results go to bench/results/sweep.json; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -21,70 +23,92 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "sweep.json"
-GRID = {
-    "train.lr": {"type": "grid", "values": [1e-4, 1e-3, 1e-2, 3e-2]},
-    "train.lora.r": {"type": "grid", "values": [2, 4]},
+SPACE = {
+    "train.lr": {"type": "loguniform", "low": 1e-4, "high": 3e-2},
+    "train.lora.r": {"type": "choice", "values": [2, 4, 8]},
+    "train.warmup_ratio": {"type": "uniform", "low": 0.0, "high": 0.5},
 }
 
 
-def run(scheduler: str, steps: int, eval_every: int, storage: str) -> dict:
+def run(scheduler: str, args, storage: str) -> dict:
     from ftray.pipeline import Pipeline
     from ftray.progress import Progress
     from ftray.runtime import ray_session
     from ftray.specload import load_spec
+    from ftray.sweep import asha_rungs, evaluations_per_trial
 
     overrides = [
         f"storage={storage}",
-        f"train.max_steps={steps}",
-        f"train.eval_every={eval_every}",
+        f"train.max_steps={args.steps}",
+        f"train.eval_every={args.eval_every}",
         "train.scaling.num_workers=1",
         "train.early_stopping.patience=null",
         "wandb.mode=disabled",
-        f"sweep.parameters={json.dumps(GRID)}",
-        "sweep.num_samples=1",
+        f"sweep.parameters={json.dumps(SPACE)}",
+        f"sweep.num_samples={args.trials}",
+        f"sweep.seed={args.seed}",
+        "sweep.metric=eval_loss",
         f"sweep.scheduler={scheduler}",
         "sweep.max_concurrent=2",
     ]
     spec = load_spec(str(ROOT / "jobs" / "tiny-sweep.yaml"), overrides)
     with ray_session(spec.ray):
         pipeline = Pipeline(spec, Progress())
-        pipeline.dataset  # noqa: B018  (prepared outside the timed part)
+        dataset = pipeline.dataset  # prepared outside the timed part
         started = time.perf_counter()
         ref = pipeline.sweep
         seconds = time.perf_counter() - started
     board = ref.manifest["leaderboard"]
+    assert spec.sweep is not None
+    evaluations = evaluations_per_trial(spec.train, dataset.manifest["counts"]["train"])
+    grace, factor = asha_rungs(spec.sweep, evaluations)
     return {
         "trials": len(board),
+        "evaluations_per_trial": evaluations,
+        **({"grace_period": grace, "reduction_factor": factor} if scheduler == "asha" else {}),
         "trial_steps": sum(row["steps"] or 0 for row in board),
         "stopped_early": sum(row["status"] == "stopped by ASHA" for row in board),
-        "best_eval_loss": min(row["metric"] for row in board if row["metric"] is not None),
+        "best_eval_loss": board[0]["metric"],
         "winner_params": board[0]["params"],
         "seconds": round(seconds, 1),
+        # compared between the runs: the same samples
+        "trials_run": sorted(
+            ([row["params"], row["steps"], row["metric"]] for row in board),
+            key=lambda trial: json.dumps(trial[0], sort_keys=True),
+        ),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--eval-every", type=int, default=3)
+    parser.add_argument("--eval-every", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     runs = {}
-    for scheduler in ("fifo", "asha"):
-        with tempfile.TemporaryDirectory() as storage:
-            runs[scheduler] = run(scheduler, args.steps, args.eval_every, storage)
+    with tempfile.TemporaryDirectory() as storage:  # one dataset, prepared once
+        for scheduler in ("fifo", "asha"):
+            runs[scheduler] = run(scheduler, args, storage)
+    fifo, asha = runs["fifo"], runs["asha"]
+    sampled = [[params for params, *_ in run["trials_run"]] for run in (fifo, asha)]
     results = {
         "machine": f"{os.cpu_count()} CPUs",
-        "space": GRID,
+        "counts": "trial-steps: optimizer steps summed over trials, up to each trial's last "
+        "report; best: the lowest validation loss of any finished trial",
+        "space": SPACE,
+        "trials": args.trials,
         "steps_per_trial": args.steps,
         "eval_every": args.eval_every,
+        "seed": args.seed,
+        "same_samples": sampled[0] == sampled[1],
         "runs": runs,
-        "trial_steps_ratio_asha_vs_grid": round(
-            runs["asha"]["trial_steps"] / runs["fifo"]["trial_steps"], 3
+        "trial_steps_ratio_asha_vs_fifo": round(asha["trial_steps"] / fifo["trial_steps"], 3),
+        "best_eval_loss_gap_asha_vs_fifo_pct": round(
+            100 * (asha["best_eval_loss"] - fifo["best_eval_loss"]) / fifo["best_eval_loss"], 3
         ),
-        "best_eval_loss_gap_asha_minus_grid": round(
-            runs["asha"]["best_eval_loss"] - runs["fifo"]["best_eval_loss"], 5
-        ),
+        "seconds_ratio_asha_vs_fifo": round(asha["seconds"] / fifo["seconds"], 3),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")

@@ -18,15 +18,16 @@ checkpoint); a finished sweep is reused.
 
 from __future__ import annotations
 
+import math
 import tempfile
 
 from ftray.artifacts import DatasetRef, RunRef, SweepRef, reuse
 from ftray.errors import UserError
 from ftray.evaluate.score import Task
 from ftray.progress import Progress
-from ftray.spec import JobSpec, SweepParam
+from ftray.spec import JobSpec, SweepParam, SweepSpec, TrainSpec
 from ftray.store import Store, content_id
-from ftray.train.ray_train import Trial, train
+from ftray.train.ray_train import Trial, planned_steps, train
 from ftray.train.tracking import log_leaderboard, wandb_settings
 from ftray.train.warm import pin_parent
 
@@ -68,8 +69,11 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
         return SweepRef(sweep_id, uri, manifest, True, _winner(store, manifest))
 
     from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     rules = spec.sweep
+    evaluations = evaluations_per_trial(spec.train, dataset.manifest["counts"]["train"])
+    grace, factor = asha_rungs(rules, evaluations)
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial,
@@ -85,9 +89,10 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
         progress.note(f"resuming sweep {sweep_id}")
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
     else:
+        rungs = f" (grace {grace}, reduction {factor})" if rules.scheduler == "asha" else ""
         progress.note(
             f"{rules.num_samples} sample(s) over {', '.join(rules.parameters)}; "
-            f"{rules.scheduler} on {metric_name(spec)} ({rules.resolved_mode}), "
+            f"{rules.scheduler}{rungs} on {metric_name(spec)} ({rules.resolved_mode}), "
             f"{rules.max_concurrent} at once"
         )
         tuner = tune.Tuner(
@@ -97,8 +102,13 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
                 metric=REPORTED[rules.metric],
                 mode=rules.resolved_mode,
                 num_samples=rules.num_samples,
-                max_concurrent_trials=rules.max_concurrent,
-                scheduler=_scheduler(rules),
+                # Tune's own generator, seeded (the same seed samples the same trials); it
+                # takes the concurrency limit itself (Tune ignores max_concurrent_trials
+                # beside a given generator)
+                search_alg=BasicVariantGenerator(
+                    max_concurrent=rules.max_concurrent, random_state=rules.seed
+                ),
+                scheduler=_scheduler(rules.scheduler, grace, factor, evaluations),
                 trial_dirname_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(name="tune", storage_path=uri, verbose=0),
@@ -237,15 +247,46 @@ def _domain(param: SweepParam):
     return getattr(tune, param.type)(param.low, param.high)
 
 
-def _scheduler(rules):
+def evaluations_per_trial(train: TrainSpec, n_train: int) -> int:
+    """Evaluations a trial of `train` runs on `n_train` examples (every `eval_every` steps, or
+    each epoch, and at the end): the rungs ASHA can stop a trial at."""
+    steps_per_epoch, total = planned_steps(train, n_train)
+    return math.ceil(total / (train.eval_every or max(1, steps_per_epoch)))
+
+
+def trial_count(rules: SweepSpec) -> int:
+    """Trials the sweep runs: num_samples times every grid's size."""
+    grids = [len(p.values or ()) for p in rules.parameters.values() if p.type == "grid"]
+    return rules.num_samples * math.prod(grids)
+
+
+def asha_rungs(rules: SweepSpec, evaluations: int) -> tuple[int, int]:
+    """ASHA's (grace period, reduction factor): the spec's, or from the trial budget.
+
+    Derived so that a trial can pass three rungs: the largest factor of 4, 3, 2 whose cube
+    fits in the number of trials (else 2), and a grace period of evaluations // factor³
+    (at least 1), which puts the rungs at grace, grace·factor and grace·factor², below the
+    last evaluation when the trials evaluate often enough.
+    """
+    trials = trial_count(rules)
+    factor = rules.reduction_factor or next((f for f in (4, 3) if f**3 <= trials), 2)
+    grace = rules.grace_period or max(1, evaluations // factor**3)
+    return grace, factor
+
+
+def _scheduler(kind: str, grace: int, factor: int, evaluations: int):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    if rules.scheduler == "fifo":
+    if kind == "fifo":
         return FIFOScheduler()
+    # No rung at the last evaluation: a trial stopped there has spent its steps, and would
+    # lose the report that makes it a finished run (it follows the last evaluation).
     return ASHAScheduler(
         time_attr="training_iteration",
-        grace_period=rules.grace_period,
-        reduction_factor=rules.reduction_factor,
+        grace_period=grace,
+        reduction_factor=factor,
+        max_t=max(grace, evaluations - 1),
+        stop_last_trials=False,
     )
 
 

@@ -21,7 +21,7 @@ import logging
 import time
 
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from ftray.placement import generation_batch_size
@@ -170,53 +170,62 @@ class ChatModel:
         model_id, loaded, split = await self.adapters.route(body.model, body.user)
         in_use = loaded.name if loaded else None
         try:
-            # Long prompts are tokenized in a thread, not to block the event loop; short ones
-            # in place, where it costs less than a thread hop (which waits for the GIL behind
-            # a generating thread, and so would thin the batches).
-            if body.characters() > INLINE_PROMPT_CHARS:
-                prompt, said, prompt_tokens = await asyncio.to_thread(
-                    self._prompt, body, loaded, chat
-                )
-            else:
-                prompt, said, prompt_tokens = self._prompt(body, loaded, chat)
-            self.guard.check_prompt_tokens(prompt_tokens)
-            exchange = Exchange(model_id, chat, said, prompt_tokens, started, split)
-            request = Completion(in_use, prompt, limit, body.temperature)
-            if body.stream:
-                pieces, task = self._start_stream(request)
-                in_use = None  # the stream's task ends the use when its generation ends
-                return StreamingResponse(
-                    self._events(pieces, task, request, exchange), media_type="text/event-stream"
-                )
-            key = self.cache.key(model_id, prompt, limit, body.temperature)
-            answer = self.cache.get(key)
-            self.metrics.cache(model_id, hit=answer is not None, cacheable=key is not None)
-            if answer is None:
-                answer = await self.generate_batch(request)
-                self.cache.put(key, answer)
+            # A hit is answered here, before the prompt is rendered, tokenized or queued.
+            key = (
+                None
+                if body.stream
+                else self.cache.key(model_id, body.asked(), limit, body.temperature)
+            )
+            cached = self.cache.get(key)
+            self.metrics.cache(model_id, hit=cached is not None, cacheable=key is not None)
+            if cached is None:
+                prompt, prompt_tokens = await self._prompt(body, loaded, chat)
+                request = Completion(in_use, prompt, limit, body.temperature)
+                if body.stream:
+                    pieces, task = self._start_stream(request)
+                    in_use = None  # the stream's task ends the use when its generation ends
+                    exchange = Exchange(model_id, chat, body.said(), prompt_tokens, started, split)
+                    return StreamingResponse(
+                        self._events(pieces, task, request, exchange),
+                        media_type="text/event-stream",
+                    )
+                cached = (await self.generate_batch(request), prompt_tokens)
+                self.cache.put(key, cached)
         except Exception as error:
             self.metrics.error(model_id, split, error)
             raise
         finally:
             if in_use:
                 self.engine.done(in_use)
+        answer, prompt_tokens = cached
         response = completion(model_id, answer, prompt_tokens, chat)
+        exchange = Exchange(model_id, chat, body.said(), prompt_tokens, started, split)
         self.exchanges.answered(exchange, response["id"], answer)
-        return response
+        return JSONResponse(response)  # a plain dict: FastAPI's encoder pass is not needed
 
-    def _prompt(self, body, loaded: Loaded | None, chat: bool) -> tuple[str, str, int]:
-        """(what the model reads, template included; the user's own text, which is sampled;
-        the tokens the model reads)."""
+    async def _prompt(self, body, loaded: Loaded | None, chat: bool) -> tuple[str, int]:
+        """(what the model reads, template included; its tokens), within
+        serve.max_prompt_tokens."""
+        # Long prompts are tokenized in a thread, not to block the event loop; short ones
+        # in place, where it costs less than a thread hop (which waits for the GIL behind
+        # a generating thread, and so would thin the batches).
+        if body.characters() > INLINE_PROMPT_CHARS:
+            prompt, tokens = await asyncio.to_thread(self._render, body, loaded, chat)
+        else:
+            prompt, tokens = self._render(body, loaded, chat)
+        self.guard.check_prompt_tokens(tokens)
+        return prompt, tokens
+
+    def _render(self, body, loaded: Loaded | None, chat: bool) -> tuple[str, int]:
         if chat:
             system_prompt = loaded.system_prompt if loaded else self.config.system_prompt
             messages = [m.model_dump() for m in body.messages]
             if system_prompt and messages[0]["role"] != "system":
                 messages.insert(0, {"role": "system", "content": system_prompt})
             prompt = self.engine.render(messages)
-            said = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         else:
-            prompt = said = body.prompt
-        return prompt, said, self.engine.count_tokens(prompt)
+            prompt = body.prompt
+        return prompt, self.engine.count_tokens(prompt)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def generate_batch(self, requests: list[Completion]) -> list[dict]:

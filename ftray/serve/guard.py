@@ -86,6 +86,14 @@ class ChatRequest(_Common):
     def characters(self) -> int:
         return sum(len(m.content) for m in self.messages)
 
+    def asked(self) -> tuple:
+        """The request's text as a cache key: its (role, content) pairs."""
+        return tuple((m.role, m.content) for m in self.messages)
+
+    def said(self) -> str:
+        """The user's own text (what is sampled): the last user message."""
+        return next((m.content for m in reversed(self.messages) if m.role == "user"), "")
+
 
 class CompletionRequest(_Common):
     prompt: str
@@ -99,6 +107,14 @@ class CompletionRequest(_Common):
 
     def characters(self) -> int:
         return len(self.prompt)
+
+    def asked(self) -> str:
+        """The request's text as a cache key: its prompt."""
+        return self.prompt
+
+    def said(self) -> str:
+        """The user's own text (what is sampled): the prompt."""
+        return self.prompt
 
 
 class FeedbackRequest(BaseModel):

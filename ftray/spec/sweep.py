@@ -81,11 +81,24 @@ class SweepSpec(_Section):
         description="'asha' stops trials that trail at each rung of evaluations (set "
         "train.eval_every so trials evaluate several times); 'fifo' runs every trial out.",
     )
-    grace_period: int = Field(
-        default=1, ge=1, description="ASHA: evaluations every trial gets before it can stop."
+    grace_period: int | None = Field(
+        default=None,
+        ge=1,
+        description="ASHA: evaluations every trial gets before it can stop. Unset: from the "
+        "trial budget, evaluations per trial // reduction_factor³ (at least 1), so up to "
+        "three rungs stop trials before the last evaluation.",
     )
-    reduction_factor: int = Field(
-        default=2, ge=2, description="ASHA: 1/reduction_factor of trials go on at each rung."
+    reduction_factor: int | None = Field(
+        default=None,
+        ge=2,
+        description="ASHA: 1/reduction_factor of trials go on at each rung. Unset: the "
+        "largest of 4, 3, 2 whose cube is at most the number of trials (2 when fewer than "
+        "8), so a trial can pass three rungs.",
+    )
+    seed: int = Field(
+        default=0,
+        description="Seed of the random search: the same seed samples the same trial values "
+        "(the same space and num_samples).",
     )
     max_concurrent: int = Field(
         default=1,

@@ -110,10 +110,18 @@ def run_identity(
     )
 
 
+def planned_steps(spec: TrainSpec, n_train: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, steps the run takes) on `n_train` training examples."""
+    workers = spec.scaling.num_workers
+    steps_per_epoch = (n_train // workers) // (spec.batch_size // workers)
+    epochs = steps_per_epoch * spec.epochs
+    return steps_per_epoch, min(spec.max_steps or epochs, epochs)
+
+
 def _loop_config(spec, model, dataset, store, run, wandb, project, trial) -> LoopConfig:
     counts = dataset.manifest["counts"]
-    n_train, workers = counts["train"], spec.scaling.num_workers
-    steps_per_epoch = (n_train // workers) // (spec.batch_size // workers)
+    n_train = counts["train"]
+    steps_per_epoch, total_steps = planned_steps(spec, n_train)
     if steps_per_epoch < 1:
         raise UserError(
             f"train.batch_size: {spec.batch_size} is more than the {n_train} training examples "
@@ -134,14 +142,12 @@ def _loop_config(spec, model, dataset, store, run, wandb, project, trial) -> Loo
         init_weights=parent_weights(spec, store),
         dtype=model.dtype,
         steps_per_epoch=steps_per_epoch,
-        total_steps=min(
-            spec.max_steps or steps_per_epoch * spec.epochs, steps_per_epoch * spec.epochs
-        ),
+        total_steps=total_steps,
         pack_length=dataset.manifest["spec"]["max_seq_len"],
         wandb=_wandb(wandb, project, store, run, trial),
         trial=trial.record() if trial else None,
         probe=_probe(trial.probe, dataset) if trial and trial.probe else None,
-        fault=_fault_injection(store, run, workers),
+        fault=_fault_injection(store, run, spec.scaling.num_workers),
     )
 
 

@@ -284,10 +284,21 @@ def test_two_hundred_requests_at_concurrency_sixteen(served, registry_store, ray
     assert answers == expected, "batched answers match one-at-a-time answers, per model"
     batching = httpx.get(f"{url}/ready").json()["batching"]
     assert batching["largest"] > 1 and batching["requests"] / batching["batches"] > 1.5, batching
-    before = httpx.get(f"{url}/ready").json()["cache"]
-    assert ask(prompts[5]) == expected[5]
-    after = httpx.get(f"{url}/ready").json()["cache"]
-    assert after["hits"] == before["hits"] + 1
+    # a repeated request is a hit: the same answer and usage, and nothing generated
+    model, prompt = prompts[5]
+    first_reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}]
+    )
+    before = httpx.get(f"{url}/ready").json()
+    assert ask(prompts[5]) == expected[5] == first_reply.choices[0].message.content
+    again = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}]
+    )
+    after = httpx.get(f"{url}/ready").json()
+    assert after["cache"]["hits"] == before["cache"]["hits"] + 2
+    assert after["batching"]["requests"] == before["batching"]["requests"], "not generated"
+    assert again.usage == first_reply.usage and again.model == model
+    assert again.id != first_reply.id  # a hit is its own response (feedback refers to it)
     # Ray's metrics agent exports the app's metrics beside Serve's own
     deadline, text = time.time() + 90, ""
     while time.time() < deadline:

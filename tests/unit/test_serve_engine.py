@@ -183,10 +183,10 @@ def test_cache_lru_ttl_and_counts():
     cache = CompletionCache(max_entries=2, ttl_s=10, clock=lambda: now[0])
     keys = [CompletionCache.key(m, "p", 8, 0.0) for m in ("a", "b", "c")]
     assert CompletionCache.key("a", "p", 8, 0.7) is None  # sampled answers are not cached
-    cache.put(keys[0], {"text": "A"})
-    cache.put(keys[1], {"text": "B"})
-    assert cache.get(keys[0]) == {"text": "A"}  # a is now the most recent
-    cache.put(keys[2], {"text": "C"})  # evicts b
+    cache.put(keys[0], ({"text": "A"}, 3))
+    cache.put(keys[1], ({"text": "B"}, 3))
+    assert cache.get(keys[0]) == ({"text": "A"}, 3)  # a is now the most recent
+    cache.put(keys[2], ({"text": "C"}, 3))  # evicts b
     assert cache.get(keys[1]) is None
     now[0] = 11
     assert cache.get(keys[0]) is None  # expired

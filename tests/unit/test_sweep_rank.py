@@ -111,3 +111,35 @@ def test_the_leaderboard_takes_each_trials_best_over_its_history():
     assert [r["trial_id"] for r in board] == ["high-f1", "low-loss"]
     assert (board[0]["metric"], board[0]["eval_loss"]) == (0.6, 1.0)
     assert (board[1]["metric"], board[1]["eval_loss"]) == (0.35, 0.7)
+
+
+def _sweep(**rules):
+    from ftray.spec import SweepSpec
+
+    space = {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}
+    return SweepSpec.model_validate({"parameters": space} | rules)
+
+
+def test_asha_rungs_follow_the_trial_budget_unless_set():
+    from ftray.spec import TrainSpec
+    from ftray.sweep import asha_rungs, evaluations_per_trial, trial_count
+
+    # 16 steps, an evaluation every 2: 8 evaluations; 16 trials: factor 2 (3³ > 16), grace 1
+    train = TrainSpec.model_validate({"max_steps": 16, "eval_every": 2, "batch_size": 4})
+    evaluations = evaluations_per_trial(train, n_train=270)
+    assert evaluations == 8
+    assert asha_rungs(_sweep(num_samples=16), evaluations) == (1, 2)
+    # 27 trials of 54 evaluations: factor 3, rungs at 2, 6 and 18 (< 54)
+    assert asha_rungs(_sweep(num_samples=27), 54) == (2, 3)
+    # a grid counts every point: 4 × 2 values × 8 samples = 64 trials, factor 4
+    grid = {"type": "grid", "values": [1, 2, 3, 4]}
+    space = {"train.lora.r": grid, "train.lora.alpha": {"type": "grid", "values": [8, 16]}}
+    rules = _sweep(num_samples=8, parameters=space)
+    assert trial_count(rules) == 64 and asha_rungs(rules, 200) == (3, 4)
+    # explicit values win
+    assert asha_rungs(_sweep(num_samples=16, grace_period=3, reduction_factor=3), 8) == (3, 3)
+    # without eval_every, one evaluation per epoch (and a last one at max_steps)
+    per_epoch = TrainSpec.model_validate({"epochs": 3, "batch_size": 4})
+    assert evaluations_per_trial(per_epoch, n_train=40) == 3
+    cut = TrainSpec.model_validate({"epochs": 3, "batch_size": 4, "max_steps": 25})
+    assert evaluations_per_trial(cut, n_train=40) == 3
