@@ -95,7 +95,8 @@ def stop_ray_head(temp_dir: str, port: int) -> None:
     for proc in procs.values():
         with contextlib.suppress(psutil.Error):
             proc.terminate()
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=10)
+    # Some of them outlive SIGTERM (every session waited out a 10 s grace): 3 s, then SIGKILL.
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=3)
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()

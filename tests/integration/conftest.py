@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.conftest import cli
 from tests.integration.colors import query
 
 
@@ -33,6 +36,9 @@ def colors_job(tmp_path_factory):
             "dedup": {"near": False},
         },
         "assess": {"enabled": False},
+        # W&B runs are test_train's and test_pipeline's; here each training, evaluation and
+        # re-gated verdict would start one (seconds each) that no test reads
+        "wandb": {"mode": "disabled"},
         "train": {
             "method": "lora",
             "epochs": 3,
@@ -48,9 +54,36 @@ def colors_job(tmp_path_factory):
             "max_new_tokens": 6,
             "batch_size": 30,
             "bootstrap_samples": 500,
-            "consistency_examples": 8,
+            # the classification default without consistency, whose sampled answers are a
+            # second generation pass (new Ray Data actors loading every arm);
+            # test_pipeline's evaluations sample them
+            "metrics": ["exact_match", "classification", "hallucination"],
         },
     }
     path = folder / "gate.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path, folder / "store" / "gate"
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory, ray_address) -> Path:
+    """jobs/tiny.yaml's dataset and tiny model, prepared once per session (`tiny_store`).
+
+    A prepare is most of a small job's time (Ray Data checks, dedup shuffles); tests about
+    later stages start from a copy, which their `prepare` reuses as it would on a user's
+    store. test_pipeline and test_prepare run prepare for themselves."""
+    seed = tmp_path_factory.mktemp("tiny-seed")
+    cli(ray_address, "prepare", "jobs/tiny.yaml", "--set", f"storage={seed}")
+    return seed / "tiny"
+
+
+def seed_tiny(storage: Path, tiny_prepared: Path) -> Path:
+    """`storage` holding a copy of the prepared tiny project (jobs/tiny.yaml's `storage`)."""
+    shutil.copytree(tiny_prepared, storage / "tiny")
+    return storage
+
+
+@pytest.fixture
+def tiny_store(tmp_path, tiny_prepared) -> Path:
+    """A fresh storage folder for jobs/tiny.yaml, its dataset already prepared."""
+    return seed_tiny(tmp_path, tiny_prepared)

@@ -7,11 +7,12 @@ import json
 import pytest
 
 from ftray.exits import ASSESS_STOP
+from tests.integration.conftest import seed_tiny
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return tmp_path_factory.mktemp("assess")
+def store(tmp_path_factory, tiny_prepared):
+    return seed_tiny(tmp_path_factory.mktemp("assess"), tiny_prepared)
 
 
 def test_assess_says_fine_tune_with_estimates(store, run_cli):

@@ -85,7 +85,14 @@ LORA = {"dpo": {"beta": 0.1}, "lr": 0.02, "lora": {"r": 8, "alpha": 16, "dropout
 FULL = {"dpo": {"beta": 0.1, "adapter": "full"}, "lr": 1e-3, "deepspeed": {"stage": 2}}
 
 
-@pytest.mark.parametrize("train", [LORA, FULL], ids=["lora", "full"])
+# [full] is in the slow tier (`make test-slow`): its parts are in `make test` elsewhere: DPO on
+# 2 Ray workers with a worker killed and resumed ([lora]), ZeRO-2 on 2 Ray workers
+# (test_train.py's full fine-tune), and a resumed full DPO engine keeping the initial model as
+# its reference (tests/unit/test_dpo.py); the combination took ~2.5 minutes of `make test`.
+@pytest.mark.parametrize(
+    "train",
+    [pytest.param(LORA, id="lora"), pytest.param(FULL, id="full", marks=pytest.mark.slow)],
+)
 def test_dpo_prefers_the_chosen_answer_on_held_out_prompts_and_resumes(
     ray_address, tmp_path, train
 ):

@@ -17,6 +17,8 @@ def test_ftray_submit_runs_the_job_and_streams_its_logs(tmp_path, ray_cluster, r
     out = run_cli(
         *("submit", "jobs/tiny.yaml", "--address", dashboard, "--stage", "eval"),
         *("--set", f"storage={tmp_path}"),
+        # nor consistency sampling, a second generation pass
+        *("--set", "eval.metrics=[exact_match,classification,hallucination]"),
     ).stdout
     job_id = re.search(r"submitted (ftray-tiny-\S+) to", out).group(1)
     assert "✓ train" in out and "gate passed" in out, "the job's own output streams back"

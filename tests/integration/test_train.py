@@ -15,14 +15,14 @@ def _run_manifest(store: Path) -> dict:
     return json.loads((runs[0] / "manifest.json").read_text())
 
 
-def test_killed_worker_resumes_from_the_last_checkpoint(ray_address, tmp_path):
+def test_killed_worker_resumes_from_the_last_checkpoint(ray_address, tiny_store):
     """Rank 1 dies after step 3; Ray Train restarts both workers from step 2's checkpoint.
     Then the same run with the base partitioned (`train.sharding: zero3`)."""
-    args = ["train", "jobs/tiny.yaml", "--set", f"storage={tmp_path}"]
+    args = ["train", "jobs/tiny.yaml", "--set", f"storage={tiny_store}"]
     args += ["--set", "train.eval_every=2"]
     done = cli(ray_address, *args, env={"FTRAY_INJECT_FAULT": "3"})
-    manifest = _run_manifest(tmp_path)
-    run_dir = tmp_path / "tiny" / "runs" / manifest["run_id"]
+    manifest = _run_manifest(tiny_store)
+    run_dir = tiny_store / "tiny" / "runs" / manifest["run_id"]
     assert (run_dir / "fault-injected.txt").is_file(), "the fault fired"
     assert manifest["resumed_from"] == [2]
     assert manifest["metrics"]["step"] == 6
@@ -43,7 +43,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_address, tmp_path):
     for key in (b"train/loss", b"train/tokens_per_s", b"train/lr", b"validation/loss"):
         assert key in records, key
 
-    _lora_under_zero3_matches_ddp(ray_address, tmp_path, args, manifest)
+    _lora_under_zero3_matches_ddp(ray_address, tiny_store, args, manifest)
 
 
 def _lora_under_zero3_matches_ddp(ray_address, store: Path, args: list, ddp: dict) -> None:
@@ -82,21 +82,21 @@ def _lora_under_zero3_matches_ddp(ray_address, store: Path, args: list, ddp: dic
     assert torch.allclose(logits[0], logits[1], atol=1e-3), (logits[0] - logits[1]).abs().max()
 
 
-def test_resubmitted_job_resumes_its_run(ray_address, tmp_path):
+def test_resubmitted_job_resumes_its_run(ray_address, tiny_store):
     """A QLoRA job that fails (no restarts allowed) continues when submitted again."""
-    args = ["train", "jobs/tiny.yaml", "--set", f"storage={tmp_path}"]
+    args = ["train", "jobs/tiny.yaml", "--set", f"storage={tiny_store}"]
     args += ["--set", "train.method=qlora", "--set", "train.eval_every=2"]
     args += ["--set", "train.max_failures=0", "--set", "wandb.mode=disabled"]
     failed = cli(ray_address, *args, check=False, env={"FTRAY_INJECT_FAULT": "3"})
     assert failed.returncode != 0, failed.stdout
-    assert not list((tmp_path / "tiny" / "runs").glob("*/manifest.json"))
+    assert not list((tiny_store / "tiny" / "runs").glob("*/manifest.json"))
     # the test split plays no part in training: made unreadable, the run still ends
-    (dataset,) = (tmp_path / "tiny" / "datasets").glob("ds-*")
+    (dataset,) = (tiny_store / "tiny" / "datasets").glob("ds-*")
     for part in (dataset / "eval").glob("*.parquet"):
         part.write_bytes(b"the test set")
 
     done = cli(ray_address, *args)
-    manifest = _run_manifest(tmp_path)
+    manifest = _run_manifest(tiny_store)
     assert manifest["method"] == "qlora"
     validation = json.loads((dataset / "manifest.json").read_text())["counts"]["validation"]
     assert manifest["selected_on"] == {
@@ -108,13 +108,15 @@ def test_resubmitted_job_resumes_its_run(ray_address, tmp_path):
     assert manifest["metrics"]["step"] == 6
 
 
-def test_full_finetune_with_zero2_on_two_workers(ray_address, tmp_path):
+def test_full_finetune_with_zero2_on_two_workers(ray_address, tiny_store):
     """DeepSpeed ZeRO-2 over 2 gloo workers; the consolidated model is evaluated."""
-    args = ["eval", "jobs/tiny.yaml", "--set", f"storage={tmp_path}"]
+    args = ["eval", "jobs/tiny.yaml", "--set", f"storage={tiny_store}"]
     args += ["--set", "train.method=full", "--set", "train.deepspeed.stage=2"]
     args += ["--set", "train.micro_batch_size=1", "--set", "wandb.mode=disabled"]
+    # no consistency sampling (a second generation pass): test_pipeline's evaluation has it
+    args += ["--set", "eval.metrics=[exact_match,classification,hallucination]"]
     done = cli(ray_address, *args)
-    manifest = _run_manifest(tmp_path)
+    manifest = _run_manifest(tiny_store)
     assert manifest["kind"] == "model"
     history = manifest["loss_history"]
     assert history[-1][1] < history[0][1], history

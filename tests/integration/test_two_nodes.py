@@ -34,19 +34,19 @@ def two_nodes():
     cluster.shutdown()
 
 
-def test_two_worker_training_spreads_over_both_nodes(two_nodes, tmp_path):
+def test_two_worker_training_spreads_over_both_nodes(two_nodes, tiny_store):
     cli(
         two_nodes.address,
         "train",
         "jobs/tiny.yaml",
         "--set",
-        f"storage={tmp_path}",
+        f"storage={tiny_store}",
         "--set",
         "train.scaling.placement_strategy=STRICT_SPREAD",
         "--set",
         "train.max_steps=2",
     )
-    manifest = json.loads(next((tmp_path / "tiny" / "runs").glob("*/manifest.json")).read_text())
+    manifest = json.loads(next((tiny_store / "tiny" / "runs").glob("*/manifest.json")).read_text())
     nodes = manifest["worker_nodes"]
     assert len(nodes) == 2 and len(set(nodes)) == 2, nodes
     assert manifest["loss_last"] is not None
