@@ -1,14 +1,16 @@
 """Prepare throughput: `ftray prepare` on Ray Data vs one process doing the same work.
 
-    python -m bench.prepare [--sizes 10000 100000] [--baseline 100000]
+    python -m bench.prepare [--sizes 10000 100000] [--baseline 10000 100000]
 
 Both sides run the same per-record code (`CheckRecords.one`: normalise, contract, toxicity,
 PII, tokenize with the tiny model's tokenizer, MinHash + LSH keys) and the same exact and
 near-duplicate rules; the baseline is a single-process `datasets.map` plus in-memory dicts.
 Inputs are Banking77's 10,003 training queries repeated with variations (typos, suffixes,
 reordered clauses), so near-duplicates are common, as in real scraped data. Results go to
-bench/results/prepare.json as examples/s and as the ratio ftray / baseline; nothing is
-asserted about time.
+bench/results/prepare.json as examples/s and as the ratio ftray / baseline, with prepare's
+own wall time per step; nothing is asserted about time. What each side's time includes:
+ftray, the whole `prepare` call in a started Ray (hashing, reading, checks, dedup, split,
+parquet writes, report); the baseline, reading, checks and dedup (no split, no writes).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "prepare.json"
+STEPS = "seconds per step: "  # prepare's note of its wall time per step
 SUFFIXES = ["", " please", " thanks", "?", " asap", " - urgent", " (again)", " help"]
 
 
@@ -52,12 +55,22 @@ def run_ftray(path: Path, store: Path) -> dict:
     from ftray.spec import DataSpec, ModelSpec, RaySpec
     from ftray.store import Store
 
+    steps: dict[str, float] = {}
+
+    class Notes(Progress):
+        def note(self, message: str) -> None:
+            super().note(message)
+            if message.startswith(STEPS):
+                for step in message.removeprefix(STEPS).split(", "):
+                    name, seconds = step.rsplit(" ", 1)
+                    steps[name] = float(seconds)
+
     data = DataSpec(sources=[{"path": str(path)}], max_seq_len=512)
     with ray_session(RaySpec()):
         started = time.perf_counter()
-        ref = prepare(data, ModelSpec(base="tiny"), Store(str(store), "bench"), Progress())
+        ref = prepare(data, ModelSpec(base="tiny"), Store(str(store), "bench"), Notes())
         seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 1), "counts": ref.manifest["counts"]}
+    return {"seconds": round(seconds, 1), "counts": ref.manifest["counts"], "steps": steps}
 
 
 def run_baseline(path: Path, store: Path) -> dict:
@@ -110,14 +123,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument(
-        "--baseline", type=int, default=100_000, help="size to also run the baseline on; 0: none"
+        "--baseline",
+        type=int,
+        nargs="*",
+        default=[10_000, 100_000],
+        help="sizes to also run the baseline on (none: no baseline)",
     )
     args = parser.parse_args()
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     # Runs of other sizes from earlier invocations are kept, so sizes can be run one at a time.
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": []}
     results["machine"] = f"{os.cpu_count()} CPUs"
-    wanted = sorted(set(args.sizes) | ({args.baseline} if args.baseline else set()))
+    wanted = sorted(set(args.sizes) | set(args.baseline))
     results["runs"] = [r for r in results["runs"] if r["examples"] not in wanted]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -125,7 +142,7 @@ def main() -> None:
             path = make_data(n, folder)
             entry = {"examples": n, "ftray": run_ftray(path, folder / f"store-{n}")}
             entry["ftray"]["examples_per_s"] = round(n / entry["ftray"]["seconds"], 1)
-            if n == args.baseline:
+            if n in args.baseline:
                 base = run_baseline(path, folder / f"store-{n}")
                 base["examples_per_s"] = round(n / base["seconds"], 1)
                 entry["baseline"] = base

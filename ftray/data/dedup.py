@@ -43,18 +43,18 @@ def find_duplicates(
     """
     parts = max(4, min(200, num_rows // 10_000))
     drops: dict[int, tuple[str, str]] = {}
-    if passing.count() == 0:
-        return drops, {}  # the shuffles below need rows to know their columns
     columns = [*_COLUMNS[:-1], "exact_key", "band_keys", "signature", "messages", "completion"]
     keyed = (
         passing.select_columns(columns)
         .map_batches(_add_keys, fn_kwargs={"precedence": precedence}, batch_format="pandas")
         .materialize()
     )
+    if keyed.count() == 0:  # counted when materialized: no pass over the data
+        return drops, {}  # the shuffles below need rows to know their columns
     if spec.exact:
         rows = keyed.select_columns([*_COLUMNS, "exact_key"])
-        for row in _by_key(rows, "exact_key", parts, _exact_block).iter_rows():
-            drops[int(row["order"])] = _verdict(row, "same text as", None)
+        later = _by_key(rows, "exact_key", parts, _exact_block)
+        drops.update(_collect(later.map_batches(_verdicts, batch_format="pandas")))
     lost: dict[int, tuple[str, str]] = {}
     moves: dict[int, str] = {}
     if spec.conflicts:
@@ -147,30 +147,82 @@ def _near(keyed, spec: DedupSpec, dropped: set[int], lost: set[int], parts: int)
     matches = pairs.map_batches(
         _similar_block, fn_kwargs={"threshold": spec.threshold}, batch_format="pandas"
     )
-    return _near_drops(matches.iter_rows(), dropped, lost)
+    excluded = {"dropped": sorted(dropped), "lost": sorted(lost)}
+    losers = matches.map_batches(_near_losers, fn_kwargs=excluded, batch_format="pandas")
+    losers = losers.materialize()
+    if losers.count() == 0:
+        return {}  # nothing similar enough: the shuffle below needs rows to know its columns
+    best = _by_key(losers, "order", parts, _best_match)
+    return _collect(best.map_batches(_verdicts, batch_format="pandas"))
 
 
 def _near_drops(matches, dropped: set[int], lost: set[int]) -> dict[int, tuple[str, str]]:
     """order → (rule, reason) from confirmed pairs (rows of `later_*`, `earlier_*` columns
-    and `similarity`): each record that loses a pair, with the best record it loses to."""
-    best: dict[int, tuple[dict, dict, tuple[int, int], float]] = {}
-    for row in matches:
-        # the join keeps the left key: `later_order` / `earlier_order` are `later` / `earlier`
-        later = {c: row[f"later_{c}"] for c in _COLUMNS if c != "order"}
-        earlier = {c: row[f"earlier_{c}"] for c in _COLUMNS if c != "order"}
-        later["order"], earlier["order"] = int(row["later"]), int(row["earlier"])
-        flip = int(later["precedence"]) > int(earlier["precedence"])
-        drop, keep = (earlier, later) if flip else (later, earlier)
-        if drop["order"] in dropped or keep["order"] in lost or drop["order"] in lost:
-            continue
-        rank = (-int(keep["precedence"]), keep["order"])
-        if drop["order"] not in best or rank < best[drop["order"]][2]:
-            best[drop["order"]] = (drop, keep, rank, row["similarity"])
-    drops = {}
-    for order, (drop, keep, _, sim) in best.items():
-        match = {f"match_{c}": keep[c] for c in _COLUMNS}
-        drops[order] = _verdict({**drop, **match}, "near-duplicate of", sim)
-    return drops
+    and `similarity`), in one process: what `_near` computes over the cluster."""
+    import pandas as pd
+
+    losers = _near_losers(pd.DataFrame(list(matches)), sorted(dropped), sorted(lost))
+    return _collect([_verdicts(_best_match(losers))])
+
+
+def _near_losers(block, dropped: list[int], lost: list[int]):
+    """Each confirmed pair as the record that loses it (the lower precedence, then the
+    later) and its `match_*` columns, but a pair with a record already dropped, or with a
+    conflict's loser: the conflict rule has decided between the two."""
+    import pandas as pd
+
+    # the join keeps the left key: `later_order` / `earlier_order` are `later` / `earlier`
+    later = {c: block["later" if c == "order" else f"later_{c}"] for c in _COLUMNS}
+    earlier = {c: block["earlier" if c == "order" else f"earlier_{c}"] for c in _COLUMNS}
+    flip = (block["later_precedence"] > block["earlier_precedence"]).to_numpy()
+    out = pd.DataFrame(
+        {
+            **{c: np.where(flip, earlier[c], later[c]) for c in _COLUMNS},
+            **{f"match_{c}": np.where(flip, later[c], earlier[c]) for c in _COLUMNS},
+            "similarity": block["similarity"].to_numpy(),
+        }
+    )
+    skip = out["order"].isin(dropped) | out["order"].isin(lost) | out["match_order"].isin(lost)
+    return out[~skip]
+
+
+def _best_match(block):
+    """Within one hash partition of the losing records: for each, the pair it loses to the
+    best record (the highest precedence, then the first)."""
+    ranked = block.sort_values(
+        ["order", "match_precedence", "match_order"], ascending=[True, False, True]
+    )
+    return ranked.drop_duplicates("order")
+
+
+def _verdicts(block):
+    """(order, rule, reason) of each losing record with its `match_*` columns (and the
+    `similarity` of a near-duplicate)."""
+    import pandas as pd
+
+    near = "similarity" in block.columns
+    what = "near-duplicate of" if near else "same text as"
+    verdicts = [
+        _verdict(row, what, float(row["similarity"]) if near else None)
+        for row in block.to_dict("records")
+    ]
+    return pd.DataFrame(
+        {
+            "order": block["order"].astype("int64").to_numpy(),
+            "rule": [rule for rule, _ in verdicts],
+            "reason": [reason for _, reason in verdicts],
+        }
+    )
+
+
+def _collect(verdicts) -> dict[int, tuple[str, str]]:
+    """order → (rule, reason) from a dataset (or list of frames) of verdicts."""
+    batches = verdicts if isinstance(verdicts, list) else verdicts.iter_batches(batch_size=None)
+    return {
+        int(order): (rule, reason)
+        for batch in batches
+        for order, rule, reason in zip(batch["order"], batch["rule"], batch["reason"], strict=True)
+    }
 
 
 def _distinct_pairs(block):

@@ -6,8 +6,9 @@ Out: a `DatasetRef` to `datasets/<dataset-id>/`: one parquet folder per split (`
 Side effects: a GGUF base is converted once into the store's model cache; abandoned attempt
 folders of the same dataset are removed.
 
-  read (one task per file) → CheckRecords actors (normalise, contract, toxicity, PII,
-  tokenize, fingerprint) → exact and near-duplicate groupbys → held-out splits → parquet
+  read (a task per jsonl byte range, or per file) → CheckRecords actors (normalise,
+  contract, toxicity, PII, tokenize, fingerprint) → exact and near-duplicate groupbys →
+  held-out splits → parquet
 
 Three example splits: `train`; `validation` (checkpoint selection, early stopping, sweep
 scores) and `eval` (the test set, scored only by `ftray eval`), each carved from the sources
@@ -26,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from dataclasses import asdict
 from typing import Any
 
 from ftray.artifacts import DatasetRef, reuse
@@ -34,7 +34,7 @@ from ftray.data.checks import load_word_list
 from ftray.data.dedup import find_duplicates
 from ftray.data.records import BLANK, CheckRecords
 from ftray.data.report import build_report
-from ftray.data.sources import SourceFile, expand_sources, number_files, read_records
+from ftray.data.sources import SourceFile, expand_sources, number_files, scan_jsonl
 from ftray.errors import UserError
 from ftray.models import load_tokenizer, resolve_model
 from ftray.progress import Progress
@@ -53,6 +53,9 @@ EXAMPLE_COLUMNS = ["source", "row", "prompt", "completion", "messages", "input_i
 EXAMPLE_COLUMNS += ["num_tokens"]
 PAIR_COLUMNS = ["rejected", "rejected_input_ids", "rejected_labels", "weight"]  # data.preference
 QUARANTINE_COLUMNS = ["source", "row", "prompt", "completion", "fields", "raw", "rule", "reason"]
+# A jsonl file is read in ranges of this many bytes, one Ray Data task each (~25k lines of
+# 80 bytes: long enough that a task's start-up is a small part of it).
+READ_RANGE_BYTES = 2 << 20
 _ATTEMPT = ".attempt-"  # `<dataset_id>.attempt-<hex>`: an attempt being written
 _STALE_ATTEMPT_S = 24 * 3600  # an attempt folder untouched this long was abandoned
 
@@ -77,7 +80,13 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
     model_dir = resolve_model(model, store)
     # here, not in the Ray Data actors: a base model with no chat template is a UserError
     load_tokenizer(model_dir, model.chat_template)
-    digests = [{"path": f.path, "format": f.format, "sha256": _digest(f)} for f in files]
+    # a jsonl file is hashed and cut into byte ranges in one pass
+    scans = {f.path: scan_jsonl(f, READ_RANGE_BYTES) for f in files if f.format == "jsonl"}
+    digests = [
+        {"path": f.path, "format": f.format, "sha256": s.sha256 if s else _digest(f)}
+        for f in files
+        for s in [scans.get(f.path)]
+    ]
     dataset_id = content_id(
         "ds", digests, data.model_dump(mode="json"), model.model_dump(mode="json"), PREPARE_VERSION
     )
@@ -87,7 +96,9 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
         _clear_incomplete(store, dataset_id)
         attempt = f"{dataset_id}{_ATTEMPT}{uuid.uuid4().hex[:8]}"
         try:
-            manifest = _build(data, model, model_dir, files, digests, store, attempt, progress)
+            manifest = _build(
+                data, model, model_dir, files, scans, digests, store, attempt, progress
+            )
         except BaseException:  # a failed or interrupted attempt leaves nothing behind
             if store.fs.exists(store.path("datasets", attempt)):
                 store.fs.rm(store.path("datasets", attempt), recursive=True)
@@ -98,16 +109,17 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
     return DatasetRef(dataset_id, store.uri("datasets", dataset_id), manifest, reused)
 
 
-def _build(data, model, model_dir, files, digests, store, attempt, progress) -> dict:
+def _build(data, model, model_dir, files, scans, digests, store, attempt, progress) -> dict:
     """Write the splits and the report of one attempt into `datasets/<attempt>`; returns
     the manifest (without its id)."""
     import ray
     from ray.data.expressions import col
 
+    from ftray.data.datasource import SourceRecords
+
     progress.note(f"checking {len(files)} file(s) with Ray Data ({data.num_workers} actor(s))")
-    records = ray.data.from_items([asdict(f) for f in files]).flat_map(
-        lambda item: read_records(SourceFile(**item))
-    )
+    clock = _Clock()
+    records = ray.data.read_datasource(SourceRecords(files, scans))
     checked = records.map_batches(
         CheckRecords,
         fn_constructor_kwargs={
@@ -119,6 +131,7 @@ def _build(data, model, model_dir, files, digests, store, attempt, progress) -> 
         batch_size=256,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=data.num_workers),
     ).materialize()
+    clock.lap("read and check")
     if checked.count() == 0:
         paths = ", ".join(f.path for f in files)
         raise UserError(f"data.sources: no line to read in {paths}; every file is empty.")
@@ -133,6 +146,7 @@ def _build(data, model, model_dir, files, digests, store, attempt, progress) -> 
     if dedup.exact or dedup.near or dedup.conflicts:
         precedence = {f.path: f.precedence for f in files}
         drops, moves = find_duplicates(passing, dedup, checked.count(), precedence)
+    clock.lap("duplicates")
     progress.note(
         f"duplicates and conflicts: {len(drops)} record(s) removed (exact, near, leakage, "
         f"conflict), {len(moves)} correction(s) moved to a held-out split"
@@ -143,11 +157,13 @@ def _build(data, model, model_dir, files, digests, store, attempt, progress) -> 
         fn_kwargs={"drops": drops, "carved": carved},
         batch_format="pandas",
     ).materialize()
+    clock.lap("split")
 
     narrow = ["split", "rule", "reason", "source", "row", "read", "num_tokens"]
     table = final.select_columns([*narrow, "pii_redacted", "truncated"]).to_pandas()
     accounts = _accounts(table, digests)  # raises before anything is published
     counts = _counts(table)
+    clock.lap("counts")
     progress.note(
         f"{counts['read']} lines read: {counts['train']} train, {counts['validation']} "
         f"validation, {counts['eval']} eval, {counts['quarantine']} quarantined, "
@@ -164,8 +180,11 @@ def _build(data, model, model_dir, files, digests, store, attempt, progress) -> 
     written = {split: _rows_written(store.uri("datasets", attempt, split)) for split in SPLITS}
     if written != {split: counts[split] for split in SPLITS}:
         raise RuntimeError(f"parquet holds {written} rows, expected {counts}")
+    clock.lap("write")
     report = build_report(table[table["split"] != BLANK], data)
     store.write_json(report, "datasets", attempt, "report.json")
+    clock.lap("report")
+    progress.note(f"seconds per step: {clock}")
     return {
         "sources": digests,
         "files": accounts,
@@ -176,6 +195,22 @@ def _build(data, model, model_dir, files, digests, store, attempt, progress) -> 
         "tokens": report["tokens"],
         "prepare_version": PREPARE_VERSION,
     }
+
+
+class _Clock:
+    """Wall time per step of a prepare, for the user and the benchmark's profile."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.laps[step] = now - self.last
+        self.last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {seconds:.1f}" for step, seconds in self.laps.items())
 
 
 def _check_settings(data: DataSpec) -> None:

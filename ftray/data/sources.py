@@ -1,12 +1,15 @@
 """Find and read source files into plain records, each tagged with where it came from.
 
-Files are read one per Ray Data task, line by line (row by row), so a broken line becomes a
-quarantined record with its location instead of a crashed job.
+Files are read line by line (row by row), so a broken line becomes a quarantined record with
+its location instead of a crashed job. A jsonl file is read in byte ranges (`scan_jsonl`,
+`read_jsonl_range`), one Ray Data task each, so one large file spreads over the cluster;
+other formats are read whole, one task per file.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from dataclasses import dataclass, replace
@@ -143,22 +146,90 @@ def decode_line(line: bytes, what: str = "line") -> tuple[str, str | None]:
         return text, f"{what} is not UTF-8 ({err.reason} at byte {err.start + 1} of the {what})"
 
 
-def _jsonl_records(file: SourceFile, raw: bytes) -> list[dict]:
+def _jsonl_records(
+    file: SourceFile, raw: bytes, first: int = 1, read: int | None = None
+) -> list[dict]:
+    """The records of whole lines `raw`, numbered from `first`, of a file of `read` lines
+    (default: `raw` is the whole file)."""
     lines = split_lines(raw)
+    read = len(lines) if read is None else read
     records = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(lines, start=first):
         text, error = decode_line(line)
         fields = None
         if error is None and not text.strip():
-            records.append(_record(file, number, len(lines), None, text, blank=True))
+            records.append(_record(file, number, read, None, text, blank=True))
             continue
         if error is None:
             try:
                 fields = json.loads(text)
             except json.JSONDecodeError as err:
                 error = f"bad JSON line: {err.msg} (column {err.colno})"
-        records.append(_record(file, number, len(lines), fields, text, error))
+        records.append(_record(file, number, read, fields, text, error))
     return records
+
+
+@dataclass(frozen=True)
+class LineRange:
+    """Bytes [start, end) of a jsonl file: its reader owns every line that starts there
+    (the last may run past `end`), the first of them numbered `first_line`."""
+
+    start: int
+    end: int
+    first_line: int
+
+
+@dataclass(frozen=True)
+class JsonlScan:
+    """One pass over a jsonl file: its sha256, how many lines it has, its byte ranges."""
+
+    sha256: str
+    lines: int
+    ranges: tuple[LineRange, ...]
+
+
+def scan_jsonl(file: SourceFile, range_bytes: int) -> JsonlScan:
+    r"""Hash a jsonl file and cut it into ranges of about `range_bytes`, counting the \n
+    before each cut so every range knows its first line's number (the digest reads every
+    byte anyway; counting is a C loop on the same buffer)."""
+    fs, path = fsspec.core.url_to_fs(file.path)
+    size = fs.size(path)
+    digest = hashlib.sha256()
+    cuts = list(range(range_bytes, size, range_bytes))
+    firsts = [1]  # the number of the first line starting at or after each cut
+    newlines, pos, last = 0, 0, b"\n"
+    with fs.open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+            end = pos + len(chunk)
+            while len(firsts) <= len(cuts) and cuts[len(firsts) - 1] <= end:
+                at = cuts[len(firsts) - 1] - pos  # the cut, inside (or at the end of) chunk
+                before = newlines + chunk.count(b"\n", 0, at)
+                # a line starts at the cut only after a \n; else the next line is the first
+                firsts.append(before + 1 + (chunk[at - 1 : at] != b"\n"))
+            newlines += chunk.count(b"\n")
+            pos, last = end, chunk[-1:]
+    starts, ends = [0, *cuts], [*cuts, size]
+    ranges = tuple(LineRange(*bounds) for bounds in zip(starts, ends, firsts, strict=True))
+    return JsonlScan(digest.hexdigest(), newlines + (size > 0 and last != b"\n"), ranges)
+
+
+def read_jsonl_range(file: SourceFile, part: LineRange, lines: int) -> list[dict]:
+    """The records of the lines starting in `part` of a jsonl file of `lines` lines."""
+    fs, path = fsspec.core.url_to_fs(file.path)
+    with fs.open(path, "rb") as handle:
+        if part.start:
+            handle.seek(part.start - 1)
+            handle.readline()  # the end of the line before: its own range reads it
+        begin = handle.tell()
+        if begin >= part.end:
+            return []  # one line covers the whole range; the range it starts in reads it
+        raw = handle.read(part.end - begin)
+        if not raw.endswith(b"\n"):
+            raw += handle.readline()  # the last line runs past the range: read it whole
+    if part.start == 0 and raw.startswith(_BOM):
+        raw = raw[len(_BOM) :]
+    return _jsonl_records(file, raw, part.first_line, lines)
 
 
 def _csv_records(file: SourceFile, raw: bytes) -> list[dict]:

@@ -107,3 +107,40 @@ def test_a_file_named_twice_is_refused_before_reading(tmp_path):
     twice = expand_sources([SourceSpec(path=str(tmp_path / "a*"))] * 2)
     with pytest.raises(UserError, match="named twice"):
         number_files(twice, [])
+
+
+@pytest.mark.parametrize("tail", [b"\n", b""], ids=["newline_at_end", "no_newline_at_end"])
+def test_jsonl_byte_ranges_read_every_line_once_with_its_number(tmp_path, tail):
+    """A file cut into ranges at every possible byte (inside a line, at a \\n, between \\r and
+    \\n, inside a multi-byte character) reads as the whole file does: each line by one range,
+    with its line number, a straddling line whole, bad lines quarantinable where they are."""
+    from ftray.data.sources import read_jsonl_range, scan_jsonl
+    from ftray.store import file_digest
+
+    lines = [
+        b'\xef\xbb\xbf{"prompt": "first", "completion": "a"}',
+        b'{"prompt": "' + "é".encode() * 40 + b'", "completion": "long line"}\r',  # CRLF
+        b"",  # 3: blank
+        b'{"prompt": "broken',  # 4: bad JSON
+        b'{"prompt": "caf\xe9", "completion": "a"}\r',  # 5: not UTF-8, CRLF
+        b"   ",  # 6: blank
+        b'{"prompt": "last", "completion": "z"}',
+    ]
+    data = b"\n".join(lines) + tail
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(data)
+    file = SourceFile(str(path), "jsonl")
+    whole = read_records(file)
+    assert [r["row"] for r in whole] == list(range(1, 8))
+    for size in range(1, len(data) + 1):
+        scan = scan_jsonl(file, size)
+        assert scan.sha256 == file_digest(str(path)) and scan.lines == 7
+        parts = [read_jsonl_range(file, part, scan.lines) for part in scan.ranges]
+        assert [r for part in parts for r in part] == whole, f"ranges of {size} bytes"
+    scan = scan_jsonl(file, 50)
+    by_range = [[r["row"] for r in read_jsonl_range(file, part, 7)] for part in scan.ranges]
+    # line 2 (bytes 43-165) starts in range 0 and runs over ranges 1 and 2: read whole once
+    assert by_range[:5] == [[1, 2], [], [], [3, 4, 5], [6, 7]], "several ranges, one per task"
+    records = [r for part in scan.ranges for r in read_jsonl_range(file, part, 7)]
+    broken = {r["row"]: r["error"] for r in records if r["error"]}
+    assert sorted(broken) == [4, 5] and "not UTF-8" in broken[5]
