@@ -187,9 +187,10 @@ class TrainSpec(_Section):
     seed: int = Field(default=0, description="Seed for weights init, dropout and data order.")
     packing: bool = Field(
         default=False,
-        description="Pack each batch's examples end to end into rows of up to data.max_seq_len "
-        "tokens (position ids restart per example; no attention across examples): same loss, "
-        "far less padding when examples are short.",
+        description="Pack examples end to end into rows of up to data.max_seq_len tokens, "
+        "the rows chosen over each worker's whole epoch (first-fit decreasing) and dealt into "
+        "the same number of steps (position ids restart per example; no attention across "
+        "examples): same loss, far less padding when lengths vary widely.",
     )
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (lora, qlora).")
     qlora: QloraSpec = Field(default_factory=QloraSpec, description="Quantization (qlora).")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ftray.data.tokenize import IGNORE_INDEX
 from ftray.spec import EarlyStoppingSpec, TrainSpec
-from ftray.train.collate import collate
+from ftray.train.collate import collate, pack_epoch
 from ftray.train.config import FaultConfig, LoopConfig
 from ftray.train.context import WorkerContext, all_reduce_sum, gather
 from ftray.train.dpo import collate_pairs, evaluate_pairs
@@ -116,6 +116,8 @@ def train_loop(config: LoopConfig | dict, ctx: WorkerContext) -> dict:
         while state.step < total and not state.stopped_early:
             engine.model.train()
             batches = ctx.batches("train", micro, state.epoch)
+            if pack:  # rows decided over the whole shard (dpo refuses packing)
+                batches = pack_epoch(batches, pack, micro_per_epoch, spec.seed, state.epoch)
             for group in _steps(batches, accumulation, state.micro_index, micro_per_epoch):
                 tensors = [_collate(raw, spec, pack, ctx.device) for raw in group]
                 num_items = all_reduce_sum(sum(_items(t, spec) for t in tensors))

@@ -56,10 +56,10 @@ def test_packing_lays_examples_end_to_end_with_positions_restarting():
         "input_ids": [[1, 2, 3], [4, 5], [6, 7, 8, 9]],
         "labels": [[-100, 2, 3], [4, 5], [6, 7, 8, 9]],
     }
-    packed = collate(batch, pack_length=5)
-    assert packed["input_ids"].tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 0]]
-    assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 2, 3, 4]]
-    assert packed["labels"].tolist()[1][-1] == -100
+    packed = collate(batch, pack_length=5)  # first-fit decreasing: the 4 first, then 3 + 2
+    assert packed["input_ids"].tolist() == [[6, 7, 8, 9, 0], [1, 2, 3, 4, 5]]
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]
+    assert packed["labels"].tolist()[0][-1] == -100
     assert "attention_mask" not in packed
 
 
@@ -81,7 +81,11 @@ def test_packed_loss_equals_unpacked_loss(tiny_dir, tmp_path):
         packed = model(**packed_batch, use_cache=False).loss
         # With a KV cache transformers skips the block mask: attention leaks across examples.
         leaky = model(**packed_batch, use_cache=True).loss
+        # rows decided elsewhere (`pack_epoch`, over a shard): the same loss
+        rows = collate({**batch, "rows": [[2], [0, 1]]}, pack_length=1000)
+        dealt = model(**rows, use_cache=False).loss
     assert packed.item() == pytest.approx(plain.item(), rel=1e-5)
+    assert dealt.item() == pytest.approx(plain.item(), rel=1e-5)
     assert abs(leaky.item() - plain.item()) > 1e-4
 
 
@@ -185,6 +189,28 @@ def test_resume_is_exact(tiny_dir, tmp_path):
     assert final["step"] == expected["step"] == 6
     assert final["loss_history"] == expected["loss_history"]
     assert final["eval_history"] == expected["eval_history"]
+    got, want = _adapter(resumed.checkpoints()[-1]), _adapter(whole.checkpoints()[-1])
+    for key, value in want.items():
+        assert torch.equal(value, got[key]), key
+
+
+def test_packed_resume_sees_the_same_remaining_batches(tiny_dir, tmp_path):
+    """Packed across the shard: killed mid-epoch 2 and resumed, the same weights as never
+    stopping (the epoch's rows are dealt again identically and the consumed ones skipped)."""
+    _dataset(tmp_path / "ds", load_tokenizer(tiny_dir), 16)
+    spec = _spec(epochs=2, eval_every=3, micro_batch_size=4, packing=True, lora={"dropout": 0.1})
+    config = {**_config(tiny_dir, spec, steps_per_epoch=2), "pack_length": 128}
+    whole = LocalContext(str(tmp_path / "ds"), str(tmp_path / "whole"))
+    expected = train_loop(config, whole)
+
+    broken = _CrashingContext(str(tmp_path / "ds"), str(tmp_path / "broken"), crash_after=1)
+    with pytest.raises(_Crash):
+        train_loop(config, broken)
+    resumed = LocalContext(str(tmp_path / "ds"), str(tmp_path / "broken"))
+    final = train_loop(config, resumed)
+
+    assert final["resumed_from"] == [3], "after the first step of epoch 2: mid-epoch"
+    assert final["loss_history"] == expected["loss_history"]
     got, want = _adapter(resumed.checkpoints()[-1]), _adapter(whole.checkpoints()[-1])
     for key, value in want.items():
         assert torch.equal(value, got[key]), key
