@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 from ftray import registry
+from ftray.monitor import feedback
 from ftray.monitor.reference import UNRECORDED, references
 from ftray.monitor.stage import load_samples, monitor
 from ftray.monitor.trigger import retrain_reason
@@ -40,6 +41,7 @@ def _spec(tmp_path, **monitor) -> JobSpec:
 
 
 async def _traffic(store, rows: list[dict]) -> None:
+    """What the Serve app's sampler writes for these answered requests, timed now."""
     sampler = _sampler(store, flush_rows=1000)
     now = utc_stamp()
     for row in rows:
@@ -48,6 +50,7 @@ async def _traffic(store, rows: list[dict]) -> None:
 
 
 def _answers(model: str, outputs: list[str], start: int = 0) -> list[dict]:
+    """Sampled requests `model` answered with `outputs`."""
     return [
         {**_row(start + i), "request_id": f"{model}-{i}", "model": model, "output": output}
         for i, output in enumerate(outputs)
@@ -101,11 +104,10 @@ def test_alerts_name_the_model_and_a_model_with_few_samples_is_reported(store, t
     assert "on model base over 30 samples" in out
 
 
-def _dataset(store, dataset_id: str, labels: list[str]) -> None:
-    rows = {
-        "prompt": [f"{dataset_id} prompt {i}" for i in range(len(labels))],
-        "completion": labels,
-    }
+def _dataset(store, dataset_id: str, labels: list[str], prompts: list[str] | None = None) -> None:
+    """A finished dataset whose train split holds `prompts` (default: numbered) and `labels`."""
+    prompts = prompts or [f"{dataset_id} prompt {i}" for i in range(len(labels))]
+    rows = {"prompt": prompts, "completion": labels}
     store.write_parquet(pa.table(rows), "datasets", dataset_id, "train", "part-0.parquet")
     store.finish({"dataset_id": dataset_id, "sources": []}, "datasets", dataset_id)
 
@@ -182,3 +184,34 @@ def test_retrain_alerts_count_on_the_production_model_only(store, tmp_path):
     assert retrain_reason(spec, store, alert("base"), now) is None
     assert retrain_reason(spec, store, alert(production), now) == "alert: input_drift_psi"
     assert retrain_reason(spec, store, alert(UNRECORDED), now) == "alert: input_drift_psi"
+
+
+def test_models_without_samples_are_listed_and_corrections_go_to_their_model(store, tmp_path):
+    """The production model is reported though nothing sampled it; a correction counts for
+    the model that gave the corrected answer, or `unrecorded` when only `production` is
+    known of it."""
+    _dataset(store, "ds-a", ["red"])
+    production = _model(store, "a", "ds-a", 1)
+    registry.promote(store, production, reason="test")
+    asyncio.run(_traffic(store, _answers("model-x", ["red", "blue"])))
+    for request_id, model, correction in (
+        ("model-x-0", None, "red"),  # sampled: its model is the sample's
+        ("model-x-1", None, "red"),
+        ("gone", "production", "blue"),  # the alias: which arm answered is not known
+    ):
+        row = {"request_id": request_id, "model": model, "flag": False, "rating": None}
+        feedback.store_feedback(store, {**row, "correction": correction, "output": "red"})
+    ref = monitor(_spec(tmp_path), store, Progress())
+    by_model = {m["model"]: m for m in ref.models}
+    assert by_model[production] == {
+        "model": production,
+        "role": "production",
+        "samples": 0,
+        "split_samples": 0,
+        "enough_samples": False,
+        "reference": "its own: dataset ds-a, evaluation eval-a",
+    }
+    agreement = {k["model"]: k for k in ref.checks if k["check"] == "correction_agreement"}
+    assert (agreement["model-x"]["value"], agreement["model-x"]["n"]) == (1.0, 2)
+    assert (agreement[UNRECORDED]["value"], agreement[UNRECORDED]["n"]) == (0.0, 1)
+    assert production not in agreement
