@@ -74,7 +74,7 @@ def monitor(spec: JobSpec, store: Store, progress: Progress) -> MonitorRef:
                 "model": model,
                 "role": _role(model, production, split),
                 "samples": len(rows),
-                "split_samples": int(rows["split"].fillna(False).astype(bool).sum()),
+                "split_samples": int(rows["split"].sum()),
                 "enough_samples": enough,
                 "reference": refs[model]["label"],
             }
@@ -149,7 +149,11 @@ def load_samples(store: Store, since: float) -> tuple:
     names = [*COLUMNS, *(k for k in OPTIONAL if k not in COLUMNS)]
     frames = [frame[names] for frame in frames]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=names)
-    return table[table["time"] >= start].reset_index(drop=True), unreadable
+    table = table[table["time"] >= start].reset_index(drop=True)
+    # a null in a file that has the column reads as that column's default too
+    table["model"] = [str(m) if isinstance(m, str) else UNRECORDED for m in table["model"]]
+    table["split"] = [bool(v and v == v) for v in table["split"]]  # None, NaN: False
+    return table, unreadable
 
 
 def _served(samples, corrections: dict, production: str | None, split: dict | None) -> list:
@@ -157,7 +161,7 @@ def _served(samples, corrections: dict, production: str | None, split: dict | No
     no traffic is news too), then every other model that answered, or was corrected, in the
     window."""
     expected = [production, *((split["model_id"], split["control"]) if split else ())]
-    seen = sorted({str(m) for m in samples["model"]} | set(corrections))
+    seen = sorted(set(samples["model"]) | set(corrections))
     return list(dict.fromkeys(m for m in [*expected, *seen] if m is not None))
 
 

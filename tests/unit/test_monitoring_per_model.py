@@ -161,11 +161,13 @@ def test_sample_files_from_before_the_model_was_recorded_still_load(store):
     store.write_parquet(
         pa.Table.from_pylist([old]), "monitor", "samples", f"date={day}", "a.parquet"
     )
-    asyncio.run(_traffic(store, [{**_row(1), "model": "base", "split": True}]))
+    nulls = {**_row(2), "model": None}  # and no split: both written as nulls
+    asyncio.run(_traffic(store, [{**_row(1), "model": "base", "split": True}, nulls]))
     samples, unreadable = load_samples(store, time.time() - 3600)
     assert unreadable == []
     assert sorted(zip(samples["model"], samples["split"], strict=True)) == [
         ("base", True),
+        (UNRECORDED, False),
         (UNRECORDED, False),
     ]
 
