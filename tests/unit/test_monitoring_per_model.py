@@ -62,6 +62,11 @@ def test_alerts_name_the_model_and_a_model_with_few_samples_is_reported(store, t
     place an alert goes; the other is reported with its count, and stays quiet."""
     rows = _answers("base", [""] * 30) + _answers("model-few", [""] * 5, start=100)
     asyncio.run(_traffic(store, rows + _answers("model-fine", ["red"] * 25, start=200)))
+    pooled = {"check": "empty_or_refusal_rate", "value": 0.1, "threshold": 0.05, "n": 60}
+    pooled |= {"direction": "max", "alert": True, "detail": "6 empty", "examples": []}
+    before = {"time": "2026-11-01T00:00:00Z", "window_hours": 24, "samples": 60}
+    before |= {"reference": "production model m (dataset d)", "checks": [pooled]}
+    store.write_event(before, "monitor", "checks")  # a run from before checks were per model
     ref = monitor(_spec(tmp_path), store, Progress())
 
     by_model = {m["model"]: m for m in ref.models}
@@ -99,6 +104,9 @@ def test_alerts_name_the_model_and_a_model_with_few_samples_is_reported(store, t
     assert latest["models"] == ref.models and latest["checks"] == ref.checks
     report = store.fs.cat(store.path("monitor", "report.md")).decode()
     assert "| model-few | by name | 5 | 0 | no: too few samples |" in report
+    assert "2 runs" in report and "![empty_or_refusal_rate](plots/empty_or_refusal_rate.png)" in (
+        report
+    )
     out = capsys.readouterr().out
     assert "model-few (by name): 5 samples, too few to alert (20 needed)" in out
     assert "on model base over 30 samples" in out
