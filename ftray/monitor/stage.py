@@ -32,6 +32,7 @@ from ftray.monitor import checks as c
 from ftray.monitor.feedback import all_feedback, store_feedback
 from ftray.monitor.reference import UNRECORDED, references
 from ftray.progress import Progress
+from ftray.serve.openai_format import BASE_MODEL_NAME
 from ftray.spec import JobSpec
 from ftray.store import Store, event_id, utc_stamp
 
@@ -42,7 +43,7 @@ OPTIONAL = {"model": UNRECORDED, "split": False}
 
 def monitor(spec: JobSpec, store: Store, progress: Progress) -> MonitorRef:
     """Run every check that applies to each served model, then alert, record and report."""
-    from ftray.registry import active_split, history, production_in
+    from ftray.registry import active_split, history, list_models, production_in
 
     settings = spec.monitor
     started = time.time()
@@ -50,6 +51,7 @@ def monitor(spec: JobSpec, store: Store, progress: Progress) -> MonitorRef:
     samples, unreadable = load_samples(store, since)
     events = history(store)
     production, split = production_in(events), active_split(events)
+    stages = {card["model_id"]: card["stage"] for card in list_models(store)}
     corrections = _corrections(store, samples, since)
     models = _served(samples, corrections, production, split)
     refs = references(store, models, production)
@@ -72,7 +74,7 @@ def monitor(spec: JobSpec, store: Store, progress: Progress) -> MonitorRef:
         served.append(
             {
                 "model": model,
-                "role": _role(model, production, split),
+                "role": stages.get(model) or _unregistered(model),
                 "samples": len(rows),
                 "split_samples": int(rows["split"].sum()),
                 "enough_samples": enough,
@@ -165,12 +167,8 @@ def _served(samples, corrections: dict, production: str | None, split: dict | No
     return list(dict.fromkeys(m for m in [*expected, *seen] if m is not None))
 
 
-def _role(model: str, production: str | None, split: dict | None) -> str:
-    if model == production:
-        return "production"
-    if split and model in (split["model_id"], split["control"]):
-        return split["action"]  # canary, or an arm of an experiment
-    return model if model in ("base", UNRECORDED) else "by name"
+def _unregistered(model: str) -> str:
+    return model if model in (BASE_MODEL_NAME, UNRECORDED) else "not in the registry"
 
 
 def _corrections(store: Store, samples, since: float) -> dict[str, list[dict]]:

@@ -1,5 +1,5 @@
 """When `ftray monitor` retrains by itself: the `monitor.retrain` triggers, judged after the
-checks ran (an alert counts on the production model's traffic only), and the log of the
+checks ran (an alert counts on production traffic only), and the log of the
 retrains it started (`monitor/retrains/`, one event each: when, why, the model it produced
 and the gate's verdict).
 
@@ -21,13 +21,15 @@ def retrain_reason(spec: JobSpec, store: Store, alerts: list[dict], now: float) 
     """Why a retrain is due now, or None: an alert of a listed check on the production
     model, enough accepted corrections no retrain has used, or the schedule (checked in that
     order)."""
-    from ftray.registry import production
+    from ftray.registry import list_models
 
     triggers = spec.monitor.retrain
-    # A retrain makes the production model's next version, so only its traffic calls for
-    # one (and samples from before the model was recorded, judged as its traffic); a
-    # canary's or another tenant's alert names that model and is a person's to act on.
-    ours = (production(store), UNRECORDED)
+    # A retrain makes the production model's next version, so only production traffic calls
+    # for one: the production model's, an earlier production model's (production until a
+    # promotion in the window), and samples that name no model (judged as production's). A
+    # canary's, an experiment arm's or another tenant's alert names that model; a person acts.
+    ours = {c["model_id"] for c in list_models(store) if c["stage"] in ("production", "archived")}
+    ours.add(UNRECORDED)
     fired = [
         alert["check"]
         for alert in alerts

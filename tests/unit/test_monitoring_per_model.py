@@ -12,7 +12,7 @@ import time
 import pyarrow as pa
 import pytest
 
-from ftray import registry
+from ftray import registry, routing
 from ftray.monitor import feedback
 from ftray.monitor.reference import UNRECORDED, references
 from ftray.monitor.stage import load_samples, monitor
@@ -73,7 +73,7 @@ def test_alerts_name_the_model_and_a_model_with_few_samples_is_reported(store, t
     assert by_model["base"]["samples"] == 30 and by_model["base"]["enough_samples"]
     assert by_model["model-few"] == {
         "model": "model-few",
-        "role": "by name",
+        "role": "not in the registry",
         "samples": 5,
         "split_samples": 0,
         "enough_samples": False,
@@ -103,12 +103,12 @@ def test_alerts_name_the_model_and_a_model_with_few_samples_is_reported(store, t
     latest = store.read_json("monitor", "latest.json")
     assert latest["models"] == ref.models and latest["checks"] == ref.checks
     report = store.fs.cat(store.path("monitor", "report.md")).decode()
-    assert "| model-few | by name | 5 | 0 | no: too few samples |" in report
+    assert "| model-few | not in the registry | 5 | 0 | no: too few samples |" in report
     assert "2 runs" in report and "![empty_or_refusal_rate](plots/empty_or_refusal_rate.png)" in (
         report
     )
     out = capsys.readouterr().out
-    assert "model-few (by name): 5 samples, too few to alert (20 needed)" in out
+    assert "model-few (not in the registry): 5 samples, too few to alert (20 needed)" in out
     assert "on model base over 30 samples" in out
 
 
@@ -180,10 +180,15 @@ def test_sample_files_from_before_the_model_was_recorded_still_load(store):
     ]
 
 
-def test_retrain_alerts_count_on_the_production_model_only(store, tmp_path):
+def test_retrain_alerts_count_on_production_traffic_only(store, tmp_path):
+    """The production model's alerts, an earlier production model's (its traffic in the
+    window was production's) and unrecorded samples' start a retrain; a canary's does not."""
     _dataset(store, "ds-a", ["red"])
-    production, canary = _model(store, "a", "ds-a", 1), _model(store, "b", "ds-a", 1)
+    earlier, production = _model(store, "old", "ds-a", 1), _model(store, "a", "ds-a", 1)
+    canary = _model(store, "b", "ds-a", 1)
+    registry.promote(store, earlier, reason="test")
     registry.promote(store, production, reason="test")
+    routing.canary(store, canary, percent=10, reason="test")
     spec = _spec(tmp_path, retrain={"on_alerts": ["any"]})
     now = time.time()
 
@@ -194,6 +199,7 @@ def test_retrain_alerts_count_on_the_production_model_only(store, tmp_path):
     assert retrain_reason(spec, store, alert("base"), now) is None
     assert retrain_reason(spec, store, alert(production), now) == "alert: input_drift_psi"
     assert retrain_reason(spec, store, alert(UNRECORDED), now) == "alert: input_drift_psi"
+    assert retrain_reason(spec, store, alert(earlier), now) == "alert: input_drift_psi"
 
 
 def test_models_without_samples_are_listed_and_corrections_go_to_their_model(store, tmp_path):
