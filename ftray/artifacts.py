@@ -89,7 +89,14 @@ class EvalRef(ArtifactRef):
 
 @dataclass(frozen=True)
 class MonitorRef(ArtifactRef):
-    """One monitoring run (`monitor/checks/<sequence>.json`): its checks and their alerts."""
+    """One monitoring run (`monitor/checks/<sequence>.json`): the served models it checked,
+    their checks (each naming its `model`) and the alerts among them."""
+
+    @property
+    def models(self) -> list[dict]:
+        """Per model: `model`, `role`, `samples`, `split_samples`, `enough_samples`,
+        `reference`."""
+        return self.manifest["models"]
 
     @property
     def checks(self) -> list[dict]:

@@ -1,20 +1,28 @@
-"""The monitor stage: quality checks on the Serve app's sampled traffic, alerts, a report.
+"""The monitor stage: quality checks on the Serve app's sampled traffic, per served model,
+alerts, a report.
 
-Contract. In: `monitor/samples/` of the last window, feedback, and the production model's
-dataset and evaluation outputs (else the newest dataset) as the reference. Out: a
-`MonitorRef` to `monitor/checks/<sequence>.json` (the checks, the alerts among them). Side
-effects: `latest.json`, one file per alert and a webhook post, the failing examples flagged
-as feedback for review, `metrics.prom` and the monitoring report, all under `monitor/`.
+Contract. In: `monitor/samples/` of the last window, feedback, the registry, and each
+served model's own reference (`ftray.monitor.reference`). Out: a `MonitorRef` to
+`monitor/checks/<sequence>.json`: per model its sample count and reference (`models`), and
+the checks, each naming its `model` (the alerts among them). Side effects: `latest.json`, one
+file per alert and a webhook post, the failing examples flagged as feedback for review,
+`metrics.prom` and the monitoring report, all under `monitor/`.
+
+Samples are grouped by the model that answered them (a `production` request's resolved arm);
+each group is checked against that model's reference, so tenants on one base model, or a
+canary and the production model, never mix. A model with fewer than `monitor.min_samples`
+samples in the window is reported with its values, never alerted on.
 
 `ftray monitor JOB.yaml` is meant to run on a schedule, as a Ray job, over the samples of
-the last `monitor.window_hours`; each alert is `alerts/<time>-<check>.json`, with example
-requests.
+the last `monitor.window_hours`; each alert is `alerts/<time>-<model>-<check>.json`, with
+example requests.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 
 import numpy as np
@@ -22,24 +30,34 @@ import numpy as np
 from ftray.artifacts import MonitorRef
 from ftray.monitor import checks as c
 from ftray.monitor.feedback import all_feedback, store_feedback
+from ftray.monitor.reference import UNRECORDED, references
 from ftray.progress import Progress
+from ftray.serve.openai_format import BASE_MODEL_NAME
 from ftray.spec import JobSpec
 from ftray.store import Store, event_id, utc_stamp
 
 log = logging.getLogger(__name__)
-REFERENCE_ROWS = 2000
+# Columns older sample files may lack, and what their rows are taken to hold.
+OPTIONAL = {"model": UNRECORDED, "split": False}
 
 
 def monitor(spec: JobSpec, store: Store, progress: Progress) -> MonitorRef:
-    """Run every check that applies, then alert, record and report."""
+    """Run every check that applies to each served model, then alert, record and report."""
+    from ftray.registry import active_split, history, list_models, production_in
+
     settings = spec.monitor
     started = time.time()
     since = started - settings.window_hours * 3600
     samples, unreadable = load_samples(store, since)
-    reference = _reference(spec, store)
+    events = history(store)
+    production, split = production_in(events), active_split(events)
+    stages = {card["model_id"]: card["stage"] for card in list_models(store)}
+    corrections = _corrections(store, samples, since)
+    models = _served(samples, corrections, production, split)
+    refs = references(store, models, production)
     progress.note(
-        f"{len(samples)} sampled requests in the last {settings.window_hours:g} h; reference: "
-        f"{reference['label']}"
+        f"{len(samples)} sampled requests in the last {settings.window_hours:g} h, from "
+        f"{len(models)} model(s)"
     )
     for path, reason in unreadable:
         log.warning("skipped unreadable sample file %s: %s", path, reason)
@@ -48,22 +66,43 @@ def monitor(spec: JobSpec, store: Store, progress: Progress) -> MonitorRef:
             f"skipped {len(unreadable)} unreadable sample file(s), e.g. {unreadable[0][0]} "
             f"({unreadable[0][1]}); the log lists them all"
         )
-    found = _checks(spec, samples, reference, store, since)
-    alerts = [check for check in found if check["alert"]]
-    for check in found:
-        mark = "ALERT" if check["alert"] else "ok"
-        progress.note(
-            f"  {mark:<5} {check['check']}: {check['value']:.4f} "
-            f"({'≤' if check['direction'] == 'max' else '≥'} {check['threshold']}) "
-            f"{check['detail']}"
+    vectors = _embeddings(spec, samples, refs)
+    found, served = [], []
+    for model in models:
+        rows = samples[samples["model"] == model].reset_index(drop=True)
+        enough = len(rows) >= settings.min_samples
+        served.append(
+            {
+                "model": model,
+                "role": stages.get(model) or _unregistered(model),
+                "samples": len(rows),
+                "split_samples": int(rows["split"].sum()),
+                "enough_samples": enough,
+                "reference": refs[model]["label"],
+            }
         )
+        progress.note(
+            f"{model} ({served[-1]['role']}): {len(rows)} samples"
+            + ("" if enough else f", too few to alert ({settings.min_samples} needed)")
+            + f"; reference: {refs[model]['label']}"
+        )
+        checks = _checks(spec, rows, refs[model], vectors.get(model), corrections.get(model, []))
+        for check in checks:
+            mark = "ALERT" if check["alert"] else "ok"
+            progress.note(
+                f"  {mark:<5} {check['check']}: {check['value']:.4f} "
+                f"({'≤' if check['direction'] == 'max' else '≥'} {check['threshold']}) "
+                f"{check['detail']}"
+            )
+        found += [{"model": model, **check} for check in checks]
+    alerts = [check for check in found if check["alert"]]
     stamp = utc_stamp(started)
     run = {
         "time": stamp,
         "window_hours": settings.window_hours,
         "samples": len(samples),
         "unreadable_sample_files": len(unreadable),
-        "reference": reference["label"],
+        "models": served,
         "checks": found,
     }
     name = store.write_event(run, "monitor", "checks")
@@ -82,7 +121,8 @@ def monitor(spec: JobSpec, store: Store, progress: Progress) -> MonitorRef:
 def load_samples(store: Store, since: float) -> tuple:
     """Sampled requests logged at or after `since` (epoch seconds), as a DataFrame, and the
     sample files that could not be read, as (path, reason): a truncated or foreign file is
-    skipped, never the end of the run."""
+    skipped, never the end of the run. A file without `model` or `split` (written before the
+    sampler recorded them) reads as OPTIONAL says."""
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -103,47 +143,81 @@ def load_samples(store: Store, since: float) -> tuple:
             except (OSError, ValueError) as err:  # pyarrow's errors derive from these
                 unreadable.append((path, str(err).splitlines()[0][:200]))
                 continue
-            missing = [column for column in COLUMNS if column not in frame.columns]
+            missing = [c for c in COLUMNS if c not in frame.columns and c not in OPTIONAL]
             if missing:
                 unreadable.append((path, f"no column(s) {', '.join(missing)}"))
                 continue
-            frames.append(frame[list(COLUMNS)])
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
-    return table[table["time"] >= start].reset_index(drop=True), unreadable
+            frames.append(frame.assign(**{k: v for k, v in OPTIONAL.items() if k not in frame}))
+    names = [*COLUMNS, *(k for k in OPTIONAL if k not in COLUMNS)]
+    frames = [frame[names] for frame in frames]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=names)
+    table = table[table["time"] >= start].reset_index(drop=True)
+    # a null in a file that has the column reads as that column's default too
+    table["model"] = [str(m) if isinstance(m, str) else UNRECORDED for m in table["model"]]
+    table["split"] = [bool(v and v == v) for v in table["split"]]  # None, NaN: False
+    return table, unreadable
 
 
-def _reference(spec: JobSpec, store: Store) -> dict:
-    """The production model's training prompts and labels and its held-out answer lengths;
-    without a production model, the job's newest dataset (and no lengths)."""
-    import pyarrow.parquet as pq
+def _served(samples, corrections: dict, production: str | None, split: dict | None) -> list:
+    """The models to report: the production model and a split's arms (even without samples:
+    no traffic is news too), then every other model that answered, or was corrected, in the
+    window."""
+    expected = [production, *((split["model_id"], split["control"]) if split else ())]
+    seen = sorted(set(samples["model"]) | set(corrections))
+    return list(dict.fromkeys(m for m in [*expected, *seen] if m is not None))
 
-    from ftray.registry import get_model, production
 
-    model_id = production(store)
-    if model_id is not None:
-        card = get_model(store, model_id)
-        dataset_id, label = card["dataset_id"], f"production model {model_id}"
-        outputs = store.uri("evals", card["eval_id"], "outputs")
-        lengths = pq.read_table(outputs, columns=["candidate_tokens"]).column(0).to_pylist()
-    else:
-        datasets = store.manifests("datasets")
-        if not datasets:
-            return {"label": "none (no dataset yet)", "prompts": [], "labels": [], "lengths": []}
-        dataset_id, label, lengths = datasets[-1]["dataset_id"], "newest dataset", []
-    train = (
-        pq.read_table(store.uri("datasets", dataset_id, "train"), columns=["prompt", "completion"])
-        .to_pandas()
-        .head(REFERENCE_ROWS)
-    )
+def _unregistered(model: str) -> str:
+    return model if model in (BASE_MODEL_NAME, UNRECORDED) else "not in the registry"
+
+
+def _corrections(store: Store, samples, since: float) -> dict[str, list[dict]]:
+    """The window's feedback with a correction, by the model that gave the corrected answer:
+    the sample's `model` for a sampled request, else the feedback's own (`production`, an
+    alias, or none: UNRECORDED)."""
+    answered = dict(zip(samples["request_id"], samples["model"], strict=True))
+    start = utc_stamp(since)
+    found: dict[str, list[dict]] = {}
+    for row in all_feedback(store):
+        if row["time"] < start or not row.get("correction"):
+            continue
+        model = answered.get(row.get("request_id")) or row.get("model")
+        model = UNRECORDED if model in (None, "production") else str(model)
+        found.setdefault(model, []).append(row)
+    return found
+
+
+def _embeddings(spec: JobSpec, samples, refs: dict) -> dict[str, tuple]:
+    """{model: (its reference's prompt vectors, its samples' prompt vectors)} for each model
+    with samples and reference prompts, from one embedding pass (one Ray Data actor pool)."""
+    wanted = [m for m, ref in refs.items() if ref["prompts"] and (samples["model"] == m).any()]
+    if not wanted:
+        return {}
+    from ftray.monitor.embed import embed
+
+    texts: list[str] = []
+    spans: dict[tuple, tuple[int, int]] = {}
+    for model in wanted:
+        dataset = ("dataset", refs[model]["dataset_id"])
+        if dataset not in spans:  # models trained on one dataset share its vectors
+            spans[dataset] = (len(texts), len(texts) + len(refs[model]["prompts"]))
+            texts += refs[model]["prompts"]
+        prompts = [str(p) for p in samples.loc[samples["model"] == model, "prompt"]]
+        spans[("model", model)] = (len(texts), len(texts) + len(prompts))
+        texts += prompts
+    vectors = embed(texts, num_gpus=spec.monitor.embedding_gpus)
     return {
-        "label": f"{label} (dataset {dataset_id})",
-        "prompts": list(train["prompt"]),
-        "labels": list(train["completion"]),
-        "lengths": lengths,
+        model: (
+            vectors[slice(*spans[("dataset", refs[model]["dataset_id"])])],
+            vectors[slice(*spans[("model", model)])],
+        )
+        for model in wanted
     }
 
 
-def _checks(spec: JobSpec, samples, reference: dict, store: Store, since: float) -> list[dict]:
+def _checks(spec: JobSpec, samples, reference: dict, vectors, corrections: list) -> list[dict]:
+    """One model's checks: `samples` are its own, `vectors` (reference, samples) its prompt
+    embeddings or None, `corrections` the feedback correcting its answers."""
     settings, data = spec.monitor, spec.data
     n, minimum = len(samples), settings.min_samples
     outputs = [str(o or "") for o in samples["output"]]
@@ -154,14 +228,10 @@ def _checks(spec: JobSpec, samples, reference: dict, store: Store, since: float)
         threshold = getattr(settings, f"{direction}_{check}")
         found.append(c.result(check, value, threshold, direction, count, least, detail, examples))
 
-    if n and reference["prompts"]:
-        from ftray.monitor.embed import embed, input_drift
+    if vectors is not None:
+        from ftray.monitor.embed import input_drift
 
-        texts = reference["prompts"] + [str(p) for p in samples["prompt"]]
-        vectors = embed(texts, num_gpus=settings.embedding_gpus)
-        value, similarity = input_drift(
-            vectors[: len(reference["prompts"])], vectors[len(reference["prompts"]) :]
-        )
+        value, similarity = input_drift(*vectors)
         odd = np.argsort(similarity)[: settings.alert_examples]
         detail = "PSI of prompts' similarity to the training centroid"
         add("input_drift_psi", "max", value, detail, _examples(samples, odd))
@@ -181,9 +251,7 @@ def _checks(spec: JobSpec, samples, reference: dict, store: Store, since: float)
         flagged = _examples(samples, bad[: settings.alert_examples], flag=True)
         detail = f"{len(bad)} answers break data.output_schema"
         add("schema_compliance", "min", 1 - len(bad) / n, detail, flagged)
-    start = utc_stamp(since)
-    recent = [f for f in all_feedback(store) if f["time"] >= start]
-    value, count = c.correction_agreement(recent)
+    value, count = c.correction_agreement(corrections)
     if count:
         detail = f"answers equal to {count} users' corrections"
         add("correction_agreement", "min", value, detail, count=count, least=min(minimum, 10))
@@ -203,7 +271,7 @@ def _alert(spec: JobSpec, store: Store, alert: dict, stamp: str, progress: Progr
     text = (
         f"ftray alert [{spec.project}] {alert['check']} = {alert['value']:.4f} "
         f"({'above' if alert['direction'] == 'max' else 'below'} {alert['threshold']}) "
-        f"over {alert['n']} samples: {alert['detail']}"
+        f"on model {alert['model']} over {alert['n']} samples: {alert['detail']}"
     )
     record = {"time": stamp, "project": spec.project, **alert, "webhook": "not configured"}
     url = os.environ.get(spec.monitor.webhook_url_env or "", "")
@@ -213,7 +281,9 @@ def _alert(spec: JobSpec, store: Store, alert: dict, stamp: str, progress: Progr
             record["webhook"] = "sent"
         except httpx.HTTPError as error:
             record["webhook"] = f"failed: {error}"
-    store.write_json(record, "monitor", "alerts", f"{event_id()}-{alert['check']}.json")
+    # a sample file's model name is data: only its safe characters go into a file name
+    model = re.sub(r"[^A-Za-z0-9_-]", "_", str(alert["model"]))[:80]
+    store.write_json(record, "monitor", "alerts", f"{event_id()}-{model}-{alert['check']}.json")
     log.warning(text)
     progress.note(f"alert: {text} (webhook: {record['webhook']})")
     for example in alert["examples"]:
@@ -231,7 +301,13 @@ def _write_prometheus(spec: JobSpec, store: Store, found: list[dict]) -> None:
         "# TYPE ftray_monitor_alert gauge",
     ]
     for check in found:
-        tags = f'project="{spec.project}",check="{check["check"]}"'
+        labels = {"project": spec.project, "model": check["model"], "check": check["check"]}
+        tags = ",".join(f'{key}="{_label(value)}"' for key, value in labels.items())
         lines.append(f"ftray_monitor_value{{{tags}}} {check['value']}")
         lines.append(f"ftray_monitor_alert{{{tags}}} {int(check['alert'])}")
     store.write_text("\n".join(lines) + "\n", "monitor", "metrics.prom")
+
+
+def _label(value) -> str:
+    """A Prometheus label value, escaped as its text format requires."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -91,7 +91,7 @@ class MonitorSpec(_Section):
     max_length_drift_psi: float = Field(
         default=0.25,
         gt=0,
-        description="PSI of answer lengths (tokens) vs the production model's answers on the "
+        description="PSI of answer lengths (tokens) vs the model's own answers on the "
         "held-out set. Alert above.",
     )
     max_empty_or_refusal_rate: float = Field(

@@ -141,13 +141,14 @@ def test_monitor_alerts_on_drift_and_retrain_closes_the_loop(
     assert "retrain due (alert: input_drift_psi)" in loud.stdout
     alert = next(post for post in received if post["ftray"]["check"] == "input_drift_psi")
     assert alert["text"].startswith("ftray alert [gate] input_drift_psi")
+    assert f"on model {production} over" in alert["text"] and alert["ftray"]["model"] == production
     assert any("weather" in e["prompt"] for e in alert["ftray"]["examples"])
     samples = pq.read_table(root / "monitor" / "samples").to_pandas()
     assert len(samples) >= 301 and set(samples["model"]) == {production}
     report = (root / "monitor" / "report.md").read_text()
     assert "input_drift_psi" in report and "![input_drift_psi](plots/input_drift_psi.png)" in report
     assert (
-        'ftray_monitor_alert{project="gate",check="input_drift_psi"} 1'
+        f'ftray_monitor_alert{{project="gate",model="{production}",check="input_drift_psi"}} 1'
         in (root / "monitor" / "metrics.prom").read_text()
     )
 

@@ -262,7 +262,8 @@ def _correction(store, n):
 def test_retrain_triggers_alerts_corrections_and_schedule(store, tmp_path):
     from ftray.monitor.trigger import record_retrain, retrain_reason
 
-    drift = [{"check": "input_drift_psi", "alert": True}]
+    # no production model: alerts count on samples that name no model (checked as its)
+    drift = [{"check": "input_drift_psi", "alert": True, "model": "unrecorded"}]
     now = time.time()
     assert retrain_reason(_retrain_spec(tmp_path), store, drift, now) is None, "off by default"
     on_drift = _retrain_spec(tmp_path, on_alerts=["input_drift_psi"])
