@@ -56,6 +56,11 @@ class _Common(BaseModel):
     temperature: float = Field(default=0.0, ge=0, le=2)
     stream: bool = False
     n: int = Field(default=1, description="Answers per request: only 1 is supported.")
+    guided: bool = Field(
+        default=True,
+        description="false: the vllm engine does not constrain this answer to "
+        "data.output_schema (an extra body field, not OpenAI's).",
+    )
 
     @field_validator("n")
     @classmethod
