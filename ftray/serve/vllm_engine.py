@@ -87,6 +87,7 @@ class VllmEngine(ModelBooks):
         self.full: dict[str, Any] = {}  # name -> AsyncLLM
 
     def _start(self, model_dir: str, lora: bool):
+        from vllm.config import StructuredOutputsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -94,6 +95,11 @@ class VllmEngine(ModelBooks):
             "model": model_dir,
             "dtype": self.placement.dtype,
             "enable_prefix_caching": True,
+            # Compact JSON: a model unsure of the next key otherwise fills max_tokens with
+            # the whitespace a schema allows (vLLM sets this per engine, not per request).
+            "structured_outputs_config": StructuredOutputsConfig(
+                backend="xgrammar", disable_any_whitespace=True
+            ),
             "tensor_parallel_size": self.settings.tensor_parallel_size,
             "disable_log_stats": True,
         }
@@ -215,13 +221,7 @@ class VllmEngine(ModelBooks):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        # Compact JSON: a model unsure of the next key can otherwise fill max_tokens with
-        # the whitespace the schema allows.
-        guided = (
-            StructuredOutputsParams(json=request.schema, disable_any_whitespace=True)
-            if request.schema
-            else None
-        )
+        guided = StructuredOutputsParams(json=request.schema) if request.schema else None
         params = SamplingParams(
             temperature=request.temperature,
             max_tokens=request.max_tokens,
