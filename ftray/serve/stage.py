@@ -109,6 +109,9 @@ def serve_model(
                 "the API token first (clients send it as `Authorization: Bearer …`)."
             )
         env, headers = {spec.serve.api_key_env: key}, {"Authorization": f"Bearer {key}"}
+    from ftray.serve.vllm_engine import check_engine
+
+    check_engine(spec.serve.engine)
     host = "127.0.0.1" if spec.serve.host in ("0.0.0.0", "::") else spec.serve.host
     url = f"http://{host}:{spec.serve.port}"
     model_dir = resolve_model(spec.model, store)
@@ -119,7 +122,8 @@ def serve_model(
         serve.run(app, name="ftray", route_prefix="/")
         memory = httpx.get(f"{url}/ready", timeout=60).json()["memory"]
         progress.note(
-            f"replica ready: base model {memory['base_bytes'] / 2**20:.1f} MiB "
+            f"replica ready ({memory['engine']} engine): base model "
+            f"{memory['base_bytes'] / 2**20:.1f} MiB "
             f"(quantization: {memory['quantization']}, {memory['dtype']} on {memory['device']})"
         )
         progress.artifact("OpenAI-compatible API", f"{url}/v1")

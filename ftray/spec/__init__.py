@@ -140,6 +140,25 @@ class JobSpec(_Section):
         return self
 
     @model_validator(mode="after")
+    def _vllm_serves_unquantized(self) -> JobSpec:
+        # serve.quantization int4/int8 with vllm is refused by ServeSpec itself; 'auto' needs
+        # the train section to know it means bitsandbytes.
+        if (
+            self.serve.engine == "vllm"
+            and self.serve.quantization == "auto"
+            and self.train.base_method == "qlora"
+        ):
+            raise SpecRuleError(
+                "serve.engine",
+                self.serve.engine,
+                "a QLoRA job's base is served quantized by bitsandbytes (serve.quantization: "
+                "auto), which only the transformers engine does",
+                "set serve.quantization: none to serve the adapters on the unquantized base "
+                "with vLLM, or use serve.engine: transformers",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sweep_metric_computable(self) -> JobSpec:
         if not self.sweep or self.sweep.metric != "task":
             return self

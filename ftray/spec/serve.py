@@ -1,4 +1,4 @@
-"""The serve stage's spec: the Ray Serve app, its limits, batching, caching and access."""
+"""The serve stage's spec: the Ray Serve app, its engine, limits, batching, caching and access."""
 
 from __future__ import annotations
 
@@ -31,9 +31,53 @@ class AutoscalingSpec(_Section):
         return self
 
 
+class VllmSpec(_Section):
+    """Settings of the vLLM engine (serve.engine: vllm); ignored by the transformers engine."""
+
+    tensor_parallel_size: int = Field(
+        default=1,
+        ge=1,
+        description="GPUs one replica's model is sharded over (tensor parallelism); at most "
+        "serve.gpus_per_replica. 1 on CPU.",
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Share of each GPU's memory vLLM takes for weights and KV cache; lower it "
+        "when replicas share a GPU (a fractional serve.gpus_per_replica).",
+    )
+    cpu_kv_cache_gib: float = Field(
+        default=2,
+        gt=0,
+        description="On CPU: memory for the KV cache per replica, in GiB "
+        "(vLLM's VLLM_CPU_KVCACHE_SPACE).",
+    )
+    max_lora_rank: Literal[8, 16, 32, 64, 128, 256] = Field(
+        default=64,
+        description="Largest LoRA rank (train.lora.r) an adapter may have; vLLM sets memory "
+        "aside for adapters of this rank.",
+    )
+    max_num_seqs: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most sequences generated together (continuous batching). Unset: vLLM's "
+        "default.",
+    )
+
+
 class ServeSpec(_Section):
     """The serve stage (Ray Serve, OpenAI-compatible API)."""
 
+    engine: Literal["transformers", "vllm"] = Field(
+        default="transformers",
+        description="What generates answers inside each replica. 'transformers': the model "
+        "with peft adapters, concurrent requests batched (serve.max_batch_size). 'vllm': one "
+        "vLLM engine per replica with continuous batching, LoRA adapters, prefix caching "
+        "and, when data.output_schema is set, JSON answers constrained to it; needs vLLM "
+        "installed where the replicas run (README: Serve).",
+    )
+    vllm: VllmSpec = Field(default_factory=VllmSpec, description="The vLLM engine's settings.")
     host: str = Field(default="127.0.0.1", description="HTTP bind address of the Serve proxy.")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the Serve proxy.")
     max_new_tokens: int = Field(default=32, ge=1, description="Default completion token limit.")
@@ -117,6 +161,21 @@ class ServeSpec(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> ServeSpec:
+        if self.engine == "vllm" and self.vllm.tensor_parallel_size > max(1, self.gpus_per_replica):
+            raise SpecRuleError(
+                "vllm.tensor_parallel_size",
+                self.vllm.tensor_parallel_size,
+                f"more than the GPUs of a replica (serve.gpus_per_replica: "
+                f"{self.gpus_per_replica:g})",
+                "raise serve.gpus_per_replica to at least the tensor parallel size, or lower it",
+            )
+        if self.engine == "vllm" and self.quantization in ("int8", "int4"):
+            raise SpecRuleError(
+                "quantization",
+                self.quantization,
+                "bitsandbytes quantization is served by the transformers engine only",
+                "use serve.engine: transformers, or serve.quantization: none",
+            )
         if self.max_new_tokens > self.max_tokens_limit:
             raise SpecRuleError(
                 "max_new_tokens",

@@ -3,18 +3,28 @@ Ray boundary (as JSON) and is validated again on arrival."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
 from pydantic import ValidationError
 
+from ftray.cli import main
 from ftray.placement import serving_config
 from ftray.serve.config import ReplicaConfig
-from ftray.spec import JobSpec, QloraSpec
+from ftray.spec import JobSpec
 from ftray.store import Store
 
 # A value other than the default for every field, so a field the replica never gets shows.
 SERVE = {
+    "engine": "vllm",
+    "vllm": {
+        "tensor_parallel_size": 2,
+        "gpu_memory_utilization": 0.5,
+        "cpu_kv_cache_gib": 4,
+        "max_lora_rank": 16,
+        "max_num_seqs": 64,
+    },
     "host": "10.0.0.5",
     "port": 8555,
     "max_new_tokens": 40,
@@ -24,11 +34,11 @@ SERVE = {
     "max_request_bytes": 4096,
     "generation_timeout_s": 12.5,
     "example_prompt": "Hi there",
-    "quantization": "int4",
+    "quantization": "none",  # vllm serves unquantized bases only
     "num_replicas": 3,
     "autoscaling": {"min_replicas": 0, "max_replicas": 5, "target_ongoing_requests": 3},
     "cpus_per_replica": 2.5,
-    "gpus_per_replica": 0.5,
+    "gpus_per_replica": 2,
     "max_adapters_per_replica": 2,
     "max_batch_size": 16,
     "batch_wait_timeout_s": 0.05,
@@ -65,12 +75,19 @@ MODEL = {
 }
 
 
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+
+
 def _spec() -> JobSpec:
     return JobSpec.model_validate(
         {
             "project": "demo",
             "model": MODEL,
-            "data": {"sources": [{"path": "data.csv"}], "system_prompt": "Be brief."},
+            "data": {
+                "sources": [{"path": "data.csv"}],
+                "system_prompt": "Be brief.",
+                "output_schema": SCHEMA,
+            },
             "serve": SERVE,
             "monitor": MONITOR,
         }
@@ -95,9 +112,10 @@ def test_every_serve_monitor_and_model_field_reaches_the_replica(tmp_path):
     assert arrived.serve.model_dump(exclude_none=True) == SERVE
     assert arrived.monitor.model_dump() == MONITOR
     assert (arrived.project, arrived.system_prompt) == ("demo", "Be brief.")
+    assert arrived.output_schema == SCHEMA  # the vllm engine constrains answers to it
     assert (arrived.storage, arrived.model_dir) == (str(tmp_path), "/models/tiny")
     assert arrived.serving == serving_config(spec)  # what evaluation loads too
-    assert arrived.quantization == QloraSpec(bits=4)
+    assert arrived.quantization is None
 
 
 @pytest.mark.parametrize(
@@ -113,3 +131,22 @@ def test_a_bad_config_is_refused_on_arrival(tmp_path, path, value):
     node[last] = value
     with pytest.raises(ValidationError, match=last):
         ReplicaConfig.model_validate(sent)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
+def test_the_vllm_engine_without_vllm_is_a_user_error_before_ray_starts(tmp_path, capsys):
+    (tmp_path / "data.csv").write_text("prompt,completion\nhi,hello\n")
+    job = {
+        "project": "demo",
+        "storage": str(tmp_path / "store"),
+        "model": {"base": "tiny"},
+        "data": {"sources": [{"path": str(tmp_path / "data.csv")}]},
+        "serve": {"engine": "vllm"},
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(job))
+    for verb in ("serve", "run"):
+        assert main([verb, str(path), "--address", "127.0.0.1:1"]) == 2
+        error = capsys.readouterr().err
+        assert "serve.engine is 'vllm'" in error and "make install-vllm" in error, error
+        assert "Traceback" not in error

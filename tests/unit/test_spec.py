@@ -115,6 +115,22 @@ BAD_SPECS = [
     (_with("eval.gate.max_regression", -1), "eval.gate.max_regression", "greater than or equal"),
     (_with("eval.gate.promte", True), "eval.gate.promte", "did you mean `promote`"),
     (_with("serve.port", 70000), "serve.port", "less than or equal to 65535"),
+    (
+        _with("serve", {"engine": "vllm", "quantization": "int4"}),
+        "serve.quantization",
+        "transformers engine only",
+    ),
+    (
+        _with("serve", {"engine": "vllm", "vllm": {"tensor_parallel_size": 2}}),
+        "serve.vllm.tensor_parallel_size",
+        "raise serve.gpus_per_replica",
+    ),
+    (
+        {**_with("serve", {"engine": "vllm"}), "train": {"method": "qlora"}},
+        "serve.engine",
+        "serve.quantization: none",
+    ),
+    (_with("serve.engine", "tgi"), "serve.engine", "one of"),
     (_with("ray.num_cpus", 0), "ray.num_cpus", "greater than or equal to 1"),
     (_with("trian", {}), "trian", "did you mean `train`"),
 ]
