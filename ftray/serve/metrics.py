@@ -42,11 +42,13 @@ class ServeMetrics:
         )
         self.check_value = Gauge(
             "ftray_monitor_value",
-            "Latest value of each `ftray monitor` check.",
-            tag_keys=("check",),
+            "Latest value of each `ftray monitor` check, per model.",
+            tag_keys=("model", "check"),
         )
         self.check_alert = Gauge(
-            "ftray_monitor_alert", "1 when the check's latest run alerted.", tag_keys=("check",)
+            "ftray_monitor_alert",
+            "1 when the check's latest run alerted on the model.",
+            tag_keys=("model", "check"),
         )
         self.batch_size = Histogram(
             "ftray_batch_size", "Requests per generation batch.", boundaries=[1, 2, 4, 8, 16, 32]
@@ -71,8 +73,10 @@ class ServeMetrics:
         self.errors.inc(tags={**_tags(model, split), "status": status})
 
     def checks(self, found: list[dict]) -> None:
+        """Re-export `ftray monitor`'s latest checks (runs before monitoring went per model
+        have no `model`: `all`)."""
         for check in found:
-            tags = {"check": check["check"]}
+            tags = {"model": check.get("model", "all"), "check": check["check"]}
             self.check_value.set(check["value"], tags=tags)
             self.check_alert.set(int(check["alert"]), tags=tags)
 

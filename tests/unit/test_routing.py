@@ -262,5 +262,12 @@ def test_a_split_answer_is_counted_and_sampled_with_its_arm(tmp_path):
         ("r1", "model-b", True),
         ("r2", "model-a", False),
     ]
+    # the monitor's latest checks, per model (and a pooled one from an older run)
+    metrics.checks(
+        [
+            {"model": "model-b", "check": "input_drift_psi", "value": 0.4, "alert": True},
+            {"check": "input_drift_psi", "value": 0.1, "alert": False},
+        ]
+    )
     metrics.error("model-b", True, HTTPException(400, "too long"))
     metrics.error("model-b", True, RuntimeError("generation failed"))
