@@ -71,7 +71,9 @@ class ExchangeLog:
         clean = self.sampler.clean
         record = {
             "request_id": body.request_id,
-            "model": body.model or known.get("model"),
+            # the model that answered, as this replica recorded it (a `production`
+            # request's arm), over what the client says
+            "model": known.get("model") or body.model,
             "rating": body.rating,
             "flag": body.flag,
             "correction": clean(body.correction),

@@ -241,7 +241,9 @@ def test_a_split_answer_is_counted_and_sampled_with_its_arm(tmp_path):
     import pyarrow.parquet as pq
     from fastapi import HTTPException
 
+    from ftray.monitor.feedback import all_feedback
     from ftray.serve.exchange import Exchange, ExchangeLog
+    from ftray.serve.guard import FeedbackRequest
     from ftray.serve.metrics import ServeMetrics
     from ftray.spec import MonitorSpec
 
@@ -254,9 +256,13 @@ def test_a_split_answer_is_counted_and_sampled_with_its_arm(tmp_path):
         log = ExchangeLog(store, monitor, metrics)
         log.answered(Exchange("model-b", True, "hi", 3, 0.0, split=True), "r1", answer)
         log.answered(Exchange("model-a", True, "hi", 3, 0.0), "r2", answer)
+        # feedback naming `production`: stored with the arm that answered
+        await log.feedback(FeedbackRequest(request_id="r1", model="production", rating=1))
         await log.sampler.drain()
 
     asyncio.run(traffic())
+    (feedback,) = all_feedback(store)
+    assert (feedback["request_id"], feedback["model"]) == ("r1", "model-b")
     rows = pq.read_table(store.path("monitor", "samples")).to_pylist()
     assert sorted((r["request_id"], r["model"], r["split"]) for r in rows) == [
         ("r1", "model-b", True),
