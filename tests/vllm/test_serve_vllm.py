@@ -87,6 +87,20 @@ def vllm_store(tmp_path_factory):
         )
         ids.append(card["model_id"])
     registry.promote(store, ids[1], reason="test")
+    full = registry.register(
+        store,
+        run_id="run-full",
+        weights_uri=_full_copy(model_dir, root / "full"),
+        kind="full",
+        dataset_id="ds",
+        eval_id="eval-full",
+        metrics={},
+        gate={"passed": True, "rules": []},
+        spec_hash="0" * 64,
+        base_model=model_dir,
+        system_prompt=SYSTEM,
+        serving={"quantization": "none", "bitsandbytes": None, "dtype": "auto"},
+    )["model_id"]
     spec = {
         "project": "serving",
         "storage": str(root / "store"),
@@ -110,7 +124,34 @@ def vllm_store(tmp_path_factory):
     }
     path = root / "serve.yaml"
     path.write_text(yaml.safe_dump(spec))
-    return path, store, model_dir, ids
+    return path, store, model_dir, ids, full
+
+
+def _full_copy(model_dir: str, folder) -> str:
+    """A "fully fine-tuned" model: the base with every weight nudged (seeded)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(model_dir)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(folder)
+    return str(folder)
+
+
+def _expected_full(model_dir: str, store: Store, model_id: str) -> str:
+    """The transformers engine's greedy answer of the full model, in this process."""
+    from ftray.data.tokenize import render_prompt
+    from ftray.serve.engine import Engine, Request
+
+    engine = Engine(model_dir, "auto")
+    engine.load_full(model_id, str(store.path("models", model_id, "full")))
+    messages = [{"role": "system", "content": SYSTEM}, *QUESTION]
+    (answer,) = engine.generate([Request(model_id, render_prompt(engine.tokenizer, messages), 8)])
+    return answer["text"]
 
 
 @pytest.fixture(scope="module")
@@ -133,10 +174,10 @@ def _ask(client, model: str, **options) -> str:
 
 def test_base_and_adapters_answer_as_the_transformers_engine(served, vllm_store):
     url, out = served
-    _, store, model_dir, (first, second) = vllm_store
+    _, store, model_dir, (first, second), full = vllm_store
     assert "replica ready (vllm engine)" in out, out
     client = _client(url)
-    assert {m.id for m in client.models.list()} == {"base", first, second}
+    assert {m.id for m in client.models.list()} == {"base", first, second, full}
     names = {"base": None, first: first, second: second, "production": second}
     free = {"extra_body": {"guided": False}}  # the transformers engine does not constrain
     answers = [_ask(client, m, **free) for m in names]
@@ -150,6 +191,8 @@ def test_base_and_adapters_answer_as_the_transformers_engine(served, vllm_store)
     stream = client.chat.completions.create(model=first, messages=QUESTION, stream=True, **free)
     chunks = [c.choices[0].delta.content or "" for c in stream]
     assert "".join(chunks).strip() == answers[1] and len(chunks) > 2
+    # a full fine-tune: an engine of its own in the replica, the same answer as transformers
+    assert _ask(client, full, **free) == _expected_full(model_dir, store, full) != answers[0]
     ready = httpx.get(f"{url}/ready").json()
     assert ready["memory"]["engine"] == "vllm"
     assert set(ready["memory"]["adapters"]) == {first, second}
@@ -157,7 +200,7 @@ def test_base_and_adapters_answer_as_the_transformers_engine(served, vllm_store)
 
 def test_json_answers_follow_the_output_schema_unless_a_request_opts_out(served, vllm_store):
     url, _ = served
-    _, _, _, (first, _) = vllm_store
+    _, _, _, (first, _), _ = vllm_store
     client = _client(url)
     for model in ("base", first):
         answer = _ask(client, model, max_tokens=32)
