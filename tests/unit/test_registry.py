@@ -14,7 +14,7 @@ def store(tmp_path):
     return Store(str(tmp_path / "store"), "proj")
 
 
-def _register(store, tmp_path, name: str, passed: bool = True) -> str:
+def _register(store, tmp_path, name: str, passed: bool = True, pending: bool = False) -> str:
     weights = tmp_path / f"weights-{name}"
     weights.mkdir()
     (weights / "adapter_config.json").write_text("{}")
@@ -22,6 +22,8 @@ def _register(store, tmp_path, name: str, passed: bool = True) -> str:
         "passed": passed,
         "rules": [{"rule": "macro_f1 ≥ incumbent + 0", "passed": passed, "detail": "…"}],
     }
+    if pending:  # awaiting human review
+        gate["pending"] = True
     card = registry.register(
         store,
         run_id=f"run-{name}",

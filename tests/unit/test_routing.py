@@ -10,6 +10,7 @@ from ftray.cli import main
 from ftray.errors import UserError
 from ftray.specload import load_spec
 from ftray.store import Store
+from tests.unit.test_registry import _register
 
 
 @pytest.fixture
@@ -17,29 +18,6 @@ def job(tmp_path):
     overrides = [f"storage={tmp_path / 'store'}"]
     spec = load_spec("jobs/tiny.yaml", overrides)
     return Store(spec.storage, spec.project), ["jobs/tiny.yaml", "--set", *overrides]
-
-
-def _register(store, tmp_path, name: str, passed: bool = True, pending: bool = False) -> str:
-    weights = tmp_path / f"weights-{name}"
-    weights.mkdir()
-    (weights / "adapter_config.json").write_text("{}")
-    gate = {"passed": passed, "rules": [{"rule": "macro_f1 ≥ incumbent", "passed": passed}]}
-    if pending:
-        gate["pending"] = True
-    card = registry.register(
-        store,
-        run_id=f"run-{name}",
-        weights_uri=str(weights),
-        kind="adapter",
-        dataset_id="ds-1",
-        eval_id=f"eval-{name}",
-        metrics={"primary_metric": "macro_f1"},
-        gate=gate,
-        spec_hash="0" * 64,
-        base_model="tiny",
-        system_prompt=None,
-    )
-    return card["model_id"]
 
 
 def _canary_users(events: list[dict], users: list[str], candidate: str) -> set[str]:
