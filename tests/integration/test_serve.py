@@ -115,10 +115,13 @@ def served(ray_address, registry_store):
 
 
 def _expected(model_dir, adapters: dict[str, str | None], store, prompts, max_tokens=8):
-    """What the engine answers in this process, for each (model, prompt)."""
+    """What the engine answers in this process, for each (model, prompt); `adapters` maps each
+    requested name to its registry model (an adapter or a full fine-tune) or None (base)."""
     engine = Engine(model_dir, "auto")
-    for name in filter(None, adapters.values()):
-        engine.load_adapter(name, str(store.path("models", name, "adapter")))
+    for name in set(filter(None, adapters.values())):
+        kind = store.manifest("models", name).get("kind", "adapter")
+        load = engine.load_full if kind == "full" else engine.load_adapter
+        load(name, str(store.path("models", name, kind)))
     tokenizer = engine.tokenizer
     requests = [
         Request(
