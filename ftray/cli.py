@@ -13,6 +13,7 @@ from ftray.errors import UserError
 from ftray.monitor.cli import add_monitor_parsers
 from ftray.progress import Progress
 from ftray.review.cli import add_review_parser
+from ftray.routing_cli import add_routing_parsers
 
 if TYPE_CHECKING:
     from ftray.assess import AssessRef
@@ -113,36 +114,12 @@ def _parser() -> argparse.ArgumentParser:
     rollback = _verb(actions, "rollback", "restore the previous production model", _models_rollback)
     rollback.add_argument("--to", metavar="MODEL_ID", help="an earlier production model")
     rollback.add_argument("--reason", default="rolled back by hand", help="recorded in the log")
-    _split_parsers(actions)
+    add_routing_parsers(actions, _verb, _store)
 
     export = _verb(verbs, "export", "write a model merged into one Hugging Face folder", _export)
     export.add_argument("--model", metavar="MODEL_ID", help="default: the production model")
     export.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
     return parser
-
-
-def _split_parsers(actions) -> None:
-    """`ftray models canary|experiment|end-split|history`: traffic splits of `production`."""
-    canary = _verb(
-        actions, "canary", "send a share of production traffic to a candidate", _models_canary
-    )
-    canary.add_argument("model_id")
-    canary.add_argument(
-        "--percent", type=float, required=True, help="its share of production traffic, 0 < P < 100"
-    )
-    canary.add_argument("--reason", default="canary by hand", help="recorded in the log")
-    experiment = _verb(
-        actions, "experiment", "split production traffic between two models", _models_experiment
-    )
-    experiment.add_argument("a", metavar="A", help="a model id")
-    experiment.add_argument("b", metavar="B", help="another model id")
-    experiment.add_argument(
-        "--split", type=float, default=50.0, help="B's share of production traffic (default 50)"
-    )
-    experiment.add_argument("--reason", default="experiment by hand", help="recorded in the log")
-    end = _verb(actions, "end-split", "end the canary or experiment", _models_end_split)
-    end.add_argument("--reason", default="ended by hand", help="recorded in the log")
-    _verb(actions, "history", "every registry event, oldest first", _models_history)
 
 
 def _verb(verbs, name: str, help_text: str, handler) -> argparse.ArgumentParser:
@@ -480,47 +457,6 @@ def _models_show(args) -> int:
     print(
         json.dumps({**card, "lineage": lineage(store, args.model_id), "split": in_split}, indent=2)
     )
-    return 0
-
-
-def _models_canary(args) -> int:
-    from ftray.routing import canary, describe
-
-    print(describe(canary(_store(args), args.model_id, percent=args.percent, reason=args.reason)))
-    return 0
-
-
-def _models_experiment(args) -> int:
-    from ftray.routing import describe, experiment
-
-    split = experiment(_store(args), args.a, args.b, percent=args.split, reason=args.reason)
-    print(describe(split))
-    return 0
-
-
-def _models_end_split(args) -> int:
-    from ftray.registry import production
-    from ftray.routing import end_split
-
-    store = _store(args)
-    event = end_split(store, reason=args.reason)
-    print(
-        f"ended the {event['ended_split']['action']} of {event['model_id']}; "
-        f"production: {production(store) or 'none'}"
-    )
-    return 0
-
-
-def _models_history(args) -> int:
-    from ftray.registry import history
-
-    for event in history(_store(args)):
-        share = f" {event['percent']:g}%" if "percent" in event else ""
-        against = event.get("control") or event.get("previous")
-        print(
-            f"{event['at']}  {event['action']:<10} {event['model_id']}{share}"
-            f"{f' (vs {against})' if against else ''}  by {event['by']}: {event['reason']}"
-        )
     return 0
 
 

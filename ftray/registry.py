@@ -5,7 +5,8 @@ model is in production (and which share of its traffic a canary or experiment ta
 
 Cards never change once written. A model's stage is read from the log: `production` (the
 current one), `archived` (was production), `rejected` (the gate said no), `canary` or
-`experiment` (an arm of the active split, unless it is production), or `candidate`.
+`experiment` (an arm of the active split, unless it is production), `shadow` (mirrored by the
+active shadow), or `candidate`.
 Events live one per file under `registry/`, numbered in log order (`Store.append_event`):
 each decision is checked against the log it extends, so of two concurrent promotions neither
 is lost, and the second is decided again with the first in place. The writers' clocks play
@@ -121,8 +122,8 @@ def _as_now(store: Store, card: dict, stages: dict[str, str]) -> dict:
 
 
 def history(store: Store) -> list[dict]:
-    """Every registry event (promote, reject, rollback, canary, experiment, end_split),
-    oldest first."""
+    """Every registry event (promote, reject, rollback, canary, experiment, end_split,
+    shadow, end_shadow), oldest first."""
     return store.read_events("registry")
 
 
@@ -147,6 +148,21 @@ def active_split(events: list[dict]) -> dict | None:
         ):
             split = None
     return split
+
+
+def active_shadow(events: list[dict]) -> dict | None:
+    """The `shadow` event in force after `events`, or None: `end_shadow` ends it, and so
+    does the shadow model's promotion (it answers for real then)."""
+    found = None
+    for event in events:
+        if event["action"] == "shadow":
+            found = event
+        elif found is not None and (
+            event["action"] == "end_shadow"
+            or (event["action"] == "promote" and event["model_id"] == found["model_id"])
+        ):
+            found = None
+    return found
 
 
 def promote(store: Store, model_id: str, *, reason: str, force: bool = False) -> dict:
@@ -324,4 +340,7 @@ def _stages(store: Store) -> dict[str, str]:
         for arm in (split["model_id"], split["control"]):
             if stages.get(arm) != "production":  # `canary` or `experiment` while it runs
                 stages[arm] = split["action"]
+    mirrored = active_shadow(events)
+    if mirrored and stages.get(mirrored["model_id"]) in (None, "archived"):
+        stages[mirrored["model_id"]] = "shadow"
     return stages

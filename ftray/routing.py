@@ -12,6 +12,11 @@ to an arm by a hash of the key into [0, 100): below `percent` the candidate, els
 control. The hash is salted with the two arms, so one user keeps one arm for the split's
 life, a user in a 10% canary stays in it at 20%, and each new split draws its own users.
 A request with no key draws an arm at random.
+
+A `shadow` event mirrors `percent` of production's users (the same sticky hash, salted with
+the shadow model) to a shadow model: the user gets the production answer, the replica then
+asks the shadow model the same question and records the pair (`ftray.serve.exchange`). A
+shadow runs beside a split; `end_shadow` or the shadow model's promotion ends it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import random
 
 from ftray.errors import UserError
 from ftray.registry import (
+    active_shadow,
     active_split,
     get_model,
     history,
@@ -91,6 +97,54 @@ def end_split(store: Store, *, reason: str) -> dict:
         )
 
     return store.append_event(event, "registry")
+
+
+def shadow(store: Store, model_id: str, *, percent: float, reason: str) -> dict:
+    """Mirror `percent` of production traffic to `model_id` (its answers are recorded, never
+    returned); on an active shadow of the same model, change its percent."""
+    _check_percent(percent, "--percent")
+    card = get_model(store, model_id)  # unknown or incomplete: its own clear error
+    if card["stage"] == "rejected":
+        raise UserError(f"the gate rejected {model_id}; a shadow of it would teach nothing new.")
+
+    def event(events: list[dict]) -> dict:
+        if production_in(events) == model_id:
+            raise UserError(f"{model_id} is the production model; shadow another model.")
+        active = active_shadow(events)
+        if active and active["model_id"] != model_id:
+            raise UserError(
+                f"a shadow of {active['model_id']} is active ({active['percent']:g}%): end it "
+                "first with `ftray models end-shadow JOB.yaml`."
+            )
+        if active and active["percent"] == percent:
+            raise UserError(f"the shadow of {model_id} already mirrors {percent:g}%.")
+        return make_event("shadow", model_id, previous=None, reason=reason, percent=percent)
+
+    return store.append_event(event, "registry")
+
+
+def end_shadow(store: Store, *, reason: str) -> dict:
+    """End the active shadow: no more mirrored requests."""
+
+    def event(events: list[dict]) -> dict:
+        active = active_shadow(events)
+        if active is None:
+            raise UserError("no shadow is active; `ftray models history` shows the log.")
+        return make_event("end_shadow", active["model_id"], previous=None, reason=reason)
+
+    return store.append_event(event, "registry")
+
+
+def shadow_for(events: list[dict], user: str | None, answered_by: str) -> str | None:
+    """The model that also gets a `production` request from `user` answered by
+    `answered_by`, or None: the active shadow for its share of users (a request with no key
+    at random), never the model that already answered."""
+    active = active_shadow(events)
+    if active is None or active["model_id"] == answered_by:
+        return None
+    salt = f"shadow:{active['model_id']}"
+    point = bucket(salt, user) if user else random.uniform(0, 100)
+    return active["model_id"] if point < active["percent"] else None
 
 
 def split_of(store: Store) -> dict | None:

@@ -32,8 +32,9 @@ COLUMNS = (
     "finish_reason",
 )
 # Written too, but not required of older sample files: whether a canary or experiment chose
-# the row's `model` for a `production` request.
-ROUTING_COLUMNS = ("split",)
+# the row's `model` for a `production` request; of a shadow model's answer, the production
+# answer's request id and text and whether the two agree (`ftray.serve.shadow`).
+ROUTING_COLUMNS = ("split", "shadow_of", "control_output", "agreed")
 
 
 class Sampler:
@@ -56,19 +57,25 @@ class Sampler:
     def clean(self, text: str | None) -> str | None:
         return redact_pii(text) if self.redact and text else text
 
-    def record(self, sample: dict) -> None:
-        """Remember the request for feedback; keep it as a sample with probability `rate`."""
+    def record(self, sample: dict, keep: bool = False) -> None:
+        """Remember the request for feedback; keep it as a sample with probability `rate`
+        (always when `keep`)."""
         try:
-            row = {
+            row: dict = {
                 **sample,
                 "prompt": self.clean(sample["prompt"]),
                 "output": self.clean(sample["output"]),
+                **(
+                    {"control_output": self.clean(sample["control_output"])}
+                    if "control_output" in sample
+                    else {}
+                ),
             }
             self.recent[row["request_id"]] = row
             while len(self.recent) > self.recent_size:
                 self.recent.popitem(last=False)
             self._start()
-            if self.rate and random.random() < self.rate:
+            if keep or (self.rate and random.random() < self.rate):
                 self.buffer.append(row)
                 if len(self.buffer) >= self.flush_rows:
                     task = asyncio.get_running_loop().create_task(self.flush())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+from typing import NamedTuple
 
 from fastapi import HTTPException
 from ray import serve
@@ -39,6 +40,17 @@ class Loaded:
             self.engine.retire(self.name)
 
 
+class Route(NamedTuple):
+    """Where a request goes: `model` answers it (`loaded` is its handle, None for the base
+    model), `split` says whether a canary or experiment chose it, `shadow` names the model
+    that also answers it, unseen by the user (or None)."""
+
+    model: str
+    loaded: Loaded | None
+    split: bool
+    shadow: str | None
+
+
 class Adapters:
     """The registry models on top of a replica's base model (serve.max_adapters_per_replica
     loaded at most), and the routing of requests to them."""
@@ -56,48 +68,58 @@ class Adapters:
         slots = config.serve.max_adapters_per_replica
         self._get = serve.multiplexed(max_num_models_per_replica=slots)(load)
 
-    async def route(
-        self, requested: str, user: str | None = None
-    ) -> tuple[str, Loaded | None, bool]:
-        """(the name of the model that answers a request, its handle or None for the base
-        model, whether a canary or experiment chose it: see `resolve`). The caller owns one
-        use of a registry model and ends it with `engine.done`."""
-        name, split = await self.resolve(requested, user)
+    async def route(self, requested: str, user: str | None = None) -> Route:
+        """The model that answers a request, its handle (None for the base model), whether a
+        canary or experiment chose it, and the shadow model that also gets it (see
+        `resolve`). The caller owns one use of a registry model and ends it with
+        `engine.done`."""
+        name, split, shadow = await self.resolve(requested, user)
         if name == BASE_MODEL_NAME:
-            return BASE_MODEL_NAME, None, False
+            return Route(BASE_MODEL_NAME, None, False, shadow)
+        return Route(name, await self.use(name), split, shadow)
+
+    async def use(self, name: str) -> Loaded:
+        """Registry model `name`, loaded if it is not, with one use counted: the caller ends
+        it with `engine.done`."""
         loaded = await self._get(name)
         # No await between getting the handle and counting the use: an eviction in between
         # could unload the model before this request runs.
         self.engine.use(name)
-        return name, loaded, split
+        return loaded
 
-    async def resolve(self, requested: str, user: str | None = None) -> tuple[str, bool]:
+    async def resolve(
+        self, requested: str, user: str | None = None
+    ) -> tuple[str, bool, str | None]:
         """(the name of the model that answers a request, whether a canary or experiment
-        chose it); 404 when there is none. `production` resolves per request: to the
-        production model, or to one arm of an active split by `user`'s sticky hash
-        (`ftray.routing`); named models are never split. Loads nothing, so what depends only
-        on the answering model (the completion cache) can be looked up before it loads."""
+        chose it, the shadow model that also answers it or None); 404 when there is none.
+        `production` resolves per request: to the production model, or to one arm of an
+        active split by `user`'s sticky hash, and to the active shadow for its share of users
+        (`ftray.routing`); named models are never split or shadowed. Loads nothing, so what
+        depends only on the answering model (the completion cache) can be looked up before
+        it loads."""
         asked = serve.get_multiplexed_model_id() or requested
         name = model_name(asked, self.base_name)
-        split = False
+        split, shadow = False, None
         if name == PRODUCTION:
             from ftray.registry import history
-            from ftray.routing import resolve
+            from ftray.routing import resolve, shadow_for
 
             # Read per request: a promotion, rollback or split applies without a redeploy.
-            name, split = resolve(await asyncio.to_thread(history, self.store), user)
+            events = await asyncio.to_thread(history, self.store)
+            name, split = resolve(events, user)
             if name is None:
                 raise HTTPException(
                     404, f"no model is in production yet; available: {self.names()}"
                 )
+            shadow = shadow_for(events, user, name)
         if name == BASE_MODEL_NAME:
-            return BASE_MODEL_NAME, False
+            return BASE_MODEL_NAME, False, shadow
         # Checked before Serve's loader: an unknown id must not evict a loaded model.
         if name is None or not (
             self.engine.has(name) or await asyncio.to_thread(self.store.is_complete, "models", name)
         ):
             raise HTTPException(404, f"model {asked[:100]!r} not found; available: {self.names()}")
-        return name, split
+        return name, split, shadow
 
     def names(self) -> list[str]:
         """The names a request may use: the base model and every complete registry model."""

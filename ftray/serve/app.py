@@ -3,7 +3,8 @@
 The OpenAI `model` field (or Serve's multiplex header) picks the model: `base`, a registered
 model id, `<base>:<model id>`, or `production` (whatever the registry has in production, or
 one arm of its canary or experiment per user: `ftray.routing`); the response's `model` names
-the model that answered.
+the model that answered. A shadow model gets its share of `production` requests after the
+answer is ready, and the pair is recorded.
 Adapters and full models load on demand through `@serve.multiplexed` (LRU per replica,
 `ftray.serve.adapters`), only from the registry, never from a path in a request
 (`ftray.serve.guard` checks every request first). Concurrent requests are batched with
@@ -112,7 +113,7 @@ class ChatModel:
         self.batching = {"batches": 0, "requests": 0, "largest": 0}
         self.lock = ModelLock()
         self.adapters = Adapters(self.store, self.engine, self.lock, config)
-        self._streams: set[asyncio.Task] = set()  # running streams, referenced until done
+        self._tasks: set[asyncio.Task] = set()  # streams and shadows, referenced until done
         # `@serve.batch` adds these setters to the method
         self.generate_batch.set_max_batch_size(_batch_size(config.serve))  # type: ignore[attr-defined]
         self.generate_batch.set_batch_wait_timeout_s(config.serve.batch_wait_timeout_s)  # type: ignore[attr-defined]
@@ -178,7 +179,8 @@ class ChatModel:
         """Check limits, answer (cache, batch or stream), count and sample."""
         started = time.perf_counter()
         limit = self.guard.max_tokens(body)
-        model_id, loaded, split = await self.adapters.route(body.model, body.user)
+        route = await self.adapters.route(body.model, body.user)
+        model_id, loaded, split = route.model, route.loaded, route.split
         in_use = loaded.name if loaded else None
         try:
             # A hit is answered here, before the prompt is rendered, tokenized or queued.
@@ -215,7 +217,31 @@ class ChatModel:
         response = completion(model_id, answer, prompt_tokens, chat)
         exchange = Exchange(model_id, chat, body.said(), prompt_tokens, started, split)
         self.exchanges.answered(exchange, response["id"], answer)
+        if route.shadow:  # after the answer is ready: the user never waits for the shadow
+            shadowed = self._shadow(route.shadow, body, chat, limit, response["id"], answer)
+            self._in_background(shadowed)
         return JSONResponse(response)  # a plain dict: FastAPI's encoder pass is not needed
+
+    async def _shadow(self, model: str, body, chat: bool, limit: int, request_id: str, answer):
+        """Ask shadow `model` what production answered with `answer`, and record the pair.
+        It queues with the other requests (a shadow costs generation time); a failure is
+        counted and logged, never seen by the user."""
+        started = time.perf_counter()
+        try:
+            loaded = await self.adapters.use(model)
+            try:
+                prompt, tokens = await self._prompt(body, loaded, chat)
+                schema = self.engine.schema if body.guided else None
+                request = Completion(model, prompt, limit, body.temperature, schema)
+                mirrored = await self._generate(request)
+            finally:
+                self.engine.done(model)
+        except Exception as error:
+            self.metrics.shadow_failed(model)
+            _log.warning("shadow %s failed on request %s: %r", model, request_id, error)
+            return
+        said = Exchange(model, chat, body.said(), tokens, started)
+        self.exchanges.shadowed(said, request_id, answer, mirrored)
 
     async def _prompt(self, body, loaded: Loaded | None, chat: bool) -> tuple[str, int]:
         """(what the model reads, template included; its tokens), within
@@ -279,10 +305,7 @@ class ChatModel:
                     engine.done(request.model)
                 pieces.put_nowait(None)
 
-        task = asyncio.create_task(generate())
-        self._streams.add(task)
-        task.add_done_callback(self._stream_ended)
-        return pieces, task
+        return pieces, self._in_background(generate())
 
     async def _stream_locked(self, engine: Engine, request: Completion, pieces) -> None:
         """Stream from the transformers engine in a thread, holding the lock only while
@@ -314,8 +337,15 @@ class ChatModel:
             pieces.put_nowait(error)
             raise
 
-    def _stream_ended(self, task: asyncio.Task) -> None:
-        self._streams.discard(task)
+    def _in_background(self, work) -> asyncio.Task:
+        """Run coroutine `work` as a task the replica holds until it ends."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_ended)
+        return task
+
+    def _task_ended(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _log.error("streamed generation failed", exc_info=task.exception())
 
@@ -330,7 +360,7 @@ class ChatModel:
         if piece is None:
             await asyncio.wait({task})  # not `await task`: leaving early would cancel it
         error = piece if piece is not None else task.exception()
-        if error is not None:  # logged by _stream_ended, with its traceback
+        if error is not None:  # logged by _task_ended, with its traceback
             self.metrics.error(exchange.model, exchange.split, error)
             yield error_event(
                 f"the generation stopped: {error}"

@@ -59,6 +59,35 @@ class ExchangeLog:
             }
         )
 
+    def shadowed(self, exchange: Exchange, request_id: str, answer: dict, mirrored: dict) -> None:
+        """Count shadow `exchange.model`'s answer `mirrored` to request `request_id`, which
+        production answered with `answer`, and keep the pair (always: the shadow's percent
+        is its sample)."""
+        from ftray.serve.shadow import agree
+
+        latency = time.perf_counter() - exchange.started
+        agreed = agree(answer["text"], mirrored["text"])
+        self.metrics.shadow(exchange.model, latency, agreed)
+        self.sampler.record(
+            {
+                "request_id": f"{request_id}-shadow",
+                "time": utc_stamp(),
+                "model": exchange.model,
+                "split": False,
+                "endpoint": "chat" if exchange.chat else "completions",
+                "prompt": exchange.said,
+                "output": mirrored["text"],
+                "prompt_tokens": exchange.prompt_tokens,
+                "completion_tokens": mirrored["tokens"],
+                "latency_s": round(latency, 4),
+                "finish_reason": mirrored["finish_reason"],
+                "shadow_of": request_id,
+                "control_output": answer["text"],
+                "agreed": agreed,
+            },
+            keep=True,
+        )
+
     async def feedback(self, body: FeedbackRequest) -> dict:
         """Store a rating, flag or correction for an earlier answer (by its `id`); the answer
         to the client. Corrections are accepted at once when monitor.accept_corrections is
@@ -82,6 +111,8 @@ class ExchangeLog:
             "output": clean(body.output) or known.get("output"),
         }
         stored = await asyncio.to_thread(store_feedback, self.store, record)
+        model = str(known.get("model") or body.model or "unknown")
+        self.metrics.feedback(model, body.rating, body.flag, bool(body.correction))
         if record["correction"] and self.monitor.accept_corrections == "auto":
             await asyncio.to_thread(decide, self.store, stored["feedback_id"], "accept", by="auto")
         return {

@@ -1,7 +1,8 @@
 """Prometheus metrics of the Serve app, per model: requests, latency, tokens, errors, cache
-use. `model` is the model that answered (a `production` request's resolved arm); `split`
-("true"/"false") says whether a canary or experiment chose it, so a split's arms compare on
-the traffic the split itself sent them.
+use, shadow answers, feedback. `model` is the model that answered (a `production` request's
+resolved arm); `split` ("true"/"false") says whether a canary or experiment chose it, so a
+split's arms compare on the traffic the split itself sent them; feedback counts by the model
+that gave the answer rated, so each arm has its own online quality signal.
 
 They go out through Ray's metrics agent beside Ray Serve's own (`ray_serve_*`), as
 `ray_ftray_*`, on each node's metrics export port.
@@ -50,6 +51,34 @@ class ServeMetrics:
             "1 when the check's latest run alerted on the model.",
             tag_keys=("model", "check"),
         )
+        shadowed = ("model",)
+        self.shadow_requests = Counter(
+            "ftray_shadow_requests", "Requests a shadow model answered.", tag_keys=shadowed
+        )
+        self.shadow_agreements = Counter(
+            "ftray_shadow_agreements",
+            "Shadow answers the same as production's (`ftray.serve.shadow.agree`).",
+            tag_keys=shadowed,
+        )
+        self.shadow_failures = Counter(
+            "ftray_shadow_failures", "Shadow generations that failed.", tag_keys=shadowed
+        )
+        self.shadow_latency = Histogram(
+            "ftray_shadow_latency_s",
+            "Shadow generation latency in seconds, queueing included.",
+            boundaries=LATENCY_BOUNDARIES,
+            tag_keys=shadowed,
+        )
+        self.feedback_count = Counter(
+            "ftray_feedback",
+            "Feedback on answers, by the model that answered and its kind.",
+            tag_keys=("model", "kind"),
+        )
+        self.rating_sum = Counter(
+            "ftray_feedback_rating_sum",
+            'Sum of the 1-5 ratings (over ftray_feedback{kind="rating"}: the mean).',
+            tag_keys=("model",),
+        )
         self.batch_size = Histogram(
             "ftray_batch_size", "Requests per generation batch.", boundaries=[1, 2, 4, 8, 16, 32]
         )
@@ -79,6 +108,27 @@ class ServeMetrics:
             tags = {"model": check.get("model", "all"), "check": check["check"]}
             self.check_value.set(check["value"], tags=tags)
             self.check_alert.set(int(check["alert"]), tags=tags)
+
+    def shadow(self, model: str, seconds: float, agreed: bool) -> None:
+        """Count shadow `model`'s answer."""
+        tags = {"model": model}
+        self.shadow_requests.inc(tags=tags)
+        self.shadow_latency.observe(seconds, tags=tags)
+        if agreed:
+            self.shadow_agreements.inc(tags=tags)
+
+    def shadow_failed(self, model: str) -> None:
+        self.shadow_failures.inc(tags={"model": model})
+
+    def feedback(self, model: str, rating: int | None, flag: bool, correction: bool) -> None:
+        """Count feedback on an answer of `model`: a rating (and its value), a flag, a
+        correction; the online quality signal of each arm of a split."""
+        if rating is not None:
+            self.feedback_count.inc(tags={"model": model, "kind": "rating"})
+            self.rating_sum.inc(rating, tags={"model": model})
+        for kind, given in (("flag", flag), ("correction", correction)):
+            if given:
+                self.feedback_count.inc(tags={"model": model, "kind": kind})
 
     def batch(self, size: int) -> None:
         self.batch_size.observe(size)

@@ -76,6 +76,7 @@ def registry_store(tmp_path_factory):
             "api_key_env": "FTRAY_KEY",
             "example_prompt": "hello",
         },
+        "monitor": {"flush_interval_s": 5},  # shadow pairs reach the store within seconds
     }
     path = root / "serve.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -380,6 +381,57 @@ def test_a_canary_answers_its_share_of_users_and_keeps_them(served, registry_sto
         )
         time.sleep(2)
     assert counted >= canary_users, (counted, canary_users)
+
+
+def test_a_shadow_answers_unseen_and_its_pairs_are_kept(served, registry_store, ray_cluster):
+    """A 50% shadow: every user gets production's answer; the shadow model answers its
+    users' requests too, and each pair (production's answer beside the shadow's) is kept and
+    reported, and counted in Prometheus."""
+    from ftray.serve.shadow import shadow_report
+
+    url, _ = served
+    _, _, store, _, (_, production, shadow) = registry_store
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+    message = [{"role": "user", "content": "is my transfer done?"}]
+
+    def ask(user: str, model: str = "production") -> tuple[str, str]:
+        reply = client.chat.completions.create(
+            model=model, messages=message, max_tokens=8, user=user
+        )
+        return reply.model, reply.choices[0].message.content
+
+    named = {m: ask("anyone", model=m)[1] for m in (production, shadow)}
+    assert named[production] != named[shadow]
+    routing.shadow(store, shadow, percent=50, reason="test")
+    try:
+        users = [f"shadowed-{i}" for i in range(40)]
+        events = registry.history(store)
+        mirrored = {u for u in users if routing.shadow_for(events, u, production)}
+        assert 10 <= len(mirrored) <= 30, len(mirrored)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = set(pool.map(ask, users))
+        assert answers == {(production, named[production])}, "users see production only"
+        deadline, report = time.time() + 60, {}
+        while time.time() < deadline:
+            report = shadow_report(store, hours=1)["models"].get(shadow, {})
+            if report.get("pairs", 0) >= len(mirrored):
+                break
+            time.sleep(2)
+    finally:
+        routing.end_shadow(store, reason="test over")
+    assert report["pairs"] == len(mirrored) and report["agreement"] == 0.0, report
+    pair = report["disagreements"][0]
+    assert (pair["production"], pair["shadow"]) == (named[production], named[shadow])
+    deadline, counted = time.time() + 90, 0.0
+    while time.time() < deadline and counted < len(mirrored):
+        text = httpx.get(ray_cluster["metrics"], timeout=10).text
+        counted = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("ray_ftray_shadow_requests_total{") and f'model="{shadow}"' in line
+        )
+        time.sleep(2)
+    assert counted == len(mirrored), (counted, len(mirrored))
 
 
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -343,7 +343,8 @@ def test_retrain_triggers_refuse_unknown_checks(tmp_path):
 
 
 def test_monitor_skips_counts_and_reports_unreadable_sample_files(store, tmp_path, capsys):
-    from ftray.monitor.stage import load_samples, monitor
+    from ftray.monitor.samples import load_samples
+    from ftray.monitor.stage import monitor
 
     asyncio.run(_write_samples(store, 4))
     day = store.list_dirs("monitor", "samples")[0]

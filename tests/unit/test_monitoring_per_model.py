@@ -15,7 +15,8 @@ import pytest
 from ftray import registry, routing
 from ftray.monitor import feedback
 from ftray.monitor.reference import UNRECORDED, references
-from ftray.monitor.stage import load_samples, monitor
+from ftray.monitor.samples import load_samples
+from ftray.monitor.stage import monitor
 from ftray.monitor.trigger import retrain_reason
 from ftray.progress import Progress
 from ftray.spec import JobSpec

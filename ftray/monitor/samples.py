@@ -1,0 +1,58 @@
+"""Reading the Serve app's sampled requests back (`monitor/samples/`), for `ftray monitor` and
+`ftray models shadow-report`."""
+
+from __future__ import annotations
+
+import time
+
+from ftray.monitor.reference import UNRECORDED
+from ftray.store import Store, utc_stamp
+
+# Columns older sample files may lack, and what their rows are taken to hold.
+OPTIONAL = {
+    "model": UNRECORDED,
+    "split": False,
+    "shadow_of": None,
+    "control_output": None,
+    "agreed": None,
+}
+
+
+def load_samples(store: Store, since: float) -> tuple:
+    """Sampled requests logged at or after `since` (epoch seconds), as a DataFrame, and the
+    sample files that could not be read, as (path, reason): a truncated or foreign file is
+    skipped, never the end of the run. A file without `model` or `split` (written before the
+    sampler recorded them) reads as OPTIONAL says."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from ftray.monitor.sampler import COLUMNS
+
+    folder = store.path("monitor", "samples")
+    first_day = time.strftime("%Y-%m-%d", time.gmtime(since))
+    start = utc_stamp(since)
+    frames, unreadable = [], []
+    if store.fs.exists(folder):
+        for path in sorted(store.fs.find(folder)):
+            day = path.rsplit("date=", 1)[-1].split("/", 1)[0]
+            if not (path.endswith(".parquet") and day >= first_day):
+                continue
+            try:
+                with store.fs.open(path, "rb") as handle:
+                    frame = pq.read_table(handle).to_pandas()
+            except (OSError, ValueError) as err:  # pyarrow's errors derive from these
+                unreadable.append((path, str(err).splitlines()[0][:200]))
+                continue
+            missing = [c for c in COLUMNS if c not in frame.columns and c not in OPTIONAL]
+            if missing:
+                unreadable.append((path, f"no column(s) {', '.join(missing)}"))
+                continue
+            frames.append(frame.assign(**{k: v for k, v in OPTIONAL.items() if k not in frame}))
+    names = [*COLUMNS, *(k for k in OPTIONAL if k not in COLUMNS)]
+    frames = [frame[names] for frame in frames]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=names)
+    table = table[table["time"] >= start].reset_index(drop=True)
+    # a null in a file that has the column reads as that column's default too
+    table["model"] = [str(m) if isinstance(m, str) else UNRECORDED for m in table["model"]]
+    table["split"] = [bool(v and v == v) for v in table["split"]]  # None, NaN: False
+    return table, unreadable
