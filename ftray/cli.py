@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     rollback = _verb(actions, "rollback", "restore the previous production model", _models_rollback)
     rollback.add_argument("--to", metavar="MODEL_ID", help="an earlier production model")
     rollback.add_argument("--reason", default="rolled back by hand", help="recorded in the log")
-    add_routing_parsers(actions, _verb, _store)
+    add_routing_parsers(actions, _verb, _load)
 
     export = _verb(verbs, "export", "write a model merged into one Hugging Face folder", _export)
     export.add_argument("--model", metavar="MODEL_ID", help="default: the production model")

@@ -37,9 +37,13 @@ from ftray.registry import (
 from ftray.store import Store
 
 
-def canary(store: Store, model_id: str, *, percent: float, reason: str) -> dict:
+def canary(
+    store: Store, model_id: str, *, percent: float, reason: str, auto: dict | None = None
+) -> dict:
     """Send `percent` of production traffic to `model_id`, the rest to the production
-    model; on an active canary of the same model, change its percent."""
+    model; on an active canary of the same model, change its percent. `auto`: the
+    `serve.rollout` rules by which `ftray.rollout.watch` promotes or rolls it back, recorded
+    in the event."""
     _check_percent(percent, "--percent")
     _check_servable(store, model_id)
 
@@ -56,8 +60,15 @@ def canary(store: Store, model_id: str, *, percent: float, reason: str) -> dict:
                 f"{model_id} is already the production model; a canary needs another model."
             )
         _check_replaces(active_split(events), "canary", current, model_id, percent)
+        details = {"auto": True, "rules": auto} if auto else {}
         return make_event(
-            "canary", model_id, previous=None, reason=reason, control=current, percent=percent
+            "canary",
+            model_id,
+            previous=None,
+            reason=reason,
+            control=current,
+            percent=percent,
+            **details,
         )
 
     return store.append_event(event, "registry")

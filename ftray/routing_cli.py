@@ -6,12 +6,19 @@ from __future__ import annotations
 import json
 
 
-def add_routing_parsers(actions, verb, store_of) -> None:
+def add_routing_parsers(actions, verb, load) -> None:
     """Add the routing verbs to `ftray models`; `verb` adds a sub-command taking JOB and
-    `--set`, `store_of(args)` opens the job's store."""
+    `--set`, `load(args)` reads the job spec."""
 
     def run(handler):
-        return lambda args: handler(store_of(args), args)
+        def opened(args) -> int:
+            from ftray.store import Store
+
+            spec = load(args)
+            args.rollout = spec.serve.rollout.model_dump()
+            return handler(Store(spec.storage, spec.project), args)
+
+        return opened
 
     canary = verb(
         actions, "canary", "send a share of production traffic to a candidate", run(_canary)
@@ -21,6 +28,12 @@ def add_routing_parsers(actions, verb, store_of) -> None:
         "--percent", type=float, required=True, help="its share of production traffic, 0 < P < 100"
     )
     canary.add_argument("--reason", default="canary by hand", help="recorded in the log")
+    canary.add_argument(
+        "--auto",
+        action="store_true",
+        help="let `ftray models watch` (and each `ftray monitor` run) promote it or roll it "
+        "back by the job's serve.rollout rules",
+    )
     experiment = verb(
         actions, "experiment", "split production traffic between two models", run(_experiment)
     )
@@ -52,13 +65,33 @@ def add_routing_parsers(actions, verb, store_of) -> None:
         run(_shadow_report),
     )
     report.add_argument("--hours", type=float, default=24.0, help="the window (default 24)")
+    watch = verb(
+        actions,
+        "watch",
+        "judge the active canary or experiment on its online counts; an --auto canary is "
+        "promoted or rolled back",
+        run(_watch),
+    )
+    watch.add_argument(
+        "--every", type=float, metavar="S", help="judge again every S seconds until decided"
+    )
+    watch.add_argument(
+        "--for",
+        dest="limit",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="with --every: give up after S seconds (default 3600)",
+    )
     verb(actions, "history", "every registry event, oldest first", run(_history))
 
 
 def _canary(store, args) -> int:
     from ftray.routing import canary, describe
 
-    print(describe(canary(store, args.model_id, percent=args.percent, reason=args.reason)))
+    auto = args.rollout if args.auto else None
+    event = canary(store, args.model_id, percent=args.percent, reason=args.reason, auto=auto)
+    print(describe(event) + (" (automatic: `ftray models watch` decides)" if auto else ""))
     return 0
 
 
@@ -105,6 +138,27 @@ def _shadow_report(store, args) -> int:
 
     print(json.dumps(shadow_report(store, hours=args.hours), indent=2))
     return 0
+
+
+def _watch(store, args) -> int:
+    import time
+
+    from ftray.rollout import watch
+
+    deadline = time.monotonic() + args.limit
+    while True:
+        split, verdict, decided = watch(store, args.rollout)
+        if split is None or verdict is None:
+            print("no canary or experiment is active")
+            return 0
+        print(f"{verdict.decision}: {'; '.join(verdict.reasons)}")
+        print(json.dumps(verdict.arms, indent=2))
+        if decided is not None:
+            print(f"{decided['action']}: {decided['model_id']} ({decided['reason']})")
+            return 0
+        if not args.every or verdict.decision != "wait" or time.monotonic() > deadline:
+            return 0
+        time.sleep(args.every)
 
 
 def _history(store, args) -> int:

@@ -74,7 +74,7 @@ class Sampler:
             self.recent[row["request_id"]] = row
             while len(self.recent) > self.recent_size:
                 self.recent.popitem(last=False)
-            self._start()
+            self.start()
             if keep or (self.rate and random.random() < self.rate):
                 self.buffer.append(row)
                 if len(self.buffer) >= self.flush_rows:
@@ -109,7 +109,8 @@ class Sampler:
             "failed": self.failed,
         }
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the periodic writes (and ticks), if not running."""
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._periodic())
 

@@ -113,8 +113,24 @@ def monitor(spec: JobSpec, store: Store, progress: Progress) -> MonitorRef:
 
     write_report(store)
     progress.artifact("monitoring report", store.uri("monitor", "report.html"))
+    _judge_split(spec, store, progress)
     sequence = name.removesuffix(".json")
     return MonitorRef(sequence, store.uri("monitor", "checks", name), run, False)
+
+
+def _judge_split(spec: JobSpec, store: Store, progress: Progress) -> None:
+    """Judge the active split now that this run's alerts are in; an automatic canary is
+    promoted or rolled back (`ftray.rollout`)."""
+    from ftray.rollout import watch
+
+    split, verdict, decided = watch(store, spec.serve.rollout.model_dump())
+    if split is None or verdict is None:
+        return
+    done = f"; {decided['action']} done" if decided else ""
+    progress.note(
+        f"{split['action']} of {split['model_id']}: {verdict.decision} "
+        f"({'; '.join(verdict.reasons)}){done}"
+    )
 
 
 def _served(samples, corrections: dict, production: str | None, split: dict | None) -> list:

@@ -41,12 +41,10 @@ class Loaded:
 
 
 class Route(NamedTuple):
-    """Where a request goes: `model` answers it (`loaded` is its handle, None for the base
-    model), `split` says whether a canary or experiment chose it, `shadow` names the model
-    that also answers it, unseen by the user (or None)."""
+    """Where a request goes: `model` answers it, `split` says whether a canary or experiment
+    chose it, `shadow` names the model that also answers it, unseen by the user (or None)."""
 
     model: str
-    loaded: Loaded | None
     split: bool
     shadow: str | None
 
@@ -68,30 +66,19 @@ class Adapters:
         slots = config.serve.max_adapters_per_replica
         self._get = serve.multiplexed(max_num_models_per_replica=slots)(load)
 
-    async def route(self, requested: str, user: str | None = None) -> Route:
-        """The model that answers a request, its handle (None for the base model), whether a
-        canary or experiment chose it, and the shadow model that also gets it (see
-        `resolve`). The caller owns one use of a registry model and ends it with
-        `engine.done`."""
-        name, split, shadow = await self.resolve(requested, user)
-        if name == BASE_MODEL_NAME:
-            return Route(BASE_MODEL_NAME, None, False, shadow)
-        return Route(name, await self.use(name), split, shadow)
-
-    async def use(self, name: str) -> Loaded:
+    async def use(self, name: str) -> Loaded | None:
         """Registry model `name`, loaded if it is not, with one use counted: the caller ends
-        it with `engine.done`."""
+        it with `engine.done`; None for the base model."""
+        if name == BASE_MODEL_NAME:
+            return None
         loaded = await self._get(name)
         # No await between getting the handle and counting the use: an eviction in between
         # could unload the model before this request runs.
         self.engine.use(name)
         return loaded
 
-    async def resolve(
-        self, requested: str, user: str | None = None
-    ) -> tuple[str, bool, str | None]:
-        """(the name of the model that answers a request, whether a canary or experiment
-        chose it, the shadow model that also answers it or None); 404 when there is none.
+    async def resolve(self, requested: str, user: str | None = None) -> Route:
+        """Where a request goes (`Route`); 404 when no model answers it.
         `production` resolves per request: to the production model, or to one arm of an
         active split by `user`'s sticky hash, and to the active shadow for its share of users
         (`ftray.routing`); named models are never split or shadowed. Loads nothing, so what
@@ -113,13 +100,13 @@ class Adapters:
                 )
             shadow = shadow_for(events, user, name)
         if name == BASE_MODEL_NAME:
-            return BASE_MODEL_NAME, False, shadow
+            return Route(BASE_MODEL_NAME, False, shadow)
         # Checked before Serve's loader: an unknown id must not evict a loaded model.
         if name is None or not (
             self.engine.has(name) or await asyncio.to_thread(self.store.is_complete, "models", name)
         ):
             raise HTTPException(404, f"model {asked[:100]!r} not found; available: {self.names()}")
-        return name, split, shadow
+        return Route(name, split, shadow)
 
     def names(self) -> list[str]:
         """The names a request may use: the base model and every complete registry model."""

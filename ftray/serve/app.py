@@ -121,7 +121,7 @@ class ChatModel:
     async def __del__(self):
         """Serve calls this before stopping the replica: write the buffered samples."""
         if hasattr(self, "exchanges"):  # not when __init__ failed
-            await self.exchanges.sampler.drain()
+            await self.exchanges.drain()
         if hasattr(self, "engine"):
             self.engine.close()
 
@@ -179,10 +179,11 @@ class ChatModel:
         """Check limits, answer (cache, batch or stream), count and sample."""
         started = time.perf_counter()
         limit = self.guard.max_tokens(body)
-        route = await self.adapters.route(body.model, body.user)
-        model_id, loaded, split = route.model, route.loaded, route.split
-        in_use = loaded.name if loaded else None
+        route = await self.adapters.resolve(body.model, body.user)
+        model_id, split, in_use = route.model, route.split, None
         try:
+            loaded = await self.adapters.use(model_id)  # a model that fails to load: counted
+            in_use = loaded.name if loaded else None
             # A hit is answered here, before the prompt is rendered, tokenized or queued.
             # Streams are not cached, nor an answer that opted out of the engine's JSON schema
             # (the cached answers are the constrained ones).
@@ -208,7 +209,7 @@ class ChatModel:
                 cached = (await self._generate(request), prompt_tokens)
                 self.cache.put(key, cached)
         except Exception as error:
-            self.metrics.error(model_id, split, error)
+            self.exchanges.failed(model_id, split, error)
             raise
         finally:
             if in_use:
@@ -228,7 +229,7 @@ class ChatModel:
         counted and logged, never seen by the user."""
         started = time.perf_counter()
         try:
-            loaded = await self.adapters.use(model)
+            loaded = await self.adapters.use(model)  # never the base model (`routing.shadow`)
             try:
                 prompt, tokens = await self._prompt(body, loaded, chat)
                 schema = self.engine.schema if body.guided else None
@@ -361,7 +362,7 @@ class ChatModel:
             await asyncio.wait({task})  # not `await task`: leaving early would cancel it
         error = piece if piece is not None else task.exception()
         if error is not None:  # logged by _task_ended, with its traceback
-            self.metrics.error(exchange.model, exchange.split, error)
+            self.exchanges.failed(exchange.model, exchange.split, error)
             yield error_event(
                 f"the generation stopped: {error}"
                 if isinstance(error, TimeoutError)

@@ -180,7 +180,15 @@ class Engine(ModelBooks):
 
             self.peft = PeftModel.from_pretrained(self.base, folder, adapter_name=name)
         else:
-            self.peft.load_adapter(folder, adapter_name=name)
+            try:
+                self.peft.load_adapter(folder, adapter_name=name)
+            except Exception:
+                # peft adds the adapter's layers before it reads the weights: a file that
+                # fails to load would leave `name` on the model with initial weights,
+                # answering as if it had loaded.
+                if name in self.peft.peft_config:
+                    self.peft.delete_adapter(name)
+                raise
         self.peft.eval()
         self.counts["loads"] += 1
 

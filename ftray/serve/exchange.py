@@ -12,6 +12,7 @@ from fastapi import HTTPException
 from ftray.monitor.sampler import Sampler
 from ftray.serve.guard import FeedbackRequest
 from ftray.serve.metrics import ServeMetrics
+from ftray.serve.online import OnlineCounts
 from ftray.spec import MonitorSpec
 from ftray.store import Store, utc_stamp
 
@@ -35,7 +36,8 @@ class ExchangeLog:
 
     def __init__(self, store: Store, monitor: MonitorSpec, metrics: ServeMetrics):
         self.store, self.monitor, self.metrics = store, monitor, metrics
-        self.sampler = Sampler(store, monitor.model_dump(), tick=self._publish_checks)
+        self.online = OnlineCounts(store)
+        self.sampler = Sampler(store, monitor.model_dump(), tick=self._tick)
 
     def answered(self, exchange: Exchange, request_id: str, answer: dict) -> None:
         """Count the answer and offer it to the sampler."""
@@ -43,6 +45,7 @@ class ExchangeLog:
         self.metrics.done(
             exchange.model, exchange.split, latency, exchange.prompt_tokens, answer["tokens"]
         )
+        self.online.answered(exchange.model, exchange.split, latency)
         self.sampler.record(
             {
                 "request_id": request_id,
@@ -58,6 +61,19 @@ class ExchangeLog:
                 "finish_reason": answer["finish_reason"],
             }
         )
+
+    def failed(self, model: str, split: bool, error: BaseException) -> None:
+        """Count a request of `model` that failed with `error` after routing (an
+        HTTPException's status, else 500)."""
+        status = int(getattr(error, "status_code", 500))
+        self.metrics.error(model, split, status)
+        self.online.failed(model, split, status)
+        self.sampler.start()  # the tick writes the counts, even with no answer yet
+
+    async def drain(self) -> None:
+        """Write what is buffered (on replica shutdown)."""
+        await self.sampler.drain()
+        await asyncio.to_thread(self.online.write)
 
     def shadowed(self, exchange: Exchange, request_id: str, answer: dict, mirrored: dict) -> None:
         """Count shadow `exchange.model`'s answer `mirrored` to request `request_id`, which
@@ -113,6 +129,8 @@ class ExchangeLog:
         stored = await asyncio.to_thread(store_feedback, self.store, record)
         model = str(known.get("model") or body.model or "unknown")
         self.metrics.feedback(model, body.rating, body.flag, bool(body.correction))
+        split = bool(known.get("split"))
+        self.online.feedback(model, split, body.rating, body.flag, bool(body.correction))
         if record["correction"] and self.monitor.accept_corrections == "auto":
             await asyncio.to_thread(decide, self.store, stored["feedback_id"], "accept", by="auto")
         return {
@@ -121,6 +139,11 @@ class ExchangeLog:
             "flagged": is_flagged(stored),
             "matched_request": bool(known),
         }
+
+    def _tick(self) -> None:
+        """Every flush interval: write the online counts, refresh the monitor gauges."""
+        self.online.write()
+        self._publish_checks()
 
     def _publish_checks(self) -> None:
         """Export the latest `ftray monitor` results as gauges (read on each flush tick)."""

@@ -95,11 +95,9 @@ class ServeMetrics:
         if tokens:
             self.completion_tokens.inc(tokens, tags=tags)
 
-    def error(self, model: str, split: bool, error: BaseException) -> None:
-        """Count a request of `model` that failed with `error` (an HTTPException's status,
-        else 500)."""
-        status = str(getattr(error, "status_code", 500))
-        self.errors.inc(tags={**_tags(model, split), "status": status})
+    def error(self, model: str, split: bool, status: int) -> None:
+        """Count a request of `model` that failed with HTTP `status`."""
+        self.errors.inc(tags={**_tags(model, split), "status": str(status)})
 
     def checks(self, found: list[dict]) -> None:
         """Re-export `ftray monitor`'s latest checks (runs before monitoring went per model

@@ -31,6 +31,48 @@ class AutoscalingSpec(_Section):
         return self
 
 
+class RolloutSpec(_Section):
+    """When `ftray models watch` promotes an automatic canary or rolls it back
+    (`ftray models canary --auto`), on the online counts of the two arms since it began."""
+
+    min_requests: int = Field(
+        default=200,
+        ge=10,
+        description="Requests each arm must answer (or fail) before the canary is promoted: "
+        "the fixed horizon of the comparison.",
+    )
+    max_error_rate_increase: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Roll back when the canary's 5xx rate exceeds production's by more than "
+        "this (absolute) and a one-sided two-proportion test says so at `alpha`; checked from "
+        "20 requests per arm on.",
+    )
+    alpha: float = Field(
+        default=0.05, gt=0, lt=1, description="Significance of the error-rate test."
+    )
+    max_latency_ratio: float = Field(
+        default=1.5,
+        gt=1,
+        description="Roll back when the canary's p95 latency exceeds production's by this "
+        "factor (at the horizon).",
+    )
+    min_ratings: int = Field(
+        default=30, ge=1, description="Ratings each arm needs before ratings are compared."
+    )
+    max_rating_drop: float = Field(
+        default=0.25,
+        ge=0,
+        description="Roll back when the canary's mean rating (1-5) is below production's by "
+        "more than this, once both have `min_ratings`.",
+    )
+    rollback_on_alert: bool = Field(
+        default=True,
+        description="Roll back when the latest `ftray monitor` run alerts on the canary.",
+    )
+
+
 class VllmSpec(_Section):
     """Settings of the vLLM engine (serve.engine: vllm); ignored by the transformers engine."""
 
@@ -78,6 +120,10 @@ class ServeSpec(_Section):
         "installed where the replicas run (README: Serve).",
     )
     vllm: VllmSpec = Field(default_factory=VllmSpec, description="The vLLM engine's settings.")
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec,
+        description="Automatic canary decisions (`ftray models canary --auto`).",
+    )
     host: str = Field(default="127.0.0.1", description="HTTP bind address of the Serve proxy.")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the Serve proxy.")
     max_new_tokens: int = Field(default=32, ge=1, description="Default completion token limit.")

@@ -434,6 +434,54 @@ def test_a_shadow_answers_unseen_and_its_pairs_are_kept(served, registry_store, 
     assert counted == len(mirrored), (counted, len(mirrored))
 
 
+def test_an_automatic_canary_that_fails_is_rolled_back(served, registry_store, tmp_path, capsys):
+    """A canary whose weights cannot load answers 500s; `ftray models watch` on the
+    replica's online counts rolls it back by itself, and everyone gets production again."""
+    from ftray.cli import main
+
+    url, _ = served
+    path, _, store, model_dir, (_, production, _) = registry_store
+    folder = random_adapter(model_dir, tmp_path / "broken", 9)
+    (tmp_path / "broken" / "adapter_model.safetensors").write_bytes(b"not weights")
+    broken = registry.register(
+        store,
+        run_id="run-broken",
+        weights_uri=folder,
+        kind="adapter",
+        dataset_id="ds",
+        eval_id="eval-broken",
+        metrics={},
+        gate={"passed": True, "rules": []},
+        spec_hash="0" * 64,
+        base_model="tiny",
+        system_prompt=SYSTEM,
+        serving={"quantization": "none", "bitsandbytes": None, "dtype": "auto"},
+    )["model_id"]
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+
+    def ask(user: str) -> str:
+        try:
+            return client.completions.create(
+                model="production", prompt="hello", max_tokens=1, user=user
+            ).model
+        except openai.InternalServerError:
+            return "500"
+
+    assert main(["models", "canary", str(path), broken, "--percent", "50", "--auto"]) == 0
+    users = [f"auto-{i}" for i in range(80)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answered = list(pool.map(ask, users))
+    assert set(answered) == {production, "500"} and answered.count("500") >= 25, answered
+    capsys.readouterr()
+    # the replica writes its counts every monitor.flush_interval_s (5 s here)
+    assert main(["models", "watch", str(path), "--every", "2", "--for", "60"]) == 0
+    out = capsys.readouterr().out
+    assert f"end_split: {broken} (rolled back: auto: 5xx rate 1.000" in out, out
+    assert registry.production(store) == production and routing.split_of(store) is None
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(ask, users)) == {production}
+
+
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 

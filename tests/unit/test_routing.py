@@ -215,6 +215,7 @@ def test_a_split_answer_is_counted_and_sampled_with_its_arm(tmp_path):
     it, in the sampled row (what `ftray monitor` reads) and the metrics' tags (Ray checks
     every tag key is given)."""
     import asyncio
+    import json
 
     import pyarrow.parquet as pq
     from fastapi import HTTPException
@@ -236,7 +237,9 @@ def test_a_split_answer_is_counted_and_sampled_with_its_arm(tmp_path):
         log.answered(Exchange("model-a", True, "hi", 3, 0.0), "r2", answer)
         # feedback naming `production`: stored with the arm that answered
         await log.feedback(FeedbackRequest(request_id="r1", model="production", rating=1))
-        await log.sampler.drain()
+        log.failed("model-b", True, HTTPException(400, "too long"))
+        log.failed("model-b", True, RuntimeError("generation failed"))
+        await log.drain()
 
     asyncio.run(traffic())
     (feedback,) = all_feedback(store)
@@ -253,5 +256,17 @@ def test_a_split_answer_is_counted_and_sampled_with_its_arm(tmp_path):
             {"check": "input_drift_psi", "value": 0.1, "alert": False},
         ]
     )
-    metrics.error("model-b", True, HTTPException(400, "too long"))
-    metrics.error("model-b", True, RuntimeError("generation failed"))
+    # the online counts a rollout decides on: per model and split, from the same calls
+    (written,) = store.fs.glob(store.path("monitor", "online") + "/*.json")
+    with store.fs.open(written) as handle:
+        rows = {(r["model"], r["split"]): r for r in json.load(handle)["rows"]}
+    assert set(rows) == {("model-b", True), ("model-a", False)}
+    b = rows[("model-b", True)]
+    assert (b["requests"], b["errors"], b["client_errors"], b["ratings"], b["rating_sum"]) == (
+        1,
+        1,
+        1,
+        1,
+        1,
+    )
+    assert sum(b["latency"]) == 1 and rows[("model-a", False)]["errors"] == 0

@@ -18,6 +18,15 @@ from ftray.store import Store
 # A value other than the default for every field, so a field the replica never gets shows.
 SERVE = {
     "engine": "vllm",
+    "rollout": {
+        "min_requests": 50,
+        "max_error_rate_increase": 0.05,
+        "alpha": 0.01,
+        "max_latency_ratio": 2.0,
+        "min_ratings": 10,
+        "max_rating_drop": 0.5,
+        "rollback_on_alert": False,
+    },
     "vllm": {
         "tensor_parallel_size": 2,
         "gpu_memory_utilization": 0.5,

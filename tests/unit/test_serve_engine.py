@@ -104,6 +104,22 @@ def test_unloading_keeps_other_adapters(tiny_dir, adapters):
     assert _texts(engine, [Request("a2", PROMPTS[0], 4)])
 
 
+def test_an_adapter_that_fails_to_load_is_not_left_on_the_model(tiny_dir, adapters, tmp_path):
+    """peft adds an adapter's layers before it reads the weights: a broken weights file must
+    not leave the name loaded with initial weights (it would answer as if it had loaded)."""
+    import shutil
+
+    engine = Engine(tiny_dir, "float32")
+    engine.load_adapter("a1", adapters["a1"])
+    broken = shutil.copytree(adapters["a2"], tmp_path / "broken")
+    (broken / "adapter_model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(Exception, match="header"):
+        engine.load_adapter("broken", str(broken))
+    assert not engine.has("broken") and engine.memory()["adapters"] == ["a1"]
+    engine.load_adapter("a2", adapters["a2"])  # the next load is unaffected
+    assert engine.memory()["adapters"] == ["a1", "a2"]
+
+
 def _within(seconds: float, work):
     """`work()`'s result, failing (not hanging) when it takes longer than `seconds`."""
     outcome = {}
