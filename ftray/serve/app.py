@@ -109,11 +109,12 @@ class ChatModel:
         self.engine = _engine_for(config)
         self.cache = CompletionCache(config.serve.cache_entries, config.serve.cache_ttl_s)
         self.metrics = ServeMetrics()
-        self.exchanges = ExchangeLog(self.store, config.monitor, self.metrics)
+        self.exchanges = ExchangeLog(self.store, config.monitor, self.metrics, config.output_schema)
         self.batching = {"batches": 0, "requests": 0, "largest": 0}
         self.lock = ModelLock()
         self.adapters = Adapters(self.store, self.engine, self.lock, config)
         self._tasks: set[asyncio.Task] = set()  # streams and shadows, referenced until done
+        self._shadows = 0  # shadow generations running (serve.shadow_max_in_flight)
         # `@serve.batch` adds these setters to the method
         self.generate_batch.set_max_batch_size(_batch_size(config.serve))  # type: ignore[attr-defined]
         self.generate_batch.set_batch_wait_timeout_s(config.serve.batch_wait_timeout_s)  # type: ignore[attr-defined]
@@ -219,8 +220,12 @@ class ChatModel:
         exchange = Exchange(model_id, chat, body.said(), prompt_tokens, started, split)
         self.exchanges.answered(exchange, response["id"], answer)
         if route.shadow:  # after the answer is ready: the user never waits for the shadow
-            shadowed = self._shadow(route.shadow, body, chat, limit, response["id"], answer)
-            self._in_background(shadowed)
+            if self._shadows < self.config.serve.shadow_max_in_flight:
+                self._shadows += 1
+                shadowed = self._shadow(route.shadow, body, chat, limit, response["id"], answer)
+                self._in_background(shadowed)
+            else:
+                self.metrics.shadow_skipped(route.shadow)
         return JSONResponse(response)  # a plain dict: FastAPI's encoder pass is not needed
 
     async def _shadow(self, model: str, body, chat: bool, limit: int, request_id: str, answer):
@@ -241,6 +246,8 @@ class ChatModel:
             self.metrics.shadow_failed(model)
             _log.warning("shadow %s failed on request %s: %r", model, request_id, error)
             return
+        finally:
+            self._shadows -= 1
         said = Exchange(model, chat, body.said(), tokens, started)
         self.exchanges.shadowed(said, request_id, answer, mirrored)
 

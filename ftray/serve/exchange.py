@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException
 
+from ftray.monitor.checks import is_empty_or_refusal, schema_failures
 from ftray.monitor.sampler import Sampler
 from ftray.serve.guard import FeedbackRequest
 from ftray.serve.metrics import ServeMetrics
@@ -34,8 +35,11 @@ class Exchange:
 class ExchangeLog:
     """Counts, samples and remembers a replica's answers; takes feedback on them."""
 
-    def __init__(self, store: Store, monitor: MonitorSpec, metrics: ServeMetrics):
+    def __init__(
+        self, store: Store, monitor: MonitorSpec, metrics: ServeMetrics, schema: dict | None = None
+    ):
         self.store, self.monitor, self.metrics = store, monitor, metrics
+        self.schema = schema  # data.output_schema: answers are checked against it
         self.online = OnlineCounts(store)
         self.sampler = Sampler(store, monitor.model_dump(), tick=self._tick)
 
@@ -46,6 +50,9 @@ class ExchangeLog:
             exchange.model, exchange.split, latency, exchange.prompt_tokens, answer["tokens"]
         )
         self.online.answered(exchange.model, exchange.split, latency)
+        text = answer["text"]
+        invalid = self.schema is not None and bool(schema_failures([text], self.schema))
+        self.metrics.quality(exchange.model, exchange.split, is_empty_or_refusal(text), invalid)
         self.sampler.record(
             {
                 "request_id": request_id,

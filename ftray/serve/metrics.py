@@ -60,6 +60,21 @@ class ServeMetrics:
             "Shadow answers the same as production's (`ftray.serve.shadow.agree`).",
             tag_keys=shadowed,
         )
+        self.shadow_skipped_count = Counter(
+            "ftray_shadow_skipped",
+            "Mirrored requests skipped: serve.shadow_max_in_flight shadows were running.",
+            tag_keys=shadowed,
+        )
+        self.refusals = Counter(
+            "ftray_refusals",
+            "Answers that are empty or open by declining (`ftray monitor`'s refusal check).",
+            tag_keys=tags,
+        )
+        self.schema_failures = Counter(
+            "ftray_schema_failures",
+            "Answers not valid JSON against data.output_schema (when the job has one).",
+            tag_keys=tags,
+        )
         self.shadow_failures = Counter(
             "ftray_shadow_failures", "Shadow generations that failed.", tag_keys=shadowed
         )
@@ -114,6 +129,16 @@ class ServeMetrics:
         self.shadow_latency.observe(seconds, tags=tags)
         if agreed:
             self.shadow_agreements.inc(tags=tags)
+
+    def shadow_skipped(self, model: str) -> None:
+        self.shadow_skipped_count.inc(tags={"model": model})
+
+    def quality(self, model: str, split: bool, refused: bool, invalid: bool) -> None:
+        """Count an answer of `model` that refused, or failed the output schema."""
+        if refused:
+            self.refusals.inc(tags=_tags(model, split))
+        if invalid:
+            self.schema_failures.inc(tags=_tags(model, split))
 
     def shadow_failed(self, model: str) -> None:
         self.shadow_failures.inc(tags={"model": model})

@@ -176,6 +176,13 @@ class ServeSpec(_Section):
         description="GPUs reserved per replica; the model loads on them (0: CPU; a fraction "
         "shares a GPU; 2 or more shard it across them).",
     )
+    shadow_max_in_flight: int = Field(
+        default=4,
+        ge=1,
+        description="Shadow generations (`ftray models shadow`) a replica runs at once; a "
+        "mirrored request beyond them is skipped (counted in ray_ftray_shadow_skipped_total), "
+        "so a shadow never queues up behind real traffic without bound.",
+    )
     max_adapters_per_replica: int = Field(
         default=8, ge=1, description="Adapters (or full models) kept loaded per replica, LRU."
     )

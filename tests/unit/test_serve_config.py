@@ -18,6 +18,7 @@ from ftray.store import Store
 # A value other than the default for every field, so a field the replica never gets shows.
 SERVE = {
     "engine": "vllm",
+    "shadow_max_in_flight": 2,
     "rollout": {
         "min_requests": 50,
         "max_error_rate_increase": 0.05,

@@ -123,3 +123,30 @@ def test_the_shadow_verbs(job, tmp_path, capsys):  # noqa: F811
     assert main(["models", "history", *args]) == 0
     history = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in history] == ["promote", "shadow", "end_shadow"]
+
+
+def test_each_answer_is_checked_for_refusal_and_schema_by_its_arm(tmp_path):
+    """Online quality per arm: the replica counts refusals and schema failures of each
+    answer under the model (and split) that gave it."""
+    from ftray.serve.exchange import Exchange, ExchangeLog
+    from ftray.serve.metrics import ServeMetrics
+    from ftray.spec import MonitorSpec
+    from ftray.store import Store
+
+    metrics, seen = ServeMetrics(), []
+    metrics.quality = lambda *args: seen.append(args)  # what reaches the counters
+    schema = {"type": "object", "properties": {"label": {"type": "string"}}}
+
+    async def traffic():
+        log = ExchangeLog(Store(str(tmp_path), "p"), MonitorSpec(sample_rate=0), metrics, schema)
+        for model, split, text in [
+            ("a", False, '{"label": "card"}'),
+            ("b", True, "I'm sorry, I can't help with that."),
+            ("b", True, "card"),
+        ]:
+            answer = {"text": text, "tokens": 1, "finish_reason": "stop"}
+            log.answered(Exchange(model, True, "hi", 1, 0.0, split=split), model, answer)
+        await log.drain()
+
+    asyncio.run(traffic())
+    assert seen == [("a", False, False, False), ("b", True, True, True), ("b", True, False, True)]
