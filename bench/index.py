@@ -86,7 +86,7 @@ def run_baseline(docs: Path) -> dict:
     return {
         "seconds": round(seconds, 1),
         "chunks": len(texts),
-        "chunks_per_s": len(texts) / seconds,
+        "chunks_per_s": round(len(texts) / seconds, 1),
     }
 
 
