@@ -94,7 +94,8 @@ def synthetic_index(n: int, store_root: Path) -> str:
     """An index artifact of `n` chunks with random unit vectors; returns its id."""
     import pyarrow as pa
 
-    from ftray.rag.build import INDEXES, _write_tables
+    from ftray.rag.build import _write_tables
+    from ftray.rag.index import INDEXES
     from ftray.spec.index import IndexSpec
     from ftray.store import Store
 

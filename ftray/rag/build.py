@@ -19,26 +19,14 @@ from ftray.errors import UserError
 from ftray.progress import Progress
 from ftray.rag.documents import CorpusFile, chunk_rows, find_files
 from ftray.rag.embed import Embedder, embedder_path
+from ftray.rag.index import INDEXES, TABLE, bm25_tokens
 from ftray.spec import JobSpec
 from ftray.spec.index import MINILM, IndexSpec
 from ftray.store import Store, code_version, content_id, file_digest
 
-INDEXES = "indexes"
-TABLE = "chunks"
 # Bumped when the artifact's layout or the chunking code changes what an id stands for.
 FORMAT = 1
-# bm25s's default pattern drops one-character tokens, and facts hinge on them ("Tier 2").
-BM25_TOKENS = r"(?u)\b\w+\b"
 _COLUMNS = ("id", "source", "file", "ordinal", "text")
-
-
-def bm25_tokens(texts: list[str]) -> list[list[str]]:
-    """Lower-cased word tokens without English stop words, for indexing and queries alike."""
-    import bm25s
-
-    return bm25s.tokenize(
-        texts, token_pattern=BM25_TOKENS, stopwords="en", return_ids=False, show_progress=False
-    )
 
 
 def build_index(spec: JobSpec, store: Store, progress: Progress) -> IndexRef:

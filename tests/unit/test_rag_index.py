@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from ftray.errors import UserError
-from ftray.rag.build import bm25_tokens, plan_index
+from ftray.rag.build import plan_index
 from ftray.rag.cli import _action
 from ftray.rag.context import chunk_id
 from ftray.rag.documents import (
@@ -19,7 +19,7 @@ from ftray.rag.documents import (
     html_text,
     read_documents,
 )
-from ftray.rag.index import rrf
+from ftray.rag.index import bm25_tokens, rrf
 from ftray.spec.index import IndexSpec
 
 
