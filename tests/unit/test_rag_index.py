@@ -244,3 +244,11 @@ def test_ftray_index_without_an_index_section_says_so_before_ray_starts(tmp_path
     )
     assert main(["index", str(job)]) == 2
     assert "the job has no `index:` section" in capsys.readouterr().err
+
+
+def test_a_file_changed_after_it_was_hashed_is_an_error(tmp_path):
+    (tmp_path / "fees.md").write_text("Fee 4.")
+    (corpus_file,) = find_files([str(tmp_path)])
+    (tmp_path / "fees.md").write_text("Fee 5.")
+    with pytest.raises(UserError, match=r"fees\.md changed while it was being indexed"):
+        chunk_rows(corpus_file, 10, 2)
