@@ -1,0 +1,138 @@
+"""Retrieval-augmented answers: did retrieval find the gold document, does the answer stay
+within what it was shown, and do its citations point at chunks it was given.
+
+Plain functions, no Ray, no models. Groundedness is a token-overlap heuristic, not an NLI
+model: ftray runs offline and ships no entailment model, and overlap is cheap, transparent
+and deterministic. It misses paraphrase (an answer in other words scores low) and cannot see
+negation or a wrong number that happens to appear elsewhere in the chunks.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ftray.data.retrieval import is_gold
+from ftray.rag.context import Chunk
+
+# Function words carry no claim an answer could be grounded in (a short fixed list, so the
+# score never depends on an installed corpus).
+STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "been",
+        "but",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "for",
+        "from",
+        "had",
+        "has",
+        "have",
+        "he",
+        "her",
+        "his",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "may",
+        "me",
+        "might",
+        "my",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "our",
+        "she",
+        "should",
+        "so",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "to",
+        "too",
+        "us",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+        "yes",
+    ]
+)
+# A citation is a chunk id in brackets, as `format_context` labels chunks (16 hex digits).
+CITATION = re.compile(r"\[([0-9a-f]{16})\]")
+# Words and numbers; a decimal or thousands separator stays inside its number ("19.9").
+_TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+")
+
+
+def content_tokens(text: str) -> list[str]:
+    """Lowercase words and numbers of `text`, without citations and stopwords."""
+    return [t for t in _TOKEN.findall(CITATION.sub(" ", text).lower()) if t not in STOPWORDS]
+
+
+def gold_retrieved(chunks: list[Chunk], gold: str) -> bool:
+    """Whether a chunk of document `gold` is among `chunks` (a source may add `#<ordinal>`)."""
+    return any(is_gold(c, gold) for c in chunks)
+
+
+def retrieval_recall_at_k(retrieved: list[list[Chunk]], golds: list[str | None]) -> float | None:
+    """Share of examples with a known gold document whose retrieved chunks include it; None
+    when no example knows its gold document."""
+    hits = [
+        gold_retrieved(chunks, gold) for chunks, gold in zip(retrieved, golds, strict=True) if gold
+    ]
+    return sum(hits) / len(hits) if hits else None
+
+
+def groundedness(answer: str, chunks: list[Chunk]) -> float | None:
+    """Share of the answer's content tokens (`content_tokens`) that occur in the chunks'
+    text; None when the answer has none (nothing to judge)."""
+    tokens = content_tokens(answer)
+    if not tokens:
+        return None
+    shown = set(content_tokens(" ".join(c.text for c in chunks)))
+    return sum(t in shown for t in tokens) / len(tokens)
+
+
+def citation_accuracy(answer: str, chunks: list[Chunk]) -> float | None:
+    """Share of the distinct chunk ids the answer cites (`[id]`) that were among `chunks`;
+    None when it cites none."""
+    cited = set(CITATION.findall(answer))
+    if not cited:
+        return None
+    given = {c.id for c in chunks}
+    return len(cited & given) / len(cited)
