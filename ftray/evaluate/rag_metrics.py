@@ -9,9 +9,13 @@ negation or a wrong number that happens to appear elsewhere in the chunks.
 
 from __future__ import annotations
 
+import json
 import re
 
+import numpy as np
+
 from ftray.data.retrieval import is_gold
+from ftray.evaluate.score import Task, score_one
 from ftray.rag.context import Chunk
 
 # Function words carry no claim an answer could be grounded in (a short fixed list, so the
@@ -136,3 +140,55 @@ def citation_accuracy(answer: str, chunks: list[Chunk]) -> float | None:
         return None
     given = {c.id for c in chunks}
     return len(cited & given) / len(cited)
+
+
+def chunks(context: str) -> list[Chunk]:
+    """The chunks of a dataset row's `context` column (JSON)."""
+    return [Chunk(**chunk) for chunk in json.loads(context)]
+
+
+def retrieval_arms(with_context, without_context, task: Task, prepared: dict) -> dict:
+    """The evaluation's retrieval section: the task metric, groundedness, citation accuracy,
+    prompt tokens and latency per request of each arm asked with retrieved context
+    (`with_context`: candidate and incumbent), and of the candidate asked without
+    (`without_context`); `prepared` is the dataset manifest's retrieval section."""
+    given = [chunks(c) for c in with_context["context"]]
+    arms = {}
+    for name, table, arm in (
+        ("candidate+retrieval", with_context, "candidate"),
+        ("incumbent+retrieval", with_context, "incumbent"),
+        ("candidate", without_context, "candidate"),
+    ):
+        row = _scores(table, arm, task)
+        if name.endswith("+retrieval"):
+            outputs = table[f"{arm}_output"]
+            row["groundedness"] = _mean(map(groundedness, outputs, given))
+            row["citation_accuracy"] = _mean(map(citation_accuracy, outputs, given))
+        arms[name] = row
+    return {
+        "index_id": prepared["index_id"],
+        "k": prepared["k"],
+        "gold_recall_at_k": prepared["eval"]["gold_recall_at_k"],
+        "metric": task.primary,
+        "arms": arms,
+    }
+
+
+def _scores(table, arm: str, task: Task) -> dict:
+    """One arm's primary metric (as `ftray eval` scores it), prompt tokens and latency."""
+    alone = table.copy()
+    for column in ("output", "confidence", "bertscore"):
+        if f"{arm}_{column}" in table:
+            alone[f"base_{column}"] = table[f"{arm}_{column}"]
+    score = score_one(alone, task, [task.primary])[task.primary]
+    return {
+        "score": None if score is None else round(float(score), 4),
+        "prompt_tokens": round(float(np.mean(table[f"{arm}_prompt_tokens"])), 1),
+        "latency_s": round(float(np.mean(table[f"{arm}_latency_s"])), 4),
+    }
+
+
+def _mean(values) -> float | None:
+    """The mean of the values that are not None (None when all are)."""
+    kept = [v for v in values if v is not None]
+    return round(sum(kept) / len(kept), 4) if kept else None

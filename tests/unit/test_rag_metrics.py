@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
+import pandas as pd
 import pytest
 
 from ftray.evaluate.rag_metrics import (
     citation_accuracy,
     content_tokens,
     groundedness,
+    retrieval_arms,
     retrieval_recall_at_k,
 )
+from ftray.evaluate.score import Task
 from ftray.rag.context import Chunk, chunk_id
 
 FEES = Chunk(chunk_id("fees.md#0", "x"), "fees.md#0", "The Everyday account costs 4.50 a month.")
@@ -43,3 +49,34 @@ def test_citation_accuracy_is_the_share_of_cited_ids_that_were_given():
     assert citation_accuracy(answer, [FEES, CARDS]) == 0.5  # distinct ids: 1 of 2
     assert citation_accuracy(f"[{CARDS.id}]", [FEES, CARDS]) == 1.0
     assert citation_accuracy("no citation, [EMAIL] is not one", [FEES]) is None
+
+
+def test_retrieval_arms_score_each_arm_with_and_without_context():
+    task = Task("generation", ["generation"], "rouge_l", None, None, 0.5)
+    context = json.dumps([asdict(FEES)])
+    shown = pd.DataFrame(
+        {
+            "completion": ["it costs 4.50", "it costs 4.50"],
+            "context": [context, context],
+            "candidate_output": ["it costs 4.50", f"costs 4.50 [{FEES.id}]"],
+            "incumbent_output": ["no idea", "no idea"],
+            **{f"{a}_prompt_tokens": [100, 120] for a in ("candidate", "incumbent")},
+            **{f"{a}_latency_s": [0.2, 0.4] for a in ("candidate", "incumbent")},
+        }
+    )
+    plain = shown.assign(candidate_output=["it costs 5", "it costs 5"], candidate_prompt_tokens=20)
+    found = retrieval_arms(
+        shown, plain, task, {"index_id": "i", "k": 1, "eval": {"gold_recall_at_k": 1.0}}
+    )
+    arms = found["arms"]
+    assert arms["candidate+retrieval"]["score"] > arms["candidate"]["score"]
+    assert arms["candidate+retrieval"]["groundedness"] == 1.0  # costs, 4.50 both in FEES
+    assert arms["candidate+retrieval"]["citation_accuracy"] == 1.0  # one answer cites, rightly
+    assert arms["incumbent+retrieval"]["groundedness"] == 0.0  # "idea" is not in FEES
+    assert arms["incumbent+retrieval"]["citation_accuracy"] is None
+    assert (arms["candidate"]["prompt_tokens"], arms["candidate+retrieval"]["prompt_tokens"]) == (
+        20.0,
+        110.0,
+    )
+    assert "groundedness" not in arms["candidate"]
+    assert (found["metric"], found["gold_recall_at_k"]) == ("rouge_l", 1.0)
