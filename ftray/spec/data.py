@@ -221,7 +221,7 @@ class DataSpec(_Section):
     retrieval: RetrievalDataSpec | None = Field(
         default=None,
         description="Put top-k chunks retrieved from a corpus index into every example's "
-        "prompt (`ftray.rag.context.with_context`, as assess, evaluate and serving do); "
+        "prompt (`ftray.rag.context.with_context`, which assess and evaluate use too); "
         "unset: no retrieval.",
     )
     seed: int = Field(
