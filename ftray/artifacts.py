@@ -36,6 +36,11 @@ class DatasetRef(ArtifactRef):
     """A prepared dataset (`datasets/<dataset-id>/`): train, eval and quarantine parquet."""
 
 
+@dataclass(frozen=True)
+class IndexRef(ArtifactRef):
+    """A retrieval index (`indexes/<index-id>/`): chunks, vectors and BM25 over a corpus."""
+
+
 # An assessment's decisions; here, not in the stage, so `ftray.exits` can map them to codes.
 FINE_TUNE, DONT, TOO_LITTLE = "fine-tune", "don't fine-tune", "not enough data"
 

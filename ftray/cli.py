@@ -12,6 +12,7 @@ from ftray import exits
 from ftray.errors import UserError
 from ftray.monitor.cli import add_monitor_parsers
 from ftray.progress import Progress
+from ftray.rag.cli import add_index_parser
 from ftray.review.cli import add_review_parser
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     _submit_parsers(verbs)
     add_review_parser(verbs, _job_args)
     add_monitor_parsers(verbs, _job_args)
+    add_index_parser(verbs)
 
     _verb(verbs, "validate", "check a job spec and print it resolved", _validate)
 

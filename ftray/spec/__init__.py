@@ -30,6 +30,7 @@ from ftray.spec.evaluate import (
     EvalSpec,
     GateSpec,
 )
+from ftray.spec.index import IndexSpec
 from ftray.spec.model import ModelSpec
 from ftray.spec.monitor import MonitorSpec
 from ftray.spec.serve import AutoscalingSpec, ServeSpec
@@ -71,6 +72,9 @@ class JobSpec(_Section):
     )
     sweep: SweepSpec | None = Field(
         default=None, description="Hyperparameter sweep; `ftray run` sweeps when it is set."
+    )
+    index: IndexSpec | None = Field(
+        default=None, description="Retrieval corpus that `ftray index` indexes; unset: none."
     )
 
     @model_validator(mode="after")
@@ -223,6 +227,7 @@ __all__ = [
     "EarlyStoppingSpec",
     "EvalSpec",
     "GateSpec",
+    "IndexSpec",
     "JobSpec",
     "LoraSpec",
     "ModelSpec",

@@ -1,0 +1,193 @@
+"""The retrieval corpus without Ray: finding and reading documents, chunking, index ids,
+rank fusion, and the errors bad input gets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from ftray.errors import UserError
+from ftray.rag.build import bm25_tokens, plan_index
+from ftray.rag.cli import _action
+from ftray.rag.context import chunk_id
+from ftray.rag.documents import (
+    chunk_rows,
+    chunk_text,
+    find_files,
+    html_text,
+    read_documents,
+)
+from ftray.rag.index import rrf
+from ftray.spec.index import IndexSpec
+
+
+def test_chunks_are_overlapping_windows_of_words_and_keep_every_word():
+    text = " ".join(f"w{i}" for i in range(25))
+    chunks = chunk_text(text, size=10, overlap=3)
+    assert [c.split()[0] for c in chunks] == ["w0", "w7", "w14", "w21"]
+    assert chunks[-1].split()[-1] == "w24"
+    assert all(len(c.split()) <= 10 for c in chunks)
+    assert chunks[0].split()[-3:] == chunks[1].split()[:3]
+    covered = {w for c in chunks for w in c.split()}
+    assert covered == set(text.split())
+
+
+def test_a_chunk_keeps_the_text_between_its_words_as_written():
+    text = "# Fees\n\nMonthly fee:  4.50 QB$.\n- card: 12"
+    assert chunk_text(text, size=100, overlap=10) == [text]
+    assert chunk_text("  \n\t ", size=10, overlap=2) == []
+
+
+def test_short_text_is_one_chunk_and_the_last_window_is_not_repeated():
+    assert chunk_text("a b c", size=3, overlap=1) == ["a b c"]
+    assert chunk_text("a b c d", size=3, overlap=1) == ["a b c", "c d"]
+
+
+def test_html_text_drops_markup_scripts_and_styles():
+    page = (
+        "<html><head><title>T</title><style>p{color:red}</style></head><body>"
+        "<h1>Branches</h1><p>Harrow Street opens at 08:30 &amp; closes at 17:00.</p>"
+        "<script>var secret = 1;</script></body></html>"
+    )
+    assert html_text(page) == "Branches\nHarrow Street opens at 08:30 & closes at 17:00."
+
+
+def test_jsonl_documents_take_their_id_or_source_or_line(tmp_path):
+    path = tmp_path / "faq.jsonl"
+    lines = [{"id": "q7", "text": "Seven."}, {"text": "Line two."}, {"source": "x.md", "text": "X"}]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
+    assert read_documents(str(path), "faq.jsonl") == [
+        ("faq.jsonl#q7", "Seven."),
+        ("faq.jsonl#2", "Line two."),
+        ("x.md", "X"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"text": "ok"}\nnot json\n', "faq.jsonl:2: not valid JSON"),
+        ('{"id": 1}\n', "faq.jsonl:1: each line must be an object with a string `text`"),
+        ('["text"]\n', "faq.jsonl:1: each line must be an object"),
+    ],
+)
+def test_bad_jsonl_lines_are_errors_naming_file_and_line(tmp_path, content, message):
+    path = tmp_path / "faq.jsonl"
+    path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        read_documents(str(path), "faq.jsonl")
+
+
+def test_text_that_is_not_utf8_is_an_error_naming_the_file(tmp_path):
+    path = tmp_path / "latin.txt"
+    path.write_bytes("café".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin\.txt: not UTF-8"):
+        read_documents(str(path), "latin.txt")
+
+
+def test_empty_documents_are_listed_as_skipped_not_dropped(tmp_path):
+    (tmp_path / "empty.md").write_text("   \n")
+    (tmp_path / "mixed.jsonl").write_text('{"text": ""}\n{"id": "b", "text": "Fee is 4."}\n')
+    files = {f.name: f for f in find_files([str(tmp_path)])}
+    [empty] = chunk_rows(files["empty.md"], 10, 2)
+    assert (empty["skipped"], empty["source"]) == ("no text (empty document)", "empty.md")
+    rows = chunk_rows(files["mixed.jsonl"], 10, 2)
+    assert [(r["source"], r["skipped"]) for r in rows] == [
+        ("mixed.jsonl#1", "no text (empty document)"),
+        ("mixed.jsonl#b", ""),
+    ]
+    assert rows[1]["id"] == chunk_id("mixed.jsonl#b", "Fee is 4.")
+
+
+def test_sources_are_named_relative_to_their_entry(tmp_path):
+    docs = tmp_path / "docs"
+    (docs / "cards").mkdir(parents=True)
+    (docs / "fees.md").write_text("Fee.")
+    (docs / "cards" / "lost.txt").write_text("Lost.")
+    (docs / "image.png").write_bytes(b"\x89PNG")
+    assert [f.name for f in find_files([str(docs)])] == ["cards/lost.txt", "fees.md"]
+    assert [f.name for f in find_files([f"{docs}/**/*.txt"])] == ["cards/lost.txt"]
+    assert [f.name for f in find_files([str(docs / "fees.md")])] == ["fees.md"]
+
+
+def test_no_match_or_a_name_clash_is_an_error_naming_the_entry(tmp_path):
+    with pytest.raises(UserError, match=r"'.*nothing/\*\.md' matches no document"):
+        find_files([f"{tmp_path}/nothing/*.md"])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "fees.md").write_text("A.")
+    (tmp_path / "b" / "fees.md").write_text("B.")
+    with pytest.raises(UserError, match=r"would both be named 'fees\.md'"):
+        find_files([str(tmp_path / "a"), str(tmp_path / "b")])
+
+
+def test_an_unreadable_file_is_an_error_naming_it(tmp_path, monkeypatch):
+    path = tmp_path / "locked.md"
+    path.write_text("secret")
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    # file permissions do not stop root, which these tests may run as
+    monkeypatch.setattr("ftray.rag.documents.Path.read_bytes", refuse)
+    with pytest.raises(UserError, match=r"cannot read .*locked\.md: Permission denied"):
+        find_files([str(path)])
+
+
+def test_the_index_id_is_the_content_of_corpus_and_settings(tmp_path):
+    (tmp_path / "fees.md").write_text("The fee is 4.50.")
+    (tmp_path / "hours.md").write_text("Open at 9.")
+    settings = IndexSpec(sources=[str(tmp_path)])
+    first, files, _ = plan_index(settings)
+    assert first == plan_index(settings)[0]
+    assert [f.name for f in files] == ["fees.md", "hours.md"]
+    (tmp_path / "fees.md").write_text("The fee is 5.00.")
+    changed = plan_index(settings)[0]
+    assert changed != first
+    assert plan_index(IndexSpec(sources=[str(tmp_path)], chunk_size=100))[0] != changed
+    # query-time settings do not change what is indexed, so not the id either
+    assert plan_index(IndexSpec(sources=[str(tmp_path)], fusion="bm25", rrf_k=10))[0] == changed
+    (tmp_path / "fees.md").write_text("The fee is 4.50.")
+    assert plan_index(settings)[0] == first
+
+
+def test_rrf_rewards_agreement_and_keeps_one_sided_hits():
+    fused = rrf([[1, 2, 3], [3, 1, 4]], k=60)
+    assert [row for row, _ in fused] == [1, 3, 2, 4]
+    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
+    assert fused[-1][1] == pytest.approx(1 / 63)
+    assert rrf([[], [5, 6]], k=1) == [(5, 0.5), (6, pytest.approx(1 / 3))]
+
+
+def test_bm25_tokens_keep_short_numbers_and_drop_stop_words():
+    assert bm25_tokens(["The fee for Tier 2 is 4 QB$"]) == [["fee", "tier", "2", "4", "qb"]]
+
+
+def test_spec_refuses_an_overlap_as_large_as_the_chunk():
+    with pytest.raises(ValidationError, match="chunk_overlap: must be smaller than chunk_size"):
+        IndexSpec(sources=["docs"], chunk_size=20, chunk_overlap=20)
+    with pytest.raises(ValidationError, match="sources"):
+        IndexSpec(sources=[])
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        IndexSpec(sources=["docs"], chunk_words=20)
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        (["job.yaml"], ("build", ["job.yaml"])),
+        (["show", "job.yaml"], ("show", ["job.yaml"])),
+        (["show", "job.yaml", "index-1"], ("show", ["job.yaml", "index-1"])),
+        (["diff", "job.yaml", "a", "b"], ("diff", ["job.yaml", "a", "b"])),
+    ],
+)
+def test_index_verb_words(words, expected):
+    assert _action(words) == expected
+
+
+@pytest.mark.parametrize("words", [["job.yaml", "extra"], ["diff", "job.yaml", "a"], ["show"]])
+def test_index_verb_words_wrong_count_is_a_usage_error(words):
+    with pytest.raises(UserError, match="usage:"):
+        _action(words)
