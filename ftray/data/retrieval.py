@@ -45,8 +45,8 @@ class Selection:
 
 
 def is_gold(chunk: Chunk, gold: str) -> bool:
-    """Whether `chunk` comes from document `gold` (a chunk source may add `#<ordinal>`)."""
-    return chunk.source == gold or chunk.source.split("#", 1)[0] == gold
+    """Whether `chunk` comes from document `gold` (its source, as the index names it)."""
+    return chunk.source == gold
 
 
 def drops_gold(seed: int, prompt: str, share: float) -> bool:

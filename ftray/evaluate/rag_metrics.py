@@ -109,7 +109,7 @@ def content_tokens(text: str) -> list[str]:
 
 
 def gold_retrieved(chunks: list[Chunk], gold: str) -> bool:
-    """Whether a chunk of document `gold` is among `chunks` (a source may add `#<ordinal>`)."""
+    """Whether a chunk of document `gold` is among `chunks`."""
     return any(is_gold(c, gold) for c in chunks)
 
 

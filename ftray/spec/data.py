@@ -112,8 +112,9 @@ class RetrievalDataSpec(_Section):
     k: int = Field(default=4, ge=1, le=32, description="Chunks put before each question.")
     gold_field: str | None = Field(
         default=None,
-        description="Column naming each record's gold document (a corpus path, as the "
-        "index's chunk sources give it): a training example gets that document's best chunk "
+        description="Column naming each record's gold document, as the index names its "
+        "chunks' source (a corpus file's path relative to its index.sources entry, e.g. "
+        "'fees.md'): a training example gets that document's best chunk "
         "among its k (replacing the lowest-ranked distractor when retrieval missed it), and "
         "the manifest counts retrieval's gold recall@k. Unset: plain top-k everywhere.",
     )

@@ -18,8 +18,8 @@ from ftray.evaluate.rag_metrics import (
 from ftray.evaluate.score import Task
 from ftray.rag.context import Chunk, chunk_id
 
-FEES = Chunk(chunk_id("fees.md#0", "x"), "fees.md#0", "The Everyday account costs 4.50 a month.")
-CARDS = Chunk(chunk_id("cards.md#0", "y"), "cards.md#0", "A lost card is replaced in 5 days.")
+FEES = Chunk(chunk_id("fees.md", "x"), "fees.md", "The Everyday account costs 4.50 a month.")
+CARDS = Chunk(chunk_id("cards.md", "y"), "cards.md", "A lost card is replaced in 5 days.")
 
 
 def test_recall_counts_only_examples_with_a_gold_document():
