@@ -1,0 +1,123 @@
+"""Retrieval + fine-tuning data: `ftray index`, then `ftray prepare` with data.retrieval puts
+retrieved chunks (RAFT-style) into every example, with their ids and the gold counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import yaml
+
+from ftray.data.retrieval import drops_gold
+from ftray.data.tokenize import messages_for, tokenize_example
+from ftray.models import load_tokenizer
+from ftray.rag.context import Chunk, with_context
+from ftray.rag.index import open_index
+from ftray.store import Store
+
+ACCOUNTS = {  # name: (monthly fee, overdraft limit, days for a new card)
+    "amber": (3, 250, 4),
+    "birch": (7, 500, 6),
+    "cedar": (11, 750, 3),
+    "dune": (2, 100, 9),
+    "ember": (15, 1200, 5),
+    "fjord": (5, 400, 8),
+}
+QUESTIONS = [
+    ("What monthly fee does the {name} account charge?", "{fee} pounds a month."),
+    ("How large an overdraft can a {name} customer take?", "Up to {limit} pounds."),
+    ("When does a new {name} debit card arrive?", "Within {days} working days."),
+    ("Is there a fee each month on {name}, and how much?", "Yes, {fee} pounds."),
+    ("My {name} card is lost: how long for a replacement?", "About {days} working days."),
+]
+K, P_WITHOUT_GOLD, SEED = 2, 0.3, 0
+
+
+def _job(folder: Path) -> Path:
+    """Six account documents, five questions each with its gold document, and the job."""
+    (folder / "docs").mkdir()
+    records = []
+    for name, (fee, limit, days) in ACCOUNTS.items():
+        (folder / "docs" / f"{name}.md").write_text(
+            f"# The {name.title()} account\n\nThe {name} account charges a monthly fee of {fee} "
+            f"pounds. A {name} customer may take an overdraft of up to {limit} pounds. A new or "
+            f"replacement {name} debit card arrives within {days} working days.\n"
+        )
+        for question, answer in QUESTIONS:
+            values = {"name": name, "fee": fee, "limit": limit, "days": days}
+            records.append(
+                {
+                    "question": question.format(**values),
+                    "answer": answer.format(**values),
+                    "doc": f"{name}.md",
+                }
+            )
+    (folder / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    spec = {
+        "project": "rag",
+        "storage": str(folder / "store"),
+        "model": {"base": "tiny"},
+        "index": {"sources": [str(folder / "docs")], "chunk_size": 40, "chunk_overlap": 8},
+        "data": {
+            "sources": [{"path": str(folder / "questions.jsonl")}],
+            "prompt_field": "question",
+            "completion_field": "answer",
+            "eval_fraction": 0.2,
+            "max_seq_len": 1024,
+            "seed": SEED,
+            "dedup": {"near": False},
+            "retrieval": {"k": K, "gold_field": "doc", "p_without_gold": P_WITHOUT_GOLD},
+        },
+    }
+    job = folder / "rag.yaml"
+    job.write_text(yaml.safe_dump(spec))
+    return job
+
+
+def test_prepare_puts_retrieved_chunks_in_every_example(tmp_path, run_cli):
+    job = _job(tmp_path)
+    run_cli("index", str(job))
+    run_cli("prepare", str(job))
+    store = Store(str(tmp_path / "store"), "rag")
+    (manifest,) = store.manifests("datasets")
+    retriever = open_index(store)
+    counts = manifest["retrieval"]
+    assert (counts["index_id"], counts["k"]) == (retriever.index_id, K)
+    folder = tmp_path / "store" / "rag" / "datasets" / manifest["dataset_id"]
+    splits = {s: pq.read_table(folder / s).to_pandas() for s in ("train", "validation", "eval")}
+    tokenizer = load_tokenizer(manifest["model_dir"], None)
+
+    train = splits["train"]
+    for row in train.itertuples():
+        chunks = [Chunk(**c) for c in json.loads(row.context)]
+        assert list(row.context_ids) == [c.id for c in chunks] and len(chunks) == K
+        # the RAFT share: the gold chunk is in every training example but the hashed share
+        assert row.gold_in_context == (not drops_gold(SEED, row.prompt, P_WITHOUT_GOLD))
+        assert any(c.source == row.gold for c in chunks) == row.gold_in_context
+        # the tokens are the question with its context, as with_context puts it
+        asked = with_context(messages_for(row.prompt, None), chunks)
+        assert json.loads(row.messages) == messages_for(row.prompt, None)  # the question alone
+        expected = tokenize_example(tokenizer, asked, row.completion)["input_ids"]
+        assert list(row.input_ids) == expected
+    dropped = (~train["gold_in_context"]).sum()
+    assert 0 < dropped < len(train)
+    assert counts["train"] == {
+        "examples": len(train),
+        "gold_known": len(train),
+        "with_gold": len(train) - dropped,
+        "without_gold": dropped,
+        "gold_recall_at_k": round(float(train["gold_retrieved"].mean()), 4),
+    }
+
+    # held-out examples see what serving would retrieve: plain top-k, never forced
+    for split in ("validation", "eval"):
+        held = splits[split]
+        assert len(held) and counts[split]["examples"] == len(held)
+        for row in held.itertuples():
+            assert list(row.context_ids) == [c.id for c in retriever.search(row.prompt, K)]
+            assert row.gold_in_context == row.gold_retrieved
+        recall = round(float(held["gold_retrieved"].mean()), 4)
+        assert counts[split]["gold_recall_at_k"] == recall
+    # every question names its account: hybrid retrieval finds most gold documents
+    assert counts["eval"]["gold_recall_at_k"] >= 0.5
