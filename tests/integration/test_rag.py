@@ -1,5 +1,6 @@
 """Retrieval + fine-tuning data: `ftray index`, then `ftray prepare` with data.retrieval puts
-retrieved chunks (RAFT-style) into every example, with their ids and the gold counts."""
+retrieved chunks (RAFT-style) into every example, with their ids and the gold counts; `ftray
+assess` scores the base model with and without them."""
 
 from __future__ import annotations
 
@@ -66,9 +67,13 @@ def _job(folder: Path) -> Path:
             "eval_fraction": 0.2,
             "max_seq_len": 1024,
             "seed": SEED,
-            "dedup": {"near": False},
+            "num_workers": 1,
+            # no duplicates in these records: skip the dedup shuffles (seconds each)
+            "dedup": {"exact": False, "near": False, "conflicts": False},
             "retrieval": {"k": K, "gold_field": "doc", "p_without_gold": P_WITHOUT_GOLD},
         },
+        "assess": {"min_examples": 10, "few_shot": 1},
+        "eval": {"max_new_tokens": 8},
     }
     job = folder / "rag.yaml"
     job.write_text(yaml.safe_dump(spec))
@@ -121,3 +126,16 @@ def test_prepare_puts_retrieved_chunks_in_every_example(tmp_path, run_cli):
         assert counts[split]["gold_recall_at_k"] == recall
     # every question names its account: hybrid retrieval finds most gold documents
     assert counts["eval"]["gold_recall_at_k"] >= 0.5
+
+    # assess: the prompted base model again, asked with the held-out examples' chunks
+    run_cli("assess", str(job))
+    (assessment,) = store.manifests("assessments")
+    plain, rag = assessment["baseline"], assessment["baseline"]["retrieval"]
+    assert rag["examples"] == plain["examples"] == len(splits["eval"])
+    assert (rag["metric"], rag["index_id"]) == (plain["metric"], retriever.index_id)
+    assert 0 <= rag["score"] <= 1
+    # the untrained tiny model may answer no word at all: then there is nothing to judge
+    assert rag["groundedness"] is None or 0 <= rag["groundedness"] <= 1
+    # k chunks of about 40 words each make every request longer
+    prompt_tokens = assessment["serving"]["prompted_base"]["prompt_tokens"]
+    assert rag["prompt_tokens"] > prompt_tokens + K * 30 and rag["latency_s"] > 0
