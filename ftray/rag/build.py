@@ -184,7 +184,7 @@ def _write_tables(store: Store, index_id: str, table) -> None:
     (local or object storage), bm25s to a local folder copied in."""
     import os
 
-    os.environ.setdefault("LANCE_LOG", "error")  # not a warning that a new table is created
+    os.environ.setdefault("LANCEDB_LOG", "error")  # not a warning that a new table is created
     import bm25s
     import lancedb
 
