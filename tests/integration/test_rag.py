@@ -17,71 +17,34 @@ from ftray.rag.context import Chunk, with_context
 from ftray.rag.index import open_index
 from ftray.store import Store
 
-ACCOUNTS = {  # name: (monthly fee, overdraft limit, days for a new card)
-    "amber": (3, 250, 4),
-    "birch": (7, 500, 6),
-    "cedar": (11, 750, 3),
-    "dune": (2, 100, 9),
-    "ember": (15, 1200, 5),
-    "fjord": (5, 400, 8),
-}
-QUESTIONS = [
-    ("What monthly fee does the {name} account charge?", "{fee} pounds a month."),
-    ("How large an overdraft can a {name} customer take?", "Up to {limit} pounds."),
-    ("When does a new {name} debit card arrive?", "Within {days} working days."),
-    ("Is there a fee each month on {name}, and how much?", "Yes, {fee} pounds."),
-    ("My {name} card is lost: how long for a replacement?", "About {days} working days."),
-]
+ROOT = Path(__file__).resolve().parents[2]
 K, P_WITHOUT_GOLD, SEED = 2, 0.3, 0
+EVERY = 4  # the slice: every 4th question of jobs/rag (46 of 183, over every document)
 
 
-def _job(folder: Path) -> Path:
-    """Six account documents, five questions each with its gold document, and the job."""
-    (folder / "docs").mkdir()
-    records = []
-    for name, (fee, limit, days) in ACCOUNTS.items():
-        (folder / "docs" / f"{name}.md").write_text(
-            f"# The {name.title()} account\n\nThe {name} account charges a monthly fee of {fee} "
-            f"pounds. A {name} customer may take an overdraft of up to {limit} pounds. A new or "
-            f"replacement {name} debit card arrives within {days} working days.\n"
-        )
-        for question, answer in QUESTIONS:
-            values = {"name": name, "fee": fee, "limit": limit, "days": days}
-            records.append(
-                {
-                    "question": question.format(**values),
-                    "answer": answer.format(**values),
-                    "doc": f"{name}.md",
-                }
-            )
-    (folder / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    spec = {
-        "project": "rag",
-        "storage": str(folder / "store"),
-        "model": {"base": "tiny"},
-        "index": {"sources": [str(folder / "docs")], "chunk_size": 40, "chunk_overlap": 8},
-        "data": {
-            "sources": [{"path": str(folder / "questions.jsonl")}],
-            "prompt_field": "question",
-            "completion_field": "answer",
-            "eval_fraction": 0.2,
-            "max_seq_len": 1024,
-            "seed": SEED,
-            "num_workers": 1,
-            # no duplicates in these records: skip the dedup shuffles (seconds each)
-            "dedup": {"exact": False, "near": False, "conflicts": False},
-            "retrieval": {"k": K, "gold_field": "doc", "p_without_gold": P_WITHOUT_GOLD},
-        },
-        "assess": {"min_examples": 10, "few_shot": 1},
-        "eval": {"max_new_tokens": 8},
-    }
+def _job(folder: Path) -> tuple[Path, str]:
+    """jobs/rag.yaml on the tiny model, its whole corpus and a slice of its questions."""
+    lines = (ROOT / "jobs" / "rag" / "questions.jsonl").read_text().splitlines()
+    (folder / "questions.jsonl").write_text("\n".join(lines[::EVERY]) + "\n")
+    spec = yaml.safe_load((ROOT / "jobs" / "rag.yaml").read_text())
+    spec.update(storage=str(folder / "store"), model={"base": "tiny"})
+    spec["index"]["sources"] = [str(ROOT / "jobs" / "rag" / "docs")]
+    spec["data"].update(
+        sources=[{"path": str(folder / "questions.jsonl")}],
+        max_seq_len=2048,
+        seed=SEED,
+        num_workers=1,
+        retrieval={"k": K, "gold_field": "gold_source", "p_without_gold": P_WITHOUT_GOLD},
+    )
+    spec["assess"] = {"min_examples": 10, "few_shot": 1}
+    spec["eval"] = {"max_new_tokens": 8}
     job = folder / "rag.yaml"
     job.write_text(yaml.safe_dump(spec))
-    return job
+    return job, spec["data"]["system_prompt"]
 
 
 def test_prepare_puts_retrieved_chunks_in_every_example(tmp_path, run_cli):
-    job = _job(tmp_path)
+    job, system = _job(tmp_path)
     run_cli("index", str(job))
     run_cli("prepare", str(job))
     store = Store(str(tmp_path / "store"), "rag")
@@ -101,8 +64,9 @@ def test_prepare_puts_retrieved_chunks_in_every_example(tmp_path, run_cli):
         assert row.gold_in_context == (not drops_gold(SEED, row.prompt, P_WITHOUT_GOLD))
         assert any(c.source == row.gold for c in chunks) == row.gold_in_context
         # the tokens are the question with its context, as with_context puts it
-        asked = with_context(messages_for(row.prompt, None), chunks)
-        assert json.loads(row.messages) == messages_for(row.prompt, None)  # the question alone
+        question = messages_for(row.prompt, system)
+        assert json.loads(row.messages) == question  # the question alone
+        asked = with_context(question, chunks)
         expected = tokenize_example(tokenizer, asked, row.completion)["input_ids"]
         assert list(row.input_ids) == expected
     dropped = (~train["gold_in_context"]).sum()
@@ -124,7 +88,7 @@ def test_prepare_puts_retrieved_chunks_in_every_example(tmp_path, run_cli):
             assert row.gold_in_context == row.gold_retrieved
         recall = round(float(held["gold_retrieved"].mean()), 4)
         assert counts[split]["gold_recall_at_k"] == recall
-    # every question names its account: hybrid retrieval finds most gold documents
+    # the questions name their products: hybrid retrieval finds most gold documents
     assert counts["eval"]["gold_recall_at_k"] >= 0.5
 
     # assess: the prompted base model again, asked with the held-out examples' chunks
@@ -136,6 +100,6 @@ def test_prepare_puts_retrieved_chunks_in_every_example(tmp_path, run_cli):
     assert 0 <= rag["score"] <= 1
     # the untrained tiny model may answer no word at all: then there is nothing to judge
     assert rag["groundedness"] is None or 0 <= rag["groundedness"] <= 1
-    # k chunks of about 40 words each make every request longer
+    # k chunks of up to 160 words each make every request longer
     prompt_tokens = assessment["serving"]["prompted_base"]["prompt_tokens"]
-    assert rag["prompt_tokens"] > prompt_tokens + K * 30 and rag["latency_s"] > 0
+    assert rag["prompt_tokens"] > prompt_tokens + K * 50 and rag["latency_s"] > 0
