@@ -80,3 +80,27 @@ def test_retrieval_arms_score_each_arm_with_and_without_context():
     )
     assert "groundedness" not in arms["candidate"]
     assert (found["metric"], found["gold_recall_at_k"]) == ("rouge_l", 1.0)
+
+
+def test_evaluate_asks_with_the_chunks_and_keeps_the_question_alone(tmp_path):
+    from ftray.artifacts import DatasetRef
+    from ftray.evaluate.stage import _examples
+
+    question = [{"role": "user", "content": "What is the fee?"}]
+    (tmp_path / "eval").mkdir()
+    pd.DataFrame(
+        {
+            "source": ["q.jsonl"],
+            "row": [1],
+            "prompt": ["What is the fee?"],
+            "completion": ["4.50"],
+            "messages": [json.dumps(question)],
+            "context": [json.dumps([asdict(FEES)])],
+        }
+    ).to_parquet(tmp_path / "eval" / "part-0.parquet")
+    dataset = DatasetRef("ds-1", str(tmp_path), {}, True)
+    table = _examples(dataset, 10, retrieval=True)
+    assert json.loads(table["plain_messages"][0]) == question
+    asked = json.loads(table["messages"][0])[0]["content"]
+    assert asked.startswith(f"Context:\n[{FEES.id}] (fees.md)") and "What is the fee?" in asked
+    assert "plain_messages" not in _examples(dataset, 10)
