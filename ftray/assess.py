@@ -40,12 +40,12 @@ from ftray.estimate import (
     usd,
 )
 from ftray.evaluate.generate import generate, generation_options
-from ftray.evaluate.rag_metrics import groundedness
+from ftray.evaluate.rag_metrics import chunks, groundedness
 from ftray.evaluate.score import Task, score_one
 from ftray.models import load_tokenizer, resolve_model
 from ftray.placement import serving_config
 from ftray.progress import Progress
-from ftray.rag.context import Chunk, with_context
+from ftray.rag.context import with_context
 from ftray.spec import METRIC_GROUPS, JobSpec
 from ftray.store import Store, content_id
 
@@ -179,11 +179,14 @@ def _baseline(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progre
             num_gpus=spec.eval.gpus_per_worker,
         )
     table = answered.to_pandas()
-    # The tuned model is asked without examples and answers like the references.
+    # The tuned model is asked without examples (with its chunks, when it is trained with
+    # retrieval) and answers like the references.
     tokenizer = load_tokenizer(model_dir, spec.model.chat_template)
+    contexts = table["context"] if retrieval else ["[]"] * len(table)
     tuned_prompt = [
-        len(tokenizer(render_prompt(tokenizer, json.loads(m)), add_special_tokens=False).input_ids)
-        for m in table["messages"]
+        len(tokenizer(render_prompt(tokenizer, chat), add_special_tokens=False).input_ids)
+        for m, context in zip(table["messages"], contexts, strict=True)
+        for chat in [with_context(json.loads(m), chunks(context))]
     ]
     tuned_output = [  # + 1: the end-of-turn token that closes an answer
         min(len(tokenizer(c, add_special_tokens=False).input_ids) + 1, spec.eval.max_new_tokens)
@@ -231,8 +234,8 @@ def _with_retrieval(examples, shots: list[dict], task: Task, spec: JobSpec, mode
         few_shot=shots,
     )
     table = answered.to_pandas()
-    chunks = [[Chunk(**c) for c in json.loads(context)] for context in table["context"]]
-    grounded = [groundedness(o, c) for o, c in zip(table["base_output"], chunks, strict=True)]
+    shown = [chunks(context) for context in table["context"]]
+    grounded = [groundedness(o, c) for o, c in zip(table["base_output"], shown, strict=True)]
     judged = [g for g in grounded if g is not None]
     scores = score_base(table, task)
     return {
@@ -250,7 +253,7 @@ def _with_retrieval(examples, shots: list[dict], task: Task, spec: JobSpec, mode
 def _put_context(batch):
     """Each example's messages with its chunks (the `context` column) before the question."""
     batch["messages"] = [
-        json.dumps(with_context(json.loads(m), [Chunk(**c) for c in json.loads(context)]))
+        json.dumps(with_context(json.loads(m), chunks(context)))
         for m, context in zip(batch["messages"], batch["context"], strict=True)
     ]
     return batch

@@ -103,3 +103,5 @@ def test_prepare_puts_retrieved_chunks_in_every_example(tmp_path, run_cli):
     # k chunks of up to 160 words each make every request longer
     prompt_tokens = assessment["serving"]["prompted_base"]["prompt_tokens"]
     assert rag["prompt_tokens"] > prompt_tokens + K * 50 and rag["latency_s"] > 0
+    # the tuned model, trained with retrieval, is costed with its chunks in the prompt too
+    assert assessment["serving"]["tuned"]["prompt_tokens"] > K * 50
