@@ -224,7 +224,7 @@ def _baseline(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progre
 
 def _with_retrieval(examples, shots: list[dict], task: Task, spec: JobSpec, model_dir: str) -> dict:
     """The prompted base model + retrieval: the same held-out examples and shots, each with
-    the chunks prepare retrieved for it (plain top-k, as serving retrieves), put in by
+    the chunks prepare retrieved for it (plain top-k, what serving would retrieve), put in by
     `with_context`. Its task metric, prompt tokens, latency and groundedness per request."""
     answered = generate(
         examples.map_batches(_put_context, batch_format="pandas"),

@@ -121,9 +121,9 @@ def _index_id(data: DataSpec, store: Store) -> str | None:
     """The id of the index data.retrieval names (UserError when there is none)."""
     if data.retrieval is None:
         return None
-    from ftray.rag.index import open_index
+    from ftray.rag.index import resolve_index_id
 
-    return open_index(store, data.retrieval.index).index_id
+    return resolve_index_id(store, data.retrieval.index)
 
 
 def _build(

@@ -77,7 +77,8 @@ def evaluate(
     incumbent, incumbent_arm = _incumbent(spec.incumbent, model, run, store)
     progress.note(f"candidate {run.id} vs incumbent {incumbent['label']}")
     # a dataset prepared with data.retrieval: both arms are asked with each example's
-    # retrieved chunks, as the Serve app asks them; the candidate once more without
+    # retrieved chunks (what a model served with retrieval sees); the candidate once more
+    # without
     retrieval = dataset.manifest.get("retrieval")
     examples = _examples(dataset, spec.max_examples, bool(retrieval))
     options: dict[str, Any] = {
