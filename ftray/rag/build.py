@@ -19,39 +19,37 @@ from ftray.errors import UserError
 from ftray.progress import Progress
 from ftray.rag.documents import CorpusFile, chunk_rows, find_files
 from ftray.rag.embed import Embedder, embedder_path
+from ftray.rag.index import INDEXES, TABLE, bm25_tokens
+from ftray.runtime import ray_session
 from ftray.spec import JobSpec
 from ftray.spec.index import MINILM, IndexSpec
 from ftray.store import Store, code_version, content_id, file_digest
 
-INDEXES = "indexes"
-TABLE = "chunks"
 # Bumped when the artifact's layout or the chunking code changes what an id stands for.
 FORMAT = 1
-# bm25s's default pattern drops one-character tokens, and facts hinge on them ("Tier 2").
-BM25_TOKENS = r"(?u)\b\w+\b"
 _COLUMNS = ("id", "source", "file", "ordinal", "text")
 
 
-def bm25_tokens(texts: list[str]) -> list[list[str]]:
-    """Lower-cased word tokens without English stop words, for indexing and queries alike."""
-    import bm25s
+def build_index(
+    spec: JobSpec, store: Store, progress: Progress, address: str | None = None
+) -> IndexRef:
+    """Index `spec.index`'s corpus (or find the finished index of the same inputs).
 
-    return bm25s.tokenize(
-        texts, token_pattern=BM25_TOKENS, stopwords="en", return_ids=False, show_progress=False
-    )
-
-
-def build_index(spec: JobSpec, store: Store, progress: Progress) -> IndexRef:
-    """Index `spec.index`'s corpus (or find the finished index of the same inputs)."""
+    Bad input and a finished index are found before Ray starts; the reading, chunking and
+    embedding run in the current Ray session, else in one joined or started here (`address`,
+    then `spec.ray`, as `ftray.runtime.ray_session`)."""
     settings = _index_section(spec)
     index_id, files, embedder = plan_index(settings)
     if manifest := reuse(store, INDEXES, index_id):
         progress.note(f"index {index_id} unchanged: reused")
         return _report(IndexRef(index_id, store.uri(INDEXES, index_id), manifest, True), progress)
 
-    rows, skipped = _chunk(files, settings)
-    progress.note(f"{len(files)} files → {len(rows)} chunks; embedding with {settings.embedder}")
-    table = _embed(rows, embedder_path(settings.embedder), settings)
+    with ray_session(spec.ray, address):
+        rows, skipped = _chunk(files, settings)
+        progress.note(
+            f"{len(files)} files → {len(rows)} chunks; embedding with {settings.embedder}"
+        )
+        table = _embed(rows, embedder_path(settings.embedder), settings)
     _write_tables(store, index_id, table)
     store.write_json(settings.model_dump(mode="json"), INDEXES, index_id, "index_spec.json")
     manifest = store.finish(
@@ -111,17 +109,22 @@ def _embedder_identity(name: str, path: str) -> dict:
 
 
 def _chunk(files: list[CorpusFile], settings: IndexSpec) -> tuple[list[dict], list[dict]]:
-    """Chunk rows (deduplicated by id, in file, source, ordinal order) and skipped documents,
-    read in Ray Data tasks; a file that cannot be read is a UserError naming it."""
+    """Chunk rows and skipped documents (`sort_rows`), the files read in Ray Data tasks."""
     import ray.data
 
     size, overlap = settings.chunk_size, settings.chunk_overlap
     items = ray.data.from_items([asdict(f) for f in files])
-    found = items.flat_map(lambda item: _read_file(item, size, overlap)).take_all()
-    errors = sorted({row["error"] for row in found if row.get("error")})
+    return sort_rows(items.flat_map(lambda item: _read_file(item, size, overlap)).take_all())
+
+
+def sort_rows(found: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The chunk rows of `found` (deduplicated by id, in file, source, ordinal order) and its
+    skipped documents. UserError lists every file that could not be read, or says that no
+    document had any text."""
+    errors = sorted({row["error"] for row in found if row["error"]})
     if errors:
         raise UserError("cannot index the corpus:\n  " + "\n  ".join(errors))
-    found.sort(key=lambda row: (row["file"], row["source"], row["ordinal"]))
+    found = sorted(found, key=lambda row: (row["file"], row["source"], row["ordinal"]))
     skipped = [
         {"source": row["source"], "file": row["file"], "reason": row["skipped"]}
         for row in found

@@ -58,11 +58,10 @@ def _index(args: argparse.Namespace) -> int:
         return exits.OK
     from ftray.progress import Progress
     from ftray.rag.build import build_index
-    from ftray.runtime import ray_session
 
     progress = Progress()
-    with ray_session(spec.ray, args.address), progress.stage("index"):
-        build_index(spec, store, progress)
+    with progress.stage("index"):
+        build_index(spec, store, progress, args.address)
     return exits.OK
 
 

@@ -83,15 +83,20 @@ def _expand(entry: str) -> list[tuple[str, str]]:
     )
 
 
-def read_documents(path: str, name: str) -> list[tuple[str, str]]:
+def read_documents(path: str, name: str, sha256: str | None = None) -> list[tuple[str, str]]:
     """(source, text) of each document in one corpus file; UserError names the file (and
-    line) when it is not UTF-8 or a .jsonl line is not an object with a string `text`."""
+    line) when it is not UTF-8, a .jsonl line is not an object with a string `text`, or its
+    bytes no longer have the `sha256` the index id was computed from."""
     try:
-        raw = Path(path).read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+        data = Path(path).read_bytes()
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror}") from None
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise UserError(f"{path} changed while it was being indexed; run `ftray index` again")
+    try:
+        raw = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     suffix = Path(path).suffix.lower()
     if suffix in (".html", ".htm"):
         return [(name, html_text(raw))]
@@ -176,7 +181,7 @@ def chunk_rows(file: CorpusFile, size: int, overlap: int) -> list[dict]:
     """One row per chunk of a corpus file, plus one `skipped` row (with its reason) per
     document that gives no chunk, so nothing leaves the index unaccounted for."""
     rows = []
-    for source, text in read_documents(file.path, file.name):
+    for source, text in read_documents(file.path, file.name, file.sha256):
         chunks = chunk_text(text, size, overlap)
         if not chunks:
             rows.append(_row(file, source, -1, "", "no text (empty document)"))

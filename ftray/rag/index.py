@@ -16,11 +16,24 @@ from collections.abc import Sequence
 import numpy as np
 
 from ftray.errors import UserError
-from ftray.rag.build import INDEXES, TABLE, bm25_tokens
 from ftray.rag.context import Chunk
 from ftray.rag.embed import Embedder, embedder_path
 from ftray.spec.index import IndexSpec
 from ftray.store import Store, check_name
+
+INDEXES = "indexes"  # the store folder of index versions
+TABLE = "chunks"  # the LanceDB table in each version's lance/ folder
+# bm25s's default pattern drops one-character tokens, and facts hinge on them ("Tier 2").
+BM25_TOKENS = r"(?u)\b\w+\b"
+
+
+def bm25_tokens(texts: list[str]) -> list[list[str]]:
+    """Lower-cased word tokens without English stop words, for indexing and queries alike."""
+    import bm25s
+
+    return bm25s.tokenize(
+        texts, token_pattern=BM25_TOKENS, stopwords="en", return_ids=False, show_progress=False
+    )
 
 
 def resolve_index_id(store: Store, index_id: str = "latest") -> str:

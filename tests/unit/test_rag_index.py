@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from ftray.errors import UserError
-from ftray.rag.build import bm25_tokens, plan_index
+from ftray.rag.build import _read_file, plan_index, sort_rows
 from ftray.rag.cli import _action
 from ftray.rag.context import chunk_id
 from ftray.rag.documents import (
@@ -19,7 +19,8 @@ from ftray.rag.documents import (
     html_text,
     read_documents,
 )
-from ftray.rag.index import rrf
+from ftray.rag.embed import embedder_path
+from ftray.rag.index import bm25_tokens, rrf
 from ftray.spec.index import IndexSpec
 
 
@@ -191,3 +192,63 @@ def test_index_verb_words(words, expected):
 def test_index_verb_words_wrong_count_is_a_usage_error(words):
     with pytest.raises(UserError, match="usage:"):
         _action(words)
+
+
+def _found(folder, size=10, overlap=2) -> list[dict]:
+    """What the Ray Data read step collects, without Ray: `_read_file` per corpus file."""
+    from dataclasses import asdict
+
+    return [row for f in find_files([str(folder)]) for row in _read_file(asdict(f), size, overlap)]
+
+
+def test_unreadable_files_are_all_named_in_one_error(tmp_path):
+    (tmp_path / "good.md").write_text("Fine text.")
+    (tmp_path / "bad.jsonl").write_text("{oops\n")
+    (tmp_path / "latin.txt").write_bytes("café".encode("latin-1"))
+    with pytest.raises(UserError, match=r"(?s)bad\.jsonl:1: not valid JSON.*latin\.txt: not UTF-8"):
+        sort_rows(_found(tmp_path))
+
+
+def test_a_corpus_without_text_is_an_error_listing_what_was_skipped(tmp_path):
+    (tmp_path / "empty.md").write_text("")
+    (tmp_path / "blank.jsonl").write_text('{"id": "a", "text": " "}\n')
+    with pytest.raises(UserError, match=r"no document has any text; skipped: blank\.jsonl#a"):
+        sort_rows(_found(tmp_path))
+
+
+def test_rows_are_ordered_and_a_repeated_chunk_is_indexed_once(tmp_path):
+    (tmp_path / "b.md").write_text("same words here " * 2 + "| same words here")
+    (tmp_path / "a.md").write_text("alpha beta")
+    rows, skipped = sort_rows(_found(tmp_path, size=3, overlap=0))
+    assert skipped == []
+    assert [(r["source"], r["text"]) for r in rows] == [
+        ("a.md", "alpha beta"),
+        ("b.md", "same words here"),
+        ("b.md", "| same words"),
+        ("b.md", "here"),
+    ]
+
+
+def test_an_embedder_that_is_no_model_folder_is_an_error(tmp_path):
+    with pytest.raises(UserError, match=r"index\.embedder: no Hugging Face model folder"):
+        embedder_path(str(tmp_path))
+
+
+def test_ftray_index_without_an_index_section_says_so_before_ray_starts(tmp_path, capsys):
+    from ftray.cli import main
+
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "project: p\nmodel: {base: tiny}\ndata: {sources: [{path: x.jsonl}]}\n"
+        f"storage: {tmp_path / 'store'}\n"
+    )
+    assert main(["index", str(job)]) == 2
+    assert "the job has no `index:` section" in capsys.readouterr().err
+
+
+def test_a_file_changed_after_it_was_hashed_is_an_error(tmp_path):
+    (tmp_path / "fees.md").write_text("Fee 4.")
+    (corpus_file,) = find_files([str(tmp_path)])
+    (tmp_path / "fees.md").write_text("Fee 5.")
+    with pytest.raises(UserError, match=r"fees\.md changed while it was being indexed"):
+        chunk_rows(corpus_file, 10, 2)
