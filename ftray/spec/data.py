@@ -125,13 +125,14 @@ class RetrievalDataSpec(_Section):
         description="Share of training examples with a known gold document whose context "
         "leaves every chunk of it out (k distractors), chosen by a hash of data.seed and the "
         "prompt: the model also learns to answer when retrieval misses (RAFT). Validation "
-        "and eval examples always get plain top-k retrieval, as serving will.",
+        "and eval examples always get plain top-k retrieval, what serving would retrieve.",
     )
     gold_search_k: int = Field(
         default=50,
         ge=1,
         description="How deep the search for the gold document's best chunk (or for "
-        "distractors without it) goes when the top k do not settle it.",
+        "distractors without it) goes when the top k do not settle it (the index ranks at "
+        "most index.candidates chunks per side, so deeper finds no more).",
     )
 
 
