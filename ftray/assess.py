@@ -40,10 +40,12 @@ from ftray.estimate import (
     usd,
 )
 from ftray.evaluate.generate import generate, generation_options
+from ftray.evaluate.rag_metrics import chunks, groundedness
 from ftray.evaluate.score import Task, score_one
 from ftray.models import load_tokenizer, resolve_model
 from ftray.placement import serving_config
 from ftray.progress import Progress
+from ftray.rag.context import with_context
 from ftray.spec import METRIC_GROUPS, JobSpec
 from ftray.store import Store, content_id
 
@@ -104,6 +106,13 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
             f"the prompted base model scores {metric} {shown}, below assess.target "
             f"{settings.target:g}",
         )
+    rag = (baseline or {}).get("retrieval")
+    if rag and rag["score"] is not None:
+        beats = "at or above" if rag["score"] >= settings.target else "below"
+        reasons.append(
+            f"with retrieved context (index {rag['index_id']}) the prompted base model scores "
+            f"{rag['metric']} {rag['score']:.3f}, {beats} assess.target {settings.target:g}"
+        )
     shape = _shape(spec, store)
     estimates = _estimates(spec, dataset, shape)
     manifest = store.finish(
@@ -139,6 +148,9 @@ def _baseline(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progre
     import ray.data
 
     columns = ["source", "row", "prompt", "completion", "messages"]
+    # a dataset prepared with data.retrieval carries each held-out example's chunks
+    retrieval = dataset.manifest.get("retrieval")
+    columns += ["context"] if retrieval else []
     examples = ray.data.read_parquet(f"{dataset.uri}/eval").select_columns(columns)
     examples = examples.limit(spec.assess.max_examples)
     shots = _few_shot(dataset, spec.assess.few_shot)
@@ -167,17 +179,27 @@ def _baseline(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progre
             num_gpus=spec.eval.gpus_per_worker,
         )
     table = answered.to_pandas()
-    # The tuned model is asked without examples and answers like the references.
+    # The tuned model is asked without examples (with its chunks, when it is trained with
+    # retrieval) and answers like the references.
     tokenizer = load_tokenizer(model_dir, spec.model.chat_template)
+    contexts = table["context"] if retrieval else ["[]"] * len(table)
     tuned_prompt = [
-        len(tokenizer(render_prompt(tokenizer, json.loads(m)), add_special_tokens=False).input_ids)
-        for m in table["messages"]
+        len(tokenizer(render_prompt(tokenizer, chat), add_special_tokens=False).input_ids)
+        for m, context in zip(table["messages"], contexts, strict=True)
+        for chat in [with_context(json.loads(m), chunks(context))]
     ]
     tuned_output = [  # + 1: the end-of-turn token that closes an answer
         min(len(tokenizer(c, add_special_tokens=False).input_ids) + 1, spec.eval.max_new_tokens)
         for c in table["completion"]
     ]
     scores = score_base(table, task)
+    with_retrieval = None
+    if retrieval:
+        progress.note(
+            f"scoring the prompted base model again with retrieved context (k={retrieval['k']})"
+        )
+        with_retrieval = _with_retrieval(examples, shots, task, spec, model_dir)
+        with_retrieval["index_id"] = retrieval["index_id"]
     return {
         "examples": len(table),
         "metric": task.primary,
@@ -196,7 +218,45 @@ def _baseline(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progre
             },
         },
         "samples": table[["prompt", "completion", "base_output"]].head(5).to_dict("records"),
+        "retrieval": with_retrieval,
     }
+
+
+def _with_retrieval(examples, shots: list[dict], task: Task, spec: JobSpec, model_dir: str) -> dict:
+    """The prompted base model + retrieval: the same held-out examples and shots, each with
+    the chunks prepare retrieved for it (plain top-k, what serving would retrieve), put in by
+    `with_context`. Its task metric, prompt tokens, latency and groundedness per request."""
+    answered = generate(
+        examples.map_batches(_put_context, batch_format="pandas"),
+        {"base": {"kind": "base"}},
+        model_dir=model_dir,
+        **generation_options(spec.eval, spec.model, serving_config(spec)),
+        few_shot=shots,
+    )
+    table = answered.to_pandas()
+    shown = [chunks(context) for context in table["context"]]
+    grounded = [groundedness(o, c) for o, c in zip(table["base_output"], shown, strict=True)]
+    judged = [g for g in grounded if g is not None]
+    scores = score_base(table, task)
+    return {
+        "examples": len(table),
+        "metric": task.primary,
+        "score": scores[task.primary],
+        "scores": scores,
+        "prompt_tokens": round(float(np.mean(table["base_prompt_tokens"])), 1),
+        "output_tokens": round(float(np.mean(table["base_tokens"])), 1),
+        "latency_s": significant(float(np.mean(table["base_latency_s"])), 3),
+        "groundedness": round(float(np.mean(judged)), 4) if judged else None,
+    }
+
+
+def _put_context(batch):
+    """Each example's messages with its chunks (the `context` column) before the question."""
+    batch["messages"] = [
+        json.dumps(with_context(json.loads(m), chunks(context)))
+        for m, context in zip(batch["messages"], batch["context"], strict=True)
+    ]
+    return batch
 
 
 def _task(spec: JobSpec) -> Task:
@@ -369,4 +429,11 @@ def summary(manifest: dict, spec: JobSpec) -> list[str]:
                 f"({row['latency']}), "
                 f"{usd(row['cost_per_million_usd'])} per 1M requests"
             )
+    rag = (manifest.get("baseline") or {}).get("retrieval")
+    if rag:
+        lines.append(
+            f"prompted base + retrieval: {rag['metric']} {rag['score']}, "
+            f"{rag['prompt_tokens']:.1f} prompt + {rag['output_tokens']:.1f} answer tokens, "
+            f"{rag['latency_s'] * 1000:.3g} ms (measured), groundedness {rag['groundedness']}"
+        )
     return lines

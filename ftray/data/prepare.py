@@ -34,6 +34,7 @@ from ftray.data.checks import load_word_list
 from ftray.data.dedup import find_duplicates
 from ftray.data.records import BLANK, CheckRecords
 from ftray.data.report import build_report
+from ftray.data.retrieval import CONTEXT_COLUMNS, AddContext, retrieval_counts
 from ftray.data.sources import SourceFile, expand_sources, number_files, scan_jsonl
 from ftray.errors import UserError
 from ftray.models import load_tokenizer, resolve_model
@@ -87,8 +88,15 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
         for f in files
         for s in [scans.get(f.path)]
     ]
+    # 'latest' means the index of today: the resolved id is part of the dataset's identity
+    index_id = _index_id(data, store)
     dataset_id = content_id(
-        "ds", digests, data.model_dump(mode="json"), model.model_dump(mode="json"), PREPARE_VERSION
+        "ds",
+        digests,
+        data.model_dump(mode="json"),
+        model.model_dump(mode="json"),
+        PREPARE_VERSION,
+        *([index_id] if index_id else []),
     )
     manifest = reuse(store, "datasets", dataset_id)
     reused = manifest is not None
@@ -97,7 +105,7 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
         attempt = f"{dataset_id}{_ATTEMPT}{uuid.uuid4().hex[:8]}"
         try:
             manifest = _build(
-                data, model, model_dir, files, scans, digests, store, attempt, progress
+                data, model, model_dir, files, scans, digests, store, attempt, progress, index_id
             )
         except BaseException:  # a failed or interrupted attempt leaves nothing behind
             if store.fs.exists(store.path("datasets", attempt)):
@@ -109,7 +117,18 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
     return DatasetRef(dataset_id, store.uri("datasets", dataset_id), manifest, reused)
 
 
-def _build(data, model, model_dir, files, scans, digests, store, attempt, progress) -> dict:
+def _index_id(data: DataSpec, store: Store) -> str | None:
+    """The id of the index data.retrieval names (UserError when there is none)."""
+    if data.retrieval is None:
+        return None
+    from ftray.rag.index import resolve_index_id
+
+    return resolve_index_id(store, data.retrieval.index)
+
+
+def _build(
+    data, model, model_dir, files, scans, digests, store, attempt, progress, index_id
+) -> dict:
     """Write the splits and the report of one attempt into `datasets/<attempt>`; returns
     the manifest (without its id)."""
     import ray
@@ -158,9 +177,14 @@ def _build(data, model, model_dir, files, scans, digests, store, attempt, progre
         batch_format="pandas",
     ).materialize()
     clock.lap("split")
+    if data.retrieval:
+        final = _add_context(final, data, model, model_dir, store, index_id, progress)
+        clock.lap("retrieve")
 
     narrow = ["split", "rule", "reason", "source", "row", "read", "num_tokens"]
-    table = final.select_columns([*narrow, "pii_redacted", "truncated"]).to_pandas()
+    narrow += ["pii_redacted", "truncated"]
+    narrow += ["gold", "gold_retrieved", "gold_in_context"] if data.retrieval else []
+    table = final.select_columns(narrow).to_pandas()
     accounts = _accounts(table, digests)  # raises before anything is published
     counts = _counts(table)
     clock.lap("counts")
@@ -174,6 +198,8 @@ def _build(data, model, model_dir, files, scans, digests, store, attempt, progre
         if split == "train":
             part = part.random_shuffle(seed=data.seed)
         columns = QUARANTINE_COLUMNS if split == "quarantine" else EXAMPLE_COLUMNS
+        if data.retrieval and split != "quarantine":
+            columns = [*columns, *CONTEXT_COLUMNS]
         if data.preference:  # the worse answer, and its tokens where the pair is kept
             columns = [*columns, *(PAIR_COLUMNS[:1] if split == "quarantine" else PAIR_COLUMNS)]
         part.select_columns(columns).write_parquet(store.uri("datasets", attempt, split))
@@ -185,6 +211,7 @@ def _build(data, model, model_dir, files, scans, digests, store, attempt, progre
     store.write_json(report, "datasets", attempt, "report.json")
     clock.lap("report")
     progress.note(f"seconds per step: {clock}")
+    retrieval = retrieval_counts(table, data.retrieval.k, index_id) if data.retrieval else None
     return {
         "sources": digests,
         "files": accounts,
@@ -193,8 +220,30 @@ def _build(data, model, model_dir, files, scans, digests, store, attempt, progre
         "model_dir": model_dir,
         "counts": counts,
         "tokens": report["tokens"],
+        **({"retrieval": retrieval} if retrieval else {}),
         "prepare_version": PREPARE_VERSION,
     }
+
+
+def _add_context(final, data, model, model_dir, store, index_id, progress):
+    """Every example with its retrieved chunks and re-tokenized (`AddContext` actors)."""
+    import ray
+
+    progress.note(f"retrieving {data.retrieval.k} chunk(s) per example from {index_id}")
+    return final.map_batches(
+        AddContext,
+        fn_constructor_kwargs={
+            "data": data.model_dump(mode="json"),
+            "model_dir": model_dir,
+            "chat_template": model.chat_template,
+            "storage": store.storage,
+            "project": store.project,
+            "index_id": index_id,
+        },
+        batch_format="pandas",
+        batch_size=64,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=data.num_workers),
+    ).materialize()
 
 
 class _Clock:

@@ -34,7 +34,7 @@ ROLES = ("system", "user", "assistant")
 BLANK = "blank"
 
 
-class _Reject(Exception):
+class Reject(Exception):
     """A record fails a rule; carries the rule's name and the reason."""
 
     def __init__(self, rule: str, reason: str):
@@ -89,7 +89,7 @@ class CheckRecords:
             return {**out, "rule": BLANK, "reason": "blank line"}
         try:
             if record["error"]:
-                raise _Reject("malformed", record["error"])
+                raise Reject("malformed", record["error"])
             fields = json.loads(record["fields"])
             messages, completion = self._parse(fields)
             prompt = "\n".join(m["content"] for m in messages if m["role"] != "system")
@@ -100,10 +100,10 @@ class CheckRecords:
             messages, completion = self._content(messages, completion, out)
             out["completion"] = completion
             if rejected is None:
-                messages, tokens = self._fit(messages, completion, out)
+                messages, tokens = self.fit(messages, completion, out)
             else:
                 messages, tokens = self._fit_pair(messages, completion, out)
-        except _Reject as reject:
+        except Reject as reject:
             return {**out, "rule": reject.rule, "reason": reject.reason}
         # a pair is a duplicate only when the prompt and both answers repeat
         text = "\n".join(filter(None, [out["prompt"], completion, out["rejected"]]))
@@ -126,12 +126,12 @@ class CheckRecords:
         name = self.spec.preference.rejected_field
         rejected = self._answer(fields, "rejected", name)
         if rejected == chosen:
-            raise _Reject("same_answers", f"the chosen and {name!r} answers are the same")
+            raise Reject("same_answers", f"the chosen and {name!r} answers are the same")
         return rejected
 
     def _weight(self, fields: dict) -> float:
         """A preference pair's weight: a number ≥ 0 (a csv cell's text too); 1 where the
-        record has none. Raises _Reject."""
+        record has none. Raises Reject."""
         assert self.spec.preference is not None
         name = self.spec.preference.weight_field
         value = fields.get(name) if name else None
@@ -142,25 +142,25 @@ class CheckRecords:
         except ValueError:
             weight = math.nan
         if isinstance(value, bool) or not math.isfinite(weight) or weight < 0:
-            raise _Reject("wrong_type", f"weight field {name!r} is {value!r}, not a number ≥ 0")
+            raise Reject("wrong_type", f"weight field {name!r} is {value!r}, not a number ≥ 0")
         return weight
 
     def _fit_pair(self, messages: list[dict], chosen: str, out: dict) -> tuple[list, dict]:
-        """As `_fit`, for the longer of the two answers (then both fit); the rejected
+        """As `fit`, for the longer of the two answers (then both fit); the rejected
         answer's tokens go into `out`."""
         rejected = out["rejected"]
         longer = max(
             (chosen, rejected),
             key=lambda answer: len(self._tokens(messages, answer)["input_ids"]),
         )
-        messages, _ = self._fit(messages, longer, out)
+        messages, _ = self.fit(messages, longer, out)
         worse = self._tokens(messages, rejected)
         out.update(rejected_input_ids=worse["input_ids"], rejected_labels=worse["labels"])
         return messages, self._tokens(messages, chosen)
 
-    def _fit(self, messages: list[dict], completion: str, out: dict) -> tuple[list, dict]:
+    def fit(self, messages: list[dict], completion: str, out: dict) -> tuple[list, dict]:
         """Tokenize; over `max_seq_len`, quarantine or (truncation: prompt_start) drop words
-        from the start of the last user message until it fits. Raises _Reject."""
+        from the start of the last user message until it fits. Raises Reject."""
         limit = self.spec.max_seq_len
         tokens = self._tokens(messages, completion)
         full = len(tokens["input_ids"])
@@ -183,7 +183,7 @@ class CheckRecords:
                 out["truncated"] = True
                 out["prompt"] = "\n".join(m["content"] for m in best[0] if m["role"] != "system")
                 return best
-        raise _Reject("too_long", f"{full} tokens > data.max_seq_len {limit}")
+        raise Reject("too_long", f"{full} tokens > data.max_seq_len {limit}")
 
     def _tokens(self, messages: list[dict], completion: str) -> dict:
         """The example's tokens and labels; a preference pair labels only its answer (the
@@ -192,7 +192,7 @@ class CheckRecords:
         return tokenize_example(self.tokenizer, messages, completion, train_on)
 
     def _parse(self, fields: dict) -> tuple[list[dict], str]:
-        """(messages before the answer, the answer); raises _Reject."""
+        """(messages before the answer, the answer); raises Reject."""
         spec = self.spec
         if spec.messages_field:
             return self._parse_chat(fields.get(spec.messages_field), spec.messages_field, fields)
@@ -203,56 +203,56 @@ class CheckRecords:
 
     def _answer(self, fields: dict, role: str, name: str) -> str:
         """The stripped text of field `name` (a JSON answer or a number as JSON text);
-        raises _Reject."""
+        raises Reject."""
         value = fields.get(name)
         if value is None:
-            raise _Reject("missing_field", f"no {role} field {name!r} (has: {sorted(fields)})")
+            raise Reject("missing_field", f"no {role} field {name!r} (has: {sorted(fields)})")
         if role != "prompt" and isinstance(value, (dict, list, int, float, bool)):
             # a JSON task's answer is an object; a label may be a number: as JSON text
             value = json.dumps(value, ensure_ascii=False)
         if not isinstance(value, str):
             kind = type(value).__name__
-            raise _Reject("wrong_type", f"{role} field {name!r} is {kind}, not text")
+            raise Reject("wrong_type", f"{role} field {name!r} is {kind}, not text")
         if not value.strip():
-            raise _Reject("empty_field", f"{role} field {name!r} is empty")
+            raise Reject("empty_field", f"{role} field {name!r} is empty")
         return value.strip()
 
     def _parse_chat(self, chat, name: str, fields: dict) -> tuple[list[dict], str]:
         if chat is None:
-            raise _Reject("missing_field", f"no messages field {name!r} (has: {sorted(fields)})")
+            raise Reject("missing_field", f"no messages field {name!r} (has: {sorted(fields)})")
         if not isinstance(chat, list) or not chat:
-            raise _Reject("wrong_type", f"messages field {name!r} is not a non-empty list")
+            raise Reject("wrong_type", f"messages field {name!r} is not a non-empty list")
         for turn, message in enumerate(chat):
             if not isinstance(message, dict) or message.get("role") not in ROLES:
-                raise _Reject("wrong_type", f"message {turn} needs a role in {list(ROLES)}")
+                raise Reject("wrong_type", f"message {turn} needs a role in {list(ROLES)}")
             if not isinstance(message.get("content"), str) or not message["content"].strip():
-                raise _Reject("empty_field", f"message {turn} ({message['role']}) has no text")
+                raise Reject("empty_field", f"message {turn} ({message['role']}) has no text")
         if chat[-1]["role"] != "assistant":
-            raise _Reject("wrong_type", "the last message must be the assistant's answer")
+            raise Reject("wrong_type", "the last message must be the assistant's answer")
         if not any(m["role"] == "user" for m in chat[:-1]):
-            raise _Reject("wrong_type", "no user message before the answer")
+            raise Reject("wrong_type", "no user message before the answer")
         messages = [{"role": m["role"], "content": m["content"].strip()} for m in chat[:-1]]
         if self.spec.system_prompt and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": self.spec.system_prompt})
         return messages, chat[-1]["content"].strip()
 
     def _content(self, messages: list[dict], completion: str, out: dict) -> tuple[list, str]:
-        """Contract, toxicity and PII; returns the (redacted) chat, raises _Reject."""
+        """Contract, toxicity and PII; returns the (redacted) chat, raises Reject."""
         problem = self.contract(completion)
         if problem:
-            raise _Reject("label_not_allowed" if self.spec.labels else "bad_output", problem)
+            raise Reject("label_not_allowed" if self.spec.labels else "bad_output", problem)
         texts = [m["content"] for m in messages if m["role"] != "system"] + [completion]
         texts += [out["rejected"]] if out["rejected"] else []  # filters read both answers
         if self.toxic is not None:
             for text in texts:
                 reason = self.toxic(text)
                 if reason:
-                    raise _Reject("toxic", reason)
+                    raise Reject("toxic", reason)
         action = self.spec.pii.action
         region = self.spec.pii.phone_region
         found = [] if action == "keep" else [k for t in texts for k, _ in find_pii(t, region)]
         if found and action == "drop":
-            raise _Reject("pii", f"contains {', '.join(sorted(set(found)))}")
+            raise Reject("pii", f"contains {', '.join(sorted(set(found)))}")
         if found:
             messages = [
                 m if m["role"] == "system" else {**m, "content": redact_pii(m["content"], region)}

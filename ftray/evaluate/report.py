@@ -194,6 +194,8 @@ def _blocks(manifest: dict, plots: dict, examples: list[dict], human: dict | Non
                 ],
             ),
         ]
+    if retrieval := manifest.get("retrieval"):
+        blocks += [Heading("Retrieval"), *_retrieval(retrieval)]
     if fields:
         incumbent = manifest["details"]["incumbent"]["per_field"]
         head = ["field", "support", "predicted", "precision", "recall", "F1"]
@@ -230,6 +232,25 @@ def _blocks(manifest: dict, plots: dict, examples: list[dict], human: dict | Non
         Code(json.dumps(manifest["decoding"], indent=2, sort_keys=True)),
         Heading("Human review"),
         _human(human),
+    ]
+
+
+def _retrieval(retrieval: dict) -> list:
+    """The arms asked with and without retrieved context, side by side."""
+    head = ["arm", retrieval["metric"], "groundedness", "citation accuracy"]
+    head += ["prompt tokens", "latency (ms)"]
+    rows = [
+        [name]
+        + [_number(row.get(key)) for key in ("score", "groundedness", "citation_accuracy")]
+        + [f"{row['prompt_tokens']:.1f}", f"{row['latency_s'] * 1000:.3g}"]
+        for name, row in retrieval["arms"].items()
+    ]
+    recall = retrieval["gold_recall_at_k"]
+    return [
+        f"The gate's comparison above asks both arms with the {retrieval['k']} chunks "
+        f"retrieved per example from index {retrieval['index_id']} (gold recall@k "
+        f"{_number(recall)}); 'candidate' is the tuned model asked without them.",
+        (head, rows),
     ]
 
 

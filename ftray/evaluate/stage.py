@@ -25,6 +25,7 @@ to the stored comparison (no generation) and rewrites the verdict and the report
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,11 @@ from ftray.artifacts import DatasetRef, EvalRef, RunRef, reuse
 from ftray.errors import UserError
 from ftray.evaluate.gate import apply_to_stored
 from ftray.evaluate.generate import generate, generation_options
+from ftray.evaluate.rag_metrics import chunks, retrieval_arms
 from ftray.evaluate.score import ARMS, Task, judge
 from ftray.models import resolve_model
 from ftray.progress import Progress
+from ftray.rag.context import with_context
 from ftray.registry import get_model, production
 from ftray.spec import DataSpec, EvalSpec, ModelSpec
 from ftray.store import Store, content_id, utc_stamp
@@ -73,7 +76,11 @@ def evaluate(
 
     incumbent, incumbent_arm = _incumbent(spec.incumbent, model, run, store)
     progress.note(f"candidate {run.id} vs incumbent {incumbent['label']}")
-    examples = _examples(dataset, spec.max_examples)
+    # a dataset prepared with data.retrieval: both arms are asked with each example's
+    # retrieved chunks (what a model served with retrieval sees); the candidate once more
+    # without
+    retrieval = dataset.manifest.get("retrieval")
+    examples = _examples(dataset, spec.max_examples, bool(retrieval))
     options: dict[str, Any] = {
         "model_dir": resolve_model(model, store),
         **generation_options(spec, model, serving),
@@ -106,6 +113,20 @@ def evaluate(
             samples=spec.consistency_samples,
             seed=spec.seed,
         ).to_pandas()
+    if retrieval:
+        progress.note("generating with the candidate again, without retrieved context")
+        plain = generate(
+            ray.data.from_pandas(examples.assign(messages=examples["plain_messages"])),
+            {"candidate": arms["candidate"]},
+            **options,
+        )
+        if "bertscore" in task.groups:
+            from ftray.evaluate.bertscore import add_bertscore
+
+            plain = add_bertscore(
+                plain, ["candidate"], num_cpus=spec.cpus_per_worker, num_gpus=spec.gpus_per_worker
+            )
+        retrieval = retrieval_arms(answered.to_pandas(), plain.to_pandas(), task, retrieval)
     table, results = judge(answered.to_pandas(), sampled, task, spec)
     manifest = {
         "eval_id": eval_id,
@@ -129,6 +150,7 @@ def evaluate(
             },
         },
         **results,
+        **({"retrieval": retrieval} if retrieval else {}),
     }
     outputs = pa.Table.from_pandas(table, preserve_index=False)
     store.write_parquet(outputs, "evals", eval_id, "outputs", "part-0.parquet")
@@ -160,14 +182,23 @@ def regate(store: Store, eval_id: str, spec: EvalSpec) -> EvalRef:
     return EvalRef(eval_id, store.uri("evals", eval_id), manifest, True, regated=True)
 
 
-def _examples(dataset: DatasetRef, limit: int):
-    """The first `limit` held-out examples in a fixed order (source, row)."""
+def _examples(dataset: DatasetRef, limit: int, retrieval: bool = False):
+    """The first `limit` held-out examples in a fixed order (source, row); with `retrieval`,
+    `messages` holds each question with its chunks (`plain_messages` the question alone)."""
     import pyarrow.parquet as pq
 
+    columns = ["source", "row", "prompt", "completion", "messages"]
     table = pq.read_table(
-        f"{dataset.uri}/eval", columns=["source", "row", "prompt", "completion", "messages"]
+        f"{dataset.uri}/eval", columns=[*columns, *(["context"] if retrieval else [])]
     ).to_pandas()
-    return table.sort_values(["source", "row"]).head(limit).reset_index(drop=True)
+    table = table.sort_values(["source", "row"]).head(limit).reset_index(drop=True)
+    if retrieval:
+        table["plain_messages"] = table["messages"]
+        table["messages"] = [
+            json.dumps(with_context(json.loads(m), chunks(c)))
+            for m, c in zip(table["messages"], table["context"], strict=True)
+        ]
+    return table
 
 
 def _incumbent(setting: str, model: ModelSpec, run: RunRef, store: Store) -> tuple[dict, dict]:

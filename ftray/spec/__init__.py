@@ -14,7 +14,14 @@ from pydantic import BaseModel, Field, model_validator
 from ftray.spec._base import SpecRuleError, _Section
 from ftray.spec.assess import AssessSpec
 from ftray.spec.cluster import RaySpec
-from ftray.spec.data import DataSpec, DedupSpec, PiiSpec, SourceSpec, ToxicitySpec
+from ftray.spec.data import (
+    DataSpec,
+    DedupSpec,
+    PiiSpec,
+    RetrievalDataSpec,
+    SourceSpec,
+    ToxicitySpec,
+)
 from ftray.spec.evaluate import (
     LOWER_IS_BETTER,
     METRIC_GROUPS,
@@ -228,6 +235,7 @@ __all__ = [
     "PiiSpec",
     "QloraSpec",
     "RaySpec",
+    "RetrievalDataSpec",
     "ScalingSpec",
     "ServeSpec",
     "SourceSpec",

@@ -100,6 +100,42 @@ class ToxicitySpec(_Section):
     )
 
 
+class RetrievalDataSpec(_Section):
+    """Retrieved context in every example (RAFT-style): the model learns to answer from it."""
+
+    index: str = Field(
+        default="latest",
+        description="The corpus index to retrieve from (`ftray index`): an index id, or "
+        "'latest' (the newest index of the project, resolved when prepare runs; the id is "
+        "part of the dataset id).",
+    )
+    k: int = Field(default=4, ge=1, le=32, description="Chunks put before each question.")
+    gold_field: str | None = Field(
+        default=None,
+        description="Column naming each record's gold document, as the index names its "
+        "chunks' source (a corpus file's path relative to its index.sources entry, e.g. "
+        "'fees.md'): a training example gets that document's best chunk "
+        "among its k (replacing the lowest-ranked distractor when retrieval missed it), and "
+        "the manifest counts retrieval's gold recall@k. Unset: plain top-k everywhere.",
+    )
+    p_without_gold: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Share of training examples with a known gold document whose context "
+        "leaves every chunk of it out (k distractors), chosen by a hash of data.seed and the "
+        "prompt: the model also learns to answer when retrieval misses (RAFT). Validation "
+        "and eval examples always get plain top-k retrieval, what serving would retrieve.",
+    )
+    gold_search_k: int = Field(
+        default=50,
+        ge=1,
+        description="How deep the search for the gold document's best chunk (or for "
+        "distractors without it) goes when the top k do not settle it (the index ranks at "
+        "most index.candidates chunks per side, so deeper finds no more).",
+    )
+
+
 class DataSpec(_Section):
     """The prepare stage: sources → checked, deduplicated chat records → train/eval parquet."""
 
@@ -184,7 +220,15 @@ class DataSpec(_Section):
         "'prompt_start': drop words from the start of the last user message until it fits "
         "(the completion is never cut).",
     )
-    seed: int = Field(default=0, description="Salt of the held-out split hash.")
+    retrieval: RetrievalDataSpec | None = Field(
+        default=None,
+        description="Put top-k chunks retrieved from a corpus index into every example's "
+        "prompt (`ftray.rag.context.with_context`, which assess and evaluate use too); "
+        "unset: no retrieval.",
+    )
+    seed: int = Field(
+        default=0, description="Salt of the held-out split hash (and of retrieval's gold drop)."
+    )
     num_workers: int = Field(
         default=2, ge=1, description="Most Ray Data actors checking and tokenizing records."
     )
@@ -201,6 +245,13 @@ class DataSpec(_Section):
                 "preference pairs are read from prompt_field and the two answer fields, not "
                 "from a chat",
                 "unset data.messages_field, or data.preference",
+            )
+        if self.preference and self.retrieval:
+            raise SpecRuleError(
+                "retrieval",
+                self.retrieval.model_dump(),
+                "retrieved context is not supported for preference pairs",
+                "unset data.retrieval, or data.preference",
             )
         return self
 

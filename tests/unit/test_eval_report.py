@@ -376,3 +376,33 @@ def test_the_forgetting_probe_is_reported_and_gated_on_its_ratio(tmp_path):
     assert [r["rule"] for r in old["gate"]["rules"] if not r["passed"]] == [
         "general_ppl ratio to the base model ≤ 2"
     ]
+
+
+def test_the_retrieval_arms_are_reported_side_by_side(tmp_path):
+    table, results = judge(_answers(candidate_right=40), None, TASK, EvalSpec())
+    store = Store(str(tmp_path), "proj")
+    arm = {"score": 0.5, "prompt_tokens": 210.0, "latency_s": 0.125}
+    retrieval = {
+        "index_id": "idx-1",
+        "k": 3,
+        "gold_recall_at_k": 0.75,
+        "metric": "macro_f1",
+        "arms": {
+            "candidate+retrieval": {**arm, "groundedness": 0.8, "citation_accuracy": None},
+            "incumbent+retrieval": {**arm, "groundedness": 0.4, "citation_accuracy": 1.0},
+            "candidate": {"score": 0.25, "prompt_tokens": 30.0, "latency_s": 0.05},
+        },
+    }
+    manifest = {
+        "eval_id": "eval-g",
+        "run_id": "run-1",
+        "dataset_id": "ds-1",
+        "incumbent": {"label": "base model tiny"},
+        "decoding": {},
+        "retrieval": retrieval,
+        **results,
+    }
+    write_report(manifest, table, TASK, store, "eval-g", worst=3)
+    text = (tmp_path / "proj" / "evals" / "eval-g" / "report.md").read_text()
+    assert "## Retrieval" in text and "index idx-1 (gold recall@k 0.7500)" in text
+    assert "| candidate | 0.2500 | n/a | n/a | 30.0 | 50 |" in text
