@@ -18,6 +18,7 @@ from ftray.serve.config import ReplicaConfig
 from ftray.serve.engine import ServingEngine
 from ftray.serve.guard import PRODUCTION, ModelLock, model_name
 from ftray.serve.openai_format import BASE_MODEL_NAME
+from ftray.serve.retrieval import retrieval_k
 from ftray.store import Store, download_dir
 
 _log = logging.getLogger("ray.serve")
@@ -28,8 +29,11 @@ class Loaded:
     worker thread, while requests may still use the model); the engine then unloads it once
     no request in flight uses it."""
 
-    def __init__(self, engine: ServingEngine, name: str, system_prompt: str | None):
+    def __init__(
+        self, engine: ServingEngine, name: str, system_prompt: str | None, retrieval_k: int = 0
+    ):
         self.engine, self.name, self.system_prompt = engine, name, system_prompt
+        self.retrieval_k = retrieval_k  # chunks per request: its dataset's data.retrieval.k
         self._retired = False
 
     def __del__(self):
@@ -132,4 +136,5 @@ class Adapters:
                         await asyncio.to_thread(self.engine.load_adapter, model_id, folder)
                     else:
                         await asyncio.to_thread(self.engine.load_full, model_id, folder)
-        return Loaded(self.engine, model_id, card.get("system_prompt"))
+        k = await asyncio.to_thread(retrieval_k, self.store, card)
+        return Loaded(self.engine, model_id, card.get("system_prompt"), k)

@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from ftray.placement import generation_batch_size
+from ftray.rag.context import Chunk, with_context
 from ftray.serve.adapters import Adapters, Loaded
 from ftray.serve.cache import CompletionCache
 from ftray.serve.config import ReplicaConfig
@@ -44,6 +45,7 @@ from ftray.serve.guard import (
 )
 from ftray.serve.metrics import ServeMetrics
 from ftray.serve.openai_format import completion, error_event, event, new_id
+from ftray.serve.retrieval import ServedIndex
 from ftray.serve.vllm_engine import VllmEngine
 from ftray.store import Store
 
@@ -113,6 +115,7 @@ class ChatModel:
         self.batching = {"batches": 0, "requests": 0, "largest": 0}
         self.lock = ModelLock()
         self.adapters = Adapters(self.store, self.engine, self.lock, config)
+        self.index = ServedIndex(self.store, config.serve.retrieval)
         self._tasks: set[asyncio.Task] = set()  # streams and shadows, referenced until done
         self._shadows = 0  # shadow generations running (serve.shadow_max_in_flight)
         # `@serve.batch` adds these setters to the method
@@ -185,6 +188,7 @@ class ChatModel:
         try:
             loaded = await self.adapters.use(model_id)  # a model that fails to load: counted
             in_use = loaded.name if loaded else None
+            retriever, k = await self._retriever(loaded, chat)
             # A hit is answered here, before the prompt is rendered, tokenized or queued.
             # Streams are not cached, nor an answer that opted out of the engine's JSON schema
             # (the cached answers are the constrained ones).
@@ -192,12 +196,18 @@ class ChatModel:
             key = (
                 None
                 if body.stream or schema != self.engine.schema
-                else self.cache.key(model_id, body.asked(), limit, body.temperature)
+                else self.cache.key(
+                    f"{model_id}@{retriever.index_id}" if retriever else model_id,
+                    body.asked(),
+                    limit,
+                    body.temperature,
+                )
             )
             cached = self.cache.get(key)
             self.metrics.cache(model_id, hit=cached is not None, cacheable=key is not None)
             if cached is None:
-                prompt, prompt_tokens = await self._prompt(body, loaded, chat)
+                chunks = await self._retrieve(retriever, body, k, model_id)
+                prompt, prompt_tokens = await self._prompt(body, loaded, chat, chunks)
                 request = Completion(in_use, prompt, limit, body.temperature, schema)
                 if body.stream:
                     pieces, task = self._start_stream(request)
@@ -207,7 +217,7 @@ class ChatModel:
                         self._events(pieces, task, request, exchange),
                         media_type="text/event-stream",
                     )
-                cached = (await self._generate(request), prompt_tokens)
+                cached = (await self._generate(request), prompt_tokens, chunks)
                 self.cache.put(key, cached)
         except Exception as error:
             self.exchanges.failed(model_id, split, error)
@@ -215,8 +225,13 @@ class ChatModel:
         finally:
             if in_use:
                 self.engine.done(in_use)
-        answer, prompt_tokens = cached
+        answer, prompt_tokens, chunks = cached
         response = completion(model_id, answer, prompt_tokens, chat)
+        if retriever:  # extra fields: OpenAI's clients keep them, unread
+            response["index_id"] = retriever.index_id
+            response["sources"] = [
+                {"id": c.id, "source": c.source, "score": round(c.score, 6)} for c in chunks
+            ]
         exchange = Exchange(model_id, chat, body.said(), prompt_tokens, started, split)
         self.exchanges.answered(exchange, response["id"], answer)
         if route.shadow:  # after the answer is ready: the user never waits for the shadow
@@ -236,7 +251,9 @@ class ChatModel:
         try:
             loaded = await self.adapters.use(model)  # never the base model (`routing.shadow`)
             try:
-                prompt, tokens = await self._prompt(body, loaded, chat)
+                retriever, k = await self._retriever(loaded, chat)
+                chunks = await self._retrieve(retriever, body, k, model)
+                prompt, tokens = await self._prompt(body, loaded, chat, chunks)
                 schema = self.engine.schema if body.guided else None
                 request = Completion(model, prompt, limit, body.temperature, schema)
                 mirrored = await self._generate(request)
@@ -251,26 +268,46 @@ class ChatModel:
         said = Exchange(model, chat, body.said(), tokens, started)
         self.exchanges.shadowed(said, request_id, answer, mirrored)
 
-    async def _prompt(self, body, loaded: Loaded | None, chat: bool) -> tuple[str, int]:
+    async def _retriever(self, loaded: Loaded | None, chat: bool):
+        """(the retriever, chunks per request) for a request to `loaded` (None: the base
+        model); (None, 0) without retrieval. Completions (a raw prompt) get none."""
+        k = (loaded.retrieval_k if loaded else self.config.serve.retrieval.base_k) if chat else 0
+        return (await self.index.current(), k) if k else (None, 0)
+
+    async def _retrieve(self, retriever, body, k: int, model: str) -> list[Chunk]:
+        """The `k` chunks for the request's last user turn (none without a retriever)."""
+        if retriever is None:
+            return []
+        started = time.perf_counter()
+        question = next(m.content for m in reversed(body.messages) if m.role == "user")
+        chunks = await self.index.search(retriever, question, k)
+        self.metrics.retrieval(model, time.perf_counter() - started)
+        return chunks
+
+    async def _prompt(
+        self, body, loaded: Loaded | None, chat: bool, chunks: list[Chunk]
+    ) -> tuple[str, int]:
         """(what the model reads, template included; its tokens), within
         serve.max_prompt_tokens."""
         # Long prompts are tokenized in a thread, not to block the event loop; short ones
         # in place, where it costs less than a thread hop (which waits for the GIL behind
         # a generating thread, and so would thin the batches).
         if body.characters() > INLINE_PROMPT_CHARS:
-            prompt, tokens = await asyncio.to_thread(self._render, body, loaded, chat)
+            prompt, tokens = await asyncio.to_thread(self._render, body, loaded, chat, chunks)
         else:
-            prompt, tokens = self._render(body, loaded, chat)
+            prompt, tokens = self._render(body, loaded, chat, chunks)
         self.guard.check_prompt_tokens(tokens)
         return prompt, tokens
 
-    def _render(self, body, loaded: Loaded | None, chat: bool) -> tuple[str, int]:
+    def _render(self, body, loaded: Loaded | None, chat: bool, chunks: list[Chunk]):
+        """(the prompt the model reads, its tokens): the chat template over the messages,
+        the system prompt first, the chunks before the last user turn (`with_context`)."""
         if chat:
             system_prompt = loaded.system_prompt if loaded else self.config.system_prompt
             messages = [m.model_dump() for m in body.messages]
             if system_prompt and messages[0]["role"] != "system":
                 messages.insert(0, {"role": "system", "content": system_prompt})
-            prompt = self.engine.render(messages)
+            prompt = self.engine.render(with_context(messages, chunks))
         else:
             prompt = body.prompt
         return prompt, self.engine.count_tokens(prompt)

@@ -13,8 +13,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-# What a hit answers with: the engine's answer and the prompt's tokens (for `usage`).
-Cached = tuple[dict, int]
+# What a hit answers with: the engine's answer, the prompt's tokens (for `usage`) and the
+# retrieved chunks it was asked with (for `sources`; empty without retrieval).
+Cached = tuple[dict, int, list]
 
 
 class CompletionCache:

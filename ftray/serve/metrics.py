@@ -94,6 +94,12 @@ class ServeMetrics:
             'Sum of the 1-5 ratings (over ftray_feedback{kind="rating"}: the mean).',
             tag_keys=("model",),
         )
+        self.retrieval_latency = Histogram(
+            "ftray_retrieval_latency_s",
+            "Retrieval before generation, in seconds (embedding and index search).",
+            boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+            tag_keys=("model",),
+        )
         self.batch_size = Histogram(
             "ftray_batch_size", "Requests per generation batch.", boundaries=[1, 2, 4, 8, 16, 32]
         )
@@ -152,6 +158,9 @@ class ServeMetrics:
         for kind, given in (("flag", flag), ("correction", correction)):
             if given:
                 self.feedback_count.inc(tags={"model": model, "kind": kind})
+
+    def retrieval(self, model: str, seconds: float) -> None:
+        self.retrieval_latency.observe(seconds, tags={"model": model})
 
     def batch(self, size: int) -> None:
         self.batch_size.observe(size)

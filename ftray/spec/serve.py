@@ -31,6 +31,28 @@ class AutoscalingSpec(_Section):
         return self
 
 
+class ServeRetrievalSpec(_Section):
+    """Retrieval in the Serve app: which index version answers, and for which models."""
+
+    index: str = Field(
+        default="latest",
+        description="The index version the replicas search: 'latest' follows each new "
+        "`ftray index` (no restart), or an index id to pin one.",
+    )
+    refresh_s: float = Field(
+        default=30,
+        gt=0,
+        description="How often a replica looks for a newer index when `index` is 'latest'.",
+    )
+    base_k: int = Field(
+        default=0,
+        ge=0,
+        le=32,
+        description="Chunks retrieved for chat requests to the base model (0: none). A "
+        "registry model trained with data.retrieval always gets its dataset's k chunks.",
+    )
+
+
 class RolloutSpec(_Section):
     """When `ftray models watch` promotes an automatic canary or rolls it back
     (`ftray models canary --auto`), on the online counts of the two arms since it began."""
@@ -120,6 +142,10 @@ class ServeSpec(_Section):
         "installed where the replicas run (README: Serve).",
     )
     vllm: VllmSpec = Field(default_factory=VllmSpec, description="The vLLM engine's settings.")
+    retrieval: ServeRetrievalSpec = Field(
+        default_factory=ServeRetrievalSpec,
+        description="Retrieval before generation (for models trained with data.retrieval).",
+    )
     rollout: RolloutSpec = Field(
         default_factory=RolloutSpec,
         description="Automatic canary decisions (`ftray models canary --auto`).",

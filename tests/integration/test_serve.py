@@ -31,6 +31,10 @@ from tests.conftest import BIN, ROOT, free_port
 from tests.unit.test_serve_engine import random_adapter
 
 KEY = "test-key-123"
+DOCS = {
+    "fees.md": "A replacement Quillbank card costs 12 QB$ and arrives in 6 working days.",
+    "hours.md": "The Harrow Street branch opens at 08:30 and closes at 17:00 on weekdays.",
+}
 SYSTEM = "Answer briefly."
 
 
@@ -62,6 +66,9 @@ def registry_store(tmp_path_factory):
         )
         ids.append(card["model_id"])
     registry.promote(store, ids[1], reason="test")
+    (root / "docs").mkdir()
+    for name, text in DOCS.items():
+        (root / "docs" / name).write_text(text)
     spec = {
         "project": "serving",
         "storage": str(root / "store"),
@@ -71,11 +78,13 @@ def registry_store(tmp_path_factory):
             "port": free_port(),
             "max_new_tokens": 8,
             "max_tokens_limit": 16,
-            "max_prompt_tokens": 200,
+            "max_prompt_tokens": 400,
             "max_batch_size": 8,
             "api_key_env": "FTRAY_KEY",
             "example_prompt": "hello",
+            "retrieval": {"refresh_s": 1},
         },
+        "index": {"sources": [str(root / "docs")], "chunk_size": 40, "chunk_overlap": 5},
         "monitor": {"flush_interval_s": 5},  # shadow pairs reach the store within seconds
     }
     path = root / "serve.yaml"
@@ -256,9 +265,9 @@ def test_errors_are_openai_errors(served):
         client.chat.completions.create(model="../../etc/passwd", messages=message)
     with pytest.raises(openai.BadRequestError, match="over this server's limit of 16"):
         client.chat.completions.create(model="base", messages=message, max_tokens=100)
-    with pytest.raises(openai.BadRequestError, match="the limit is 200"):
+    with pytest.raises(openai.BadRequestError, match="the limit is 400"):
         client.chat.completions.create(
-            model="base", messages=[{"role": "user", "content": "word " * 300}]
+            model="base", messages=[{"role": "user", "content": "word " * 500}]
         )
     with pytest.raises(openai.BadRequestError, match="messages"):
         client.chat.completions.create(model="base", messages=[])
@@ -480,6 +489,57 @@ def test_an_automatic_canary_that_fails_is_rolled_back(served, registry_store, t
     assert registry.production(store) == production and routing.split_of(store) is None
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         assert set(pool.map(ask, users)) == {production}
+
+
+def test_a_model_trained_with_retrieval_answers_with_sources_from_the_latest_index(
+    served, registry_store, tmp_path, run_cli
+):
+    """A registry model whose dataset was prepared with data.retrieval is asked with its
+    chunks (the response names them); re-indexing a changed document changes what it is
+    asked, with no restart and no retraining. Other models are asked plainly."""
+    url, _ = served
+    path, _, store, model_dir, (_, production, _) = registry_store
+    run_cli("index", str(path))
+    (first,) = (m["index_id"] for m in store.manifests("indexes"))
+    store.finish({"retrieval": {"index_id": first, "k": 1}}, "datasets", "ds-rag")
+    rag = registry.register(
+        store,
+        run_id="run-rag",
+        weights_uri=random_adapter(model_dir, tmp_path / "rag", 4),
+        kind="adapter",
+        dataset_id="ds-rag",
+        eval_id="eval-rag",
+        metrics={},
+        gate={"passed": True, "rules": []},
+        spec_hash="0" * 64,
+        base_model="tiny",
+        system_prompt=SYSTEM,
+        serving={"quantization": "none", "bitsandbytes": None, "dtype": "auto"},
+    )["model_id"]
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+    question = [{"role": "user", "content": "How much does a replacement card cost?"}]
+
+    def ask(model: str):
+        return client.chat.completions.create(model=model, messages=question, max_tokens=4)
+
+    plain, reply = ask(production), ask(rag)
+    assert "sources" not in (plain.model_extra or {})
+    assert reply.model_extra["index_id"] == first
+    (source,) = reply.model_extra["sources"]
+    assert source["source"] == "fees.md" and source["score"] > 0
+    assert reply.usage.prompt_tokens > plain.usage.prompt_tokens + 10, "the chunk is in"
+    # the fee changes: a new index version, served within serve.retrieval.refresh_s
+    (path.parent / "docs" / "fees.md").write_text("A replacement Quillbank card now costs 25 QB$.")
+    run_cli("index", str(path))
+    second = next(m["index_id"] for m in store.manifests("indexes") if m["index_id"] != first)
+    deadline, again = time.time() + 30, reply
+    while time.time() < deadline and again.model_extra["index_id"] != second:
+        time.sleep(1)
+        again = ask(rag)
+    assert again.model_extra["index_id"] == second
+    (changed,) = again.model_extra["sources"]
+    assert changed["source"] == "fees.md" and changed["id"] != source["id"]
+    assert again.usage.prompt_tokens != reply.usage.prompt_tokens, "the new text is in"
 
 
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -19,6 +19,7 @@ from ftray.store import Store
 SERVE = {
     "engine": "vllm",
     "shadow_max_in_flight": 2,
+    "retrieval": {"index": "index-0123456789ab", "refresh_s": 5.0, "base_k": 3},
     "rollout": {
         "min_requests": 50,
         "max_error_rate_increase": 0.05,
