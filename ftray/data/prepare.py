@@ -87,9 +87,9 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
         for f in files
         for s in [scans.get(f.path)]
     ]
-    dataset_id = content_id(
-        "ds", digests, data.model_dump(mode="json"), model.model_dump(mode="json"), PREPARE_VERSION
-    )
+    # where dedup runs does not change what it finds: not part of the dataset's identity
+    rules = data.model_dump(mode="json", exclude={"dedup": {"driver_max_records"}})
+    dataset_id = content_id("ds", digests, rules, model.model_dump(mode="json"), PREPARE_VERSION)
     manifest = reuse(store, "datasets", dataset_id)
     reused = manifest is not None
     if not reused:
