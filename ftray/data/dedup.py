@@ -184,10 +184,10 @@ def _on_driver(rows, spec: DedupSpec, precedence: dict[str, int]):
     group, as the shuffles would give them."""
     import pandas as pd
 
-    keyed = _add_keys(rows, precedence)
     drops: dict[int, tuple[str, str]] = {}
-    if keyed.empty:
+    if rows.empty:  # Ray Data gives no columns for no rows
         return drops, {}
+    keyed = _add_keys(rows, precedence)
     if spec.exact:
         drops.update(_collect([_verdicts(_exact_block(keyed[[*_COLUMNS, "exact_key"]]))]))
     lost: dict[int, tuple[str, str]] = {}

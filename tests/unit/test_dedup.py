@@ -206,3 +206,4 @@ def test_small_data_is_deduplicated_on_the_driver_by_every_rule():
     assert drops[order["train0.jsonl", 5]][1].startswith("near-duplicate of train0.jsonl:4 (")
     assert moves == {order["train1.jsonl", 1]: "eval"}, "the correction takes the test slot"
     assert _on_driver(rows.iloc[:0], DedupSpec(), precedence) == ({}, {})
+    assert _on_driver(pd.DataFrame(), DedupSpec(), {}) == ({}, {}), "no rows: no columns"
