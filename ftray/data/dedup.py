@@ -4,7 +4,9 @@ Exact: records grouped by their normalised-text hash. Conflict: records grouped 
 normalised prompt (the chat before the answer, system prompt included); one completion per
 prompt survives. Near: MinHash signatures cut into LSH bands; records sharing a band bucket
 are candidates, confirmed by estimated Jaccard similarity. All are Ray Data shuffles by key,
-so the work spreads over the cluster.
+so the work spreads over the cluster. Up to `dedup.driver_max_records` records the driver runs
+the same rules on one pandas frame instead: the per-block functions below see every group
+whole either way, so the verdicts are the same, without a dozen Ray Data stages of fixed cost.
 
 Which record survives: the one whose source has the higher `precedence`; at equal
 precedence, of duplicates the first (by source order: training sources before eval before
@@ -26,6 +28,8 @@ from ftray.spec import DedupSpec
 # members with its first MAX_BUCKET records only, to keep the work linear.
 MAX_BUCKET = 256
 _COLUMNS = ["order", "origin", "source", "row", "precedence"]
+# The columns of the checked records dedup reads.
+_INPUT = [*_COLUMNS[:-1], "exact_key", "band_keys", "signature", "messages", "completion"]
 _HELD_OUT = {"eval": 0, "validation": 1, "train": 2}  # rank: the most held-out split first
 
 
@@ -41,11 +45,12 @@ def find_duplicates(
     (`map_groups`) cost 145 s of 245 s at 100k records, most groups being singletons. One
     partition per 10k input rows (4 to 200).
     """
+    if num_rows <= spec.driver_max_records:
+        return _on_driver(passing.select_columns(_INPUT).to_pandas(), spec, precedence)
     parts = max(4, min(200, num_rows // 10_000))
     drops: dict[int, tuple[str, str]] = {}
-    columns = [*_COLUMNS[:-1], "exact_key", "band_keys", "signature", "messages", "completion"]
     keyed = (
-        passing.select_columns(columns)
+        passing.select_columns(_INPUT)
         .map_batches(_add_keys, fn_kwargs={"precedence": precedence}, batch_format="pandas")
         .materialize()
     )
@@ -87,8 +92,13 @@ def _conflicts(keyed, dropped: set[int], parts: int) -> tuple[dict, dict[int, st
         rows = rows.map_batches(
             _without, fn_kwargs={"orders": sorted(dropped)}, batch_format="pandas"
         )
+    return _conflict_outcomes(_by_key(rows, "prompt_key", parts, _conflict_block).iter_rows())
+
+
+def _conflict_outcomes(losers) -> tuple[dict, dict[int, str]]:
+    """(drops, moves) from the rows `_conflict_block` returns."""
     drops, moves = {}, {}
-    for row in _by_key(rows, "prompt_key", parts, _conflict_block).iter_rows():
+    for row in losers:
         drops[int(row["order"])] = _conflict_verdict(row)
         if row["winner_split"] != row["match_origin"]:
             moves[int(row["match_order"])] = row["winner_split"]
@@ -161,8 +171,50 @@ def _near_drops(matches, dropped: set[int], lost: set[int]) -> dict[int, tuple[s
     and `similarity`), in one process: what `_near` computes over the cluster."""
     import pandas as pd
 
-    losers = _near_losers(pd.DataFrame(list(matches)), sorted(dropped), sorted(lost))
+    matches = pd.DataFrame(matches)
+    if matches.empty:
+        return {}
+    losers = _near_losers(matches, sorted(dropped), sorted(lost))
     return _collect([_verdicts(_best_match(losers))])
+
+
+def _on_driver(rows, spec: DedupSpec, precedence: dict[str, int]):
+    """`find_duplicates` on a pandas frame of the passing records (`_INPUT` columns), in this
+    process: each rule's block function applied to all the rows, one block holding every
+    group, as the shuffles would give them."""
+    import pandas as pd
+
+    drops: dict[int, tuple[str, str]] = {}
+    if rows.empty:  # Ray Data gives no columns for no rows
+        return drops, {}
+    keyed = _add_keys(rows, precedence)
+    if spec.exact:
+        drops.update(_collect([_verdicts(_exact_block(keyed[[*_COLUMNS, "exact_key"]]))]))
+    lost: dict[int, tuple[str, str]] = {}
+    moves: dict[int, str] = {}
+    if spec.conflicts:
+        rows = _without(keyed[[*_COLUMNS, "prompt_key", "completion_key"]], sorted(drops))
+        lost, moves = _conflict_outcomes(_conflict_block(rows).to_dict("records"))
+        drops.update(lost)
+    if not spec.near:
+        return drops, moves
+    exploded = pd.DataFrame(
+        [
+            pair
+            for row in keyed[["order", "band_keys"]].to_dict("records")
+            for pair in _explode(row)
+        ],
+        columns=["order", "band_key"],
+    )
+    pairs = _distinct_pairs(_pairs_block(exploded))
+    records = keyed[[*_COLUMNS, "signature"]]
+    for side in ("later", "earlier"):
+        renamed = records.rename(columns={c: f"{side}_{c}" for c in [*_COLUMNS, "signature"]})
+        pairs = pairs.merge(renamed, left_on=side, right_on=f"{side}_order")
+        pairs = pairs.drop(columns=[f"{side}_order"])  # the join keeps the left key only
+    matches = _similar_block(pairs, spec.threshold)
+    drops.update(_near_drops(matches, set(drops), set(lost)))
+    return drops, moves
 
 
 def _near_losers(block, dropped: list[int], lost: list[int]):

@@ -88,12 +88,14 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
         for f in files
         for s in [scans.get(f.path)]
     ]
-    # 'latest' means the index of today: the resolved id is part of the dataset's identity
+    # 'latest' means the index of today: the resolved id is part of the dataset's identity;
+    # where dedup runs does not change what it finds: not part of it
     index_id = _index_id(data, store)
+    rules = data.model_dump(mode="json", exclude={"dedup": {"driver_max_records"}})
     dataset_id = content_id(
         "ds",
         digests,
-        data.model_dump(mode="json"),
+        rules,
         model.model_dump(mode="json"),
         PREPARE_VERSION,
         *([index_id] if index_id else []),

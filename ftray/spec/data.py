@@ -47,7 +47,8 @@ class PreferenceSpec(_Section):
 
 
 class DedupSpec(_Section):
-    """Duplicate removal: exact (normalised text) and near (MinHash + LSH), both distributed."""
+    """Duplicate removal: exact (normalised text) and near (MinHash + LSH), distributed on
+    large data."""
 
     exact: bool = Field(default=True, description="Drop records whose normalised text repeats.")
     near: bool = Field(default=True, description="Drop near-duplicates (MinHash + LSH).")
@@ -67,6 +68,13 @@ class DedupSpec(_Section):
     )
     num_perm: int = Field(default=128, ge=16, le=1024, description="MinHash permutations.")
     shingle: int = Field(default=5, ge=2, le=20, description="Characters per shingle.")
+    driver_max_records: int = Field(
+        default=10_000,
+        ge=0,
+        description="Up to this many records (lines read) dedup runs in the driver process, "
+        "with the same verdicts: on small data the Ray Data shuffles by key cost seconds each "
+        "of fixed time. Above it, every rule is a distributed shuffle. 0: always distributed.",
+    )
 
 
 class PiiSpec(_Section):

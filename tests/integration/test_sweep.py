@@ -1,4 +1,4 @@
-"""`ftray sweep` on the session's local Ray: an interrupted 3-trial ASHA sweep resumes, and
+"""`ftray sweep` on the session's local Ray: an interrupted 2-trial ASHA sweep resumes, and
 ranks its trials on the task metric measured on the validation split."""
 
 from __future__ import annotations
@@ -8,13 +8,15 @@ import json
 from tests.conftest import cli
 
 
-def test_interrupted_asha_sweep_resumes_and_ranks_its_trials(ray_address, tmp_path):
+def test_interrupted_asha_sweep_resumes_and_ranks_its_trials(ray_address, tiny_store):
     """Every trial's worker dies after step 3 with no restarts allowed, so the first
     command ends with errored trials; the second resumes them from their step-2
     checkpoints instead of starting over, and the leaderboard ranks the finished ones."""
-    # 3 of the job's 4 trials: every trial start is a Ray Train worker group, the test's cost
-    args = ["sweep", "jobs/tiny-sweep.yaml", "--set", f"storage={tmp_path}"]
-    args += ["--set", "sweep.num_samples=3"]
+    # tiny_store holds jobs/tiny.yaml's dataset, the sweep job's too (same data and model)
+    # 2 of the job's 4 trials: every trial start is a Ray Train worker group, the test's cost
+    # (two are enough to resume more than one errored trial and to rank them)
+    args = ["sweep", "jobs/tiny-sweep.yaml", "--set", f"storage={tiny_store}"]
+    args += ["--set", "sweep.num_samples=2"]
     first = cli(
         ray_address,
         *args,
@@ -24,7 +26,8 @@ def test_interrupted_asha_sweep_resumes_and_ranks_its_trials(ray_address, tmp_pa
         env={"FTRAY_INJECT_FAULT": "3"},
     )
     assert first.returncode != 0, first.stdout
-    sweeps = tmp_path / "tiny" / "sweeps"
+    assert "reused dataset" in first.stdout, first.stdout
+    sweeps = tiny_store / "tiny" / "sweeps"
     (sweep_dir,) = [p for p in sweeps.iterdir() if p.is_dir()]
     assert not (sweep_dir / "manifest.json").exists()
     killed = sorted(p.parent.parent.name for p in sweep_dir.glob("trials/*/*/fault-injected.txt"))
@@ -34,7 +37,7 @@ def test_interrupted_asha_sweep_resumes_and_ranks_its_trials(ray_address, tmp_pa
     done = cli(ray_address, *args, "--set", "train.max_failures=0")
     manifest = json.loads((sweep_dir / "manifest.json").read_text())
     board = manifest["leaderboard"]
-    assert len(board) == 3
+    assert len(board) == 2
     assert {row["status"] for row in board} <= {"finished", "stopped by ASHA", "error"}
     finished = [row for row in board if row["run_id"]]
     assert finished and manifest["winner"] == finished[0]
@@ -45,7 +48,7 @@ def test_interrupted_asha_sweep_resumes_and_ranks_its_trials(ray_address, tmp_pa
     assert len({tuple(row["run_folder"]) for row in finished}) == len(finished)
     for row in finished:
         run = json.loads(
-            (tmp_path / "tiny" / "/".join(row["run_folder"]) / "manifest.json").read_text()
+            (tiny_store / "tiny" / "/".join(row["run_folder"]) / "manifest.json").read_text()
         )
         assert run["trial"]["trial_id"] == row["trial_id"] == row["run_folder"][3]
         assert run["trial"]["params"] == row["params"]

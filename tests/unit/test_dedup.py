@@ -1,6 +1,7 @@
 """Which record survives a conflict (same prompt, another completion) or a duplicate: the
 per-partition blocks and the near-duplicate verdicts, on plain pandas (prepare runs them
-inside Ray Data; tests/integration/test_prepare.py runs them there through `ftray prepare`)."""
+inside Ray Data on large data, on the driver on small data; tests/integration/test_prepare.py
+runs both through `ftray prepare`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import json
 import pandas as pd
 
 from ftray.data.checks import exact_key, prompt_key
-from ftray.data.dedup import _conflict_block, _exact_block, _near_drops
+from ftray.data.dedup import _conflict_block, _exact_block, _near_drops, _on_driver
 from ftray.data.sources import record_order
+from ftray.spec.data import DedupSpec
 
 
 def _chat(prompt: str, system: str | None = None) -> str:
@@ -142,3 +144,66 @@ def test_near_duplicates_keep_the_higher_precedence_and_leave_conflicts_alone():
         ),
     }
     assert record_order(*fix[:3]) not in drops, "a correction never loses to what it corrects"
+
+
+def _checked(*records) -> pd.DataFrame:
+    """(origin, file index, row, precedence, prompt, completion) → the checked records' columns
+    dedup reads, keyed as `CheckRecords` keys them; and the precedence per source."""
+    from ftray.data.checks import band_keys, lsh_bands, minhash
+
+    spec = DedupSpec()
+    rows, precedence = [], {}
+    for origin, index, row, rank, prompt, completion in records:
+        text = f"{prompt}\n{completion}"
+        signature = minhash(text, spec.num_perm, spec.shingle)
+        source = f"{origin}{index}.jsonl"
+        precedence[source] = rank
+        rows.append(
+            {
+                "order": record_order(origin, index, row),
+                "origin": origin,
+                "source": source,
+                "row": row,
+                "exact_key": exact_key(text),
+                "band_keys": band_keys(signature, *lsh_bands(spec.num_perm, spec.threshold)),
+                "signature": signature.tobytes(),
+                "messages": _chat(prompt),
+                "completion": completion,
+            }
+        )
+    return pd.DataFrame(rows), precedence
+
+
+def test_small_data_is_deduplicated_on_the_driver_by_every_rule():
+    """What prepare runs below `dedup.driver_max_records`: the same block functions over one
+    frame give each rule's verdict (test_prepare checks them through Ray Data too)."""
+    near = "How long does it take for a new card to arrive in the post?"
+    rows, precedence = _checked(
+        ("train", 0, 1, 0, SKY, "blue"),
+        ("train", 0, 2, 0, SKY.upper(), "blue"),  # the same text
+        ("train", 0, 3, 0, "twice", "a"),
+        ("train", 1, 1, 1, "twice", "b"),  # a correction, of a test example too
+        ("eval", 2, 1, 0, "twice", "c"),
+        ("train", 0, 4, 0, near, "card_arrival"),
+        ("train", 0, 5, 0, near + " please", "card_arrival"),  # near the line before
+        ("eval", 2, 2, 0, near + " now", "card_arrival"),  # near a training line: a leak
+        ("train", 0, 6, 0, "nothing like the others at all", "x"),
+    )
+    drops, moves = _on_driver(rows, DedupSpec(), precedence)
+    order = {(r["source"], r["row"]): r["order"] for r in rows.to_dict("records")}
+    assert {
+        (source, row): drops[order[source, row]][0]
+        for source, row in order
+        if order[source, row] in drops
+    } == {
+        ("train0.jsonl", 2): "duplicate",
+        ("train0.jsonl", 3): "conflict",
+        ("eval2.jsonl", 1): "conflict",
+        ("train0.jsonl", 5): "near_duplicate",
+        ("eval2.jsonl", 2): "leakage",
+    }
+    assert drops[order["train0.jsonl", 2]][1] == "same text as train0.jsonl:1"
+    assert drops[order["train0.jsonl", 5]][1].startswith("near-duplicate of train0.jsonl:4 (")
+    assert moves == {order["train1.jsonl", 1]: "eval"}, "the correction takes the test slot"
+    assert _on_driver(rows.iloc[:0], DedupSpec(), precedence) == ({}, {})
+    assert _on_driver(pd.DataFrame(), DedupSpec(), {}) == ({}, {}), "no rows: no columns"
