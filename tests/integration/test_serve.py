@@ -46,25 +46,10 @@ def registry_store(tmp_path_factory):
     (root / "unused.csv").write_text("prompt,completion\nhi,hello\n")  # the spec must name data
     store = Store(str(root / "store"), "serving")
     model_dir = resolve_model(ModelSpec(base="tiny"), store)
-    ids = []
-    for seed in (1, 2, 3):
-        folder = random_adapter(model_dir, root / f"adapter-{seed}", seed)
-        card = registry.register(
-            store,
-            run_id=f"run-{seed}",
-            weights_uri=folder,
-            kind="adapter",
-            dataset_id="ds",
-            eval_id=f"eval-{seed}",
-            metrics={},
-            gate={"passed": True, "rules": []},
-            spec_hash="0" * 64,
-            base_model="tiny",
-            system_prompt=SYSTEM,
-            # as the job's defaults serve it (the quantized replica below warns)
-            serving={"quantization": "none", "bitsandbytes": None, "dtype": "auto"},
-        )
-        ids.append(card["model_id"])
+    ids = [
+        _register(store, random_adapter(model_dir, root / f"adapter-{seed}", seed), str(seed))
+        for seed in (1, 2, 3)
+    ]
     registry.promote(store, ids[1], reason="test")
     (root / "docs").mkdir()
     for name, text in DOCS.items():
@@ -92,6 +77,25 @@ def registry_store(tmp_path_factory):
     path = root / "serve.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path, spec, store, model_dir, ids
+
+
+def _register(store: Store, folder: str, name: str, dataset_id: str = "ds") -> str:
+    """Register the adapter in `folder` (gate passed) as run `run-<name>`; its model id."""
+    return registry.register(
+        store,
+        run_id=f"run-{name}",
+        weights_uri=folder,
+        kind="adapter",
+        dataset_id=dataset_id,
+        eval_id=f"eval-{name}",
+        metrics={},
+        gate={"passed": True, "rules": []},
+        spec_hash="0" * 64,
+        base_model="tiny",
+        system_prompt=SYSTEM,
+        # as the job's defaults serve it (the quantized replica below warns)
+        serving={"quantization": "none", "bitsandbytes": None, "dtype": "auto"},
+    )["model_id"]
 
 
 def _start(ray_address, path, *overrides):
@@ -454,20 +458,7 @@ def test_an_automatic_canary_that_fails_is_rolled_back(served, registry_store, t
     path, _, store, model_dir, (_, production, _) = registry_store
     folder = random_adapter(model_dir, tmp_path / "broken", 9)
     (tmp_path / "broken" / "adapter_model.safetensors").write_bytes(b"not weights")
-    broken = registry.register(
-        store,
-        run_id="run-broken",
-        weights_uri=folder,
-        kind="adapter",
-        dataset_id="ds",
-        eval_id="eval-broken",
-        metrics={},
-        gate={"passed": True, "rules": []},
-        spec_hash="0" * 64,
-        base_model="tiny",
-        system_prompt=SYSTEM,
-        serving={"quantization": "none", "bitsandbytes": None, "dtype": "auto"},
-    )["model_id"]
+    broken = _register(store, folder, "broken")
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
 
     def ask(user: str) -> str:
@@ -504,20 +495,7 @@ def test_a_model_trained_with_retrieval_answers_with_sources_from_the_latest_ind
     run_cli("index", str(path))
     (first,) = (m["index_id"] for m in store.manifests("indexes"))
     store.finish({"retrieval": {"index_id": first, "k": 1}}, "datasets", "ds-rag")
-    rag = registry.register(
-        store,
-        run_id="run-rag",
-        weights_uri=random_adapter(model_dir, tmp_path / "rag", 4),
-        kind="adapter",
-        dataset_id="ds-rag",
-        eval_id="eval-rag",
-        metrics={},
-        gate={"passed": True, "rules": []},
-        spec_hash="0" * 64,
-        base_model="tiny",
-        system_prompt=SYSTEM,
-        serving={"quantization": "none", "bitsandbytes": None, "dtype": "auto"},
-    )["model_id"]
+    rag = _register(store, random_adapter(model_dir, tmp_path / "rag", 4), "rag", "ds-rag")
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
     question = [{"role": "user", "content": "How much does a replacement card cost?"}]
 
