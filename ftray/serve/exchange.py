@@ -134,7 +134,7 @@ class ExchangeLog:
             "output": clean(body.output) or known.get("output"),
         }
         stored = await asyncio.to_thread(store_feedback, self.store, record)
-        model = str(known.get("model") or body.model or "unknown")
+        model = str(record["model"] or "unknown")
         self.metrics.feedback(model, body.rating, body.flag, bool(body.correction))
         split = bool(known.get("split"))
         self.online.feedback(model, split, body.rating, body.flag, bool(body.correction))
