@@ -14,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -32,6 +33,7 @@ MANIFEST = "manifest.json"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=-]{0,199}")
 _EVENT = re.compile(r"(\d{12})\.json")
 _APPEND_ATTEMPTS = 50
+_CREATE_LOCK = threading.Lock()  # see _create_new
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -131,7 +133,9 @@ def _create_new(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
     Locally the whole file is written under a temp name and hard-linked into place, which
     fails atomically when the name exists. Elsewhere it is the driver's exclusive create
     (`pipe_file(mode="create")`): atomic where the driver implements it with a conditional
-    write, otherwise an existence check just before the write (best effort).
+    write, otherwise an existence check just before the write. That check runs under a
+    process-wide lock, so threads of one process never both win a name on any driver
+    (`memory://` included); across processes it is best effort on such drivers.
     """
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     if isinstance(fs, LocalFileSystem):
@@ -152,7 +156,8 @@ def _create_new(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
             os.unlink(tmp)
         return True
     try:
-        fs.pipe_file(path, data, mode="create")
+        with _CREATE_LOCK:
+            fs.pipe_file(path, data, mode="create")
     except FileExistsError:
         return False
     return True
