@@ -56,6 +56,12 @@ class LoopConfig(_Frozen):
     trial: dict | None = Field(default=None, description="sweep_id, trial_id, params.")
     probe: ProbeConfig | None = None
     fault: FaultConfig | None = None
+    cache_validation: bool = Field(
+        default=False,
+        description="Keep the validation shard's batches in worker memory after the first "
+        "evaluation (set when the split is small): later evaluations skip Ray Data's pipeline "
+        "start (seconds each on a small split).",
+    )
 
     @property
     def score_attribute(self) -> tuple[str, str]:

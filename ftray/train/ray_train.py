@@ -31,6 +31,7 @@ from ftray.train.tracking import wandb_settings
 from ftray.train.warm import parent_weights, pin_parent
 
 TRAIN_VERSION = 3  # 3: checkpoints chosen on the validation split
+_VALIDATION_CACHE_BYTES = 256 * 2**20  # see _validation_bytes
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,17 @@ def _loop_config(spec, model, dataset, store, run, wandb, project, trial) -> Loo
         trial=trial.record() if trial else None,
         probe=_probe(trial.probe, dataset) if trial and trial.probe else None,
         fault=_fault_injection(store, run, spec.scaling.num_workers),
+        cache_validation=_validation_bytes(dataset, spec) <= _VALIDATION_CACHE_BYTES,
     )
+
+
+def _validation_bytes(dataset: DatasetRef, spec: TrainSpec) -> int:
+    """An upper bound on the validation split's token arrays in memory, across workers: every
+    row at `max_seq_len`, 8 bytes a token, per column. Decided on the driver, so every worker
+    caches or none does (a worker that re-reads its shard alone would wait for the others)."""
+    columns = len(PAIR_COLUMNS) if spec.method == "dpo" else 2
+    rows = dataset.manifest["counts"]["validation"]
+    return rows * dataset.manifest["spec"]["max_seq_len"] * columns * 8
 
 
 def _probe(settings: dict, dataset: DatasetRef) -> ProbeConfig:
@@ -306,10 +317,13 @@ def _fault_injection(store: Store, run: tuple[str, ...], workers: int) -> FaultC
 class _RayContext:
     """`WorkerContext` over Ray Train: rank, dataset shards, DDP, checkpoint reports."""
 
-    def __init__(self):
+    def __init__(self, cache_validation: bool = False):
         import ray
         import ray.train
         import ray.train.torch
+
+        self._cache_validation = cache_validation
+        self._validation: dict[int, list[dict]] = {}  # batch size -> this shard's batches
 
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
@@ -318,6 +332,13 @@ class _RayContext:
         self.device = ray.train.torch.get_device()
 
     def batches(self, split: str, batch_size: int, epoch: int) -> Iterator[dict]:
+        if split == "validation" and self._cache_validation:
+            if batch_size not in self._validation:
+                self._validation[batch_size] = list(self._read(split, batch_size, epoch))
+            return iter(self._validation[batch_size])
+        return self._read(split, batch_size, epoch)
+
+    def _read(self, split: str, batch_size: int, epoch: int) -> Iterator[dict]:
         import ray.train
 
         shard = ray.train.get_dataset_shard(split)
@@ -356,4 +377,5 @@ class _RayContext:
 def _ray_worker(config: dict) -> dict:
     """The loop on a Ray Train worker; its final metrics reach the driver as the result's
     `return_value`."""
-    return train_loop(LoopConfig.model_validate(config), _RayContext())
+    loop = LoopConfig.model_validate(config)
+    return train_loop(loop, _RayContext(cache_validation=loop.cache_validation))

@@ -380,3 +380,34 @@ def test_the_training_model_runs_the_spec_attention_kernel(tiny_dir, tmp_path, m
     for attention in ("eager", "sdpa"):
         engine = build_engine(_spec(method=method), tiny_dir, "float32", ctx, 1, None, attention)
         assert engine.module.config._attn_implementation == attention
+
+
+def test_a_small_validation_split_is_read_once_per_worker_and_a_large_one_every_time():
+    from types import SimpleNamespace
+
+    from ftray.spec import TrainSpec
+    from ftray.train.ray_train import _VALIDATION_CACHE_BYTES, _RayContext, _validation_bytes
+
+    reads = []
+
+    def read(split, batch_size, epoch):
+        reads.append(split)
+        yield {"input_ids": [[1, 2]], "labels": [[1, 2]]}
+
+    for cache, want in ((True, ["validation"]), (False, ["validation"] * 3)):
+        reads.clear()
+        ctx = object.__new__(_RayContext)
+        ctx._cache_validation, ctx._validation, ctx._read = cache, {}, read
+        passes = [list(ctx.batches("validation", 4, 0)) for _ in range(3)]
+        assert passes[0] == passes[1] == passes[2] == [{"input_ids": [[1, 2]], "labels": [[1, 2]]}]
+        list(ctx.batches("train", 4, 0)), list(ctx.batches("train", 4, 1))  # never cached
+        assert reads == [*want, "train", "train"]
+
+    def dataset(rows):
+        return SimpleNamespace(
+            manifest={"counts": {"validation": rows}, "spec": {"max_seq_len": 2048}}
+        )
+
+    lora = TrainSpec()
+    assert _validation_bytes(dataset(1_000), lora) <= _VALIDATION_CACHE_BYTES  # 33 MB
+    assert _validation_bytes(dataset(100_000), lora) > _VALIDATION_CACHE_BYTES  # 3.3 GB
