@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import cli
 
 
@@ -15,12 +17,14 @@ def _run_manifest(store: Path) -> dict:
     return json.loads((runs[0] / "manifest.json").read_text())
 
 
+def _killed_at_step_3(ray_address, store: Path):
+    args = ["train", "jobs/tiny.yaml", "--set", f"storage={store}", "--set", "train.eval_every=2"]
+    return args, cli(ray_address, *args, env={"FTRAY_INJECT_FAULT": "3"})
+
+
 def test_killed_worker_resumes_from_the_last_checkpoint(ray_address, tiny_store):
-    """Rank 1 dies after step 3; Ray Train restarts both workers from step 2's checkpoint.
-    Then the same run with the base partitioned (`train.sharding: zero3`)."""
-    args = ["train", "jobs/tiny.yaml", "--set", f"storage={tiny_store}"]
-    args += ["--set", "train.eval_every=2"]
-    done = cli(ray_address, *args, env={"FTRAY_INJECT_FAULT": "3"})
+    """Rank 1 dies after step 3; Ray Train restarts both workers from step 2's checkpoint."""
+    _, done = _killed_at_step_3(ray_address, tiny_store)
     manifest = _run_manifest(tiny_store)
     run_dir = tiny_store / "tiny" / "runs" / manifest["run_id"]
     assert (run_dir / "fault-injected.txt").is_file(), "the fault fired"
@@ -43,18 +47,22 @@ def test_killed_worker_resumes_from_the_last_checkpoint(ray_address, tiny_store)
     for key in (b"train/loss", b"train/tokens_per_s", b"train/lr", b"validation/loss"):
         assert key in records, key
 
-    _lora_under_zero3_matches_ddp(ray_address, tiny_store, args, manifest)
 
-
-def _lora_under_zero3_matches_ddp(ray_address, store: Path, args: list, ddp: dict) -> None:
-    """LoRA on a ZeRO-3 partitioned base, killed and resumed as the DDP run `ddp` was,
-    follows its losses and leaves a plain peft adapter that loads onto the base."""
+# Slow tier (`make test-slow`): its parts are in `make test` elsewhere: the killed and resumed
+# DDP run above, ZeRO-3 checkpoints consolidated and warm-started in tests/unit.
+@pytest.mark.slow
+def test_lora_under_zero3_killed_and_resumed_matches_ddp(ray_address, tiny_store):
+    """LoRA on a ZeRO-3 partitioned base (`train.sharding: zero3`), killed and resumed as the
+    DDP run was, follows its losses and leaves a plain peft adapter that loads onto the base."""
     import torch
     from peft import PeftModel
     from safetensors.torch import load_file
 
     from ftray.models import load_model
 
+    store = tiny_store
+    args, _ = _killed_at_step_3(ray_address, store)
+    ddp = _run_manifest(store)
     args = [*args, "--set", "train.sharding=zero3", "--set", "wandb.mode=disabled"]
     cli(ray_address, *args, env={"FTRAY_INJECT_FAULT": "3"})
     (zero3,) = [
