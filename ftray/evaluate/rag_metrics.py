@@ -15,6 +15,7 @@ import re
 import numpy as np
 
 from ftray.data.retrieval import is_gold
+from ftray.evaluate.metrics import exact_match
 from ftray.evaluate.score import Task, score_one
 from ftray.rag.context import Chunk
 
@@ -174,15 +175,28 @@ def retrieval_arms(with_context, without_context, task: Task, prepared: dict) ->
     }
 
 
+def format_compliance(answer: str, reference: str) -> bool:
+    """Whether an answer keeps to the reference's form: one line of at most twice the
+    reference's words plus one (the value, perhaps with its unit or a short lead-in, not a
+    paragraph around it or a run-on that never stops)."""
+    return "\n" not in answer.strip() and len(answer.split()) <= 2 * len(reference.split()) + 1
+
+
 def _scores(table, arm: str, task: Task) -> dict:
-    """One arm's primary metric (as `ftray eval` scores it), prompt tokens and latency."""
+    """One arm's primary metric (as `ftray eval` scores it), exact match, format compliance,
+    prompt tokens and latency."""
     alone = table.copy()
     for column in ("output", "confidence", "bertscore"):
         if f"{arm}_{column}" in table:
             alone[f"base_{column}"] = table[f"{arm}_{column}"]
     score = score_one(alone, task, [task.primary])[task.primary]
+    outputs, references = list(table[f"{arm}_output"]), list(table["completion"])
     return {
         "score": None if score is None else round(float(score), 4),
+        "exact_match": round(float(np.mean(exact_match(outputs, references))), 4),
+        "format_compliance": round(
+            float(np.mean(list(map(format_compliance, outputs, references)))), 4
+        ),
         "prompt_tokens": round(float(np.mean(table[f"{arm}_prompt_tokens"])), 1),
         "latency_s": round(float(np.mean(table[f"{arm}_latency_s"])), 4),
     }

@@ -237,11 +237,12 @@ def _blocks(manifest: dict, plots: dict, examples: list[dict], human: dict | Non
 
 def _retrieval(retrieval: dict) -> list:
     """The arms asked with and without retrieved context, side by side."""
-    head = ["arm", retrieval["metric"], "groundedness", "citation accuracy"]
-    head += ["prompt tokens", "latency (ms)"]
+    keys = ("score", "exact_match", "format_compliance", "groundedness", "citation_accuracy")
+    head = ["arm", retrieval["metric"], "exact match", "format compliance", "groundedness"]
+    head += ["citation accuracy", "prompt tokens", "latency (ms)"]
     rows = [
         [name]
-        + [_number(row.get(key)) for key in ("score", "groundedness", "citation_accuracy")]
+        + [_number(row.get(key)) for key in keys]
         + [f"{row['prompt_tokens']:.1f}", f"{row['latency_s'] * 1000:.3g}"]
         for name, row in retrieval["arms"].items()
     ]

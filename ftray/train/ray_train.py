@@ -329,7 +329,7 @@ class _RayContext:
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.node_id = ray.get_runtime_context().get_node_id()
-        self.device = ray.train.torch.get_device()
+        self.device = str(ray.train.torch.get_device())  # "cpu", "cuda:0"
 
     def batches(self, split: str, batch_size: int, epoch: int) -> Iterator[dict]:
         if split == "validation" and self._cache_validation:

@@ -390,7 +390,10 @@ def test_the_retrieval_arms_are_reported_side_by_side(tmp_path):
         "arms": {
             "candidate+retrieval": {**arm, "groundedness": 0.8, "citation_accuracy": None},
             "incumbent+retrieval": {**arm, "groundedness": 0.4, "citation_accuracy": 1.0},
-            "candidate": {"score": 0.25, "prompt_tokens": 30.0, "latency_s": 0.05},
+            "candidate": {
+                **{"score": 0.25, "exact_match": 0.1, "format_compliance": 0.9},
+                **{"prompt_tokens": 30.0, "latency_s": 0.05},
+            },
         },
     }
     manifest = {
@@ -405,4 +408,4 @@ def test_the_retrieval_arms_are_reported_side_by_side(tmp_path):
     write_report(manifest, table, TASK, store, "eval-g", worst=3)
     text = (tmp_path / "proj" / "evals" / "eval-g" / "report.md").read_text()
     assert "## Retrieval" in text and "index idx-1 (gold recall@k 0.7500)" in text
-    assert "| candidate | 0.2500 | n/a | n/a | 30.0 | 50 |" in text
+    assert "| candidate | 0.2500 | 0.1000 | 0.9000 | n/a | n/a | 30.0 | 50 |" in text

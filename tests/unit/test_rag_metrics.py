@@ -11,6 +11,7 @@ import pytest
 from ftray.evaluate.rag_metrics import (
     citation_accuracy,
     content_tokens,
+    format_compliance,
     groundedness,
     retrieval_arms,
     retrieval_recall_at_k,
@@ -80,6 +81,16 @@ def test_retrieval_arms_score_each_arm_with_and_without_context():
     )
     assert "groundedness" not in arms["candidate"]
     assert (found["metric"], found["gold_recall_at_k"]) == ("rouge_l", 1.0)
+    assert [arms[a]["exact_match"] for a in arms] == [0.5, 0.0, 0.0]
+    assert [arms[a]["format_compliance"] for a in arms] == [1.0, 1.0, 1.0]
+
+
+def test_format_compliance_is_one_line_of_at_most_twice_the_references_words():
+    assert format_compliance("4.50 QB$", "4.50 QB$")
+    assert format_compliance("It costs 4.50 QB$", "4.50 QB$")  # 4 words <= 2 * 2 + 1
+    assert not format_compliance("A replacement card costs 4.50 QB$ here", "4.50 QB$")
+    assert not format_compliance("4.50 QB$\nAnything else?", "4.50 QB$")
+    assert format_compliance("  4.50 QB$\n", "4.50 QB$")  # surrounding whitespace is fine
 
 
 def test_evaluate_asks_with_the_chunks_and_keeps_the_question_alone(tmp_path):
