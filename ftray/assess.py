@@ -23,6 +23,7 @@ Three questions, answered into one artifact (`assessments/<id>/manifest.json`):
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 
@@ -56,9 +57,11 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
     """Score the base model, count the data, estimate each method; write the verdict."""
     settings = spec.assess
     generation = {"max_new_tokens": spec.eval.max_new_tokens, "serving": serving_config(spec)}
+    index_id = _index_to_try(spec, dataset, store)
     assess_id = content_id(
         "assess",
         dataset.id,
+        index_id,
         spec.model.model_dump(mode="json"),
         settings.model_dump(mode="json"),
         spec.train.model_dump(mode="json"),
@@ -79,7 +82,7 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
         )
     baseline = requests = None
     if usable >= settings.min_examples:
-        baseline = _baseline(spec, dataset, store, progress)
+        baseline = _baseline(spec, dataset, store, progress, index_id)
         requests = baseline.pop("requests")
     decision = decide(usable, baseline, spec)
     if decision == TOO_LITTLE:
@@ -89,13 +92,23 @@ def assess(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress)
             f"{settings.min_examples}: add data (see the dataset's quarantine for what was "
             "rejected) or lower assess.min_examples",
         )
-    elif decision == DONT:
+    elif decision == DONT and _meets_target(baseline, spec) == "plain":
         assert baseline is not None  # `decide` says DONT only on a measured baseline
         reasons.insert(
             0,
             f"the prompted base model already scores {baseline['metric']} "
             f"{baseline['score']:.3f}, at or above assess.target {settings.target:g}: ship the "
             "prompt, not a fine-tune",
+        )
+    elif decision == DONT:
+        assert baseline is not None and baseline["retrieval"]
+        rag = baseline["retrieval"]
+        reasons.insert(
+            0,
+            f"with {rag['k']} retrieved chunks (index {rag['index_id']}) the prompted base "
+            f"model already scores {rag['metric']} {rag['score']:.3f}, at or above assess.target "
+            f"{settings.target:g}: ship the prompt with retrieval (serve.retrieval.base_k: "
+            f"{rag['k']}), not a fine-tune",
         )
     else:
         score = (baseline or {}).get("score")
@@ -138,13 +151,34 @@ def decide(usable: int, baseline: dict | None, spec: JobSpec) -> str:
     """The verdict from the data count and the base model's score."""
     if usable < spec.assess.min_examples:
         return TOO_LITTLE
-    score = baseline["score"] if baseline is not None else None
-    if score is not None and score >= spec.assess.target:
-        return DONT
-    return FINE_TUNE
+    return DONT if _meets_target(baseline, spec) else FINE_TUNE
 
 
-def _baseline(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) -> dict:
+def _meets_target(baseline: dict | None, spec: JobSpec) -> str | None:
+    """Which prompted base arm reaches assess.target: 'plain', 'retrieval' (the base model
+    asked with retrieved context) or None."""
+    rag = (baseline or {}).get("retrieval") or {}
+    for arm, score in (("plain", (baseline or {}).get("score")), ("retrieval", rag.get("score"))):
+        if score is not None and score >= spec.assess.target:
+            return arm
+    return None
+
+
+def _index_to_try(spec: JobSpec, dataset: DatasetRef, store: Store) -> str | None:
+    """The index the base + retrieval arm searches itself: the newest one of a job with an
+    `index:` section whose dataset was prepared without data.retrieval (with it, the
+    dataset's own chunks are used); None when there is none."""
+    if spec.index is None or dataset.manifest.get("retrieval") or not spec.assess.retrieval_k:
+        return None
+    from ftray.rag.index import INDEXES
+
+    finished = store.manifests(INDEXES)
+    return finished[-1]["index_id"] if finished else None
+
+
+def _baseline(
+    spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress, index_id: str | None
+) -> dict:
     import ray.data
 
     columns = ["source", "row", "prompt", "completion", "messages"]
@@ -153,6 +187,8 @@ def _baseline(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progre
     columns += ["context"] if retrieval else []
     examples = ray.data.read_parquet(f"{dataset.uri}/eval").select_columns(columns)
     examples = examples.limit(spec.assess.max_examples)
+    if index_id is not None:  # the job's index, searched here for the base + retrieval arm
+        examples, retrieval = _retrieved(examples, spec, store, index_id)
     shots = _few_shot(dataset, spec.assess.few_shot)
     task = _task(spec)
     progress.note(
@@ -182,7 +218,7 @@ def _baseline(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progre
     # The tuned model is asked without examples (with its chunks, when it is trained with
     # retrieval) and answers like the references.
     tokenizer = load_tokenizer(model_dir, spec.model.chat_template)
-    contexts = table["context"] if retrieval else ["[]"] * len(table)
+    contexts = table["context"] if retrieval and index_id is None else ["[]"] * len(table)
     tuned_prompt = [
         len(tokenizer(render_prompt(tokenizer, chat), add_special_tokens=False).input_ids)
         for m, context in zip(table["messages"], contexts, strict=True)
@@ -199,7 +235,7 @@ def _baseline(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progre
             f"scoring the prompted base model again with retrieved context (k={retrieval['k']})"
         )
         with_retrieval = _with_retrieval(examples, shots, task, spec, model_dir)
-        with_retrieval["index_id"] = retrieval["index_id"]
+        with_retrieval.update(index_id=retrieval["index_id"], k=retrieval["k"])
     return {
         "examples": len(table),
         "metric": task.primary,
@@ -248,6 +284,26 @@ def _with_retrieval(examples, shots: list[dict], task: Task, spec: JobSpec, mode
         "latency_s": significant(float(np.mean(table["base_latency_s"])), 3),
         "groundedness": round(float(np.mean(judged)), 4) if judged else None,
     }
+
+
+def _retrieved(examples, spec: JobSpec, store: Store, index_id: str):
+    """The held-out examples with the `k` chunks the index returns for each question (the
+    `context` column, as prepare writes it), searched on the driver: assess reads at most
+    `assess.max_examples` examples."""
+    import ray.data
+
+    from ftray.rag.index import open_index
+
+    table = examples.to_pandas()
+    k = spec.assess.retrieval_k
+    retriever = open_index(store, index_id, spec.index)
+    questions = [
+        next(m["content"] for m in reversed(json.loads(messages)) if m["role"] == "user")
+        for messages in table["messages"]
+    ]
+    found = retriever.search_many(questions, k)
+    table["context"] = [json.dumps([asdict(c) for c in shown]) for shown in found]
+    return ray.data.from_pandas(table), {"index_id": index_id, "k": k}
 
 
 def _put_context(batch):

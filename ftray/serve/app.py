@@ -214,7 +214,7 @@ class ChatModel:
                     in_use = None  # the stream's task ends the use when its generation ends
                     exchange = Exchange(model_id, chat, body.said(), prompt_tokens, started, split)
                     return StreamingResponse(
-                        self._events(pieces, task, request, exchange),
+                        self._events(pieces, task, request, exchange, _cited(retriever, chunks)),
                         media_type="text/event-stream",
                     )
                 cached = (await self._generate(request), prompt_tokens, chunks)
@@ -227,11 +227,7 @@ class ChatModel:
                 self.engine.done(in_use)
         answer, prompt_tokens, chunks = cached
         response = completion(model_id, answer, prompt_tokens, chat)
-        if retriever:  # extra fields: OpenAI's clients keep them, unread
-            response["index_id"] = retriever.index_id
-            response["sources"] = [
-                {"id": c.id, "source": c.source, "score": round(c.score, 6)} for c in chunks
-            ]
+        response.update(_cited(retriever, chunks))
         exchange = Exchange(model_id, chat, body.said(), prompt_tokens, started, split)
         self.exchanges.answered(exchange, response["id"], answer)
         if route.shadow:  # after the answer is ready: the user never waits for the shadow
@@ -394,9 +390,10 @@ class ChatModel:
         if not task.cancelled() and task.exception() is not None:
             _log.error("streamed generation failed", exc_info=task.exception())
 
-    async def _events(self, pieces, task, request: Completion, exchange: Exchange):
-        """Server-sent events in OpenAI's chunk format, ending with `[DONE]`; a failed
-        generation ends with an `error` event (OpenAI's clients raise it)."""
+    async def _events(self, pieces, task, request: Completion, exchange: Exchange, cited: dict):
+        """Server-sent events in OpenAI's chunk format, ending with `[DONE]`; the last chunk
+        (with the finish reason) carries `cited` (the index and sources); a failed generation
+        ends with an `error` event (OpenAI's clients raise it)."""
         ident, kind = new_id(exchange.chat, chunk=True)
         text = []
         while (piece := await pieces.get()) is not None and not isinstance(piece, Exception):
@@ -415,10 +412,19 @@ class ChatModel:
             return
         tokens = self.engine.count_tokens("".join(text))  # at most max_tokens: quick
         finish = "length" if tokens >= request.max_tokens else "stop"
-        yield event(ident, kind, request.model, "", finish, exchange.chat)
+        yield event(ident, kind, request.model, "", finish, exchange.chat, cited)
         yield "data: [DONE]\n\n"
         answer = {"text": "".join(text).strip(), "tokens": tokens, "finish_reason": finish}
         self.exchanges.answered(exchange, ident, answer)
+
+
+def _cited(retriever, chunks) -> dict:
+    """The response's retrieval fields (extra fields: OpenAI's clients keep them, unread):
+    the index version and the chunks the answer was asked with; none without retrieval."""
+    if retriever is None:
+        return {}
+    sources = [{"id": c.id, "source": c.source, "score": round(c.score, 6)} for c in chunks]
+    return {"index_id": retriever.index_id, "sources": sources}
 
 
 def build_app(args: dict):

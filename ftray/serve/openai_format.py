@@ -41,8 +41,10 @@ def completion(model: str, answer: dict, prompt_tokens: int, chat: bool) -> dict
     }
 
 
-def event(ident: str, kind: str, model: str | None, piece: str, finish, chat: bool) -> str:
-    """One server-sent event holding a chunk of a streamed answer."""
+def event(
+    ident: str, kind: str, model: str | None, piece: str, finish, chat: bool, extra=None
+) -> str:
+    """One server-sent event holding a chunk of a streamed answer (and `extra` fields)."""
     choice = {"index": 0, "finish_reason": finish}
     if chat:
         choice["delta"] = {"content": piece} if piece or not finish else {}
@@ -54,6 +56,7 @@ def event(ident: str, kind: str, model: str | None, piece: str, finish, chat: bo
         "created": int(time.time()),
         "model": model or BASE_MODEL_NAME,
         "choices": [choice],
+        **(extra or {}),
     }
     return f"data: {json.dumps(chunk)}\n\n"
 

@@ -40,6 +40,15 @@ class AssessSpec(_Section):
         description="Solved training examples shown before each query (distinct answers "
         "first), as a user writing a prompt would, to judge the base model at its best.",
     )
+    retrieval_k: int = Field(
+        default=3,
+        ge=0,
+        le=32,
+        description="Chunks of the job's index (the newest `ftray index` built) before each "
+        "held-out question for the prompted base + retrieval arm, when the job has an `index:` "
+        "section but data.retrieval is unset (with it, the dataset's own k chunks are used); "
+        "0: no such arm.",
+    )
     gpu: GpuType = Field(
         default="A100-80GB", description="GPU type the training and serving estimates are for."
     )

@@ -105,3 +105,19 @@ def test_prepare_puts_retrieved_chunks_in_every_example(tmp_path, run_cli):
     assert rag["prompt_tokens"] > prompt_tokens + K * 50 and rag["latency_s"] > 0
     # the tuned model, trained with retrieval, is costed with its chunks in the prompt too
     assert assessment["serving"]["tuned"]["prompt_tokens"] > K * 50
+
+    # without data.retrieval, a job with an index: assess searches the newest index itself
+    # (assess.retrieval_k chunks per question) for the base + retrieval arm
+    run_cli("assess", str(job), "--set", "data.retrieval=null", "--set", "assess.retrieval_k=2")
+    (searched,) = [
+        m for m in store.manifests("assessments") if m["dataset_id"] != manifest["dataset_id"]
+    ]
+    plain, rag = searched["baseline"], searched["baseline"]["retrieval"]
+    assert (rag["index_id"], rag["k"], rag["examples"]) == (
+        retriever.index_id,
+        2,
+        plain["examples"],
+    )
+    assert rag["prompt_tokens"] > searched["serving"]["prompted_base"]["prompt_tokens"] + 2 * 50
+    # the tuned model, trained without retrieval, is costed without chunks
+    assert searched["serving"]["tuned"]["prompt_tokens"] < 2 * 50

@@ -508,6 +508,12 @@ def test_a_model_trained_with_retrieval_answers_with_sources_from_the_latest_ind
     (source,) = reply.model_extra["sources"]
     assert source["source"] == "fees.md" and source["score"] > 0
     assert reply.usage.prompt_tokens > plain.usage.prompt_tokens + 10, "the chunk is in"
+    # streamed: the last chunk (the one with the finish reason) names the same sources
+    stream = client.chat.completions.create(model=rag, messages=question, max_tokens=4, stream=True)
+    *_, last = stream
+    assert last.choices[0].finish_reason in ("stop", "length")
+    assert last.model_extra["index_id"] == first
+    assert last.model_extra["sources"] == reply.model_extra["sources"]
     # the fee changes: a new index version, served within serve.retrieval.refresh_s
     (path.parent / "docs" / "fees.md").write_text("A replacement Quillbank card now costs 25 QB$.")
     run_cli("index", str(path))

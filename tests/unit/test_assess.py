@@ -45,6 +45,17 @@ def test_decision(usable, score, verdict):
     assert decide(usable, baseline, SPEC) == verdict
 
 
+@pytest.mark.parametrize(
+    ("plain", "with_retrieval", "verdict"),
+    [(0.3, 0.95, DONT), (0.3, 0.5, FINE_TUNE), (0.95, 0.5, DONT), (0.3, None, FINE_TUNE)],
+)
+def test_the_base_model_with_retrieval_reaching_the_target_means_no_fine_tune(
+    plain, with_retrieval, verdict
+):
+    rag = {"metric": "rouge_l", "score": with_retrieval, "index_id": "index-1", "k": 3}
+    assert decide(500, {"metric": "rouge_l", "score": plain, "retrieval": rag}, SPEC) == verdict
+
+
 def test_estimates_order_methods_by_memory_and_fit_the_gpu():
     common = {"tokens": 10_000_000, "micro_batch_tokens": 8192, "num_gpus": 1}
     on_a10 = {m: estimate(SEVEN_B, m, gpu="A10G-24GB", **common) for m in ("full", "lora", "qlora")}
