@@ -164,17 +164,30 @@ def _validation_bytes(dataset: DatasetRef, spec: TrainSpec) -> int:
 
 def _probe(settings: dict, dataset: DatasetRef) -> ProbeConfig:
     """The probe's sample: the first `sample` validation examples (the same for every
-    trial of a sweep)."""
+    trial of a sweep); for a dataset prepared with data.retrieval, each asked with its chunks
+    as evaluation and serving ask it."""
+    import json
+
     import fsspec
     import pyarrow.dataset as pds
 
+    from ftray.evaluate.rag_metrics import chunks
+    from ftray.rag.context import with_context
+
+    retrieval = bool(dataset.manifest.get("retrieval"))
     fs, path = fsspec.core.url_to_fs(f"{dataset.uri}/validation")
     table = pds.dataset(path, filesystem=fs, format="parquet").head(
-        settings["sample"], columns=["prompt", "messages", "completion"]
+        settings["sample"],
+        columns=["prompt", "messages", "completion", *(["context"] if retrieval else [])],
     )
+    examples = table.to_pylist()
+    for row in examples:
+        if retrieval:
+            shown = chunks(row.pop("context"))
+            row["messages"] = json.dumps(with_context(json.loads(row["messages"]), shown))
     return ProbeConfig(
         task=settings["task"],
-        examples=table.to_pylist(),
+        examples=examples,
         max_new_tokens=settings["max_new_tokens"],
     )
 

@@ -411,3 +411,33 @@ def test_a_small_validation_split_is_read_once_per_worker_and_a_large_one_every_
     lora = TrainSpec()
     assert _validation_bytes(dataset(1_000), lora) <= _VALIDATION_CACHE_BYTES  # 33 MB
     assert _validation_bytes(dataset(100_000), lora) > _VALIDATION_CACHE_BYTES  # 3.3 GB
+
+
+def test_the_probe_asks_a_retrieval_dataset_with_each_rows_chunks(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ftray.artifacts import DatasetRef
+    from ftray.rag.context import Chunk, with_context
+    from ftray.train.ray_train import _probe
+
+    chunk = Chunk(id="0123456789abcdef", source="fees.md", text="A card costs 4.50.", score=1.0)
+    question = [{"role": "user", "content": "What does a card cost?"}]
+    row = {
+        "prompt": "What does a card cost?",
+        "messages": json.dumps(question),
+        "completion": "4.50",
+    }
+    (tmp_path / "validation").mkdir()
+    context = json.dumps([asdict(chunk)])
+    pq.write_table(
+        pa.Table.from_pylist([{**row, "context": context}]), tmp_path / "validation" / "p.parquet"
+    )
+    settings = {"sample": 4, "task": _generation_task(), "max_new_tokens": 4}
+    for retrieval, messages in ((None, question), ({"k": 1}, with_context(question, [chunk]))):
+        manifest = {"retrieval": retrieval} if retrieval else {}
+        (example,) = _probe(settings, DatasetRef("ds", str(tmp_path), manifest, False)).examples
+        assert json.loads(example["messages"]) == messages and "context" not in example
