@@ -11,6 +11,7 @@ corrections; and writes the whole table (the last `KEEP_HOURS`) to
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 
@@ -38,6 +39,7 @@ class OnlineCounts:
         self.store = store
         self.replica = event_id()  # a new file per replica life: counts only ever add up
         self.counts: defaultdict[tuple[str, bool, str], dict] = defaultdict(empty)
+        self._written = ""  # the table last written: an idle replica writes nothing
 
     def answered(self, model: str, split: bool, seconds: float) -> None:
         row = self.counts[(model, split, minute())]
@@ -56,8 +58,9 @@ class OnlineCounts:
         row["corrections"] += int(correction)
 
     def write(self) -> None:
-        """Write the last KEEP_HOURS of counts (older ones are dropped from memory too).
-        Runs in a thread beside the event loop that counts: it reads a snapshot."""
+        """Write the last KEEP_HOURS of counts (older ones are dropped from memory too), when
+        they changed since the last write. Runs in a thread beside the event loop that
+        counts: it reads a snapshot."""
         snapshot = dict(self.counts)  # one C-level copy: the loop may add keys meanwhile
         oldest = minute(time.time() - KEEP_HOURS * 3600)
         for key in [k for k in snapshot if k[2] < oldest]:
@@ -70,7 +73,10 @@ class OnlineCounts:
             for (model, split, at), counts in sorted(snapshot.items())
         ]
         table = {"replica": self.replica, "rows": rows}
-        self.store.write_json(table, "monitor", "online", f"{self.replica}.json")
+        text = json.dumps(table, sort_keys=True)
+        if text != self._written:
+            self.store.write_json(table, "monitor", "online", f"{self.replica}.json")
+            self._written = text
 
 
 def _bucket(seconds: float) -> int:

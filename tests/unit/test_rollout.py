@@ -143,3 +143,20 @@ def test_the_figures_by_hand(canary):
     assert online_counts(store, "2999-01-01T00:00") == {}
     split = routing.split_of(store)
     assert judge(split, {}, [], RULES).decision == "wait"
+
+
+def test_a_replica_rewrites_its_counts_only_when_they_change(tmp_path, monkeypatch):
+    from ftray.store import Store
+
+    store = Store(str(tmp_path), "proj")
+    writes = []
+    real = store.write_json
+    monkeypatch.setattr(store, "write_json", lambda *a: (writes.append(a[0]), real(*a)))
+    counts = OnlineCounts(store)
+    counts.write()  # nothing counted: nothing written
+    counts.answered("m", True, 0.1)
+    counts.write()
+    counts.write()  # unchanged
+    counts.answered("m", True, 0.1)
+    counts.write()
+    assert [table["rows"][0]["requests"] for table in writes] == [1, 2]
