@@ -113,7 +113,7 @@ def build_app(
         for queue in queues:
             done, total = await run_in_threadpool(queue.progress, reviewer)
             rows.append((queue.title, queue.path, queue.progress_label, done, total))
-        what = source.what if source else None
+        what = source.what if source is not None else None
         return HTMLResponse(pages.index_page(prefix(request), reviewer, what, rows))
 
     for queue in queues:

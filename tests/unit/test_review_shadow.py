@@ -100,7 +100,7 @@ def _cli(capsys, *args: str) -> tuple[int, str, str]:
 def test_the_queue_keeps_each_pair_and_its_place_as_pairs_arrive(project):
     store, model = project.store, project.model
     record(store, model, "2025-01-02T10:00:00Z", FIRST)
-    record(store, "model-other", "2025-01-02T10:00:01Z", [("chatcmpl-1", "another", "shadow")])
+    record(store, "model-other", "2025-01-02T10:00:01Z", [("chatcmpl-8", "another", "shadow")])
     source = ShadowPairs(store, model)
     queued = ["chatcmpl-1", "chatcmpl-3", "chatcmpl-4"]  # the pair that agrees is left out
     assert [pair.item for pair in source.pairs()] == queued
