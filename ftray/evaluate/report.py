@@ -318,10 +318,10 @@ def rewrite_report(store: Store, eval_id: str, human: dict | None = None) -> boo
 
 def _ratings_summary(store: Store, eval_id: str, manifest: dict) -> dict | None:
     # imported here: the review package builds on this module
-    from ftray.review.ratings import RatingLog, latest
+    from ftray.review.ratings import EvalPairs, RatingLog, latest
     from ftray.review.stats import summarize
 
-    ratings = latest(RatingLog(store, eval_id).all())
+    ratings = latest(RatingLog(store, EvalPairs(store, eval_id)).all())
     return summarize(ratings, manifest["spec"].get("confidence_level", 0.95)) if ratings else None
 
 

@@ -1,12 +1,13 @@
 """The review web app: sign-in, the list of queues with their progress, and each queue's
-pages: pairwise preference for an evaluation (`pairwise`) and flagged production outputs
-(`flagged`). A queue is a class with `title`, `path`, `progress_label`, `progress(reviewer)`
-and `router(reviewers)`, so another one mounts the same way.
+pages: pairwise preference for an evaluation or a shadow model's recorded pairs (`pairwise`)
+and flagged production outputs (`flagged`). A queue is a class with `title`, `path`,
+`progress_label`, `progress(reviewer)` and `router(reviewers)`, so another one mounts the same
+way.
 
 `build_app` returns a plain FastAPI app: `ftray review` serves it with uvicorn, and since its
 links follow the mount point it also runs as a route of another app, e.g.
 `api.mount("/review", build_app(store, eval_id))` in the Serve app.
-Without an evaluation (`eval_id` None) only the flagged queue is served.
+Without an evaluation or a shadow (both None) only the flagged queue is served.
 """
 
 from urllib.parse import quote, urlencode
@@ -15,10 +16,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from ftray.errors import UserError
 from ftray.review import pages
 from ftray.review.flagged import FlaggedQueue
 from ftray.review.http import COOKIE, NotSignedIn, Reviewers, form_fields, prefix
 from ftray.review.pairwise import PairwiseQueue
+from ftray.review.ratings import EvalPairs, PairSource
+from ftray.review.shadow_pairs import ShadowPairs
 from ftray.store import Store
 
 # Nothing may come from elsewhere (no CDN, no scripts), and the pages are one reviewer's own:
@@ -32,12 +36,25 @@ HEADERS = {
 NAME_RULE = "a name is 1 to 64 letters, digits or . _ @ - and starts with a letter or digit"
 
 
-def build_app(store: Store, eval_id: str | None, reviewers: Reviewers | None = None) -> FastAPI:
-    """The review app for a project and one of its evaluations (None: none yet, so only the
-    flagged queue); `reviewers` None lets anyone in by name."""
+def build_app(
+    store: Store,
+    eval_id: str | None = None,
+    reviewers: Reviewers | None = None,
+    *,
+    shadow: str | None = None,
+) -> FastAPI:
+    """The review app for a project and the pairs of one of its evaluations or of shadow model
+    `shadow` (neither: only the flagged queue); `reviewers` None lets anyone in by name."""
+    if eval_id is not None and shadow is not None:
+        raise UserError("review an evaluation's pairs or a shadow model's, not both")
     reviewers = reviewers or Reviewers()
     signed_in = Depends(reviewers)
-    queues: list[PairwiseQueue | FlaggedQueue] = [PairwiseQueue(store, eval_id)] if eval_id else []
+    source: PairSource | None = ShadowPairs(store, shadow) if shadow is not None else None
+    if eval_id is not None:
+        source = EvalPairs(store, eval_id)
+    queues: list[PairwiseQueue | FlaggedQueue] = []
+    if source is not None:
+        queues.append(PairwiseQueue(store, source))
     queues.append(FlaggedQueue(store))
     app = FastAPI(title="ftray review", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -96,7 +113,8 @@ def build_app(store: Store, eval_id: str | None, reviewers: Reviewers | None = N
         for queue in queues:
             done, total = await run_in_threadpool(queue.progress, reviewer)
             rows.append((queue.title, queue.path, queue.progress_label, done, total))
-        return HTMLResponse(pages.index_page(prefix(request), reviewer, eval_id, rows))
+        what = source.what if source is not None else None
+        return HTMLResponse(pages.index_page(prefix(request), reviewer, what, rows))
 
     for queue in queues:
         app.include_router(queue.router(reviewers))

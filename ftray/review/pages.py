@@ -4,8 +4,9 @@ from elsewhere, so the app works on a machine without internet and under a stric
 from __future__ import annotations
 
 from html import escape
+from urllib.parse import quote
 
-from ftray.review.ratings import CHOICES, COMMENT_LIMIT, Pair
+from ftray.review.ratings import CHOICES, COMMENT_LIMIT, Item, Pair
 
 CHOICE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 STYLE = """
@@ -71,17 +72,18 @@ def login_page(prefix: str, next_path: str, error: str | None, tokens: bool) -> 
 
 
 def index_page(
-    prefix: str, reviewer: str, eval_id: str | None, queues: list[tuple[str, str, str, int, int]]
+    prefix: str, reviewer: str, pairwise: str | None, queues: list[tuple[str, str, str, int, int]]
 ) -> str:
-    """The queues with their progress: (title, path, what counts as done, done, total)."""
+    """The queues with their progress: (title, path, what counts as done, done, total);
+    `pairwise` says what the pairwise queue reviews (None: there is none)."""
     rows = "".join(
         f'<tr><td><a href="{prefix}{path}">{escape(title)}</a></td>'
         f"<td>{done} of {total} {label}</td></tr>"
         for title, path, label, done, total in queues
     )
     about = (
-        f'<p id="eval">Pairwise review of evaluation <b>{escape(eval_id)}</b>.</p>'
-        if eval_id
+        f'<p id="eval">Pairwise review of {escape(pairwise)}.</p>'
+        if pairwise
         else '<p id="eval">No evaluation yet, so no pairwise review: <code>ftray eval JOB.yaml'
         "</code> makes one; restart <code>ftray review</code> after it.</p>"
     )
@@ -106,9 +108,10 @@ def pair_page(
     side: str,
     position: tuple[int, int, int],
     mine: dict | None,
-    skip: int | None,
+    skip: Item | None,
 ) -> str:
-    """One pair: the input, both answers with the candidate on `side`, and the choices.
+    """One pair: the input (with the reference answer, if the pair has one), both answers with
+    the candidate on `side`, and the choices; `skip`: the next item this reviewer has not rated.
 
     `position`: (this item's place in the reviewer's order, items rated, items in all).
     """
@@ -125,15 +128,22 @@ def pair_page(
         f'<button name="choice" value="{c}" id="choice-{c}">{CHOICE_LABELS[c]}</button>'
         for c in CHOICES
     )
-    skip_link = f'<a href="{prefix}/pairwise/{skip}" id="skip">Skip</a> · ' if skip else ""
+    skip_link = ""
+    if skip is not None:
+        skip_link = f'<a href="{prefix}/pairwise/{_link(skip)}" id="skip">Skip</a> · '
+    reference = ""
+    if pair.reference is not None:
+        reference = (
+            "<details><summary>Reference answer from the dataset</summary>"
+            f"<pre>{escape(pair.reference)}</pre></details>"
+        )
     body = f"""<p id="progress">Pair {place} of {total} in your queue · you have rated
 <b id="done">{done}</b> of {total} <progress value="{done}" max="{total}"></progress></p>
 <section id="input"><h2>Input</h2><pre>{escape(pair.prompt)}</pre>
-<details><summary>Reference answer from the dataset</summary>
-<pre>{escape(pair.reference)}</pre></details></section>
+{reference}</section>
 <div class="pair">{_answer("A", a)}{_answer("B", b)}</div>
 {mine_note}
-<form method="post" action="{prefix}/pairwise/{pair.item}">
+<form method="post" action="{prefix}/pairwise/{_link(pair.item)}">
 <p><label for="comment">Comment (optional)</label><br>
 <textarea id="comment" name="comment" maxlength="{COMMENT_LIMIT}"></textarea></p>
 <div class="choices">{buttons}</div>
@@ -142,10 +152,16 @@ def pair_page(
     return page("Which answer is better?", body, prefix=prefix, reviewer=reviewer)
 
 
+def _link(item: Item) -> str:
+    """An item as one path segment of a link (a shadow pair's is a response id)."""
+    return escape(quote(str(item), safe=""))
+
+
 def done_page(prefix: str, reviewer: str, total: int, mine: list[dict]) -> str:
     """This reviewer's own ratings (never anyone else's), with links to change them."""
     rows = "".join(
-        f'<tr><td><a href="{prefix}/pairwise/{r["item"]}">item {r["item"]}</a></td>'
+        f'<tr><td><a href="{prefix}/pairwise/{_link(r["item"])}">item {escape(str(r["item"]))}'
+        "</a></td>"
         f"<td>{CHOICE_LABELS[r['choice']]}</td><td>{escape(r['comment'])}</td></tr>"
         for r in mine
     )

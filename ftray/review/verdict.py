@@ -19,7 +19,7 @@ from ftray.errors import UserError
 from ftray.evaluate.gate import apply_to_stored
 from ftray.evaluate.report import rewrite_report
 from ftray.registry import get_model, list_models, promote, reject, was_decided
-from ftray.review.ratings import RatingLog, eval_manifest, latest
+from ftray.review.ratings import EvalPairs, RatingLog, eval_manifest, latest
 from ftray.review.report import write_review_report
 from ftray.review.stats import summarize
 from ftray.spec import GateSpec
@@ -97,7 +97,7 @@ def _apply(store: Store, eval_id: str) -> tuple[dict, list[dict]]:
     """(the gate applied with the ratings and what it means, the ratings it counted)."""
     manifest = eval_manifest(store, eval_id)
     spec = GateSpec.model_validate(manifest["spec"]["gate"])
-    ratings = latest(RatingLog(store, eval_id).all())
+    ratings = latest(RatingLog(store, EvalPairs(store, eval_id)).all())
     human = summarize(ratings, manifest["spec"].get("confidence_level", 0.95))
     gate = apply_to_stored(spec, manifest, human)
     if spec.min_human_win_rate is None:

@@ -286,13 +286,14 @@ def test_review_ratings_become_preference_pairs(tmp_path, capsys):
     'both bad' and split votes are dropped; the weight is the agreement, (winner's votes -
     loser's) / votes for either arm; `ftray review pairs` writes the file."""
     from ftray.cli import main
-    from ftray.review.ratings import RatingLog, candidate_side, load_pairs
+    from ftray.review.ratings import EvalPairs, RatingLog, candidate_side
     from tests.unit.review_eval import write_eval, write_job
 
     job = write_job(tmp_path, {})
     store = Store(str(tmp_path / "store"), "review")
     write_eval(store, "ev-1", 6, {})
-    pairs, log = load_pairs(store, "ev-1"), RatingLog(store, "ev-1")
+    source = EvalPairs(store, "ev-1")
+    pairs, log = source.pairs(), RatingLog(store, source)
 
     def vote(item: int, reviewer: str, arm: str) -> None:
         side = candidate_side("ev-1", item, reviewer)

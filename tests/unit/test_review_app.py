@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from ftray.review.app import build_app
 from ftray.review.http import Reviewers
-from ftray.review.ratings import RatingLog, reviewer_order
+from ftray.review.ratings import EvalPairs, RatingLog, reviewer_order
 from ftray.review.verdict import results
 from ftray.store import Store
 from tests.unit.review_browser import chromium, serving
@@ -96,11 +96,12 @@ def test_two_reviewers_rate_pairs_in_chromium(store, server):
     assert not errors, errors
     assert all(url.startswith(server) for url in requests), requests  # nothing from elsewhere
 
-    stored = RatingLog(store, "eval-ab").all()
+    stored = RatingLog(store, EvalPairs(store, "eval-ab")).all()
     by = {name: [r for r in stored if r["reviewer"] == name] for name in ("alice", "bob")}
     for name, shown in (("alice", shown_a), ("bob", shown_b)):
         # the order each reviewer met the pairs is theirs, and each side is recorded as shown
-        assert [r["item"] for r in by[name]] == reviewer_order("eval-ab", name, ITEMS)[: len(shown)]
+        order = reviewer_order("eval-ab", name, range(ITEMS))
+        assert [r["item"] for r in by[name]] == order[: len(shown)]
         assert [r["candidate_side"] for r in by[name]] == [s["side"] for s in shown]
         assert [r["preferred"] for r in by[name]] == [s["want"] for s in shown]
         assert [r["position"] for r in by[name]] == list(range(1, len(shown) + 1))
@@ -123,7 +124,8 @@ def test_bad_requests_are_refused_and_lose_nothing(store):
     client = TestClient(build_app(store, "eval-ab"), follow_redirects=False)
     bearer = {"Authorization": "Bearer carol"}
     assert client.post("/pairwise/0", data={"choice": "A"}, headers=bearer).status_code == 303
-    before = RatingLog(store, "eval-ab").all()
+    log = RatingLog(store, EvalPairs(store, "eval-ab"))
+    before = log.all()
     assert [(r["reviewer"], r["item"], r["choice"]) for r in before] == [("carol", 0, "A")]
 
     assert client.post("/pairwise/0", data={"choice": "A"}).status_code == 401  # nobody
@@ -139,7 +141,7 @@ def test_bad_requests_are_refused_and_lose_nothing(store):
         assert response.status_code == status, (item, form, response.text)
     assert client.get("/pairwise/99", headers=bearer).status_code == 404
     assert client.post("/login", data={"token": "no spaces allowed"}).status_code == 401
-    assert RatingLog(store, "eval-ab").all() == before  # nothing added, nothing lost
+    assert log.all() == before  # nothing added, nothing lost
 
     page = client.get("/pairwise/1", headers=bearer)
     assert (

@@ -12,7 +12,7 @@ from ftray.artifacts import DatasetRef, EvalRef, RunRef
 from ftray.cli import main
 from ftray.pipeline import Pipeline
 from ftray.progress import Progress
-from ftray.review.ratings import RatingLog, candidate_side, load_pairs
+from ftray.review.ratings import EvalPairs, RatingLog, candidate_side
 from ftray.specload import load_spec
 from ftray.store import Store
 from tests.unit.review_eval import write_eval, write_job
@@ -41,8 +41,9 @@ def _decide(job: str, eval_id: str, tmp_path) -> dict:
 
 def _rate(store: Store, eval_id: str, reviewer: str, wins: list[str]) -> None:
     """One rating per item from item 0 on: 'candidate', 'incumbent', 'tie' or 'both_bad'."""
-    log = RatingLog(store, eval_id)
-    for pair, win in zip(load_pairs(store, eval_id), wins, strict=False):
+    source = EvalPairs(store, eval_id)
+    log = RatingLog(store, source)
+    for pair, win in zip(source.pairs(), wins, strict=False):
         side = candidate_side(eval_id, pair.item, reviewer)
         choice = {"candidate": side, "incumbent": "B" if side == "A" else "A"}.get(win, win)
         log.add(pair, reviewer, choice, "", pair.item + 1)
