@@ -18,6 +18,7 @@ methods' globals, as the class is defined.
 """
 
 import asyncio
+import functools
 import logging
 import time
 from typing import cast
@@ -213,8 +214,12 @@ class ChatModel:
                     pieces, task = self._start_stream(request)
                     in_use = None  # the stream's task ends the use when its generation ends
                     exchange = Exchange(model_id, chat, body.said(), prompt_tokens, started, split)
+                    mirror = functools.partial(self._mirror, route.shadow, body, chat, limit)
+                    events = self._events(
+                        pieces, task, request, exchange, _cited(retriever, chunks), mirror
+                    )
                     return StreamingResponse(
-                        self._events(pieces, task, request, exchange, _cited(retriever, chunks)),
+                        events,
                         media_type="text/event-stream",
                     )
                 cached = (await self._generate(request), prompt_tokens, chunks)
@@ -230,14 +235,19 @@ class ChatModel:
         response.update(_cited(retriever, chunks))
         exchange = Exchange(model_id, chat, body.said(), prompt_tokens, started, split)
         self.exchanges.answered(exchange, response["id"], answer)
-        if route.shadow:  # after the answer is ready: the user never waits for the shadow
-            if self._shadows < self.config.serve.shadow_max_in_flight:
-                self._shadows += 1
-                shadowed = self._shadow(route.shadow, body, chat, limit, response["id"], answer)
-                self._in_background(shadowed)
-            else:
-                self.metrics.shadow_skipped(route.shadow)
+        self._mirror(route.shadow, body, chat, limit, response["id"], answer)
         return JSONResponse(response)  # a plain dict: FastAPI's encoder pass is not needed
+
+    def _mirror(self, shadow: str | None, body, chat: bool, limit: int, request_id: str, answer):
+        """Start asking `shadow` (if any) in the background, once the answer is ready (the
+        user never waits for it); beyond serve.shadow_max_in_flight, count it skipped."""
+        if shadow is None:
+            return
+        if self._shadows < self.config.serve.shadow_max_in_flight:
+            self._shadows += 1
+            self._in_background(self._shadow(shadow, body, chat, limit, request_id, answer))
+        else:
+            self.metrics.shadow_skipped(shadow)
 
     async def _shadow(self, model: str, body, chat: bool, limit: int, request_id: str, answer):
         """Ask shadow `model` what production answered with `answer`, and record the pair.
@@ -390,10 +400,13 @@ class ChatModel:
         if not task.cancelled() and task.exception() is not None:
             _log.error("streamed generation failed", exc_info=task.exception())
 
-    async def _events(self, pieces, task, request: Completion, exchange: Exchange, cited: dict):
+    async def _events(
+        self, pieces, task, request: Completion, exchange: Exchange, cited: dict, mirror
+    ):
         """Server-sent events in OpenAI's chunk format, ending with `[DONE]`; the last chunk
         (with the finish reason) carries `cited` (the index and sources); a failed generation
-        ends with an `error` event (OpenAI's clients raise it)."""
+        ends with an `error` event (OpenAI's clients raise it). A finished answer is then
+        `mirror(request id, answer)`ed to the route's shadow, as a plain one is."""
         ident, kind = new_id(exchange.chat, chunk=True)
         text = []
         while (piece := await pieces.get()) is not None and not isinstance(piece, Exception):
@@ -416,6 +429,7 @@ class ChatModel:
         yield "data: [DONE]\n\n"
         answer = {"text": "".join(text).strip(), "tokens": tokens, "finish_reason": finish}
         self.exchanges.answered(exchange, ident, answer)
+        mirror(ident, answer)
 
 
 def _cited(retriever, chunks) -> dict:

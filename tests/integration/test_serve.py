@@ -426,19 +426,25 @@ def test_a_shadow_answers_unseen_and_its_pairs_are_kept(served, registry_store, 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             answers = set(pool.map(ask, users))
         assert answers == {(production, named[production])}, "users see production only"
+        # a streamed request is mirrored too, once its answer has been streamed
+        stream = client.chat.completions.create(
+            model="production", messages=message, max_tokens=8, user=min(mirrored), stream=True
+        )
+        streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert streamed.strip() == named[production].strip()
         deadline, report = time.time() + 60, {}
         while time.time() < deadline:
             report = shadow_report(store, hours=1)["models"].get(shadow, {})
-            if report.get("pairs", 0) >= len(mirrored):
+            if report.get("pairs", 0) >= len(mirrored) + 1:
                 break
             time.sleep(2)
     finally:
         routing.end_shadow(store, reason="test over")
-    assert report["pairs"] == len(mirrored) and report["agreement"] == 0.0, report
+    assert report["pairs"] == len(mirrored) + 1 and report["agreement"] == 0.0, report
     pair = report["disagreements"][0]
     assert (pair["production"], pair["shadow"]) == (named[production], named[shadow])
     deadline, counted = time.time() + 90, 0.0
-    while time.time() < deadline and counted < len(mirrored):
+    while time.time() < deadline and counted < len(mirrored) + 1:
         text = httpx.get(ray_cluster["metrics"], timeout=10).text
         counted = sum(
             float(line.rsplit(" ", 1)[1])
@@ -446,7 +452,7 @@ def test_a_shadow_answers_unseen_and_its_pairs_are_kept(served, registry_store, 
             if line.startswith("ray_ftray_shadow_requests_total{") and f'model="{shadow}"' in line
         )
         time.sleep(2)
-    assert counted == len(mirrored), (counted, len(mirrored))
+    assert counted == len(mirrored) + 1, (counted, len(mirrored))
 
 
 def test_an_automatic_canary_that_fails_is_rolled_back(served, registry_store, tmp_path, capsys):

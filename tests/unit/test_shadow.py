@@ -150,3 +150,24 @@ def test_each_answer_is_checked_for_refusal_and_schema_by_its_arm(tmp_path):
 
     asyncio.run(traffic())
     assert seen == [("a", False, False, False), ("b", True, True, True), ("b", True, False, True)]
+
+
+def test_mirrored_requests_beyond_the_bound_are_skipped_and_counted():
+    """At most serve.shadow_max_in_flight shadow generations at once per replica; another
+    mirrored request is counted as skipped, never queued."""
+    from types import SimpleNamespace
+
+    from ftray.serve.app import ChatModel
+
+    started, skipped = [], []
+    app = object.__new__(ChatModel.func_or_class)  # the class under the Serve deployment
+    app.config = SimpleNamespace(serve=SimpleNamespace(shadow_max_in_flight=2))
+    app.metrics = SimpleNamespace(shadow_skipped=skipped.append)
+    app._shadows = 0
+    app._shadow = lambda *args: args
+    app._in_background = started.append
+    for i in range(4):
+        app._mirror("model-s", None, True, 8, f"req-{i}", {"text": "x"})
+    app._mirror(None, None, True, 8, "req-5", {"text": "x"})  # no shadow: nothing at all
+    assert [args[4] for args in started] == ["req-0", "req-1"]
+    assert skipped == ["model-s", "model-s"] and app._shadows == 2
