@@ -99,6 +99,18 @@ def _batch_size(serving) -> int:
     return generation_batch_size(serving.max_batch_size, serving.gpus_per_replica, serving=True)
 
 
+def _cited(retriever, chunks) -> dict:
+    """The response's retrieval fields (extra fields: OpenAI's clients keep them, unread):
+    the index version and the chunks the answer was asked with; none without retrieval."""
+    if retriever is None:
+        return {}
+    sources = [{"id": c.id, "source": c.source, "score": round(c.score, 6)} for c in chunks]
+    return {"index_id": retriever.index_id, "sources": sources}
+
+
+# Everything ChatModel's methods call is defined above it: the class is pickled by value when
+# it is decorated, with the module's names as they are then (a helper defined below it is a
+# NameError in the replica).
 @serve.deployment
 @serve.ingress(api)
 class ChatModel:
@@ -430,15 +442,6 @@ class ChatModel:
         answer = {"text": "".join(text).strip(), "tokens": tokens, "finish_reason": finish}
         self.exchanges.answered(exchange, ident, answer)
         mirror(ident, answer)
-
-
-def _cited(retriever, chunks) -> dict:
-    """The response's retrieval fields (extra fields: OpenAI's clients keep them, unread):
-    the index version and the chunks the answer was asked with; none without retrieval."""
-    if retriever is None:
-        return {}
-    sources = [{"id": c.id, "source": c.source, "score": round(c.score, 6)} for c in chunks]
-    return {"index_id": retriever.index_id, "sources": sources}
 
 
 def build_app(args: dict):

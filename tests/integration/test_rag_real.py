@@ -59,58 +59,89 @@ def test_fine_tuned_with_retrieval_beats_each_alone_and_serves_the_latest_facts(
     (assessment,) = store.manifests("assessments")
     assert assessment["baseline"]["retrieval"]["score"] < tuned_rag["score"]
 
-    question, old, new, gold = _a_fact_it_answers(store, evaluation["eval_id"], tmp_path)
+    facts = _facts_it_answers(store, evaluation["eval_id"], tmp_path)
     process, url = _serve(job, ray_address)
     try:
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
-
-        def ask():
-            return client.chat.completions.create(
-                model="production",
-                messages=[{"role": "user", "content": question}],
-                max_tokens=16,
-                temperature=0,
-            )
-
-        before = ask()
-        assert normalize(before.choices[0].message.content) == normalize(old)
-        assert gold in {s["source"] for s in before.model_extra["sources"]}
-        document = tmp_path / "docs" / gold
-        document.write_text(document.read_text().replace(old, new))
-        run_cli("index", str(job))
-        deadline, after = time.time() + 60, before
-        while (
-            time.time() < deadline
-            and after.model_extra["index_id"] == before.model_extra["index_id"]
-        ):
-            time.sleep(2)
-            after = ask()
-        assert after.model_extra["index_id"] != before.model_extra["index_id"]
-        assert new in after.choices[0].message.content, (old, new, after.choices[0].message)
+        _served_answers_follow_the_index(url, facts, lambda: run_cli("index", str(job)))
     finally:
         process.terminate()
         process.communicate(timeout=120)
 
 
-def _a_fact_it_answers(store: Store, eval_id: str, folder: Path) -> tuple[str, str, str, str]:
-    """A held-out question the tuned model answered exactly with retrieval, whose answer
-    (with a digit) occurs once in its gold document; and that answer with its digits changed."""
+def _served_answers_follow_the_index(url: str, facts: list[tuple], reindex) -> list[tuple]:
+    """Each fact's question asked through the `openai` client names its gold document among
+    the sources; the facts are changed in their documents and `reindex()` runs; within
+    serve.retrieval.refresh_s the answers come from the new index, and most give the new
+    value (a 135M model copies from its chunks well, not perfectly: 46% exact match).
+    Returns (answer, new value) per fact."""
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+
+    def ask(question: str):
+        return client.chat.completions.create(
+            model="production",
+            messages=[{"role": "user", "content": question}],
+            max_tokens=16,
+            temperature=0,
+        )
+
+    before = [ask(question) for question, *_ in facts]
+    for reply, (_, _, _, gold) in zip(before, facts, strict=True):
+        assert gold.name in {s["source"] for s in reply.model_extra["sources"]}
+    assert (
+        sum(
+            normalize(r.choices[0].message.content) == normalize(f[1])
+            for r, f in zip(before, facts, strict=True)
+        )
+        >= len(facts) - 1
+    )
+    for _, old, new, gold in facts:
+        gold.write_text(gold.read_text().replace(old, new))
+    reindex()
+    first = before[0].model_extra["index_id"]
+    deadline, after = time.time() + 60, before[0]
+    while time.time() < deadline and after.model_extra["index_id"] == first:
+        time.sleep(2)
+        after = ask(facts[0][0])
+    answers = [ask(question) for question, *_ in facts]
+    assert all(a.model_extra["index_id"] != first for a in answers)
+    said = [
+        (a.choices[0].message.content, new)
+        for a, (_, _, new, _) in zip(answers, facts, strict=True)
+    ]
+    assert sum(new in text for text, new in said) * 2 > len(facts), said
+    return said
+
+
+def _facts_it_answers(store: Store, eval_id: str, folder: Path, n: int = 5) -> list[tuple]:
+    """Up to `n` held-out questions the tuned model answered exactly with retrieval, whose
+    answer has a digit and occurs once in the corpus, in the gold document; each as
+    (question, answer, the answer with its last digit changed, the document's path)."""
     table = pq.read_table(store.path("evals", eval_id, "outputs")).to_pandas()
     questions = ROOT / "jobs" / "rag" / "questions.jsonl"
     gold = {
         (row := json.loads(line))["prompt"]: row["gold_source"]
         for line in questions.read_text().splitlines()
     }
+    corpus = {path: path.read_text() for path in (folder / "docs").iterdir()}
+    facts = []
     for row in table.itertuples():
         answer, source = str(row.completion), gold.get(row.prompt)
-        if not (source and re.search(r"\d", answer)):
+        digits = [m.start() for m in re.finditer(r"\d", answer)]
+        if not (source and digits) or normalize(str(row.candidate_output)) != normalize(answer):
             continue
-        if normalize(str(row.candidate_output)) != normalize(answer):
+        document = folder / "docs" / source
+        if (
+            sum(text.count(answer) for text in corpus.values()) != 1
+            or answer not in corpus[document]
+        ):
             continue
-        if (folder / "docs" / source).read_text().count(answer) == 1:
-            new = re.sub(r"\d", lambda d: str((int(d.group()) + 3) % 10), answer)
-            return row.prompt, answer, new, source
-    raise AssertionError("no held-out question answered exactly with a fact found once")
+        at = digits[-1]
+        changed = f"{answer[:at]}{(int(answer[at]) + 1) % 10}{answer[at + 1 :]}"
+        facts.append((row.prompt, answer, changed, document))
+    assert len(facts) >= 3, (
+        f"only {len(facts)} held-out question(s) answered exactly with a fact found once"
+    )
+    return facts[:n]
 
 
 def _serve(job: Path, ray_address: str) -> tuple[subprocess.Popen, str]:
