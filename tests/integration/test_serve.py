@@ -401,7 +401,7 @@ def test_a_canary_answers_its_share_of_users_and_keeps_them(served, registry_sto
 def test_a_shadow_answers_unseen_and_its_pairs_are_kept(served, registry_store, ray_cluster):
     """A 50% shadow: every user gets production's answer; the shadow model answers its
     users' requests too, and each pair (production's answer beside the shadow's) is kept and
-    reported, and counted in Prometheus."""
+    reported, and counted in Prometheus; mirrored users wait at most a bounded time more."""
     from ftray.serve.shadow import shadow_report
 
     url, _ = served
@@ -415,14 +415,35 @@ def test_a_shadow_answers_unseen_and_its_pairs_are_kept(served, registry_store, 
         )
         return reply.model, reply.choices[0].message.content
 
+    def seconds(users: list[str]) -> float:
+        """The median time of uncached answers to `users`, one after another."""
+        times = []
+        for user in users:
+            started = time.perf_counter()
+            client.completions.create(
+                model="production", prompt=f"{user} {time.time_ns()}", user=user
+            )
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
     named = {m: ask("anyone", model=m)[1] for m in (production, shadow)}
     assert named[production] != named[shadow]
+    before = seconds([f"timed-{i}" for i in range(3)])
     routing.shadow(store, shadow, percent=50, reason="test")
     try:
         users = [f"shadowed-{i}" for i in range(40)]
         events = registry.history(store)
         mirrored = {u for u in users if routing.shadow_for(events, u, production)}
         assert 10 <= len(mirrored) <= 30, len(mirrored)
+        # the user never waits for the shadow: it starts once the answer is out, so only the
+        # next request can queue behind it (at most serve.shadow_max_in_flight of them)
+        timed = [
+            u
+            for u in (f"timed-{i}" for i in range(40))
+            if routing.shadow_for(events, u, production)
+        ]
+        assert seconds(timed[:3]) < 4 * before + 0.5, before
+        expected = len(mirrored) + 3 + 1  # the users, the timed ones, a stream (below)
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             answers = set(pool.map(ask, users))
         assert answers == {(production, named[production])}, "users see production only"
@@ -435,16 +456,16 @@ def test_a_shadow_answers_unseen_and_its_pairs_are_kept(served, registry_store, 
         deadline, report = time.time() + 60, {}
         while time.time() < deadline:
             report = shadow_report(store, hours=1)["models"].get(shadow, {})
-            if report.get("pairs", 0) >= len(mirrored) + 1:
+            if report.get("pairs", 0) >= expected:
                 break
             time.sleep(2)
     finally:
         routing.end_shadow(store, reason="test over")
-    assert report["pairs"] == len(mirrored) + 1 and report["agreement"] == 0.0, report
+    assert report["pairs"] == expected and report["agreement"] == 0.0, report
     pair = report["disagreements"][0]
     assert (pair["production"], pair["shadow"]) == (named[production], named[shadow])
     deadline, counted = time.time() + 90, 0.0
-    while time.time() < deadline and counted < len(mirrored) + 1:
+    while time.time() < deadline and counted < expected:
         text = httpx.get(ray_cluster["metrics"], timeout=10).text
         counted = sum(
             float(line.rsplit(" ", 1)[1])
@@ -452,7 +473,18 @@ def test_a_shadow_answers_unseen_and_its_pairs_are_kept(served, registry_store, 
             if line.startswith("ray_ftray_shadow_requests_total{") and f'model="{shadow}"' in line
         )
         time.sleep(2)
-    assert counted == len(mirrored) + 1, (counted, len(mirrored))
+    assert counted == expected, (counted, expected)
+
+    # the user never waits for the shadow: it starts once the answer is out, so only a next
+    # request can queue behind it (at most serve.shadow_max_in_flight of them)
+    routing.shadow(store, shadow, percent=50, reason="timed")
+    try:
+        events = registry.history(store)
+        timed = [f"timed-{i}" for i in range(40)]
+        timed = [u for u in timed if routing.shadow_for(events, u, production)][:3]
+        assert seconds(timed) < 4 * before + 0.5, before
+    finally:
+        routing.end_shadow(store, reason="test over")
 
 
 def test_an_automatic_canary_that_fails_is_rolled_back(served, registry_store, tmp_path, capsys):
