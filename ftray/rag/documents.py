@@ -19,7 +19,7 @@ from pathlib import Path
 from ftray.errors import UserError
 from ftray.rag.context import chunk_id
 
-SUFFIXES = (".md", ".txt", ".html", ".htm", ".jsonl")
+SUFFIXES = (".md", ".txt", ".html", ".htm", ".jsonl", ".pdf")
 _GLOB_CHARS = "*?["
 _WORD = re.compile(r"\S+")
 
@@ -85,14 +85,16 @@ def _expand(entry: str) -> list[tuple[str, str]]:
 
 def read_documents(path: str, name: str, sha256: str | None = None) -> list[tuple[str, str]]:
     """(source, text) of each document in one corpus file; UserError names the file (and
-    line) when it is not UTF-8, a .jsonl line is not an object with a string `text`, or its
-    bytes no longer have the `sha256` the index id was computed from."""
+    line) when it is not UTF-8 (a PDF: not readable), a .jsonl line is not an object with a
+    string `text`, or its bytes no longer have the `sha256` the index id was computed from."""
     try:
         data = Path(path).read_bytes()
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror}") from None
     if sha256 and hashlib.sha256(data).hexdigest() != sha256:
         raise UserError(f"{path} changed while it was being indexed; run `ftray index` again")
+    if Path(path).suffix.lower() == ".pdf":
+        return [(name, pdf_text(data, path))]
     try:
         raw = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -161,6 +163,27 @@ def html_text(html: str) -> str:
     parser.close()
     lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
     return "\n".join(line for line in lines if line)
+
+
+def pdf_text(data: bytes, path: str) -> str:
+    """The text layer of a PDF, page after page (pypdf: maintained, pure Python, no system
+    library). A scanned PDF has none: its text is empty, and the index lists it as skipped.
+    UserError names the file when it is no PDF pypdf can read, or is encrypted."""
+    import io
+    import logging
+
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # its warnings on sloppy files
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            raise UserError(f"{path}: an encrypted PDF; index a decrypted copy")
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except (PyPdfError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: not a PDF that can be read ({err})") from None
+    return "\n\n".join(page.strip() for page in pages if page.strip())
 
 
 def chunk_text(text: str, size: int, overlap: int) -> list[str]:

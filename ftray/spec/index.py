@@ -19,9 +19,10 @@ class IndexSpec(_Section):
 
     sources: list[str] = Field(
         min_length=1,
-        description="Documents: files, folders (every .md, .txt, .html/.htm and .jsonl under "
-        "them) or glob patterns, relative to the folder ftray runs in. A .jsonl file holds one "
-        "document per line: `text`, and optionally `id` and `source`.",
+        description="Documents: files, folders (every .md, .txt, .html/.htm, .jsonl and .pdf "
+        "under them) or glob patterns, relative to the folder ftray runs in. A .jsonl file "
+        "holds one document per line: `text`, and optionally `id` and `source`; a .pdf is "
+        "read for its text layer.",
     )
     chunk_size: int = Field(
         default=160,

@@ -252,3 +252,62 @@ def test_a_file_changed_after_it_was_hashed_is_an_error(tmp_path):
     (tmp_path / "fees.md").write_text("Fee 5.")
     with pytest.raises(UserError, match=r"fees\.md changed while it was being indexed"):
         chunk_rows(corpus_file, 10, 2)
+
+
+def _pdf(pages: list[str]) -> bytes:
+    """A minimal PDF with one line of Helvetica text per page (none: a page with no text
+    layer, as a scan has)."""
+    objects = ["<< /Type /Catalog /Pages 2 0 R >>", ""]
+    kids = []
+    for text in pages:
+        content = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode() if text else b""
+        kids.append(f"{len(objects) + 1} 0 R")
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {len(objects) + 2}"
+            f" 0 R /Resources << /Font << /F1 {len(objects) + 3} 0 R >> >> >>"
+        )
+        objects.append(f"<< /Length {len(content)} >>\nstream\n{content.decode()}\nendstream")
+        objects.append("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(pages)} >>"
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    )
+    return bytes(out)
+
+
+def test_a_pdf_is_read_page_after_page_and_a_scan_is_skipped(tmp_path):
+    (tmp_path / "fees.pdf").write_bytes(_pdf(["A replacement card costs 4.50 QB$.", "Page two."]))
+    (tmp_path / "scan.pdf").write_bytes(_pdf([""]))
+    assert read_documents(str(tmp_path / "fees.pdf"), "fees.pdf") == [
+        ("fees.pdf", "A replacement card costs 4.50 QB$.\n\nPage two.")
+    ]
+    files = {f.name: f for f in find_files([str(tmp_path)])}
+    assert set(files) == {"fees.pdf", "scan.pdf"}
+    [scan] = chunk_rows(files["scan.pdf"], 10, 2)
+    assert (scan["source"], scan["skipped"]) == ("scan.pdf", "no text (empty document)")
+
+
+def test_a_file_named_pdf_that_is_no_pdf_is_an_error_naming_it(tmp_path):
+    (tmp_path / "notes.pdf").write_text("just text, renamed")
+    with pytest.raises(UserError, match=r"notes\.pdf: not a PDF that can be read"):
+        read_documents(str(tmp_path / "notes.pdf"), "notes.pdf")
+
+
+def test_an_encrypted_pdf_is_an_error_naming_it(tmp_path):
+    import io
+
+    from pypdf import PdfWriter
+
+    writer = PdfWriter(clone_from=io.BytesIO(_pdf(["Secret fees."])))
+    writer.encrypt("password")
+    with open(tmp_path / "locked.pdf", "wb") as handle:
+        writer.write(handle)
+    with pytest.raises(UserError, match=r"locked\.pdf: an encrypted PDF"):
+        read_documents(str(tmp_path / "locked.pdf"), "locked.pdf")
