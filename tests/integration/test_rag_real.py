@@ -6,10 +6,8 @@ answers with the new fact, without retraining or a restart."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,10 +18,10 @@ import yaml
 
 from ftray.evaluate.metrics import normalize
 from ftray.store import Store
-from tests.conftest import BIN, ROOT, free_port
+from tests.conftest import ROOT, free_port
+from tests.integration.test_serve import KEY, _start
 
 pytestmark = pytest.mark.slow
-KEY = "rag-key"
 
 
 def _job(folder: Path) -> tuple[Path, dict]:
@@ -60,7 +58,8 @@ def test_fine_tuned_with_retrieval_beats_each_alone_and_serves_the_latest_facts(
     assert assessment["baseline"]["retrieval"]["score"] < tuned_rag["score"]
 
     facts = _facts_it_answers(store, evaluation["eval_id"], tmp_path)
-    process, url = _serve(job, ray_address)
+    process, _ = _start(ray_address, job)
+    url = f"http://127.0.0.1:{spec['serve']['port']}"
     try:
         _served_answers_follow_the_index(url, facts, lambda: run_cli("index", str(job)))
     finally:
@@ -142,22 +141,3 @@ def _facts_it_answers(store: Store, eval_id: str, folder: Path, n: int = 5) -> l
         f"only {len(facts)} held-out question(s) answered exactly with a fact found once"
     )
     return facts[:n]
-
-
-def _serve(job: Path, ray_address: str) -> tuple[subprocess.Popen, str]:
-    spec = yaml.safe_load(job.read_text())
-    process = subprocess.Popen(
-        [str(BIN / "ftray"), "serve", str(job), "--keep-serving"],
-        cwd=ROOT,
-        env={**os.environ, "RAY_ADDRESS": ray_address, "FTRAY_KEY": KEY},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines = []
-    assert process.stdout is not None
-    for line in process.stdout:
-        lines.append(line)
-        if "until Ctrl-C" in line:
-            return process, f"http://127.0.0.1:{spec['serve']['port']}"
-    raise AssertionError("ftray serve stopped:\n" + "".join(lines))
