@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from ftray.data.retrieval import drops_gold
@@ -106,12 +107,20 @@ def test_prepare_puts_retrieved_chunks_in_every_example(tmp_path, run_cli):
     # the tuned model, trained with retrieval, is costed with its chunks in the prompt too
     assert assessment["serving"]["tuned"]["prompt_tokens"] > K * 50
 
-    # without data.retrieval, a job with an index: assess searches the newest index itself
-    # (assess.retrieval_k chunks per question) for the base + retrieval arm
+
+# Slow tier (`make test-slow`): the same slice prepared again without data.retrieval, then
+# assessed (about 2 min); its parts are in `make test`: the index, assess's retrieval arm on
+# the dataset's chunks above, the decision rule in tests/unit/test_assess.py.
+@pytest.mark.slow
+def test_assess_searches_the_index_itself_without_data_retrieval(tmp_path, run_cli):
+    """A job with an index but no data.retrieval: assess searches the newest index
+    (assess.retrieval_k chunks per question) for the base + retrieval arm."""
+    job, _ = _job(tmp_path)
+    run_cli("index", str(job))
+    store = Store(str(tmp_path / "store"), "rag")
+    retriever = open_index(store)
     run_cli("assess", str(job), "--set", "data.retrieval=null", "--set", "assess.retrieval_k=2")
-    (searched,) = [
-        m for m in store.manifests("assessments") if m["dataset_id"] != manifest["dataset_id"]
-    ]
+    (searched,) = store.manifests("assessments")
     plain, rag = searched["baseline"], searched["baseline"]["retrieval"]
     assert (rag["index_id"], rag["k"], rag["examples"]) == (
         retriever.index_id,
@@ -120,4 +129,4 @@ def test_prepare_puts_retrieved_chunks_in_every_example(tmp_path, run_cli):
     )
     assert rag["prompt_tokens"] > searched["serving"]["prompted_base"]["prompt_tokens"] + 2 * 50
     # the tuned model, trained without retrieval, is costed without chunks
-    assert searched["serving"]["tuned"]["prompt_tokens"] < 2 * 50
+    assert searched["serving"]["tuned"]["prompt_tokens"] < rag["prompt_tokens"] - 2 * 50

@@ -116,6 +116,9 @@ def test_resubmitted_job_resumes_its_run(ray_address, tiny_store):
     assert manifest["metrics"]["step"] == 6
 
 
+# Slow tier: its parts are in `make test`: full fine-tunes under ZeRO-2/3 consolidated and
+# resumed in tests/unit (test_train_loop, test_dpo), Ray Train on 2 workers in the tests above.
+@pytest.mark.slow
 def test_full_finetune_with_zero2_on_two_workers(ray_address, tiny_store):
     """DeepSpeed ZeRO-2 over 2 gloo workers; the consolidated model is evaluated."""
     args = ["eval", "jobs/tiny.yaml", "--set", f"storage={tiny_store}"]

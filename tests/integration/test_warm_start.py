@@ -8,11 +8,16 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 
 def _manifest(root, *folder) -> dict:
     return json.loads((root.joinpath(*folder) / "manifest.json").read_text())
 
 
+# Slow tier: its parts are in `make test`: warm starts of LoRA, QLoRA and full children in
+# tests/unit/test_warm_start.py, the registry and `ftray run` in the tests of the pipeline.
+@pytest.mark.slow
 def test_a_warm_start_continues_the_production_model(colors_job, run_cli):
     path, root = colors_job
     if "production" not in run_cli("models", "list", str(path)).stdout:  # run alone
