@@ -41,12 +41,12 @@ from ftray.estimate import (
     usd,
 )
 from ftray.evaluate.generate import generate, generation_options
-from ftray.evaluate.rag_metrics import chunks, groundedness
+from ftray.evaluate.rag_metrics import asked_with_context, chunks, groundedness
 from ftray.evaluate.score import Task, score_one
 from ftray.models import load_tokenizer, resolve_model
 from ftray.placement import serving_config
 from ftray.progress import Progress
-from ftray.rag.context import with_context
+from ftray.rag.context import last_question, with_context
 from ftray.spec import METRIC_GROUPS, JobSpec
 from ftray.store import Store, content_id
 
@@ -297,10 +297,7 @@ def _retrieved(examples, spec: JobSpec, store: Store, index_id: str):
     table = examples.to_pandas()
     k = spec.assess.retrieval_k
     retriever = open_index(store, index_id, spec.index)
-    questions = [
-        next(m["content"] for m in reversed(json.loads(messages)) if m["role"] == "user")
-        for messages in table["messages"]
-    ]
+    questions = [last_question(json.loads(messages)) for messages in table["messages"]]
     found = retriever.search_many(questions, k)
     table["context"] = [json.dumps([asdict(c) for c in shown]) for shown in found]
     return ray.data.from_pandas(table), {"index_id": index_id, "k": k}
@@ -309,7 +306,7 @@ def _retrieved(examples, spec: JobSpec, store: Store, index_id: str):
 def _put_context(batch):
     """Each example's messages with its chunks (the `context` column) before the question."""
     batch["messages"] = [
-        json.dumps(with_context(json.loads(m), chunks(context)))
+        asked_with_context(m, context)
         for m, context in zip(batch["messages"], batch["context"], strict=True)
     ]
     return batch

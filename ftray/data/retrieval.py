@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from ftray.data.records import CheckRecords, Reject
-from ftray.rag.context import Chunk, Retriever, with_context
+from ftray.rag.context import Chunk, Retriever, last_question, with_context
 from ftray.spec import RetrievalDataSpec
 
 # what `AddContext` adds to every row; `context` is the chunks as JSON, for evaluation arms
@@ -123,7 +123,7 @@ class AddContext:
         settings = self.retrieval
         gold = self._gold(row["fields"])
         messages = json.loads(row["messages"])
-        query = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        query = last_question(messages)
         mode = mode_of(row["split"], gold, settings, self.spec.seed, row["prompt"])
         chosen = select(self.retriever, query, settings.k, gold, mode, settings.gold_search_k)
         row.update(

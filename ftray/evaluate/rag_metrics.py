@@ -17,7 +17,7 @@ import numpy as np
 from ftray.data.retrieval import is_gold
 from ftray.evaluate.metrics import exact_match
 from ftray.evaluate.score import Task, score_one
-from ftray.rag.context import Chunk
+from ftray.rag.context import Chunk, with_context
 
 # Function words carry no claim an answer could be grounded in (a short fixed list, so the
 # score never depends on an installed corpus).
@@ -146,6 +146,12 @@ def citation_accuracy(answer: str, chunks: list[Chunk]) -> float | None:
 def chunks(context: str) -> list[Chunk]:
     """The chunks of a dataset row's `context` column (JSON)."""
     return [Chunk(**chunk) for chunk in json.loads(context)]
+
+
+def asked_with_context(messages: str, context: str) -> str:
+    """A row's `messages` (JSON) with its `context` column's chunks put in by `with_context`:
+    what evaluation, assess and the sweep's probe ask a retrieval-trained model."""
+    return json.dumps(with_context(json.loads(messages), chunks(context)))
 
 
 def retrieval_arms(with_context, without_context, task: Task, prepared: dict) -> dict:

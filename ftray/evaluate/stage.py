@@ -25,7 +25,6 @@ to the stored comparison (no generation) and rewrites the verdict and the report
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,10 @@ from ftray.artifacts import DatasetRef, EvalRef, RunRef, reuse
 from ftray.errors import UserError
 from ftray.evaluate.gate import apply_to_stored
 from ftray.evaluate.generate import generate, generation_options
-from ftray.evaluate.rag_metrics import chunks, retrieval_arms
+from ftray.evaluate.rag_metrics import asked_with_context, retrieval_arms
 from ftray.evaluate.score import ARMS, Task, judge
 from ftray.models import resolve_model
 from ftray.progress import Progress
-from ftray.rag.context import with_context
 from ftray.registry import get_model, production
 from ftray.spec import DataSpec, EvalSpec, ModelSpec
 from ftray.store import Store, content_id, utc_stamp
@@ -195,7 +193,7 @@ def _examples(dataset: DatasetRef, limit: int, retrieval: bool = False):
     if retrieval:
         table["plain_messages"] = table["messages"]
         table["messages"] = [
-            json.dumps(with_context(json.loads(m), chunks(c)))
+            asked_with_context(m, c)
             for m, c in zip(table["messages"], table["context"], strict=True)
         ]
     return table

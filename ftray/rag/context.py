@@ -45,6 +45,11 @@ def format_context(chunks: list[Chunk]) -> str:
     return "\n\n".join(f"[{c.id}] ({c.source})\n{c.text.strip()}" for c in chunks)
 
 
+def last_question(messages: list[dict[str, str]]) -> str:
+    """The text of the last user turn: what retrieval searches for."""
+    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
+
+
 def with_context(messages: list[dict[str, str]], chunks: list[Chunk]) -> list[dict[str, str]]:
     """`messages` with the context block put before the last user turn's text.
 

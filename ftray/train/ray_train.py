@@ -166,13 +166,10 @@ def _probe(settings: dict, dataset: DatasetRef) -> ProbeConfig:
     """The probe's sample: the first `sample` validation examples (the same for every
     trial of a sweep); for a dataset prepared with data.retrieval, each asked with its chunks
     as evaluation and serving ask it."""
-    import json
-
     import fsspec
     import pyarrow.dataset as pds
 
-    from ftray.evaluate.rag_metrics import chunks
-    from ftray.rag.context import with_context
+    from ftray.evaluate.rag_metrics import asked_with_context
 
     retrieval = bool(dataset.manifest.get("retrieval"))
     fs, path = fsspec.core.url_to_fs(f"{dataset.uri}/validation")
@@ -181,10 +178,9 @@ def _probe(settings: dict, dataset: DatasetRef) -> ProbeConfig:
         columns=["prompt", "messages", "completion", *(["context"] if retrieval else [])],
     )
     examples = table.to_pylist()
-    for row in examples:
-        if retrieval:
-            shown = chunks(row.pop("context"))
-            row["messages"] = json.dumps(with_context(json.loads(row["messages"]), shown))
+    if retrieval:
+        for row in examples:
+            row["messages"] = asked_with_context(row["messages"], row.pop("context"))
     return ProbeConfig(
         task=settings["task"],
         examples=examples,
