@@ -31,11 +31,12 @@ from typing import Any
 
 from ftray.artifacts import DatasetRef, reuse
 from ftray.data.checks import load_word_list
-from ftray.data.dedup import find_duplicates
 from ftray.data.records import BLANK, CheckRecords
 from ftray.data.report import build_report
 from ftray.data.retrieval import CONTEXT_COLUMNS, AddContext, retrieval_counts
+from ftray.data.shards import RayPool, decide, outcomes, shard_count
 from ftray.data.sources import SourceFile, expand_sources, number_files, scan_jsonl
+from ftray.data.tally import Tally, tally
 from ftray.errors import UserError
 from ftray.models import load_tokenizer, resolve_model
 from ftray.progress import Progress
@@ -91,7 +92,7 @@ def prepare(data: DataSpec, model: ModelSpec, store: Store, progress: Progress) 
     # 'latest' means the index of today: the resolved id is part of the dataset's identity;
     # where dedup runs does not change what it finds: not part of it
     index_id = _index_id(data, store)
-    rules = data.model_dump(mode="json", exclude={"dedup": {"driver_max_records"}})
+    rules = data.model_dump(mode="json", exclude={"dedup": {"shards"}})
     dataset_id = content_id(
         "ds",
         digests,
@@ -157,43 +158,35 @@ def _build(
         paths = ", ".join(f.path for f in files)
         raise UserError(f"data.sources: no line to read in {paths}; every file is empty.")
 
-    passing = checked.filter(expr=col("rule") == "")
-    drops: dict[int, tuple[str, str]] = {}
-    moves: dict[int, str] = {}
     # preference pairs may share a prompt (A over B, C over B): no conflict rule for them
     dedup = data.dedup.model_copy(
         update={"conflicts": data.dedup.conflicts and not data.preference}
     )
-    if dedup.exact or dedup.near or dedup.conflicts:
+    pool = RayPool(data, shard_count(data, checked.count()))
+    try:
+        passing = checked.filter(expr=col("rule") == "")
         precedence = {f.path: f.precedence for f in files}
-        drops, moves = find_duplicates(passing, dedup, checked.count(), precedence)
-    clock.lap("duplicates")
-    progress.note(
-        f"duplicates and conflicts: {len(drops)} record(s) removed (exact, near, leakage, "
-        f"conflict), {len(moves)} correction(s) moved to a held-out split"
-    )
-    carved = {**_held_out(passing, {**drops, **moves}, data), **moves}
-    final = checked.map_batches(
-        _assign,
-        fn_kwargs={"drops": drops, "carved": carved},
-        batch_format="pandas",
-    ).materialize()
-    clock.lap("split")
+        decide(passing, data.model_copy(update={"dedup": dedup}), precedence, pool)
+        clock.lap("duplicates and split")
+        final = checked.map_batches(
+            _assign, fn_kwargs={"pool": pool}, batch_format="pandas"
+        ).materialize()
+    finally:
+        pool.close()
+    clock.lap("assign")
     if data.retrieval:
         final = _add_context(final, data, model, model_dir, store, index_id, progress)
         clock.lap("retrieve")
 
-    narrow = ["split", "rule", "reason", "source", "row", "read", "num_tokens"]
-    narrow += ["pii_redacted", "truncated"]
-    narrow += ["gold", "gold_retrieved", "gold_in_context"] if data.retrieval else []
-    table = final.select_columns(narrow).to_pandas()
-    accounts = _accounts(table, digests)  # raises before anything is published
-    counts = _counts(table)
+    counted = tally(final, bool(data.retrieval))
+    accounts = _accounts(counted, digests)  # raises before anything is published
+    counts = _counts(counted)
     clock.lap("counts")
     progress.note(
         f"{counts['read']} lines read: {counts['train']} train, {counts['validation']} "
         f"validation, {counts['eval']} eval, {counts['quarantine']} quarantined, "
-        f"{counts['blank']} blank"
+        f"{counts['blank']} blank; {_removed(counts)} of the quarantined removed as "
+        "duplicates (exact, near, leakage) or conflicts"
     )
     for split in SPLITS:
         part = final.filter(expr=col("split") == split)
@@ -209,11 +202,11 @@ def _build(
     if written != {split: counts[split] for split in SPLITS}:
         raise RuntimeError(f"parquet holds {written} rows, expected {counts}")
     clock.lap("write")
-    report = build_report(table[table["split"] != BLANK], data)
+    report = build_report(counted, data)
     store.write_json(report, "datasets", attempt, "report.json")
     clock.lap("report")
     progress.note(f"seconds per step: {clock}")
-    retrieval = retrieval_counts(table, data.retrieval.k, index_id) if data.retrieval else None
+    retrieval = retrieval_counts(counted, data.retrieval.k, index_id) if data.retrieval else None
     return {
         "sources": digests,
         "files": accounts,
@@ -330,87 +323,61 @@ def _require_training_records(manifest: dict) -> None:
     )
 
 
-def _held_out(passing, taken: dict, data: DataSpec) -> dict[int, str]:
-    """Order → 'eval' or 'validation' for the training-source records held out; records
-    whose fate is decided already (`taken`: dropped, or moved by a conflict) are not ranked.
+def _assign(batch, pool):
+    """Each record's split and rule: its own rule from the checks, else what the shards
+    decided (a duplicate's or conflict's rule; eval or validation when carved or moved),
+    else its file's split."""
+    import numpy as np
 
-    Per label (or overall) the records rank by a salted hash of the prompt, stable across
-    runs: the lowest `eval_fraction` of them (rounded) go to eval unless `eval_sources` is
-    given, then `validation_fraction` of the rest to validation unless `validation_sources`
-    is given (exact stratification). Validation gets one record at least when two or more
-    are left, so checkpoints are always chosen on held-out data.
-    """
-    rows = passing.select_columns(["order", "origin", "prompt", "completion"]).to_pandas()
-    if rows.empty:
-        return {}  # no record passed (and pandas has no columns to group by)
-    rows = rows[(rows["origin"] == "train") & ~rows["order"].isin(list(taken))]
-    rows["bucket"] = [_bucket(data.seed, prompt) for prompt in rows["prompt"]]
-    rows["stratum"] = rows["completion"] if data.labels else ""
-    carved: dict[int, str] = {}
-    for _, group in rows.groupby("stratum"):
-        ranked = [int(o) for o in group.sort_values(["bucket", "order"])["order"]]
-        n_eval = 0 if data.eval_sources else round(len(ranked) * data.eval_fraction)
-        rest = len(ranked) - n_eval
-        n_val = 0 if data.validation_sources else round(rest * data.validation_fraction)
-        carved.update({order: "eval" for order in ranked[:n_eval]})
-        carved.update({order: "validation" for order in ranked[n_eval : n_eval + n_val]})
-    left = rows[~rows["order"].isin(list(carved))].sort_values(["bucket", "order"])
-    if not data.validation_sources and "validation" not in carved.values() and len(left) >= 2:
-        carved[int(left["order"].iloc[0])] = "validation"
-    return carved
-
-
-def _bucket(seed: int, prompt: str) -> int:
-    key = f"{seed}:{' '.join(prompt.lower().split())}"
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
-
-
-def _assign(batch, drops: dict, carved: dict[int, str]):
-    splits, rules, reasons = [], [], []
-    for order, rule, reason, origin in zip(
-        batch["order"], batch["rule"], batch["reason"], batch["origin"], strict=True
-    ):
-        if not rule and int(order) in drops:
-            rule, reason = drops[int(order)]
-        if rule == BLANK:
-            splits.append(BLANK)
-        elif rule:
-            splits.append("quarantine")
-        else:  # carved from the sources or moved by a conflict, else the file's own split
-            splits.append(carved.get(int(order), origin))
-        rules.append(rule)
-        reasons.append(reason)
-    batch["split"], batch["rule"], batch["reason"] = splits, rules, reasons
+    batch = batch.reset_index(drop=True)
+    orders = batch["order"].astype("int64").to_numpy()
+    decided = outcomes(pool, orders).set_index("order").reindex(orders).fillna("")
+    decided = decided.reset_index(drop=True)
+    dropped = (batch["rule"] == "") & (decided["rule"] != "")
+    batch["rule"] = batch["rule"].where(~dropped, decided["rule"])
+    batch["reason"] = batch["reason"].where(~dropped, decided["reason"])
+    split = np.where(decided["split"] != "", decided["split"], batch["origin"])
+    split = np.where(batch["rule"] != "", "quarantine", split)
+    batch["split"] = np.where(batch["rule"] == BLANK, BLANK, split)
     return batch
 
 
-def _counts(table) -> dict:
-    by_split = table["split"].value_counts().to_dict()
-    counts: dict[str, Any] = {"read": len(table)}
-    counts.update({split: int(by_split.get(split, 0)) for split in (*SPLITS, BLANK)})
+def _removed(counts: dict) -> int:
+    rules = counts["quarantine_by_rule"]
+    return sum(
+        rules.get(rule, 0) for rule in ("duplicate", "near_duplicate", "leakage", "conflict")
+    )
+
+
+def _counts(counted: Tally) -> dict:
+    by_split: dict[str, int] = {}
+    for part in counted.files.values():
+        for split, n in part["splits"].items():
+            by_split[split] = by_split.get(split, 0) + n
+    counts: dict[str, Any] = {"read": sum(part["lines"] for part in counted.files.values())}
+    counts.update({split: by_split.get(split, 0) for split in (*SPLITS, BLANK)})
     counts["input"] = counts["read"] - counts[BLANK]  # records: lines that are not blank
-    rules = table.loc[table["split"] == "quarantine", "rule"].value_counts().to_dict()
-    counts["quarantine_by_rule"] = {rule: int(n) for rule, n in sorted(rules.items())}
+    counts["quarantine_by_rule"] = dict(sorted(counted.rules.items()))
     return counts
 
 
-def _accounts(table, digests: list[dict]) -> list[dict]:
+def _accounts(counted: Tally, digests: list[dict]) -> list[dict]:
     """Per source file: lines (rows) its reader read = train + validation + eval + quarantine
-    + blank,
-    each line once. Raises RuntimeError when a line is lost or doubled on the way."""
+    + blank, each line once (no row number twice). Raises RuntimeError when a line is lost or
+    doubled on the way."""
     accounts = []
     for source in digests:
-        mine = table[table["source"] == source["path"]]
-        read = int(mine["read"].iloc[0]) if len(mine) else 0
-        splits = mine["split"].value_counts().to_dict()
+        empty: dict[str, Any] = {"lines": 0, "doubled": False, "read": [], "splits": {}}
+        part: dict[str, Any] = counted.files.get(source["path"]) or empty
+        read = part["read"][0] if part["read"] else 0
         account = {
             "path": source["path"],
             "format": source["format"],
             "read": read,
-            **{split: int(splits.get(split, 0)) for split in (*SPLITS, BLANK)},
+            **{split: int(part["splits"].get(split, 0)) for split in (*SPLITS, BLANK)},
         }
         landed = sum(account[split] for split in (*SPLITS, BLANK))
-        if landed != read or mine["row"].duplicated().any() or mine["read"].nunique() > 1:
+        if landed != read or part["doubled"] or len(part["read"]) > 1:
             raise RuntimeError(f"lines lost or doubled in prepare: {account}")
         accounts.append(account)
     return accounts

@@ -156,20 +156,19 @@ class AddContext:
         return str(value).strip() or None
 
 
-def retrieval_counts(table, k: int, index_id: str) -> dict:
-    """The manifest's retrieval section: per example split, how many examples know their
-    gold document, hold a gold chunk, and retrieval's own gold recall@k."""
+def retrieval_counts(tally, k: int, index_id: str) -> dict:
+    """The manifest's retrieval section, from prepare's `Tally`: per example split, how many
+    examples know their gold document, hold a gold chunk, and retrieval's own gold
+    recall@k."""
     counts: dict = {"index_id": index_id, "k": k}
     for split in _EXAMPLES:
-        rows = table[table["split"] == split]
-        known = rows[rows["gold"] != ""]
+        gold = tally.gold.get(split) or {"examples": 0, "gold_known": 0}
+        known = gold["gold_known"]
         counts[split] = {
-            "examples": len(rows),
-            "gold_known": len(known),
-            "with_gold": int(known["gold_in_context"].sum()),
-            "without_gold": int((~known["gold_in_context"].astype(bool)).sum()),
-            "gold_recall_at_k": (
-                round(float(known["gold_retrieved"].mean()), 4) if len(known) else None
-            ),
+            "examples": gold["examples"],
+            "gold_known": known,
+            "with_gold": gold.get("with_gold", 0),
+            "without_gold": known - gold.get("with_gold", 0),
+            "gold_recall_at_k": round(gold["retrieved"] / known, 4) if known else None,
         }
     return counts

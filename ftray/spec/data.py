@@ -68,12 +68,13 @@ class DedupSpec(_Section):
     )
     num_perm: int = Field(default=128, ge=16, le=1024, description="MinHash permutations.")
     shingle: int = Field(default=5, ge=2, le=20, description="Characters per shingle.")
-    driver_max_records: int = Field(
-        default=10_000,
-        ge=0,
-        description="Up to this many records (lines read) dedup runs in the driver process, "
-        "with the same verdicts: on small data the Ray Data shuffles by key cost seconds each "
-        "of fixed time. Above it, every rule is a distributed shuffle. 0: always distributed.",
+    shards: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Actors that hold the dedup keys and the split, each owning a hash range "
+        "of them (memory, no CPU reserved; spread over the nodes). Default: one per 500,000 "
+        "lines read, and at least data.num_workers. The verdicts do not depend on it.",
     )
 
 

@@ -109,15 +109,9 @@ def pack_epoch(
         count += 1
     if not count:
         return []
-    bins = first_fit_decreasing([len(x) for x in examples["input_ids"]], pack_length)
-    while len(bins) < count:  # too few rows to go round: split the fullest row
-        largest = max(range(len(bins)), key=lambda b: (len(bins[b]), -b))
-        half = len(bins[largest]) // 2
-        bins[largest : largest + 1] = [bins[largest][:half], bins[largest][half:]]
-    order = np.random.default_rng([seed, epoch]).permutation(len(bins))
+    lengths = [len(x) for x in examples["input_ids"]]
     micro_batches = []
-    for part in np.array_split(order, count):
-        picked = [bins[b] for b in part]
+    for picked in deal_rows(lengths, pack_length, count, seed, epoch):
         indices = [i for row in picked for i in row]
         at = {i: k for k, i in enumerate(indices)}
         micro_batches.append(
@@ -125,3 +119,19 @@ def pack_epoch(
             | {"rows": [[at[i] for i in row] for row in picked]}
         )
     return micro_batches
+
+
+def deal_rows(
+    lengths: list[int], pack_length: int, count: int, seed: int, epoch: int
+) -> list[list[list[int]]]:
+    """`count` micro-batches of packed rows (lists of example indices): first-fit decreasing
+    bins, the fullest split while there are too few to go round, shuffled (seeded by `seed`
+    and `epoch`: rows built from the longest examples would otherwise all come first) and
+    dealt in order."""
+    bins = first_fit_decreasing(lengths, pack_length)
+    while len(bins) < count:
+        largest = max(range(len(bins)), key=lambda b: (len(bins[b]), -b))
+        half = len(bins[largest]) // 2
+        bins[largest : largest + 1] = [bins[largest][:half], bins[largest][half:]]
+    order = np.random.default_rng([seed, epoch]).permutation(len(bins))
+    return [[bins[b] for b in part] for part in np.array_split(order, count)]

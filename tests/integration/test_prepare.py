@@ -84,9 +84,9 @@ def messy(tmp_path_factory, ray_address):
         "labels": ["card_arrival", "exchange_rate"],
         "eval_fraction": 0.25,
         "pii": {"action": "drop"},
-        # every rule as Ray Data shuffles, as on large data (smaller data runs them on the
-        # driver: test_data_show_and_diff_between_versions's second prepare)
-        "dedup": {"driver_max_records": 0},
+        # every rule over three shard actors, each key on its owner, as on large data (the
+        # default, one shard: test_data_show_and_diff_between_versions's second prepare)
+        "dedup": {"shards": 3},
     }
     job = _job(tmp, data)
     out = cli(ray_address, "prepare", str(job)).stdout
@@ -160,9 +160,9 @@ def test_split_is_stratified_by_label(messy):
 def test_data_show_and_diff_between_versions(messy, run_cli):
     tmp, job, _ = messy
     old = _dataset(tmp).name
-    # on the driver: the diff below is the near-duplicate the shuffles found, and no other
-    driver = ("--set", "data.dedup.driver_max_records=10000")
-    out = run_cli("prepare", str(job), "--set", "data.dedup.near=false", *driver).stdout
+    # on one shard: the diff below is the near-duplicate the three shards found, and no other
+    one = ("--set", "data.dedup.shards=1")
+    out = run_cli("prepare", str(job), "--set", "data.dedup.near=false", *one).stdout
     new = next(p.name for p in (tmp / "store/messy/datasets").iterdir() if p.name != old)
     assert "new dataset" in out
     shown = run_cli("data", "show", str(job), old).stdout
@@ -330,7 +330,7 @@ def test_a_correction_replaces_the_record_it_corrects(tmp_path, run_cli):
     fixes.append({"prompt": sea, "completion": "blue"})
     fixed.write_text("".join(json.dumps(r) + "\n" for r in fixes))
     data["sources"].append({"path": str(fixed), "precedence": 1})
-    data["dedup"] = {"driver_max_records": 0}  # the conflict rule as a Ray Data shuffle
+    data["dedup"] = {"shards": 2}  # the conflict rule across two shard actors
     job = _job(tmp_path, data)
     run_cli("prepare", str(job))
     datasets = tmp_path / "store" / "messy" / "datasets"

@@ -7,13 +7,20 @@ import pandas as pd
 import pytest
 
 from ftray.data.prepare import _accounts, _counts
+from ftray.data.tally import Tally
 
 SOURCES = [{"path": "a.jsonl", "format": "jsonl"}, {"path": "b.csv", "format": "csv"}]
 
 
-def _table(rows):
-    columns = ["source", "row", "read", "split", "rule"]
-    return pd.DataFrame(rows, columns=columns)
+def _table(rows, blocks: int = 1) -> Tally:
+    """The tally of these rows, cut into `blocks` blocks and added as prepare adds them."""
+    table = pd.DataFrame(rows, columns=["source", "row", "read", "split", "rule"])
+    table = table.assign(order=range(len(table)), reason="", num_tokens=3)
+    table = table.assign(pii_redacted=0, truncated=False)
+    total = Tally()
+    for block in range(blocks):
+        total = total.add(Tally.of(table.iloc[block::blocks]))
+    return total
 
 
 GOOD = [
@@ -26,8 +33,9 @@ GOOD = [
 ]
 
 
-def test_accounts_per_file_and_counts():
-    table = _table(GOOD)
+@pytest.mark.parametrize("blocks", [1, 4])
+def test_accounts_per_file_and_counts(blocks):
+    table = _table(GOOD, blocks)
     first, second = _accounts(table, SOURCES)
     assert first == {
         "path": "a.jsonl",
@@ -57,4 +65,4 @@ def test_accounts_per_file_and_counts():
 )
 def test_a_lost_or_doubled_line_fails_the_stage(rows):
     with pytest.raises(RuntimeError, match="lost or doubled"):
-        _accounts(_table(rows), SOURCES)
+        _accounts(_table(rows, 2), SOURCES)

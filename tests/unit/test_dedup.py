@@ -1,18 +1,21 @@
 """Which record survives a conflict (same prompt, another completion) or a duplicate: the
-per-partition blocks and the near-duplicate verdicts, on plain pandas (prepare runs them
-inside Ray Data on large data, on the driver on small data; tests/integration/test_prepare.py
-runs both through `ftray prepare`)."""
+rules' block functions on plain pandas, and every round of the key-owning shards run in this
+process (`LocalPool`) with one shard and with three, which must agree
+(tests/integration/test_prepare.py runs them as Ray actors through `ftray prepare`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pandas as pd
+import pytest
 
 from ftray.data.checks import exact_key, prompt_key
-from ftray.data.dedup import _conflict_block, _exact_block, _near_drops, _on_driver
+from ftray.data.dedup import best_match, conflict_block, exact_block, near_losers, verdicts
+from ftray.data.shards import LocalPool, outcomes, route, run_rounds
 from ftray.data.sources import record_order
-from ftray.spec.data import DedupSpec
+from ftray.spec.data import DataSpec, DedupSpec
 
 
 def _chat(prompt: str, system: str | None = None) -> str:
@@ -59,7 +62,7 @@ def test_a_correction_wins_by_precedence_and_a_later_source_at_equal_precedence(
         ("train", 0, 5, 0, "same answer", "x"),
         ("train", 1, 5, 0, "same answer", "x"),  # a duplicate, not a conflict
     )
-    lost = _conflict_block(block).set_index("row")
+    lost = conflict_block(block).set_index("row")
     assert sorted(zip(lost["source"], lost.index, strict=True)) == [
         ("train0.jsonl", 2),
         ("train0.jsonl", 7),
@@ -79,7 +82,7 @@ def test_a_correction_of_a_test_example_goes_to_the_test_set_not_to_training():
         ("train", 0, 2, 0, "held out", "a"),
         ("validation", 2, 2, 0, "held out", "b"),  # a validation file beats training
     )
-    lost = _conflict_block(block)
+    lost = conflict_block(block)
     sky = lost[lost["match_source"] == "train3.jsonl"]
     assert sorted(sky["origin"]) == ["eval", "train", "validation"]
     assert set(sky["winner_split"]) == {"eval"}, "the test set keeps the prompt, corrected"
@@ -94,7 +97,7 @@ def test_of_exact_duplicates_the_higher_precedence_is_kept():
         ("train", 0, 2, 0, "plain", "a"),
         ("train", 0, 3, 0, "plain", "a"),
     )
-    dropped = _exact_block(block).set_index("row")
+    dropped = exact_block(block).set_index("row")
     assert list(zip(dropped["source"], dropped.index, strict=True)) == [
         ("train0.jsonl", 1),
         ("train0.jsonl", 3),
@@ -117,6 +120,14 @@ def _pair(later: tuple, earlier: tuple, similarity: float = 0.9) -> dict:
             }
         )
     return row
+
+
+def _near_drops(pairs: list[dict], dropped: set[int], lost: set[int]) -> dict:
+    """order → (rule, reason) from confirmed pairs, as the shards' last near rounds decide."""
+    losers = near_losers(pd.DataFrame(pairs), sorted(dropped), sorted(lost))
+    found = verdicts(best_match(losers))
+    rows = zip(found["order"], found["rule"], found["reason"], strict=True)
+    return {order: (rule, reason) for order, rule, reason in rows}
 
 
 def test_near_duplicates_keep_the_higher_precedence_and_leave_conflicts_alone():
@@ -169,41 +180,108 @@ def _checked(*records) -> pd.DataFrame:
                 "signature": signature.tobytes(),
                 "messages": _chat(prompt),
                 "completion": completion,
+                "prompt": prompt,
             }
         )
     return pd.DataFrame(rows), precedence
 
 
-def test_small_data_is_deduplicated_on_the_driver_by_every_rule():
-    """What prepare runs below `dedup.driver_max_records`: the same block functions over one
-    frame give each rule's verdict (test_prepare checks them through Ray Data too)."""
-    near = "How long does it take for a new card to arrive in the post?"
-    rows, precedence = _checked(
-        ("train", 0, 1, 0, SKY, "blue"),
-        ("train", 0, 2, 0, SKY.upper(), "blue"),  # the same text
-        ("train", 0, 3, 0, "twice", "a"),
-        ("train", 1, 1, 1, "twice", "b"),  # a correction, of a test example too
-        ("eval", 2, 1, 0, "twice", "c"),
-        ("train", 0, 4, 0, near, "card_arrival"),
-        ("train", 0, 5, 0, near + " please", "card_arrival"),  # near the line before
-        ("eval", 2, 2, 0, near + " now", "card_arrival"),  # near a training line: a leak
-        ("train", 0, 6, 0, "nothing like the others at all", "x"),
-    )
-    drops, moves = _on_driver(rows, DedupSpec(), precedence)
+def _decide(rows: pd.DataFrame, precedence: dict, shards: int, **data) -> pd.DataFrame:
+    """Every round on `shards` shards in this process: each record's outcome by order."""
+    spec = DataSpec(sources=[{"path": "train0.jsonl"}], **data)
+    pool = LocalPool(spec, shards)
+    if len(rows):
+        for start in range(0, len(rows), 4):  # batches, as Ray Data hands them to `route`
+            route(rows.iloc[start : start + 4], pool, spec.model_dump(mode="json"), precedence)
+    run_rounds(pool, spec)
+    found = outcomes(pool, rows["order"].to_numpy() if len(rows) else [])
+    return found.set_index("order").sort_index()
+
+
+NEAR = "How long does it take for a new card to arrive in the post?"
+EVERY_RULE = (
+    ("train", 0, 1, 0, SKY, "blue"),
+    ("train", 0, 2, 0, SKY.upper(), "blue"),  # the same text
+    ("train", 0, 3, 0, "twice", "a"),
+    ("train", 1, 1, 1, "twice", "b"),  # a correction, of a test example too
+    ("eval", 2, 1, 0, "twice", "c"),
+    ("train", 0, 4, 0, NEAR, "card_arrival"),
+    ("train", 0, 5, 0, NEAR + " please", "card_arrival"),  # near the line before
+    ("eval", 2, 2, 0, NEAR + " now", "card_arrival"),  # near a training line: a leak
+    ("train", 0, 6, 0, "nothing like the others at all", "x"),
+)
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_every_rule_on_the_shards(shards):
+    rows, precedence = _checked(*EVERY_RULE)
+    found = _decide(rows, precedence, shards)
     order = {(r["source"], r["row"]): r["order"] for r in rows.to_dict("records")}
-    assert {
-        (source, row): drops[order[source, row]][0]
-        for source, row in order
-        if order[source, row] in drops
-    } == {
+    rules = {key: found.loc[o, "rule"] for key, o in order.items() if found.loc[o, "rule"]}
+    assert rules == {
         ("train0.jsonl", 2): "duplicate",
         ("train0.jsonl", 3): "conflict",
         ("eval2.jsonl", 1): "conflict",
         ("train0.jsonl", 5): "near_duplicate",
         ("eval2.jsonl", 2): "leakage",
     }
-    assert drops[order["train0.jsonl", 2]][1] == "same text as train0.jsonl:1"
-    assert drops[order["train0.jsonl", 5]][1].startswith("near-duplicate of train0.jsonl:4 (")
-    assert moves == {order["train1.jsonl", 1]: "eval"}, "the correction takes the test slot"
-    assert _on_driver(rows.iloc[:0], DedupSpec(), precedence) == ({}, {})
-    assert _on_driver(pd.DataFrame(), DedupSpec(), {}) == ({}, {}), "no rows: no columns"
+    assert found.loc[order["train0.jsonl", 2], "reason"] == "same text as train0.jsonl:1"
+    assert found.loc[order["train0.jsonl", 5], "reason"].startswith(
+        "near-duplicate of train0.jsonl:4 ("
+    )
+    assert found.loc[order["train1.jsonl", 1], "split"] == "eval", "the correction takes its slot"
+    assert found.equals(_decide(rows, precedence, 1)), "the shards' count changes nothing"
+    assert _decide(rows.iloc[:0], precedence, shards).empty
+    assert _decide(pd.DataFrame(), {}, shards).empty, "no rows: no columns"
+
+
+@pytest.mark.parametrize("shards", [1, 2, 5])
+def test_the_held_out_split_is_exact_per_label_whatever_the_shards(shards):
+    """Per label the lowest-ranked 20% go to eval, then 25% of the rest to validation, the same
+    records on any number of shards; a record dropped or moved by a rule is not ranked."""
+
+    def prompt(row: int) -> str:  # texts far apart: no near-duplicates
+        return hashlib.sha256(str(row).encode()).hexdigest()
+
+    records = [
+        ("train", 0, row, 0, prompt(row), label)
+        for label in ("a", "b", "c")
+        for row in range(1 + 100 * ord(label), 21 + 100 * ord(label))
+    ]
+    records.append(("train", 0, 1, 0, prompt(1 + 100 * ord("a")), "b"))  # loses a conflict
+    rows, precedence = _checked(*records)
+    found = _decide(
+        rows,
+        precedence,
+        shards,
+        labels=["a", "b", "c"],
+        eval_fraction=0.2,
+        validation_fraction=0.25,
+    )
+    found = found.join(rows.set_index("order")["completion"])
+    counts = found.groupby(["completion", "split"]).size().to_dict()
+    for label in "abc":
+        assert (counts[label, "eval"], counts[label, "validation"]) == (4, 4)
+    assert found.equals(
+        _decide(
+            rows, precedence, 1, labels=["a", "b", "c"], eval_fraction=0.2, validation_fraction=0.25
+        ).join(rows.set_index("order")["completion"])
+    )
+
+
+def test_candidate_pairs_pair_each_record_with_the_earlier_ones_of_its_buckets_capped():
+    from ftray.data.dedup import MAX_BUCKET, pairs_block
+
+    big = [("big", order) for order in range(1000, 1000 + MAX_BUCKET + 44)]
+    block = pd.DataFrame(
+        [*big, ("small", 7), ("small", 3), ("small", 5), ("alone", 9)],
+        columns=["band_key", "order"],
+    )
+    pairs = set(map(tuple, pairs_block(block).to_numpy().tolist()))
+    ranked = [order for _, order in big]
+    expected = {(5, 3), (7, 3), (7, 5)}
+    expected |= {(later, earlier) for j, later in enumerate(ranked) for earlier in ranked[:j]}
+    expected = {(a, b) for a, b in expected if b < 1000 or b < 1000 + MAX_BUCKET}
+    assert pairs == expected
+    assert len(pairs) == 3 + MAX_BUCKET * (MAX_BUCKET - 1) // 2 + 44 * MAX_BUCKET
+    assert pairs_block(block.iloc[:0]).dtypes.tolist() == ["int64", "int64"]

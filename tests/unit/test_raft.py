@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from ftray.data.retrieval import drops_gold, is_gold, mode_of, retrieval_counts, select
+from ftray.data.tally import Tally
 from ftray.rag.context import Chunk, chunk_id
 from ftray.spec import RetrievalDataSpec
 
@@ -109,7 +110,10 @@ def test_manifest_counts_gold_and_recall():
             "gold_in_context": [True, False, False, True, False, False],
         }
     )
-    counts = retrieval_counts(table, 3, "idx-1")
+    table = table.assign(order=range(len(table)), rule="", reason="", source="a", row=1, read=1)
+    table = table.assign(num_tokens=3, pii_redacted=0, truncated=False)
+    halves = Tally.of(table.iloc[:3]).add(Tally.of(table.iloc[3:]))  # as prepare adds blocks
+    counts = retrieval_counts(halves, 3, "idx-1")
     assert counts["train"] == {
         "examples": 3,
         "gold_known": 2,
