@@ -24,6 +24,8 @@ from ftray.data.checks import similarity
 # A bucket this large means degenerate data (say, thousands of near-empty texts); compare its
 # members with its first MAX_BUCKET records only, to keep the work linear.
 MAX_BUCKET = 256
+# Pairs compared at once: two 128 MiB copies of their signatures at num_perm 128.
+SIMILARITY_CHUNK = 1 << 18
 COLUMNS = ["order", "origin", "source", "row", "precedence"]
 HELD_OUT = {"eval": 0, "validation": 1, "train": 2}  # rank: the most held-out split first
 
@@ -110,15 +112,20 @@ def distinct_pairs(block):
     return block.drop_duplicates(["later", "earlier"])
 
 
-def similar_block(block, threshold: float):
-    """Estimated Jaccard similarity of each pair's MinHash signatures; keep those ≥ threshold."""
-    if block.empty:
-        return block.assign(similarity=[])
-    left = np.stack([np.frombuffer(s, dtype=np.uint32) for s in block["later_signature"]])
-    right = np.stack([np.frombuffer(s, dtype=np.uint32) for s in block["earlier_signature"]])
-    block = block.drop(columns=["later_signature", "earlier_signature"])
-    block["similarity"] = similarity(left, right)
-    return block[block["similarity"] >= threshold]
+def signature_matrix(signatures, num_perm: int) -> np.ndarray:
+    """MinHash signatures (bytes, uint32 × num_perm each) stacked as rows."""
+    return np.frombuffer(b"".join(signatures), dtype=np.uint32).reshape(-1, num_perm)
+
+
+def pair_similarity(left: np.ndarray, left_at, right: np.ndarray, right_at) -> np.ndarray:
+    """Estimated Jaccard similarity of pair i: row `left_at[i]` of `left` with row
+    `right_at[i]` of `right` (signature matrices holding each record once), SIMILARITY_CHUNK
+    pairs at a time: a pair's signatures are never copied for all pairs at once."""
+    out = np.empty(len(left_at))
+    for start in range(0, len(left_at), SIMILARITY_CHUNK):
+        at = slice(start, start + SIMILARITY_CHUNK)
+        out[at] = similarity(left[left_at[at]], right[right_at[at]])
+    return out
 
 
 def verdict(row: dict, what: str, sim: float | None) -> tuple[str, str]:

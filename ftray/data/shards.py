@@ -179,29 +179,59 @@ class Shard:
         pairs = rules.distinct_pairs(rules.pairs_block(table)) if len(table) else _no_pairs()
         return self._out(*by_owner(pairs, "later", self.shards))
 
-    def _with(self, pairs: pd.DataFrame, side: str) -> pd.DataFrame:
-        """Pairs joined with this shard's records (columns and signature) on `side`."""
+    def _records(self) -> pd.DataFrame:
+        """The records this shard owns, their strings as categories (a join repeats a
+        record once per pair: codes, not copies of its source path)."""
         records = self._table("record", ["order"])
-        names = {c: f"{side}_{c}" for c in [*rules.COLUMNS, "signature"]}
-        joined = pairs.merge(records.rename(columns=names), left_on=side, right_on=names["order"])
+        return (
+            records.astype({"origin": "category", "source": "category"})
+            if len(records)
+            else records
+        )
+
+    def _with(self, pairs: pd.DataFrame, side: str, records: pd.DataFrame) -> pd.DataFrame:
+        """Pairs joined with `records`' columns (not the signature) on `side`."""
+        names = {c: f"{side}_{c}" for c in rules.COLUMNS}
+        columns = records[rules.COLUMNS].rename(columns=names)
+        joined = pairs.merge(columns, left_on=side, right_on=names["order"])
         return joined.drop(columns=[names["order"]])  # `side` holds the id
 
     def with_later(self, *parts: pd.DataFrame):
-        """Pairs whose later record this shard owns, with it, by the owner of the earlier."""
+        """Pairs whose later record this shard owns, with its columns, by the owner of the
+        earlier; then, by the same owners, the signature of each of those later records
+        once, however many pairs it is in."""
         pairs = rules.distinct_pairs(pd.concat([_no_pairs(), *parts], ignore_index=True))
         if pairs.empty:
-            return self._out(*[pairs] * self.shards)
-        return self._out(*by_owner(self._with(pairs, "later"), "earlier", self.shards))
+            return self._out(*[pairs] * self.shards, *[_no_signatures()] * self.shards)
+        records = self._records()
+        out = by_owner(self._with(pairs, "later", records), "earlier", self.shards)
+        signatures = records[["order", "signature"]].set_index("order")["signature"]
+        later = [signatures.loc[part["later"].unique()].reset_index() for part in out]
+        return self._out(*out, *later)
 
     def judge(self, count: int, *args):
-        """Pairs (the first `count` args) completed with their earlier record, kept when
-        similar; each as the record that loses it, by that record's owner. The other args:
-        ids dropped (exact) and lost (conflicts)."""
-        parts, excluded = args[:count], args[count:]
-        pairs = pd.concat([frame for frame in parts if len(frame)] or [pd.DataFrame()])
+        """Pairs (the first `count` args) and their later records' signatures (the next
+        `count`), completed with their earlier record, kept when similar; each as the record
+        that loses it, by that record's owner. The other args: ids dropped (exact) and lost
+        (conflicts)."""
+        parts, signed, excluded = args[:count], args[count : 2 * count], args[2 * count :]
+        pairs = pd.concat([frame for frame in parts if len(frame)] or [_no_pairs()])
         if pairs.empty:
             return self._out(*[pd.DataFrame()] * self.shards)
-        matches = rules.similar_block(self._with(pairs, "earlier"), self.spec.dedup.threshold)
+        later = pd.concat(signed, ignore_index=True).drop_duplicates("order")
+        records = self._records()
+        earlier = records[records["order"].isin(pairs["earlier"])]
+        num_perm = self.spec.dedup.num_perm
+        pairs = pairs.assign(
+            similarity=rules.pair_similarity(
+                rules.signature_matrix(later["signature"], num_perm),
+                pd.Index(later["order"]).get_indexer(pairs["later"]),
+                rules.signature_matrix(earlier["signature"], num_perm),
+                pd.Index(earlier["order"]).get_indexer(pairs["earlier"]),
+            )
+        )
+        similar = pairs[pairs["similarity"] >= self.spec.dedup.threshold]
+        matches = self._with(similar, "earlier", records)
         dropped, lost = excluded[: self.shards], excluded[self.shards :]
         losers = rules.near_losers(matches, _ids(dropped), _ids(lost))
         return self._out(*by_owner(losers, "order", self.shards))
@@ -300,6 +330,10 @@ def _no_pairs() -> pd.DataFrame:
     return pd.DataFrame({"later": pd.Series(dtype="int64"), "earlier": pd.Series(dtype="int64")})
 
 
+def _no_signatures() -> pd.DataFrame:
+    return pd.DataFrame({"order": pd.Series(dtype="int64"), "signature": pd.Series(dtype=object)})
+
+
 def _no_outcomes() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="int64" if c == "order" else str) for c in _OUTCOME})
 
@@ -334,9 +368,14 @@ def run_rounds(pool, data: DataSpec) -> None:
     near = []
     if data.dedup.near:
         pairs = pool.call("candidates", [()] * k, k)
-        later = pool.call("with_later", [tuple(out[i] for out in pairs) for i in range(k)], k)
+        later = pool.call("with_later", [tuple(out[i] for out in pairs) for i in range(k)], 2 * k)
         judged = pool.call(
-            "judge", [(k, *(out[i] for out in later), *dropped, *lost) for i in range(k)], k
+            "judge",
+            [
+                (k, *(out[i] for out in later), *(out[k + i] for out in later), *dropped, *lost)
+                for i in range(k)
+            ],
+            k,
         )
         near = [
             out[0]

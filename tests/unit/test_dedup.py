@@ -285,3 +285,29 @@ def test_candidate_pairs_pair_each_record_with_the_earlier_ones_of_its_buckets_c
     assert pairs == expected
     assert len(pairs) == 3 + MAX_BUCKET * (MAX_BUCKET - 1) // 2 + 44 * MAX_BUCKET
     assert pairs_block(block.iloc[:0]).dtypes.tolist() == ["int64", "int64"]
+
+
+def test_pair_similarity_in_chunks_equals_every_pair_at_once(monkeypatch):
+    """Signatures are held once per record and compared a chunk of pairs at a time (a 1M-line
+    prepare once built a 2 GiB column of per-pair signatures and failed)."""
+    import numpy as np
+
+    from ftray.data import dedup
+    from ftray.data.checks import similarity
+
+    rng = np.random.default_rng(0)
+    left, right = rng.integers(0, 4, (7, 16), dtype=np.uint32), rng.integers(0, 4, (5, 16))
+    left_at, right_at = rng.integers(0, 7, 40), rng.integers(0, 5, 40)
+    expected = similarity(left[left_at], right[right_at.astype(int)])
+    monkeypatch.setattr(dedup, "SIMILARITY_CHUNK", 3)
+    assert np.array_equal(dedup.pair_similarity(left, left_at, right, right_at), expected)
+    stacked = dedup.signature_matrix([row.tobytes() for row in left], 16)
+    assert np.array_equal(stacked, left)
+    assert dedup.signature_matrix([], 16).shape == (0, 16)
+
+    rows, precedence = _checked(*EVERY_RULE)
+    monkeypatch.setattr(dedup, "SIMILARITY_CHUNK", 1)
+    chunked = _decide(rows, precedence, 3)
+    monkeypatch.undo()
+    assert (chunked["rule"] == "near_duplicate").sum() == 1
+    assert chunked.equals(_decide(rows, precedence, 3))
