@@ -1,9 +1,12 @@
-"""`ftray sweep` on the session's local Ray: an interrupted 2-trial ASHA sweep resumes, and
-ranks its trials on the task metric measured on the validation split."""
+"""`ftray sweep` on the session's local Ray: an interrupted 2-trial ASHA sweep resumes (its
+trials one at a time, as `sweep.max_concurrent` says), and ranks its trials on the task metric
+measured on the validation split."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
 
 from tests.conftest import cli
 
@@ -34,6 +37,7 @@ def test_interrupted_asha_sweep_resumes_and_ranks_its_trials(ray_address, tiny_s
     assert killed, "at least one trial reached step 3 and was killed"
 
     # the same sweep again (max_failures only changes how failures are retried)
+    resumed_at = time.time()
     done = cli(ray_address, *args, "--set", "train.max_failures=0")
     manifest = json.loads((sweep_dir / "manifest.json").read_text())
     board = manifest["leaderboard"]
@@ -61,3 +65,13 @@ def test_interrupted_asha_sweep_resumes_and_ranks_its_trials(ray_address, tiny_s
         if row["trial_id"] in killed:
             assert run["resumed_from"] == [2], "resumed, not restarted"
     assert "winner:" in done.stdout and "1. " in done.stdout
+    # Tune restarts every errored trial at once (ray-project/ray#40652); with
+    # sweep.max_concurrent 1 the resumed trials report in turn, never side by side
+    spans = []
+    for trial_id in killed:
+        lines = (sweep_dir / "tune" / trial_id / "result.json").read_text().splitlines()
+        stamps = [json.loads(line)["timestamp"] for line in lines if line.strip()]
+        spans.append(sorted(t for t in stamps if t >= int(resumed_at)))
+    spans.sort()
+    for one, two in itertools.pairwise(spans):
+        assert one[-1] <= two[0], f"resumed trials reported side by side: {spans}"
