@@ -19,7 +19,9 @@ def test_interrupted_asha_sweep_resumes_and_ranks_its_trials(ray_address, tiny_s
     # 2 of the job's 4 trials: every trial start is a Ray Train worker group, the test's cost
     # (two are enough to resume more than one errored trial and to rank them)
     args = ["sweep", "jobs/tiny-sweep.yaml", "--set", f"storage={tiny_store}"]
-    args += ["--set", "sweep.num_samples=2"]
+    # half a CPU per worker: both trials' workers fit on the session's 4 CPUs at once, so only
+    # sweep.max_concurrent (1) keeps them apart
+    args += ["--set", "sweep.num_samples=2", "--set", "train.scaling.cpus_per_worker=0.5"]
     first = cli(
         ray_address,
         *args,
@@ -65,8 +67,9 @@ def test_interrupted_asha_sweep_resumes_and_ranks_its_trials(ray_address, tiny_s
         if row["trial_id"] in killed:
             assert run["resumed_from"] == [2], "resumed, not restarted"
     assert "winner:" in done.stdout and "1. " in done.stdout
-    # Tune restarts every errored trial at once (ray-project/ray#40652); with
-    # sweep.max_concurrent 1 the resumed trials report in turn, never side by side
+    # resumed errored trials keep sweep.max_concurrent (ray-project/ray#40652 reports Tune
+    # restarting them all at once): they report in turn, never side by side (with
+    # sweep.max_concurrent=2 this assertion fails)
     spans = []
     for trial_id in killed:
         lines = (sweep_dir / "tune" / trial_id / "result.json").read_text().splitlines()
