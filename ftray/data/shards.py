@@ -116,8 +116,8 @@ class Shard:
     Rounds that pass data on return one frame per shard (the owner of the next key), plus
     the ids the other shards need to know as a last item where noted."""
 
-    def __init__(self, index: int, shards: int, data: dict):
-        self.index, self.shards = index, shards
+    def __init__(self, shards: int, data: dict):
+        self.shards = shards
         self.spec = DataSpec.model_validate(data)
         self.tables: dict[str, list[pd.DataFrame]] = defaultdict(list)
         self.outcomes: list[pd.DataFrame] = []
@@ -407,7 +407,7 @@ class RayPool:
 
         actor = ray.remote(num_cpus=0, scheduling_strategy="SPREAD")(Shard)
         spec = data.model_dump(mode="json")
-        self.actors = [actor.remote(i, shards, spec) for i in range(shards)]
+        self.actors = [actor.remote(shards, spec) for _ in range(shards)]
         self.size = shards
 
     def call(self, method: str, args: list[tuple], returns: int = 1) -> list[list]:
@@ -437,7 +437,7 @@ class LocalPool:
 
     def __init__(self, data: DataSpec, shards: int):
         spec = data.model_dump(mode="json")
-        self.actors = [Shard(i, shards, spec) for i in range(shards)]
+        self.actors = [Shard(shards, spec) for _ in range(shards)]
         self.size = shards
 
     def call(self, method: str, args: list[tuple], returns: int = 1) -> list[list]:
