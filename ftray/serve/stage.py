@@ -25,6 +25,13 @@ from ftray.spec import JobSpec
 from ftray.store import Store
 
 _log = logging.getLogger(__name__)
+# Serve's direct ingress (serve.direct_ingress), for its controller and the app's replicas. With
+# no load balancer in front to drain a stopped replica, it stops at once, not after Serve's
+# default 30 s.
+DIRECT_INGRESS_ENV = {
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
+}
 
 
 def serve_registry(
@@ -116,10 +123,15 @@ def serve_model(
     url = f"http://{host}:{spec.serve.port}"
     model_dir = resolve_model(spec.model, store)
     load_tokenizer(model_dir, spec.model.chat_template)  # no template: a UserError, here
-    serve.start(http_options={"host": spec.serve.host, "port": spec.serve.port})
+    direct = DIRECT_INGRESS_ENV if spec.serve.direct_ingress else {}
+    serve.start(
+        http_options={"host": spec.serve.host, "port": spec.serve.port},
+        controller_options={"runtime_env": {"env_vars": direct}} if direct else None,
+    )
     try:
-        app = deployment_for(spec, store, model_dir, env)
+        app = deployment_for(spec, store, model_dir, {**env, **direct})
         serve.run(app, name="ftray", route_prefix="/")
+        replicas = replica_urls("ftray", spec.serve.host) if direct else []
         memory = httpx.get(f"{url}/ready", timeout=60).json()["memory"]
         progress.note(
             f"replica ready ({memory['engine']} engine): base model "
@@ -127,10 +139,15 @@ def serve_model(
             f"(quantization: {memory['quantization']}, {memory['dtype']} on {memory['device']})"
         )
         progress.artifact("OpenAI-compatible API", f"{url}/v1")
+        for replica in replicas:
+            progress.artifact("one replica, directly", f"{replica}/v1")
         messages = [{"role": "user", "content": spec.serve.example_prompt}]
         request = {"model": model_id, "messages": messages}
-        response = httpx.post(
-            f"{url}/v1/chat/completions", json=request, headers=headers, timeout=600
+        response = httpx.post(  # straight to a replica with direct ingress: it is checked too
+            f"{(replicas or [url])[0]}/v1/chat/completions",
+            json=request,
+            headers=headers,
+            timeout=600,
         )
         if response.status_code != 200:
             raise UserError(f"the served model answered {response.status_code}: {response.text}")
@@ -148,3 +165,28 @@ def serve_model(
         return answer
     finally:
         serve.shutdown()
+
+
+def replica_urls(app: str, host: str, wait_s: float = 30) -> list[str]:
+    """The base URLs of `app`'s replicas under Serve's direct ingress (its target groups); a
+    UserError when Serve runs without it (a controller started earlier, without the flag)."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    assert client is not None  # the app was just deployed through it
+    controller = client._controller  # Serve's target groups have no public getter
+    deadline = time.monotonic() + wait_s
+    while True:
+        groups = ray.get(controller.get_target_groups.remote(app))
+        targets = [t for g in groups if g.app_name == app for t in g.targets]
+        if targets:  # a replica binds `host`; a wildcard, every address of its node
+            wildcard = host in ("0.0.0.0", "::")
+            return [f"http://{t.ip if wildcard else host}:{t.port}" for t in targets]
+        if time.monotonic() > deadline:
+            raise UserError(
+                "serve.direct_ingress: Serve on this cluster runs without direct ingress "
+                "(started earlier without it); `serve shutdown` it first, or leave the "
+                "setting off"
+            )
+        time.sleep(0.5)

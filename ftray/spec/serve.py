@@ -152,6 +152,17 @@ class ServeSpec(_Section):
     )
     host: str = Field(default="127.0.0.1", description="HTTP bind address of the Serve proxy.")
     port: int = Field(default=8000, ge=1, le=65535, description="HTTP port of the Serve proxy.")
+    direct_ingress: bool = Field(
+        default=False,
+        description="`ftray serve` also has each replica answer HTTP itself, on `host` and a "
+        "port of its own that Ray Serve picks (from 30000; printed, and listed in Serve's "
+        "target groups), skipping the proxy hop: a cache hit costs about half as much "
+        "(README: Benchmarks). The proxy on `port` still serves every replica; a replica's "
+        "own port serves only that replica and changes when the replica is replaced. Serve "
+        "must not already be running on the cluster (its controller needs it from the "
+        "start); a Serve config (RayService) ignores it. Ray Serve's "
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS.",
+    )
     max_new_tokens: int = Field(default=32, ge=1, description="Default completion token limit.")
     max_tokens_limit: int = Field(
         default=512, ge=1, description="Largest `max_tokens` a request may ask for (else 400)."

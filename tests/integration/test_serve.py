@@ -1,7 +1,7 @@
 """`ftray serve` on the session's local Ray, driven by the real `openai` client and raw HTTP:
 routing of the base model and registry adapters, a canary's share of users, adapters evicted
 while in use, streaming, errors, auth, batching under load, the cache, Prometheus metrics, a
-quantized replica, hostile requests, and sockets on loopback only."""
+quantized replica, hostile requests, Serve's direct ingress, and sockets on loopback only."""
 
 from __future__ import annotations
 
@@ -198,6 +198,40 @@ def test_evicted_adapters_serve_their_requests_to_the_end(ray_address, registry_
         _ask_three_adapters_at_once(f"http://127.0.0.1:{port}", store, model_dir, ids)
     finally:
         _stop(process)
+
+
+def test_direct_ingress_answers_at_the_replica_on_loopback(ray_address, registry_store):
+    """`serve.direct_ingress`: the replica answers on its own port (printed), on loopback like
+    every other socket, plain and streamed, with the API key still required; the proxy still
+    serves, and the port closes when `ftray serve` stops. Its own app, before `served`."""
+    path, *_ = registry_store
+    port = free_port()
+    process, out = _start(
+        ray_address, path, "--set", "serve.direct_ingress=true", "--set", f"serve.port={port}"
+    )
+    try:
+        direct = re.search(r"one replica, directly: (http://127\.0\.0\.1:(\d+))/v1", out)
+        assert direct, out
+        url, direct_port = direct[1], int(direct[2])
+        assert direct_port != port
+        assert ("127.0.0.1", direct_port) in {(ip, p) for ip, p, _ in _listening(ray_address)}
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        messages = [{"role": "user", "content": "direct"}]
+        first = client.chat.completions.create(model="base", messages=messages)
+        hits = httpx.get(f"{url}/ready").json()["cache"]["hits"]
+        again = client.chat.completions.create(model="base", messages=messages)
+        assert again.choices[0].message.content == first.choices[0].message.content
+        assert httpx.get(f"{url}/ready").json()["cache"]["hits"] == hits + 1
+        chunks = list(client.chat.completions.create(model="base", messages=messages, stream=True))
+        assert len(chunks) > 2 and chunks[-1].choices[0].finish_reason in ("stop", "length")
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+        proxy = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY)
+        assert proxy.chat.completions.create(model="base", messages=messages).choices
+    finally:
+        assert "stopping" in _stop(process)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/ready")
 
 
 def _ask_three_adapters_at_once(url, store, model_dir, ids):
@@ -697,11 +731,18 @@ def test_oversized_and_unsupported_requests_are_refused(served):
 def test_serve_listens_on_loopback_only(served, ray_address):
     """Every socket the session's Ray processes and `ftray serve` listen on is on loopback
     (the replica's gRPC server included). Other Rays on the machine are not looked at."""
+    url, _ = served
+    listening = _listening(ray_address)
+    assert ("127.0.0.1", int(url.rsplit(":", 1)[1])) in {(ip, port) for ip, port, _ in listening}
+
+
+def _listening(ray_address) -> list[tuple[str, int, str]]:
+    """(address, port, process name) of every socket the session's Ray processes and this
+    process's children listen on, after checking that all are on loopback."""
     import psutil
 
     from tests.conftest import ENV, ray_processes
 
-    url, _ = served
     ours = ray_processes(ENV["RAY_TMPDIR"], int(ray_address.rsplit(":", 1)[1]))
     ours.update({p.pid: p for p in psutil.Process().children(recursive=True)})
     listening = [
@@ -709,9 +750,9 @@ def test_serve_listens_on_loopback_only(served, ray_address):
         for c in psutil.net_connections(kind="inet")
         if c.status == psutil.CONN_LISTEN and c.pid in ours
     ]
-    assert ("127.0.0.1", int(url.rsplit(":", 1)[1])) in {(ip, port) for ip, port, _ in listening}
     exposed = [s for s in listening if not _loopback(s[0])]
     assert not exposed, f"listening beyond loopback: {exposed}"
+    return listening
 
 
 def _loopback(ip: str) -> bool:
