@@ -9,7 +9,8 @@ Train worker per trial, two trials at once, on an embedded local Ray: `fifo` run
 to the end, `asha` (its grace period and reduction factor derived from the trial budget, the
 defaults) stops trials that trail at each rung of evaluations. Reported per sweep: trial-steps
 (the sum over trials of the optimizer steps at each trial's last report), wall time, the best
-validation loss and its trial. Results go to bench/results/sweep.json; nothing is asserted.
+validation loss and its trial, and each trial's validation loss at every evaluation. Results
+go to bench/results/sweep.json; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def run(scheduler: str, args, storage: str) -> dict:
     from ftray.progress import Progress
     from ftray.runtime import ray_session
     from ftray.specload import load_spec
+    from ftray.store import Store
     from ftray.sweep import asha_rungs, evaluations_per_trial
 
     overrides = [
@@ -59,6 +61,7 @@ def run(scheduler: str, args, storage: str) -> dict:
         ref = pipeline.sweep
         seconds = time.perf_counter() - started
     board = ref.manifest["leaderboard"]
+    tune_folder = Path(Store(spec.storage, spec.project).path("sweeps", ref.id, "tune"))
     assert spec.sweep is not None
     evaluations = evaluations_per_trial(spec.train, dataset.manifest["counts"]["train"])
     grace, factor = asha_rungs(spec.sweep, evaluations)
@@ -71,12 +74,23 @@ def run(scheduler: str, args, storage: str) -> dict:
         "best_eval_loss": board[0]["metric"],
         "winner_params": board[0]["params"],
         "seconds": round(seconds, 1),
-        # compared between the runs: the same samples
+        # compared between the runs: the same samples, and each trial's validation losses
         "trials_run": sorted(
-            ([row["params"], row["steps"], row["metric"]] for row in board),
+            (
+                [row["params"], row["steps"], row["metric"], curve(tune_folder, row["trial_id"])]
+                for row in board
+            ),
             key=lambda trial: json.dumps(trial[0], sort_keys=True),
         ),
     }
+
+
+def curve(tune_folder: Path, trial_id: str) -> list[float]:
+    """A trial's validation loss at each evaluation it reported (its Tune progress file)."""
+    import pandas as pd
+
+    progress = pd.read_csv(tune_folder / trial_id / "progress.csv")
+    return [round(float(loss), 5) for loss in progress["eval_loss"].dropna()]
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,9 @@ WORKER_ENV = {
     # Ray Train would also copy every print into its log stream, so each line showed twice.
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
+
+# Where Ray's State API clients find the dashboard (ray_constants), set for an embedded Ray.
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 
 # Ray's CPU count is a scheduling token, not a core. An embedded Ray declares at least this
 # many, so Ray Data's readers can run beside two training workers on a 2-core laptop.
@@ -65,12 +69,20 @@ def ray_session(spec: RaySpec, address: str | None = None) -> Iterator[None]:
     if target:
         ray.init(address=target, runtime_env={"env_vars": env}, log_to_driver=True)
     else:
+        # The dashboard (on loopback) serves the State API Ray Train polls, and the Jobs API.
+        # Its address goes to every process: Ray Train's placement-group cleaner looks the
+        # State API up by itself and, with a second Ray on the machine, failed ("multiple
+        # active Ray instances"), so a stopped trial's workers kept their CPUs.
+        dashboard = free_loopback_port()
+        env[API_SERVER_ENV] = f"http://127.0.0.1:{dashboard}"
+        before = os.environ.get(API_SERVER_ENV)
+        os.environ[API_SERVER_ENV] = env[API_SERVER_ENV]
         ray.init(
             num_cpus=spec.num_cpus or max(os.cpu_count() or 1, MIN_LOCAL_CPUS),
             _node_ip_address="127.0.0.1",
-            # The dashboard (on loopback) serves the State API Ray Train polls, and the Jobs API.
             include_dashboard=True,
             dashboard_host="127.0.0.1",
+            dashboard_port=dashboard,
             runtime_env={"env_vars": env},
             configure_logging=True,
             logging_level=logging.WARNING,
@@ -79,3 +91,13 @@ def ray_session(spec: RaySpec, address: str | None = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+        if not target:
+            os.environ.pop(API_SERVER_ENV, None)
+            os.environ.update({API_SERVER_ENV: before} if before else {})
+
+
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

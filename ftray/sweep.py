@@ -263,14 +263,14 @@ def trial_count(rules: SweepSpec) -> int:
 def asha_rungs(rules: SweepSpec, evaluations: int) -> tuple[int, int]:
     """ASHA's (grace period, reduction factor): the spec's, or from the trial budget.
 
-    Derived so that a trial can pass three rungs: the largest factor of 4, 3, 2 whose cube
-    fits in the number of trials (else 2), and a grace period of evaluations // factor³
-    (at least 1), which puts the rungs at grace, grace·factor and grace·factor², below the
-    last evaluation when the trials evaluate often enough.
+    Derived so that two rungs cut and still leave a trial to finish: the largest factor of
+    4, 3, 2 whose square fits in the number of trials (else 2), and a grace period of
+    evaluations // factor² (at least 1), which puts the rungs at grace and grace·factor (and
+    grace·factor² when the trials evaluate often enough), below the last evaluation.
     """
     trials = trial_count(rules)
-    factor = rules.reduction_factor or next((f for f in (4, 3) if f**3 <= trials), 2)
-    grace = rules.grace_period or max(1, evaluations // factor**3)
+    factor = rules.reduction_factor or next((f for f in (4, 3) if f**2 <= trials), 2)
+    grace = rules.grace_period or max(1, evaluations // factor**2)
     return grace, factor
 
 

@@ -85,15 +85,15 @@ class SweepSpec(_Section):
         default=None,
         ge=1,
         description="ASHA: evaluations every trial gets before it can stop. Unset: from the "
-        "trial budget, evaluations per trial // reduction_factor³ (at least 1), so up to "
-        "three rungs stop trials before the last evaluation.",
+        "trial budget, evaluations per trial // reduction_factor² (at least 1), so two "
+        "rungs (three when trials evaluate often) stop trials before the last evaluation.",
     )
     reduction_factor: int | None = Field(
         default=None,
         ge=2,
         description="ASHA: 1/reduction_factor of trials go on at each rung. Unset: the "
-        "largest of 4, 3, 2 whose cube is at most the number of trials (2 when fewer than "
-        "8), so a trial can pass three rungs.",
+        "largest of 4, 3, 2 whose square is at most the number of trials (2 when fewer "
+        "than 9), so two rungs cut and still leave a trial to finish.",
     )
     seed: int = Field(
         default=0,

@@ -124,18 +124,23 @@ def test_asha_rungs_follow_the_trial_budget_unless_set():
     from ftray.spec import TrainSpec
     from ftray.sweep import asha_rungs, evaluations_per_trial, trial_count
 
-    # 16 steps, an evaluation every 2: 8 evaluations; 16 trials: factor 2 (3³ > 16), grace 1
+    # 16 steps, an evaluation every 2: 8 evaluations; 16 trials: factor 4 (4² ≤ 16), grace 1
     train = TrainSpec.model_validate({"max_steps": 16, "eval_every": 2, "batch_size": 4})
     evaluations = evaluations_per_trial(train, n_train=270)
     assert evaluations == 8
-    assert asha_rungs(_sweep(num_samples=16), evaluations) == (1, 2)
-    # 27 trials of 54 evaluations: factor 3, rungs at 2, 6 and 18 (< 54)
-    assert asha_rungs(_sweep(num_samples=27), 54) == (2, 3)
+    assert asha_rungs(_sweep(num_samples=16), evaluations) == (1, 4)
+    # 9 to 15 trials: factor 3; fewer than 9: factor 2
+    assert asha_rungs(_sweep(num_samples=15), evaluations) == (1, 3)
+    assert asha_rungs(_sweep(num_samples=9), 18) == (2, 3)
+    assert asha_rungs(_sweep(num_samples=8), evaluations) == (2, 2)
+    assert asha_rungs(_sweep(num_samples=4), 6) == (1, 2)
+    # 27 trials of 54 evaluations: factor 4, rungs at 3, 12 and 48 (< 54)
+    assert asha_rungs(_sweep(num_samples=27), 54) == (3, 4)
     # a grid counts every point: 4 × 2 values × 8 samples = 64 trials, factor 4
     grid = {"type": "grid", "values": [1, 2, 3, 4]}
     space = {"train.lora.r": grid, "train.lora.alpha": {"type": "grid", "values": [8, 16]}}
     rules = _sweep(num_samples=8, parameters=space)
-    assert trial_count(rules) == 64 and asha_rungs(rules, 200) == (3, 4)
+    assert trial_count(rules) == 64 and asha_rungs(rules, 200) == (12, 4)
     # explicit values win
     assert asha_rungs(_sweep(num_samples=16, grace_period=3, reduction_factor=3), 8) == (3, 3)
     # without eval_every, one evaluation per epoch (and a last one at max_steps)
