@@ -151,7 +151,7 @@ def _build(
         },
         batch_format="pandas",
         batch_size=256,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=data.num_workers),
+        compute=_actors(data.num_workers),
     ).materialize()
     clock.lap("read and check")
     if checked.count() == 0:
@@ -222,7 +222,6 @@ def _build(
 
 def _add_context(final, data, model, model_dir, store, index_id, progress):
     """Every example with its retrieved chunks and re-tokenized (`AddContext` actors)."""
-    import ray
 
     progress.note(f"retrieving {data.retrieval.k} chunk(s) per example from {index_id}")
     return final.map_batches(
@@ -237,8 +236,18 @@ def _add_context(final, data, model, model_dir, store, index_id, progress):
         },
         batch_format="pandas",
         batch_size=64,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=data.num_workers),
+        compute=_actors(data.num_workers),
     ).materialize()
+
+
+def _actors(workers: int):
+    """A pool of up to `workers` actors, all asked for at the start. Ray Data's autoscaler
+    would start one and add the next only once the first was busy (13 s later in a 100k
+    prepare, with one core idle meanwhile); ones the cluster cannot place yet stay pending
+    while the others work."""
+    import ray
+
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=workers, initial_size=workers)
 
 
 class _Clock:

@@ -156,7 +156,7 @@ class ServeSpec(_Section):
         default=False,
         description="`ftray serve` also has each replica answer HTTP itself, on `host` and a "
         "port of its own that Ray Serve picks (from 30000; printed, and listed in Serve's "
-        "target groups), skipping the proxy hop: a cache hit costs about half as much "
+        "target groups), skipping the proxy hop: a cache hit takes about 0.4× the time "
         "(README: Benchmarks). The proxy on `port` still serves every replica; a replica's "
         "own port serves only that replica and changes when the replica is replaced. Serve "
         "must not already be running on the cluster (its controller needs it from the "
