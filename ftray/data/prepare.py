@@ -222,7 +222,6 @@ def _build(
 
 def _add_context(final, data, model, model_dir, store, index_id, progress):
     """Every example with its retrieved chunks and re-tokenized (`AddContext` actors)."""
-
     progress.note(f"retrieving {data.retrieval.k} chunk(s) per example from {index_id}")
     return final.map_batches(
         AddContext,
