@@ -38,6 +38,7 @@ SERVE = {
     },
     "host": "10.0.0.5",
     "port": 8555,
+    "direct_ingress": True,
     "max_new_tokens": 40,
     "max_tokens_limit": 600,
     "max_prompt_tokens": 1000,
