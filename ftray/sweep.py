@@ -68,12 +68,16 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
     if (manifest := reuse(store, "sweeps", sweep_id)) is not None:
         return SweepRef(sweep_id, uri, manifest, True, _winner(store, manifest))
 
+    import ray
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from ftray import slots
 
     rules = spec.sweep
     evaluations = evaluations_per_trial(spec.train, dataset.manifest["counts"]["train"])
     grace, factor = asha_rungs(rules, evaluations)
+    slots_name, slots_actor = slots.start(sweep_id, rules.max_concurrent)
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial,
@@ -81,6 +85,7 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
             dataset=dataset,
             sweep_id=sweep_id,
             probe=probe,
+            slots=slots_name,
         ),
         {"CPU": 0.01},  # the trial only drives Ray Train; its workers hold the CPUs
     )
@@ -88,6 +93,7 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
     if tune.Tuner.can_restore(path):
         progress.note(f"resuming sweep {sweep_id}")
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+        slots.keep_releasing(tuner, slots_name)
     else:
         rungs = f" (grace {grace}, reduction {factor})" if rules.scheduler == "asha" else ""
         progress.note(
@@ -111,9 +117,17 @@ def sweep(spec: JobSpec, dataset: DatasetRef, store: Store, progress: Progress) 
                 scheduler=_scheduler(rules.scheduler, grace, factor, evaluations),
                 trial_dirname_creator=_trial_dirname,
             ),
-            run_config=tune.RunConfig(name="tune", storage_path=uri, verbose=0),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=uri,
+                verbose=0,
+                callbacks=[slots.ReleaseSlots(slots_name)],  # kept for a resumed sweep
+            ),
         )
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    finally:
+        ray.kill(slots_actor)
     results = [grid[i] for i in range(len(grid))]
     leaderboard = rank(_leaderboard(results, rules), rules.resolved_mode)
     finished = [row for row in leaderboard if row["run_id"]]
@@ -195,14 +209,29 @@ def _probe(spec: JobSpec) -> dict | None:
     }
 
 
-def _trial(params: dict, job: dict, dataset: DatasetRef, sweep_id: str, probe: dict | None):
+def _trial(
+    params: dict, job: dict, dataset: DatasetRef, sweep_id: str, probe: dict | None, slots: str
+):
+    from ray import tune
+
+    from ftray.slots import acquire, release
+
+    trial_id = tune.get_context().get_trial_id()
+    acquire(slots, trial_id)
+    try:
+        _train_trial(params, job, dataset, sweep_id, probe, trial_id)
+    finally:
+        release(slots, trial_id)
+
+
+def _train_trial(params, job, dataset, sweep_id, probe, trial_id: str) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     spec = with_params(JobSpec.model_validate(job), params)
     trial = Trial(
         sweep_id=sweep_id,
-        trial_id=tune.get_context().get_trial_id(),
+        trial_id=trial_id,
         params=params,
         callbacks=(TuneReportCallback(),),
         probe=probe,
