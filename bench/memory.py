@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -199,18 +198,14 @@ def _rank(rank: int, name: str, model_dir: str, steps: int, tokens: int, port: i
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run(name: str, model_dir: str, steps: int, tokens: int) -> list[dict]:
     """One run on `WORLD` fresh processes; each rank's measurements."""
     import torch.multiprocessing as mp
 
+    from ftray.runtime import free_loopback_port
+
     with tempfile.TemporaryDirectory() as out:
-        args = (name, model_dir, steps, tokens, _free_port(), out)
+        args = (name, model_dir, steps, tokens, free_loopback_port(), out)
         mp.start_processes(_rank, args=args, nprocs=WORLD, start_method="spawn")
         return [json.loads(Path(out, f"{name}-{r}.json").read_text()) for r in range(WORLD)]
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from ftray.runtime import free_loopback_port as free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -34,12 +35,6 @@ os.environ.update(ENV)
 # Ray processes started from the tests (job entrypoints `ftray ...`, `ray` itself) find this
 # environment's commands even when the venv is not activated, as under `make test`.
 os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
